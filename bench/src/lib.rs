@@ -1,0 +1,3 @@
+//! Benchmarking harness and the mock vLLM worker used by tests and benchmarks.
+
+pub mod mock;

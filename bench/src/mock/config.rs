@@ -1,0 +1,55 @@
+use clap::Parser;
+
+/// Flags of `mock-vllm`.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "mock-vllm", about = "A fast mock vLLM worker for tests and benchmarks")]
+pub struct MockConfig {
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// glommio executors serving the port (SO_REUSEPORT).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Name returned in the `x-mock-worker` header (default: mock-PORT).
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value = "mock-model")]
+    pub model: String,
+    /// Tokens generated when the request has no max_tokens.
+    #[arg(long, default_value_t = 16)]
+    pub tokens: u32,
+    /// Delay between streamed tokens, in microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub token_delay_us: u64,
+    /// Delay before the first token (a fixed prefill cost), in microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub ttft_us: u64,
+    /// Extra prefill time per uncached prefix block, in microseconds.
+    #[arg(long, default_value_t = 0)]
+    pub prefill_us_per_block: u64,
+    /// Capacity of the simulated prefix cache, in blocks (LRU).
+    #[arg(long, default_value_t = 4096)]
+    pub cache_blocks: usize,
+    /// Characters of request text per cache block (about 16 tokens).
+    #[arg(long, default_value_t = 64)]
+    pub block_chars: usize,
+    /// Answer every generation request with this status.
+    #[arg(long)]
+    pub fail_status: Option<u16>,
+    /// Fail only the first N generation requests (with --fail-status, default 503).
+    #[arg(long, default_value_t = 0)]
+    pub fail_first: u64,
+    /// Close the connection after this many streamed tokens (no [DONE]).
+    #[arg(long)]
+    pub drop_after_tokens: Option<u32>,
+    /// Wait this long before sending any response head, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub slow_headers_ms: u64,
+}
+
+impl MockConfig {
+    pub fn worker_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("mock-{}", self.port))
+    }
+}

@@ -1,0 +1,11 @@
+//! A mock vLLM worker: OpenAI chat and completions (JSON or SSE), `/health`,
+//! `/v1/models`, `/tokenize`, `/metrics` with vLLM's gauge names and a simulated
+//! prefix cache, the P/D prefill role, and fault injection. Built on the router's own
+//! codec and glommio so that it is never the bottleneck of a benchmark.
+
+pub mod cache;
+pub mod config;
+pub mod handlers;
+pub mod server;
+
+pub use config::MockConfig;

@@ -1,0 +1,175 @@
+//! The mock's HTTP server: glommio executors sharing a port, the router's codec.
+
+use super::cache::PrefixCache;
+use super::handlers;
+use super::MockConfig;
+use futures_lite::AsyncWriteExt;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+use shards::codec::body::BodyDecoder;
+use shards::codec::request::RequestHead;
+use shards::codec::Status;
+use shards::io::ReadBuf;
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Requests remembered for `/mock/requests` (tests read what each worker received).
+const RECENT_REQUESTS: usize = 256;
+
+/// State shared by the mock's threads. A mock may use locks; the router may not.
+pub struct Shared {
+    pub cfg: MockConfig,
+    pub name: String,
+    pub running: AtomicI64,
+    pub generation_requests: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub cache: Mutex<PrefixCache>,
+    pub by_path: Mutex<HashMap<String, u64>>,
+    pub recent: Mutex<VecDeque<serde_json::Value>>,
+}
+
+impl Shared {
+    pub fn new(cfg: MockConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            name: cfg.worker_name(),
+            cache: Mutex::new(PrefixCache::new(cfg.cache_blocks)),
+            cfg,
+            running: AtomicI64::new(0),
+            generation_requests: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            by_path: Mutex::new(HashMap::new()),
+            recent: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    pub fn remember(&self, entry: serde_json::Value) {
+        let mut r = self.recent.lock().unwrap();
+        if r.len() == RECENT_REQUESTS {
+            r.pop_front();
+        }
+        r.push_back(entry);
+    }
+
+    pub fn count_path(&self, path: &str) {
+        *self.by_path.lock().unwrap().entry(path.to_string()).or_default() += 1;
+    }
+
+    pub fn running(&self) -> i64 {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+/// One client connection of the mock.
+pub struct Conn {
+    pub stream: TcpStream,
+    pub rbuf: ReadBuf,
+    pub head: RequestHead,
+    pub body: Vec<u8>,
+    pub out: Vec<u8>,
+    /// Sent as `x-mock-worker` on every answer, so tests see who served them.
+    pub worker: String,
+}
+
+/// Starts `cfg.threads` executors and blocks until they exit.
+pub fn run(cfg: MockConfig) -> std::io::Result<()> {
+    let shared = Shared::new(cfg.clone());
+    let mut handles = Vec::new();
+    for i in 0..cfg.threads.max(1) {
+        let shared = shared.clone();
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let h = LocalExecutorBuilder::new(Placement::Unbound)
+            .name(&format!("mock-{i}"))
+            .io_memory(512 * 1024)
+            .spawn(move || async move {
+                let listener = match TcpListener::bind(addr.as_str()) {
+                    Ok(l) => {
+                        let _ = tx.send(Ok(()));
+                        l
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("cannot listen on {addr}: {e}")));
+                        return;
+                    }
+                };
+                loop {
+                    let Ok(stream) = listener.accept().await else { continue };
+                    let _ = stream.set_nodelay(true);
+                    let shared = shared.clone();
+                    glommio::spawn_local(serve(shared, stream)).detach();
+                }
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        rx.recv()
+            .map_err(|_| std::io::Error::other("mock executor died"))?
+            .map_err(std::io::Error::other)?;
+        handles.push(h);
+    }
+    eprintln!("mock-vllm {} listening on {}:{}", shared.name, cfg.host, cfg.port);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
+}
+
+async fn serve(shared: Arc<Shared>, stream: TcpStream) {
+    let mut c = Conn {
+        stream,
+        rbuf: ReadBuf::with_capacity(16 * 1024),
+        head: RequestHead::default(),
+        body: Vec::new(),
+        out: Vec::new(),
+        worker: shared.name.clone(),
+    };
+    let shared = Rc::new(shared);
+    loop {
+        // Head.
+        loop {
+            if !c.rbuf.is_empty() {
+                match c.head.parse(c.rbuf.filled()) {
+                    Ok(Status::Complete(n)) => {
+                        c.rbuf.consume(n);
+                        break;
+                    }
+                    Ok(Status::Partial) => {}
+                    Err(e) => {
+                        let _ = c
+                            .stream
+                            .write_all(format!("HTTP/1.1 {} Bad\r\ncontent-length: 0\r\nconnection: close\r\n\r\n", e.status()).as_bytes())
+                            .await;
+                        return;
+                    }
+                }
+            }
+            match c.rbuf.read_from(&mut c.stream, 1 << 20).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        // Body, de-chunked.
+        c.body.clear();
+        let mut dec = BodyDecoder::new(c.head.framing);
+        if c.head.expect_continue && c.rbuf.is_empty() && !dec.is_done() {
+            let _ = c.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+        }
+        loop {
+            let body = &mut c.body;
+            let Ok(p) = dec.feed(c.rbuf.filled(), |d| body.extend_from_slice(d)) else { return };
+            c.rbuf.consume(p.consumed);
+            if p.done || dec.is_done() {
+                break;
+            }
+            match c.rbuf.read_from(&mut c.stream, 1 << 20).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+        let keep = handlers::handle(&shared, &mut c).await;
+        if !keep || !c.head.keep_alive {
+            let _ = c.stream.close().await;
+            return;
+        }
+    }
+}

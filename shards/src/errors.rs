@@ -1,0 +1,67 @@
+//! Answers the router writes itself, shaped like OpenAI's errors so SDKs surface them:
+//! `{"error": {"message": ..., "type": ..., "code": <status>}}`.
+
+use crate::codec::encode;
+
+/// The `type` field for a status, following OpenAI's and vLLM's vocabulary.
+pub fn error_type(status: u16) -> &'static str {
+    match status {
+        400 | 404 | 405 | 413 | 414 | 431 => "invalid_request_error",
+        408 | 504 => "timeout_error",
+        429 => "rate_limit_error",
+        502 => "bad_gateway",
+        503 => "service_unavailable",
+        _ => "internal_error",
+    }
+}
+
+/// Writes a whole error response into `out`. `close` adds `Connection: close`.
+pub fn write_error(out: &mut Vec<u8>, minor: u8, status: u16, message: &str, close: bool) {
+    let body = serde_json::json!({
+        "error": {
+            "message": message,
+            "type": error_type(status),
+            "code": status,
+        }
+    })
+    .to_string();
+    encode::status_line(out, minor, status, b"");
+    encode::header(out, b"content-type", b"application/json");
+    encode::content_length(out, body.len() as u64);
+    if close {
+        encode::header(out, b"connection", b"close");
+    }
+    encode::end_head(out);
+    out.extend_from_slice(body.as_bytes());
+}
+
+/// Writes a small JSON answer produced by the router (health, admin).
+pub fn write_json(out: &mut Vec<u8>, minor: u8, status: u16, body: &[u8], close: bool) {
+    encode::status_line(out, minor, status, b"");
+    encode::header(out, b"content-type", b"application/json");
+    encode::content_length(out, body.len() as u64);
+    if close {
+        encode::header(out, b"connection", b"close");
+    }
+    encode::end_head(out);
+    out.extend_from_slice(body);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_shape() {
+        let mut out = Vec::new();
+        write_error(&mut out, 1, 503, "no worker available", true);
+        let text = String::from_utf8(out).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"));
+        assert!(head.contains("connection: close"));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], 503);
+        assert_eq!(v["error"]["type"], "service_unavailable");
+        assert_eq!(v["error"]["message"], "no worker available");
+    }
+}

@@ -1,0 +1,44 @@
+//! What crosses between the control core and the shards. Nothing else is shared.
+//!
+//! Deltas flow out (control -> every shard), reports flow back (shard -> control),
+//! both over crossbeam channels. A shard drains its deltas between requests.
+
+use std::net::SocketAddr;
+
+/// Stable id the control core gives a worker; shards key pools and loads by it.
+pub type WorkerId = u32;
+
+/// A worker as a shard needs it: already resolved, so a shard never looks up a name.
+#[derive(Clone, Debug)]
+pub struct WorkerSpec {
+    pub id: WorkerId,
+    /// The URL users know it by, with `@rank` for data-parallel ranks.
+    pub url: String,
+    pub addr: SocketAddr,
+    /// `host:port` for the Host header upstream.
+    pub authority: String,
+    /// Data-parallel rank sent as `X-data-parallel-rank`, if any.
+    pub dp_rank: Option<u32>,
+    pub healthy: bool,
+}
+
+/// A change to a shard's view, sent by the control core.
+#[derive(Clone, Debug)]
+pub enum Delta {
+    /// Add a worker, or replace the one with the same id.
+    Upsert(WorkerSpec),
+    /// Stop sending new requests; in-flight ones finish.
+    Remove(WorkerId),
+    Health { id: WorkerId, healthy: bool },
+    /// Stop accepting, finish what is in flight, then exit the executor.
+    Drain,
+}
+
+/// What a shard tells the control core.
+#[derive(Clone, Debug)]
+pub enum Report {
+    /// A connect to this worker was refused or failed during traffic.
+    WorkerUnreachable { shard: usize, id: WorkerId },
+    /// The shard finished draining and its executor is about to exit.
+    Drained { shard: usize },
+}

@@ -1,0 +1,78 @@
+//! Load-balancing policies. Each shard owns its instance and routes from its own state.
+
+mod random;
+mod round_robin;
+
+pub use random::Random;
+pub use round_robin::RoundRobin;
+
+use crate::codec::request::RequestHead;
+use crate::messages::WorkerId;
+use crate::state::WorkerSet;
+
+/// The policy names of the published router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyKind {
+    RoundRobin,
+    Random,
+    ConsistentHash,
+    PowerOfTwo,
+    CacheAware,
+}
+
+impl PolicyKind {
+    pub fn parse(s: &str) -> Option<PolicyKind> {
+        Some(match s {
+            "round_robin" => PolicyKind::RoundRobin,
+            "random" => PolicyKind::Random,
+            "consistent_hash" => PolicyKind::ConsistentHash,
+            "power_of_two" => PolicyKind::PowerOfTwo,
+            "cache_aware" => PolicyKind::CacheAware,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::RoundRobin => "round_robin",
+            PolicyKind::Random => "random",
+            PolicyKind::ConsistentHash => "consistent_hash",
+            PolicyKind::PowerOfTwo => "power_of_two",
+            PolicyKind::CacheAware => "cache_aware",
+        }
+    }
+
+    /// Policies this build can run.
+    pub fn is_built(self) -> bool {
+        matches!(self, PolicyKind::RoundRobin | PolicyKind::Random)
+    }
+
+    /// Builds the shard-local instance; `seed` differs per shard so shards do not
+    /// move in lockstep.
+    pub fn build(self, seed: u64) -> Box<dyn Policy> {
+        match self {
+            PolicyKind::Random => Box::new(Random::new(seed)),
+            _ => Box::new(RoundRobin::new(seed as usize)),
+        }
+    }
+}
+
+/// What a policy may look at to decide.
+pub struct RouteInput<'a> {
+    pub head: &'a RequestHead,
+    /// The buffered JSON body, parsed, when the pipeline read it (routing mode 2).
+    pub json: Option<&'a serde_json::Value>,
+}
+
+/// Chooses a worker for one request.
+pub trait Policy {
+    fn kind(&self) -> PolicyKind;
+
+    /// The policy reads the JSON body, so the pipeline must buffer and parse it.
+    fn needs_body(&self) -> bool {
+        false
+    }
+
+    /// A routable worker for the request, or None when there is none.
+    fn pick(&mut self, workers: &WorkerSet, input: &RouteInput<'_>) -> Option<WorkerId>;
+}

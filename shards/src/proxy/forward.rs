@@ -1,0 +1,311 @@
+//! One exchange with one worker: lend a connection, send the request, read the answer
+//! head, hand the body to `relay`, and return the connection to the pool if it is
+//! still good.
+
+use super::headers::{write_client_head, write_upstream_head, ClientFraming, UpstreamBody, UpstreamTarget};
+use super::relay::{relay_body, RelayEnd};
+use super::wait::{read_upstream, ClientWatch, Wake};
+use crate::codec::body::BodyDecoder;
+use crate::codec::limits::{MAX_RESPONSE_HEAD_BYTES, READ_BUFFER_BYTES};
+use crate::codec::response::ResponseHead;
+use crate::codec::Status;
+use crate::messages::{Report, WorkerId};
+use crate::pool::{self, Upstream};
+use crate::server::Client;
+use crate::shard::Shard;
+use futures_lite::future::or;
+use futures_lite::AsyncWriteExt;
+use glommio::timer::Timer;
+use std::io;
+use std::time::Instant;
+
+/// Bodies up to this size are copied behind the head and sent in one write; larger
+/// ones go in a second write instead of being copied (glommio has no writev).
+const COALESCE_BODY_BYTES: usize = 64 * 1024;
+
+/// The request body as the pipeline holds it.
+pub enum RequestBody<'a> {
+    /// Fully read (or empty): can be sent again on a fresh connection. `declared`
+    /// is false when the client sent no body at all.
+    Replayable { bytes: &'a [u8], declared: bool },
+    /// Still arriving from the client: streamed through in the client's own framing.
+    Streamed,
+}
+
+/// Why no answer head came back; decides the status the client sees.
+enum Failure {
+    Refused(io::Error),
+    ConnectTimeout,
+    Reset,
+    BadResponse(&'static str),
+    Deadline,
+    ClientGone,
+    /// The client's streamed chunked body was malformed.
+    BadRequestBody(&'static str),
+}
+
+/// Counts a request in flight to a worker on this shard, for as long as it lives.
+struct InFlight<'a> {
+    shard: &'a Shard,
+    worker: WorkerId,
+}
+
+impl<'a> InFlight<'a> {
+    fn start(shard: &'a Shard, worker: WorkerId) -> Self {
+        if let Some(w) = shard.workers.borrow_mut().get_mut(worker) {
+            w.in_flight += 1;
+        }
+        InFlight { shard, worker }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.shard.workers.borrow_mut().get_mut(self.worker) {
+            w.in_flight = w.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// Sends the request in `c.head` with `body` to `worker` and relays the answer.
+/// Returns true when the client connection may carry another request.
+pub async fn forward(
+    shard: &Shard,
+    c: &mut Client,
+    worker: WorkerId,
+    body: RequestBody<'_>,
+    deadline: &mut Timer,
+) -> bool {
+    let Some((addr, url)) = write_request(shard, c, worker, &body) else {
+        return c.send_error(503, "worker was removed", false).await;
+    };
+    let _in_flight = InFlight::start(shard, worker);
+    let mut watch = ClientWatch::new();
+    let replayable = matches!(body, RequestBody::Replayable { .. });
+    let mut resp = ResponseHead::default();
+
+    // A pooled connection may have been closed by the worker just as we wrote to it;
+    // that failure shows before any answer byte and is retried once on a fresh
+    // connection. Only a replayable body allows it.
+    let mut allow_pool = replayable;
+    let mut up = loop {
+        let attempt = exchange_head(shard, c, worker, addr, &body, allow_pool, &mut resp, &mut watch, deadline).await;
+        match attempt {
+            Ok(up) => break up,
+            Err((Failure::Reset, true)) if allow_pool => allow_pool = false,
+            Err((failure, _)) => return fail(shard, c, worker, &url, failure).await,
+        }
+    };
+    c.out.clear();
+
+    let framing = ClientFraming::choose(resp.framing, c.head.minor_version);
+    let keep_client = c.head.keep_alive && framing.self_delimiting() && !shard.draining.get();
+    write_client_head(&mut c.out, &resp, &c.head, framing, keep_client, &[]);
+    let mut decoder = BodyDecoder::new(resp.framing);
+    let end = relay_body(c, &mut up, framing, &mut decoder, &mut watch, deadline).await;
+    match end {
+        RelayEnd::Complete => {
+            if resp.keep_alive && decoder.is_done() {
+                shard.pool.borrow_mut().give(up, Instant::now());
+            }
+            keep_client
+        }
+        // Dropping `up` closes the worker's socket: vLLM aborts the generation.
+        RelayEnd::ClientGone | RelayEnd::UpstreamFailed | RelayEnd::TimedOut => false,
+    }
+}
+
+/// Writes the upstream head (and a small replayable body) into `c.out`. None when the
+/// worker disappeared between the policy's choice and now.
+fn write_request(
+    shard: &Shard,
+    c: &mut Client,
+    worker: WorkerId,
+    body: &RequestBody<'_>,
+) -> Option<(std::net::SocketAddr, String)> {
+    let workers = shard.workers.borrow();
+    let w = workers.get(worker)?;
+    let target = UpstreamTarget {
+        authority: w.spec.authority.as_bytes(),
+        dp_rank: w.spec.dp_rank,
+        api_key: shard.config.api_key.as_deref(),
+    };
+    let framing = match body {
+        RequestBody::Replayable { declared: false, .. } => UpstreamBody::None,
+        RequestBody::Replayable { bytes, .. } => UpstreamBody::Length(bytes.len() as u64),
+        RequestBody::Streamed => match c.head.framing {
+            crate::codec::framing::BodyFraming::Length(n) => UpstreamBody::Length(n),
+            _ => UpstreamBody::Chunked,
+        },
+    };
+    c.out.clear();
+    write_upstream_head(&mut c.out, &c.head, &target, framing);
+    if let RequestBody::Replayable { bytes, .. } = body {
+        if bytes.len() <= COALESCE_BODY_BYTES {
+            c.out.extend_from_slice(bytes);
+        }
+    }
+    Some((w.spec.addr, w.spec.url.clone()))
+}
+
+/// One attempt: connection, request, answer head. On error, the bool says whether the
+/// connection came from the pool and failed before any answer byte.
+#[allow(clippy::too_many_arguments)]
+async fn exchange_head(
+    shard: &Shard,
+    c: &mut Client,
+    worker: WorkerId,
+    addr: std::net::SocketAddr,
+    body: &RequestBody<'_>,
+    allow_pool: bool,
+    resp: &mut ResponseHead,
+    watch: &mut ClientWatch,
+    deadline: &mut Timer,
+) -> Result<Upstream, (Failure, bool)> {
+    let pooled = if allow_pool {
+        shard.pool.borrow_mut().take(worker, Instant::now())
+    } else {
+        None
+    };
+    let mut up = match pooled {
+        Some(up) => up,
+        None => {
+            let connect = async {
+                Some(match pool::connect(worker, addr, shard.config.connect_timeout).await {
+                    Ok(up) => Ok(up),
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Failure::ConnectTimeout),
+                    Err(e) => Err(Failure::Refused(e)),
+                })
+            };
+            let expired = async {
+                (&mut *deadline).await;
+                None
+            };
+            match or(connect, expired).await {
+                Some(Ok(up)) => up,
+                Some(Err(f)) => return Err((f, false)),
+                None => return Err((Failure::Deadline, false)),
+            }
+        }
+    };
+    let reused = up.reused;
+    if let Err(e) = send_request(c, &mut up, body, deadline).await {
+        return Err(match e {
+            SendError::Client => (Failure::ClientGone, false),
+            SendError::Deadline => (Failure::Deadline, false),
+            SendError::BadBody(m) => (Failure::BadRequestBody(m), false),
+            SendError::Upstream(_) if reused => (Failure::Reset, true),
+            SendError::Upstream(e) => (Failure::Refused(e), false),
+        });
+    }
+    loop {
+        if !up.rbuf.is_empty() {
+            match resp.parse(up.rbuf.filled(), c.head.is_head()) {
+                Ok(Status::Complete(n)) => {
+                    up.rbuf.consume(n);
+                    if resp.is_interim() {
+                        continue;
+                    }
+                    return Ok(up);
+                }
+                Ok(Status::Partial) => {}
+                Err(e) => return Err((Failure::BadResponse(e.0), false)),
+            }
+        }
+        let got_bytes = !up.rbuf.is_empty();
+        match read_upstream(&mut up, MAX_RESPONSE_HEAD_BYTES + 1, c, watch, deadline).await {
+            Wake::Upstream(Ok(0)) | Wake::Upstream(Err(_)) => {
+                return Err((Failure::Reset, reused && !got_bytes));
+            }
+            Wake::Upstream(Ok(_)) => {}
+            Wake::ClientGone => return Err((Failure::ClientGone, false)),
+            Wake::Deadline => return Err((Failure::Deadline, false)),
+        }
+    }
+}
+
+/// Which side broke while the request was being sent.
+enum SendError {
+    Upstream(io::Error),
+    Client,
+    Deadline,
+    BadBody(&'static str),
+}
+
+/// Sends what `write_request` staged in `c.out`, then the rest of the body.
+async fn send_request(
+    c: &mut Client,
+    up: &mut Upstream,
+    body: &RequestBody<'_>,
+    deadline: &mut Timer,
+) -> Result<(), SendError> {
+    up.stream.write_all(&c.out).await.map_err(SendError::Upstream)?;
+    match body {
+        RequestBody::Replayable { bytes, .. } => {
+            if bytes.len() > COALESCE_BODY_BYTES {
+                up.stream.write_all(bytes).await.map_err(SendError::Upstream)?;
+            }
+            Ok(())
+        }
+        RequestBody::Streamed => stream_body(c, up, deadline).await,
+    }
+}
+
+/// Streams the client's body to the worker in its own framing, verbatim.
+async fn stream_body(c: &mut Client, up: &mut Upstream, deadline: &mut Timer) -> Result<(), SendError> {
+    let mut decoder = BodyDecoder::new(c.head.framing);
+    let mut sent_continue = false;
+    loop {
+        if !c.rbuf.is_empty() {
+            let input = c.rbuf.filled();
+            let progress = decoder.feed(input, |_| {}).map_err(|e| SendError::BadBody(e.0))?;
+            up.stream
+                .write_all(&input[..progress.consumed])
+                .await
+                .map_err(SendError::Upstream)?;
+            c.rbuf.consume(progress.consumed);
+            if progress.done {
+                return Ok(());
+            }
+        }
+        if c.head.expect_continue && !sent_continue {
+            sent_continue = true;
+            c.stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| SendError::Client)?;
+        }
+        let read = async { Some(c.rbuf.read_from(&mut c.stream, READ_BUFFER_BYTES).await) };
+        let expired = async {
+            (&mut *deadline).await;
+            None
+        };
+        match or(read, expired).await {
+            Some(Ok(0)) | Some(Err(_)) => return Err(SendError::Client),
+            Some(Ok(_)) => {}
+            None => return Err(SendError::Deadline),
+        }
+    }
+}
+
+/// Answers the client for an exchange that produced no answer head.
+async fn fail(shard: &Shard, c: &mut Client, worker: WorkerId, url: &str, failure: Failure) -> bool {
+    let (status, message) = match failure {
+        Failure::Refused(e) => {
+            let _ = shard.reports.try_send(Report::WorkerUnreachable {
+                shard: shard.index,
+                id: worker,
+            });
+            (502, format!("worker {url} unreachable: {e}"))
+        }
+        Failure::ConnectTimeout => (504, format!("timed out connecting to worker {url}")),
+        Failure::Reset => (502, format!("worker {url} closed the connection before answering")),
+        Failure::BadResponse(m) => (502, format!("{m} ({url})")),
+        Failure::Deadline => (504, "request timed out waiting for the worker".to_string()),
+        Failure::BadRequestBody(m) => (400, m.to_string()),
+        Failure::ClientGone => return false,
+    };
+    crate::debug!("shard {}: {} -> {status}: {message}", shard.index, url);
+    // The request body may be half-read (streamed): close after the error.
+    c.send_error(status, &message, false).await
+}

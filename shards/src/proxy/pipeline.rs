@@ -1,0 +1,189 @@
+//! The three routing modes, chosen per request from its head:
+//!
+//! 1. head only: the policy decides from the head and the body streams through
+//!    (transparent paths, bodies that are not all here yet);
+//! 2. JSON body: the body is read whole (up to `--max-payload-size`), parsed once if
+//!    the policy reads it, and kept for replay (generation paths);
+//! 3. multi-leg: the JSON body is rewritten and sent to two workers in turn (P/D,
+//!    see `pd`; not built yet).
+
+use super::forward::{forward, RequestBody};
+use super::route::{classify, RouteKind};
+use crate::codec::body::BodyDecoder;
+use crate::codec::framing::BodyFraming;
+use crate::codec::limits::READ_BUFFER_BYTES;
+use crate::messages::WorkerId;
+use crate::policy::RouteInput;
+use crate::server::Client;
+use crate::shard::Shard;
+use futures_lite::future::or;
+use futures_lite::AsyncWriteExt;
+use glommio::timer::Timer;
+
+/// A buffered body larger than this is freed after its request instead of being kept
+/// for the connection's next one.
+const KEEP_BODY_CAPACITY: usize = 1024 * 1024;
+
+/// Handles one request whose head is in `c.head`. Returns true when the connection
+/// may carry another request.
+pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
+    let max = shard.config.max_payload_bytes;
+    if let BodyFraming::Length(n) = c.head.framing {
+        if n > max {
+            // Refused before reading it: nothing goes upstream, and the connection
+            // closes since the unread body would follow.
+            let msg = format!("request body of {n} bytes exceeds the limit of {max} bytes");
+            return c.send_error(413, &msg, false).await;
+        }
+    }
+    let mut deadline = Timer::new(shard.config.request_timeout);
+    let buffered = classify(c.head.method(), c.head.path()) == RouteKind::Generation
+        || shard.policy.borrow().needs_body();
+    if buffered {
+        handle_buffered(shard, c, &mut deadline).await
+    } else {
+        handle_streamed(shard, c, &mut deadline).await
+    }
+}
+
+/// Mode 2.
+async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Timer) -> bool {
+    match read_body(c, shard.config.max_payload_bytes, deadline).await {
+        Ok(()) => {}
+        Err(BodyError::TooLarge) => {
+            let msg = format!(
+                "request body exceeds the limit of {} bytes",
+                shard.config.max_payload_bytes
+            );
+            return c.send_error(413, &msg, false).await;
+        }
+        Err(BodyError::Malformed(m)) => return c.send_error(400, m, false).await,
+        Err(BodyError::TimedOut) => {
+            return c.send_error(408, "timed out reading the request body", false).await
+        }
+        Err(BodyError::Closed) => return false,
+    }
+    let body = std::mem::take(&mut c.body);
+    let json = if shard.policy.borrow().needs_body() {
+        match serde_json::from_slice::<serde_json::Value>(&body) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let keep = c.send_error(400, &format!("invalid JSON body: {e}"), true).await;
+                c.body = body;
+                return keep;
+            }
+        }
+    } else {
+        None
+    };
+    let keep = match pick(shard, c, json.as_ref()) {
+        Some(worker) => {
+            let declared = c.head.has_body();
+            let req_body = RequestBody::Replayable {
+                bytes: &body,
+                declared,
+            };
+            forward(shard, c, worker, req_body, deadline).await
+        }
+        None => no_worker(c, true).await,
+    };
+    if body.capacity() <= KEEP_BODY_CAPACITY {
+        c.body = body;
+        c.body.clear();
+    }
+    keep
+}
+
+/// Mode 1. A body that already sits whole in the read buffer is copied out so the
+/// request stays replayable; otherwise it streams through.
+async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Timer) -> bool {
+    let Some(worker) = pick(shard, c, None) else {
+        return no_worker(c, !c.head.has_body()).await;
+    };
+    let whole = match c.head.framing {
+        BodyFraming::Empty => Some(0),
+        BodyFraming::Length(n) if n as usize <= c.rbuf.len() => Some(n as usize),
+        _ => None,
+    };
+    match whole {
+        Some(n) => {
+            let mut body = std::mem::take(&mut c.body);
+            body.clear();
+            body.extend_from_slice(&c.rbuf.filled()[..n]);
+            c.rbuf.consume(n);
+            let declared = c.head.has_body();
+            let req_body = RequestBody::Replayable {
+                bytes: &body,
+                declared,
+            };
+            let keep = forward(shard, c, worker, req_body, deadline).await;
+            c.body = body;
+            keep
+        }
+        None => forward(shard, c, worker, RequestBody::Streamed, deadline).await,
+    }
+}
+
+fn pick(shard: &Shard, c: &Client, json: Option<&serde_json::Value>) -> Option<WorkerId> {
+    let workers = shard.workers.borrow();
+    let input = RouteInput {
+        head: &c.head,
+        json,
+    };
+    shard.policy.borrow_mut().pick(&workers, &input)
+}
+
+async fn no_worker(c: &mut Client, body_read: bool) -> bool {
+    c.send_error(503, "no healthy worker is available", body_read)
+        .await
+}
+
+enum BodyError {
+    TooLarge,
+    Malformed(&'static str),
+    TimedOut,
+    Closed,
+}
+
+/// Reads the whole body into `c.body` (chunked bodies are decoded), sending
+/// `100 Continue` first when the client asked for it.
+async fn read_body(c: &mut Client, max: u64, deadline: &mut Timer) -> Result<(), BodyError> {
+    c.body.clear();
+    let mut decoder = BodyDecoder::new(c.head.framing);
+    if let BodyFraming::Length(n) = c.head.framing {
+        c.body.reserve(n as usize);
+    }
+    let mut sent_continue = false;
+    loop {
+        if !c.rbuf.is_empty() || decoder.is_done() {
+            let body = &mut c.body;
+            let progress = decoder
+                .feed(c.rbuf.filled(), |d| body.extend_from_slice(d))
+                .map_err(|e| BodyError::Malformed(e.0))?;
+            c.rbuf.consume(progress.consumed);
+            if c.body.len() as u64 > max {
+                return Err(BodyError::TooLarge);
+            }
+            if progress.done {
+                return Ok(());
+            }
+        }
+        if c.head.expect_continue && !sent_continue {
+            sent_continue = true;
+            c.stream
+                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                .await
+                .map_err(|_| BodyError::Closed)?;
+        }
+        let read = async { Some(c.rbuf.read_from(&mut c.stream, READ_BUFFER_BYTES).await) };
+        let expired = async {
+            (&mut *deadline).await;
+            None
+        };
+        match or(read, expired).await {
+            Some(Ok(0)) | Some(Err(_)) => return Err(BodyError::Closed),
+            Some(Ok(_)) => {}
+            None => return Err(BodyError::TimedOut),
+        }
+    }
+}

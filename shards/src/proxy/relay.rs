@@ -1,0 +1,94 @@
+//! The answer's body, from worker to client, forwarded as it arrives.
+//!
+//! Flush rule (after pingora's streamed bodies): every read from the worker is written
+//! to the client before the next read is issued. An SSE event therefore leaves as soon
+//! as it arrives, nothing waits to be coalesced, and a slow client slows the reads from
+//! the worker (backpressure) instead of growing a buffer.
+
+use super::headers::ClientFraming;
+use super::wait::{read_upstream, ClientWatch, Wake};
+use crate::codec::body::BodyDecoder;
+use crate::codec::encode;
+use crate::codec::limits::READ_BUFFER_BYTES;
+use crate::pool::Upstream;
+use crate::server::Client;
+use futures_lite::AsyncWriteExt;
+use glommio::timer::Timer;
+
+/// How a relayed body ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The whole body reached the client.
+    Complete,
+    ClientGone,
+    /// The worker closed or broke the body before its end.
+    UpstreamFailed,
+    TimedOut,
+}
+
+/// Forwards the body. `c.out` may hold the client head; it leaves with the first bytes.
+pub async fn relay_body(
+    c: &mut Client,
+    up: &mut Upstream,
+    framing: ClientFraming,
+    decoder: &mut BodyDecoder,
+    watch: &mut ClientWatch,
+    deadline: &mut Timer,
+) -> RelayEnd {
+    loop {
+        if !up.rbuf.is_empty() || decoder.is_done() {
+            let input = up.rbuf.filled();
+            let out = &mut c.out;
+            let fed = match framing {
+                ClientFraming::Rechunk => decoder.feed(input, |d| encode::chunk(out, d)),
+                ClientFraming::Dechunk => decoder.feed(input, |d| out.extend_from_slice(d)),
+                _ => decoder.feed(input, |_| {}),
+            };
+            let Ok(progress) = fed else {
+                return RelayEnd::UpstreamFailed;
+            };
+            let raw = matches!(
+                framing,
+                ClientFraming::Length(_) | ClientFraming::Chunked | ClientFraming::UntilClose
+            );
+            let written = if raw && c.out.is_empty() {
+                // Common case mid-stream: straight from the worker's buffer.
+                c.stream.write_all(&input[..progress.consumed]).await
+            } else {
+                if raw {
+                    c.out.extend_from_slice(&input[..progress.consumed]);
+                }
+                if progress.done && framing == ClientFraming::Rechunk {
+                    c.out.extend_from_slice(encode::LAST_CHUNK);
+                }
+                c.flush_out().await
+            };
+            up.rbuf.consume(progress.consumed);
+            if written.is_err() {
+                return RelayEnd::ClientGone;
+            }
+            if progress.done {
+                return RelayEnd::Complete;
+            }
+        }
+        match read_upstream(up, READ_BUFFER_BYTES, c, watch, deadline).await {
+            Wake::Upstream(Ok(0)) => {
+                if !decoder.complete_at_eof() {
+                    return RelayEnd::UpstreamFailed;
+                }
+                if framing == ClientFraming::Rechunk {
+                    c.out.extend_from_slice(encode::LAST_CHUNK);
+                }
+                return if c.flush_out().await.is_ok() {
+                    RelayEnd::Complete
+                } else {
+                    RelayEnd::ClientGone
+                };
+            }
+            Wake::Upstream(Ok(_)) => {}
+            Wake::Upstream(Err(_)) => return RelayEnd::UpstreamFailed,
+            Wake::ClientGone => return RelayEnd::ClientGone,
+            Wake::Deadline => return RelayEnd::TimedOut,
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Waiting on a worker while watching the client and the request's deadline.
+//!
+//! While a request is with a worker, the client may leave. Reading from the client
+//! socket at the same time notices that at once (EOF), so the worker's connection is
+//! closed and vLLM aborts the generation instead of computing for nobody. Bytes the
+//! client sends meanwhile (a pipelined next request) are kept in its buffer.
+
+use crate::codec::limits::MAX_REQUEST_HEAD_BYTES;
+use crate::pool::Upstream;
+use crate::server::Client;
+use futures_lite::future::{or, pending};
+use glommio::timer::Timer;
+use std::io;
+
+/// What ended a wait.
+pub enum Wake {
+    /// A read from the worker finished (0 = the worker closed).
+    Upstream(io::Result<usize>),
+    /// The client closed or failed: the request is abandoned.
+    ClientGone,
+    /// The request's deadline passed.
+    Deadline,
+}
+
+/// Tracks whether the client socket is still worth watching.
+pub struct ClientWatch {
+    enabled: bool,
+}
+
+impl ClientWatch {
+    pub fn new() -> Self {
+        ClientWatch { enabled: true }
+    }
+}
+
+impl Default for ClientWatch {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One read from the worker into its buffer (growing up to `max`), raced against the
+/// client leaving and the deadline.
+pub async fn read_upstream(
+    up: &mut Upstream,
+    max: usize,
+    c: &mut Client,
+    watch: &mut ClientWatch,
+    deadline: &mut Timer,
+) -> Wake {
+    loop {
+        let upstream = async { Some(Wake::Upstream(up.rbuf.read_from(&mut up.stream, max).await)) };
+        let client = async {
+            if !watch.enabled {
+                return pending().await;
+            }
+            match c.rbuf.read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES).await {
+                Ok(0) => Some(Wake::ClientGone),
+                Ok(_) => None, // pipelined bytes: keep them, keep waiting
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    // Its buffer is full of pipelined requests: stop reading it; a
+                    // write to a gone client still fails later.
+                    watch.enabled = false;
+                    None
+                }
+                Err(_) => Some(Wake::ClientGone),
+            }
+        };
+        let expired = async {
+            (&mut *deadline).await;
+            Some(Wake::Deadline)
+        };
+        if let Some(w) = or(upstream, or(client, expired)).await {
+            return w;
+        }
+    }
+}

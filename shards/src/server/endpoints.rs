@@ -1,0 +1,29 @@
+//! Endpoints the shard answers from its own state, without a worker or the control core.
+
+use super::Client;
+use crate::errors::write_json;
+use crate::shard::Shard;
+
+/// Answers `/health`, `/liveness` and `/readiness` when `path` is one of them.
+/// Returns None for any other path.
+pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<()> {
+    let method = c.head.method();
+    if method != b"GET" && method != b"HEAD" {
+        return None;
+    }
+    let routable = shard.workers.borrow().routable_count();
+    let (status, body): (u16, &[u8]) = match c.head.path() {
+        b"/liveness" => (200, br#"{"status":"alive"}"#),
+        b"/health" | b"/readiness" if routable > 0 => (200, br#"{"status":"ready"}"#),
+        b"/health" | b"/readiness" => (503, br#"{"status":"no healthy workers"}"#),
+        _ => return None,
+    };
+    let close = !c.head.keep_alive || c.head.has_body() || shard.draining.get();
+    write_json(&mut c.out, c.head.minor_version, status, body, close);
+    if c.head.is_head() {
+        // Same head, no body (RFC 9110 §9.3.2).
+        let head_len = c.out.len() - body.len();
+        c.out.truncate(head_len);
+    }
+    Some(())
+}

@@ -1,0 +1,180 @@
+//! One shard: its executor, its state, and the task that applies deltas.
+
+use crate::link::ShardEnd;
+use crate::messages::{Delta, Report};
+use crate::policy::{Policy, PolicyKind};
+use crate::pool::Pool;
+use crate::state::WorkerSet;
+use crossbeam_channel::Sender;
+use futures_lite::AsyncReadExt;
+use glommio::sync::{Gate, Semaphore};
+use glommio::{LocalExecutorBuilder, Placement};
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
+use std::os::unix::io::FromRawFd;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// io_uring registered-buffer memory per executor. glommio defaults to 10 MiB for
+/// file I/O; a proxy does only socket I/O, and every byte of it counts against
+/// RLIMIT_MEMLOCK.
+pub const SHARD_IO_MEMORY: usize = 512 * 1024;
+
+/// How often a shard closes pooled connections that idled too long. Coarse on
+/// purpose: glommio timers live in a BTreeMap, one periodic timer per shard is cheap.
+const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Settings every shard reads; fixed at start.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub listen: SocketAddr,
+    pub max_payload_bytes: u64,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Time allowed to receive a whole request head once its first byte arrived.
+    pub header_read_timeout: Duration,
+    /// Time an idle client keep-alive connection is kept open.
+    pub keepalive_timeout: Duration,
+    pub policy: PolicyKind,
+    /// Sent to workers as `Authorization: Bearer`.
+    pub api_key: Option<String>,
+}
+
+/// A shard's state, shared by its tasks through `Rc` (single thread, no locks).
+/// `RefCell` borrows are never held across an `.await`.
+pub struct Shard {
+    pub index: usize,
+    pub config: Arc<ShardConfig>,
+    pub workers: RefCell<WorkerSet>,
+    pub policy: RefCell<Box<dyn Policy>>,
+    pub pool: RefCell<Pool>,
+    pub reports: Sender<Report>,
+    pub draining: Cell<bool>,
+    /// Closed when draining starts: wakes connections idling between requests.
+    pub drain_signal: Semaphore,
+    /// Every client connection holds a pass; draining waits for the gate to empty.
+    pub connections: Gate,
+}
+
+impl Shard {
+    pub fn apply(&self, delta: &Delta) {
+        match delta {
+            Delta::Remove(id) => self.pool.borrow_mut().forget_worker(*id),
+            Delta::Drain => {
+                self.draining.set(true);
+                self.drain_signal.close();
+            }
+            _ => {}
+        }
+        self.workers.borrow_mut().apply(delta);
+    }
+}
+
+/// Starts shard `index` on its own thread, pinned to `cpu` when given. Returns once
+/// the listener is bound, or with the reason it could not be.
+pub fn spawn_shard(
+    index: usize,
+    cpu: Option<usize>,
+    config: Arc<ShardConfig>,
+    link: ShardEnd,
+    reports: Sender<Report>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded::<Result<(), String>>(1);
+    let placement = match cpu {
+        Some(c) => Placement::Fixed(c),
+        None => Placement::Unbound,
+    };
+    let builder = LocalExecutorBuilder::new(placement)
+        .name(&format!("shard-{index}"))
+        .io_memory(SHARD_IO_MEMORY);
+    let thread = std::thread::Builder::new()
+        .name(format!("shard-{index}"))
+        .spawn(move || {
+            let ex = match builder.make() {
+                Ok(ex) => ex,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(format!("cannot start shard executor: {e}")));
+                    return;
+                }
+            };
+            ex.run(run_shard(index, config, link, reports, ready_tx));
+        })
+        .map_err(|e| format!("cannot start shard thread: {e}"))?;
+    match ready_rx.recv() {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(format!("shard {index} exited during start-up"))
+        }
+    }
+}
+
+async fn run_shard(
+    index: usize,
+    config: Arc<ShardConfig>,
+    link: ShardEnd,
+    reports: Sender<Report>,
+    ready: crossbeam_channel::Sender<Result<(), String>>,
+) {
+    let listener = match glommio::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot listen on {}: {e}", config.listen)));
+            return;
+        }
+    };
+    let shard = Rc::new(Shard {
+        index,
+        policy: RefCell::new(config.policy.build(index as u64 + 1)),
+        config,
+        workers: RefCell::new(WorkerSet::default()),
+        pool: RefCell::new(Pool::default()),
+        reports,
+        draining: Cell::new(false),
+        drain_signal: Semaphore::new(0),
+        connections: Gate::new(),
+    });
+    // Deltas queued before the shard started (the initial worker set) apply first.
+    while let Ok(d) = link.rx.try_recv() {
+        shard.apply(&d);
+    }
+    let _ = ready.send(Ok(()));
+
+    let sweeper = glommio::spawn_local({
+        let shard = shard.clone();
+        async move {
+            loop {
+                glommio::timer::sleep(POOL_SWEEP_INTERVAL).await;
+                shard.pool.borrow_mut().sweep(Instant::now());
+            }
+        }
+    });
+    let acceptor = glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener));
+
+    // The delta loop: wait for the doorbell, drain the channel, until drained.
+    // SAFETY: the fd comes from a std socket we own and hand over whole.
+    let mut bell = unsafe { glommio::net::UnixStream::from_raw_fd(link.bell.into_raw_fd()) };
+    let mut scratch = [0u8; 64];
+    loop {
+        let rung = bell.read(&mut scratch).await;
+        let mut drain = matches!(rung, Ok(0) | Err(_)); // control core gone: drain
+        while let Ok(d) = link.rx.try_recv() {
+            drain |= matches!(d, Delta::Drain);
+            shard.apply(&d);
+        }
+        if drain {
+            shard.apply(&Delta::Drain);
+            break;
+        }
+    }
+    drop(acceptor); // closes the listener: the kernel stops giving us connections
+    drop(sweeper);
+    let _ = shard.connections.close().await;
+    let _ = shard.reports.send(Report::Drained { shard: index });
+}

@@ -1,0 +1,100 @@
+//! A shard's own view of the workers; changed only by deltas, read by every request.
+
+use crate::messages::{Delta, WorkerId, WorkerSpec};
+
+/// One worker as this shard sees it.
+#[derive(Debug)]
+pub struct Worker {
+    pub spec: WorkerSpec,
+    /// Requests this shard has in flight to the worker.
+    pub in_flight: u32,
+}
+
+/// The workers of one shard. Kept in a Vec: a router has tens of workers, and a
+/// linear scan over them is faster than any map at that size.
+#[derive(Debug, Default)]
+pub struct WorkerSet {
+    workers: Vec<Worker>,
+    /// Indices into `workers` of the ones that may take new requests.
+    routable: Vec<usize>,
+}
+
+impl WorkerSet {
+    pub fn apply(&mut self, delta: &Delta) {
+        match delta {
+            Delta::Upsert(spec) => match self.workers.iter_mut().find(|w| w.spec.id == spec.id) {
+                Some(w) => w.spec = spec.clone(),
+                None => self.workers.push(Worker {
+                    spec: spec.clone(),
+                    in_flight: 0,
+                }),
+            },
+            Delta::Remove(id) => self.workers.retain(|w| w.spec.id != *id),
+            Delta::Health { id, healthy } => {
+                if let Some(w) = self.get_mut(*id) {
+                    w.spec.healthy = *healthy;
+                }
+            }
+            Delta::Drain => {}
+        }
+        self.routable = (0..self.workers.len())
+            .filter(|&i| self.workers[i].spec.healthy)
+            .collect();
+    }
+
+    pub fn all(&self) -> &[Worker] {
+        &self.workers
+    }
+
+    /// Workers that may take a new request, in a stable order.
+    pub fn routable(&self) -> impl ExactSizeIterator<Item = &Worker> + '_ {
+        self.routable.iter().map(|&i| &self.workers[i])
+    }
+
+    pub fn routable_count(&self) -> usize {
+        self.routable.len()
+    }
+
+    /// The `n`th routable worker.
+    pub fn routable_nth(&self, n: usize) -> &Worker {
+        &self.workers[self.routable[n]]
+    }
+
+    pub fn get(&self, id: WorkerId) -> Option<&Worker> {
+        self.workers.iter().find(|w| w.spec.id == id)
+    }
+
+    pub fn get_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
+        self.workers.iter_mut().find(|w| w.spec.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: WorkerId, healthy: bool) -> WorkerSpec {
+        WorkerSpec {
+            id,
+            url: format!("http://127.0.0.1:{}", 8000 + id),
+            addr: format!("127.0.0.1:{}", 8000 + id).parse().unwrap(),
+            authority: format!("127.0.0.1:{}", 8000 + id),
+            dp_rank: None,
+            healthy,
+        }
+    }
+
+    #[test]
+    fn deltas_change_routable_set() {
+        let mut s = WorkerSet::default();
+        s.apply(&Delta::Upsert(spec(1, true)));
+        s.apply(&Delta::Upsert(spec(2, true)));
+        s.apply(&Delta::Upsert(spec(3, false)));
+        assert_eq!(s.routable_count(), 2);
+        s.apply(&Delta::Health { id: 1, healthy: false });
+        assert_eq!(s.routable().map(|w| w.spec.id).collect::<Vec<_>>(), vec![2]);
+        s.apply(&Delta::Remove(2));
+        assert_eq!(s.routable_count(), 0);
+        assert_eq!(s.all().len(), 2);
+    }
+}

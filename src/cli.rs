@@ -1,0 +1,297 @@
+//! The command line: the published vllm-router's flag set (docs/cli.md), with its
+//! defaults and value shapes, plus `--shards` and `--shutdown-grace-period-secs`.
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use std::path::PathBuf;
+
+const POLICIES: [&str; 5] = ["round_robin", "random", "consistent_hash", "power_of_two", "cache_aware"];
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "vllm-router",
+    version,
+    about = "Thread-per-core request router for vLLM workers (drop-in for vllm-router)"
+)]
+pub struct Cli {
+    // --- server ---
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+    /// Largest request body in bytes; larger bodies get 413.
+    #[arg(long, default_value_t = 536_870_912)]
+    pub max_payload_size: u64,
+    #[arg(long, default_value_t = 1800)]
+    pub request_timeout_secs: u64,
+    #[arg(long, default_value = "info",
+          value_parser = ["debug", "info", "warn", "warning", "error", "critical"])]
+    pub log_level: String,
+    /// Write logs to vllm-router.log in this directory instead of stderr.
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+    /// Sent to workers as `Authorization: Bearer`.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    #[arg(long, num_args = 0..)]
+    pub cors_allowed_origins: Vec<String>,
+    /// Data-plane shards (one glommio executor pinned per CPU). Default: the CPUs in
+    /// the process's affinity mask.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// On SIGTERM/SIGINT, time given to in-flight requests and streams to finish.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_period_secs: u64,
+
+    // --- workers and policy ---
+    #[arg(long, num_args = 0..)]
+    pub worker_urls: Vec<String>,
+    #[arg(long, default_value = "cache_aware", value_parser = POLICIES)]
+    pub policy: String,
+    #[arg(long, value_parser = POLICIES)]
+    pub prefill_policy: Option<String>,
+    #[arg(long, value_parser = POLICIES)]
+    pub decode_policy: Option<String>,
+    #[arg(long, default_value_t = 600)]
+    pub worker_startup_timeout_secs: u64,
+    #[arg(long, default_value_t = 30)]
+    pub worker_startup_check_interval: u64,
+    #[arg(long, default_value_t = 1)]
+    pub intra_node_data_parallel_size: u32,
+
+    // --- cache_aware ---
+    #[arg(long, default_value_t = 0.3)]
+    pub cache_threshold: f64,
+    #[arg(long, default_value_t = 64)]
+    pub balance_abs_threshold: u64,
+    #[arg(long, default_value_t = 1.5)]
+    pub balance_rel_threshold: f64,
+    #[arg(long, default_value_t = 120)]
+    pub eviction_interval_secs: u64,
+    #[arg(long, default_value_t = 67_108_864)]
+    pub max_tree_size: u64,
+
+    // --- prefill/decode ---
+    #[arg(long)]
+    pub vllm_pd_disaggregation: bool,
+    /// `--prefill URL [BOOTSTRAP_PORT|none]`, repeatable.
+    #[arg(long, num_args = 1..=2, action = clap::ArgAction::Append, value_names = ["URL", "BOOTSTRAP_PORT"])]
+    pub prefill: Vec<String>,
+    #[arg(long, action = clap::ArgAction::Append)]
+    pub decode: Vec<String>,
+    #[arg(long)]
+    pub vllm_discovery_address: Option<String>,
+
+    // --- Kubernetes ---
+    #[arg(long)]
+    pub service_discovery: bool,
+    #[arg(long, num_args = 1..)]
+    pub selector: Vec<String>,
+    #[arg(long, default_value_t = 8000)]
+    pub service_discovery_port: u16,
+    #[arg(long)]
+    pub service_discovery_namespace: Option<String>,
+    #[arg(long, num_args = 1..)]
+    pub prefill_selector: Vec<String>,
+    #[arg(long, num_args = 1..)]
+    pub decode_selector: Vec<String>,
+
+    // --- metrics and request ids ---
+    #[arg(long, default_value = "127.0.0.1")]
+    pub prometheus_host: String,
+    #[arg(long, default_value_t = 29000)]
+    pub prometheus_port: u16,
+    #[arg(long, num_args = 0..)]
+    pub request_id_headers: Vec<String>,
+
+    // --- retries ---
+    #[arg(long, default_value_t = 5)]
+    pub retry_max_retries: u32,
+    #[arg(long, default_value_t = 50)]
+    pub retry_initial_backoff_ms: u64,
+    #[arg(long, default_value_t = 30000)]
+    pub retry_max_backoff_ms: u64,
+    #[arg(long, default_value_t = 1.5)]
+    pub retry_backoff_multiplier: f64,
+    #[arg(long, default_value_t = 0.2)]
+    pub retry_jitter_factor: f64,
+    #[arg(long)]
+    pub disable_retries: bool,
+
+    // --- circuit breaker ---
+    #[arg(long, default_value_t = 10)]
+    pub cb_failure_threshold: u32,
+    #[arg(long, default_value_t = 3)]
+    pub cb_success_threshold: u32,
+    #[arg(long, default_value_t = 60)]
+    pub cb_timeout_duration_secs: u64,
+    #[arg(long, default_value_t = 120)]
+    pub cb_window_duration_secs: u64,
+    #[arg(long)]
+    pub disable_circuit_breaker: bool,
+
+    // --- health checks ---
+    #[arg(long, default_value_t = 3)]
+    pub health_failure_threshold: u32,
+    #[arg(long, default_value_t = 2)]
+    pub health_success_threshold: u32,
+    #[arg(long, default_value_t = 5)]
+    pub health_check_timeout_secs: u64,
+    #[arg(long, default_value_t = 60)]
+    pub health_check_interval_secs: u64,
+    #[arg(long, default_value = "/health")]
+    pub health_check_endpoint: String,
+
+    // --- admission ---
+    #[arg(long, default_value_t = 32768)]
+    pub max_concurrent_requests: u64,
+    #[arg(long, default_value_t = 100)]
+    pub queue_size: u64,
+    #[arg(long, default_value_t = 60)]
+    pub queue_timeout_secs: u64,
+}
+
+/// Flags accepted for compatibility whose feature this build does not have yet.
+/// Giving one on the command line is an error, never silently ignored.
+const NOT_BUILT: &[(&str, &str)] = &[
+    ("cors_allowed_origins", "CORS"),
+    ("prefill_policy", "prefill/decode disaggregation"),
+    ("decode_policy", "prefill/decode disaggregation"),
+    ("worker_startup_timeout_secs", "waiting for worker start-up"),
+    ("worker_startup_check_interval", "waiting for worker start-up"),
+    ("cache_threshold", "the cache_aware policy"),
+    ("balance_abs_threshold", "the cache_aware policy"),
+    ("balance_rel_threshold", "the cache_aware policy"),
+    ("eviction_interval_secs", "the cache_aware policy"),
+    ("max_tree_size", "the cache_aware policy"),
+    ("vllm_pd_disaggregation", "prefill/decode disaggregation"),
+    ("prefill", "prefill/decode disaggregation"),
+    ("decode", "prefill/decode disaggregation"),
+    ("vllm_discovery_address", "vLLM ZMQ discovery"),
+    ("service_discovery", "Kubernetes service discovery"),
+    ("selector", "Kubernetes service discovery"),
+    ("service_discovery_port", "Kubernetes service discovery"),
+    ("service_discovery_namespace", "Kubernetes service discovery"),
+    ("prefill_selector", "Kubernetes service discovery"),
+    ("decode_selector", "Kubernetes service discovery"),
+    ("prometheus_host", "Prometheus metrics"),
+    ("prometheus_port", "Prometheus metrics"),
+    ("request_id_headers", "request ids"),
+    ("retry_max_retries", "retries"),
+    ("retry_initial_backoff_ms", "retries"),
+    ("retry_max_backoff_ms", "retries"),
+    ("retry_backoff_multiplier", "retries"),
+    ("retry_jitter_factor", "retries"),
+    ("disable_retries", "retries"),
+    ("cb_failure_threshold", "circuit breakers"),
+    ("cb_success_threshold", "circuit breakers"),
+    ("cb_timeout_duration_secs", "circuit breakers"),
+    ("cb_window_duration_secs", "circuit breakers"),
+    ("disable_circuit_breaker", "circuit breakers"),
+    ("health_failure_threshold", "health checks"),
+    ("health_success_threshold", "health checks"),
+    ("health_check_timeout_secs", "health checks"),
+    ("health_check_interval_secs", "health checks"),
+    ("health_check_endpoint", "health checks"),
+    ("max_concurrent_requests", "admission control"),
+    ("queue_size", "admission control"),
+    ("queue_timeout_secs", "admission control"),
+];
+
+impl Cli {
+    /// Parses the process arguments; exits with clap's message on a malformed line.
+    pub fn parse_checked() -> (Cli, Vec<String>) {
+        Self::parse_from_checked(std::env::args_os())
+    }
+
+    /// Parses and returns the flags given on the command line that this build cannot
+    /// honour yet, each as a one-line explanation.
+    pub fn parse_from_checked<I, T>(args: I) -> (Cli, Vec<String>)
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = Cli::command().get_matches_from(args);
+        let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let unsupported = cli.unsupported(&matches);
+        (cli, unsupported)
+    }
+
+    fn unsupported(&self, m: &ArgMatches) -> Vec<String> {
+        let mut out: Vec<String> = NOT_BUILT
+            .iter()
+            .filter(|(id, _)| m.value_source(id) == Some(ValueSource::CommandLine))
+            .map(|(id, feature)| {
+                format!(
+                    "--{} is not supported yet ({feature} is not built in this version)",
+                    id.replace('_', "-")
+                )
+            })
+            .collect();
+        if m.value_source("policy") == Some(ValueSource::CommandLine)
+            && !matches!(self.policy.as_str(), "round_robin" | "random")
+        {
+            out.push(format!(
+                "--policy {} is not supported yet (built: round_robin, random)",
+                self.policy
+            ));
+        }
+        out
+    }
+
+    /// The policy to run. The published default, cache_aware, is not built yet: when
+    /// the flag is not given, round_robin runs instead and start-up says so.
+    pub fn effective_policy(&self, given: bool) -> &str {
+        if !given && self.policy == "cache_aware" {
+            "round_robin"
+        } else {
+            &self.policy
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> (Cli, Vec<String>) {
+        Cli::parse_from_checked(std::iter::once("vllm-router").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_match_the_published_router() {
+        let (c, bad) = parse(&[]);
+        assert!(bad.is_empty());
+        assert_eq!((c.host.as_str(), c.port), ("127.0.0.1", 30000));
+        assert_eq!(c.max_payload_size, 536_870_912);
+        assert_eq!(c.policy, "cache_aware");
+        assert_eq!(c.retry_max_retries, 5);
+        assert_eq!(c.health_check_endpoint, "/health");
+        assert_eq!(c.prometheus_port, 29000);
+    }
+
+    #[test]
+    fn value_shapes() {
+        let (c, _) = parse(&[
+            "--worker-urls", "http://a:1", "http://b:2",
+            "--prefill", "http://p1:8000", "9000",
+            "--prefill", "http://p2:8000",
+            "--prefill", "http://p3:8000", "none",
+            "--decode", "http://d1:8000",
+            "--selector", "app=vllm", "tier=gpu",
+        ]);
+        assert_eq!(c.worker_urls, ["http://a:1", "http://b:2"]);
+        assert_eq!(c.prefill, ["http://p1:8000", "9000", "http://p2:8000", "http://p3:8000", "none"]);
+        assert_eq!(c.decode, ["http://d1:8000"]);
+        assert_eq!(c.selector, ["app=vllm", "tier=gpu"]);
+    }
+
+    #[test]
+    fn unbuilt_flags_are_reported_only_when_given() {
+        let (_, bad) = parse(&["--cb-failure-threshold", "10", "--policy", "cache_aware"]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].contains("--cb-failure-threshold is not supported yet"));
+        let (_, bad) = parse(&["--policy", "random", "--port", "1"]);
+        assert!(bad.is_empty());
+    }
+}

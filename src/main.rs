@@ -1,0 +1,162 @@
+//! vllm-router: parse flags, check the machine, start the shards and the control core,
+//! then wait for a signal to drain.
+
+mod cli;
+mod control;
+mod preflight;
+
+use cli::Cli;
+use control::{Command, ControlCore};
+use nix::sys::signal::{SigSet, Signal};
+use shards::log::Level;
+use shards::messages::Delta;
+use shards::policy::PolicyKind;
+use shards::ShardConfig;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time to establish a TCP connection to a worker before answering 504.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a whole request head once it started (slowloris).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time an idle client keep-alive connection stays open (nginx's default).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+
+fn main() -> ExitCode {
+    let (cli, unsupported) = Cli::parse_checked();
+    if !unsupported.is_empty() {
+        for line in &unsupported {
+            eprintln!("error: {line}");
+        }
+        return ExitCode::from(2);
+    }
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    let level = match cli.log_level.as_str() {
+        "critical" => Level::Error,
+        other => Level::parse(other).unwrap_or(Level::Info),
+    };
+    shards::log::init(level, cli.log_dir.as_deref())
+        .map_err(|e| format!("cannot open the log: {e}"))?;
+
+    let cpus = preflight::allowed_cpus();
+    let shard_count = cli.shards.unwrap_or(cpus.len()).max(1);
+    preflight::check_io_uring()?;
+    preflight::check_memlock(shard_count)?;
+
+    let listen = resolve_listen(&cli.host, cli.port)?;
+    let policy_given = std::env::args().any(|a| a == "--policy" || a.starts_with("--policy="));
+    let policy_name = cli.effective_policy(policy_given);
+    let policy = PolicyKind::parse(policy_name).expect("clap validated the policy");
+    if policy_name != cli.policy {
+        shards::warn!(
+            "the default policy cache_aware is not built yet; routing with {policy_name} \
+             (pass --policy to choose)"
+        );
+    }
+
+    let mut next_id = 0;
+    let mut workers = Vec::new();
+    for url in &cli.worker_urls {
+        workers.extend(control::registry::resolve(
+            url,
+            cli.intra_node_data_parallel_size.max(1),
+            &mut next_id,
+        )?);
+    }
+
+    let config = Arc::new(ShardConfig {
+        listen,
+        max_payload_bytes: cli.max_payload_size,
+        request_timeout: Duration::from_secs(cli.request_timeout_secs),
+        connect_timeout: CONNECT_TIMEOUT,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        keepalive_timeout: KEEPALIVE_TIMEOUT,
+        policy,
+        api_key: cli.api_key.clone(),
+    });
+
+    // Signals are taken synchronously by this thread: block them before any other
+    // thread starts so every thread inherits the mask.
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGTERM);
+    signals
+        .thread_block()
+        .map_err(|e| format!("cannot block signals: {e}"))?;
+
+    let (report_tx, report_rx) = crossbeam_channel::unbounded();
+    let mut links = Vec::with_capacity(shard_count);
+    let mut threads = Vec::with_capacity(shard_count);
+    for index in 0..shard_count {
+        let (control_end, shard_end) =
+            shards::link::link().map_err(|e| format!("cannot create shard link: {e}"))?;
+        for w in &workers {
+            control_end.send(Delta::Upsert(w.clone()));
+        }
+        let cpu = cpus.get(index % cpus.len().max(1)).copied();
+        let thread =
+            shards::spawn_shard(index, cpu, config.clone(), shard_end, report_tx.clone())?;
+        links.push(control_end);
+        threads.push(thread);
+    }
+
+    let cpu_list: Vec<String> = cpus.iter().take(shard_count).map(|c| c.to_string()).collect();
+    shards::info!(
+        "vllm-router listening on http://{listen} with {shard_count} shard(s) on CPU(s) {} \
+         (policy {policy_name})",
+        cpu_list.join(",")
+    );
+    if workers.is_empty() {
+        shards::warn!("no workers configured: generation requests will get 503");
+    }
+    for w in &workers {
+        shards::info!("worker {} -> {}", w.url, w.addr);
+    }
+
+    let (command_tx, command_rx) = crossbeam_channel::bounded(1);
+    let control = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            ControlCore {
+                links,
+                reports: report_rx,
+                commands: command_rx,
+            }
+            .run()
+        })
+        .map_err(|e| format!("cannot start the control core: {e}"))?;
+
+    let signal = signals.wait().map_err(|e| format!("sigwait failed: {e}"))?;
+    let grace = Duration::from_secs(cli.shutdown_grace_period_secs);
+    shards::info!("{signal:?} received: draining (grace period {}s)", grace.as_secs());
+    let _ = command_tx.send(Command::Shutdown { grace });
+    let clean = control.join().unwrap_or(false);
+    if clean {
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+    shards::info!("stopped");
+    // Give the log writer a moment to flush the last lines.
+    std::thread::sleep(Duration::from_millis(20));
+    Ok(())
+}
+
+fn resolve_listen(host: &str, port: u16) -> Result<SocketAddr, String> {
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve --host {host}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve --host {host}"))
+}
