@@ -5,7 +5,13 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
 
-const POLICIES: [&str; 5] = ["round_robin", "random", "consistent_hash", "power_of_two", "cache_aware"];
+const POLICIES: [&str; 5] = [
+    "round_robin",
+    "random",
+    "consistent_hash",
+    "power_of_two",
+    "cache_aware",
+];
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -158,7 +164,10 @@ const NOT_BUILT: &[(&str, &str)] = &[
     ("prefill_policy", "prefill/decode disaggregation"),
     ("decode_policy", "prefill/decode disaggregation"),
     ("worker_startup_timeout_secs", "waiting for worker start-up"),
-    ("worker_startup_check_interval", "waiting for worker start-up"),
+    (
+        "worker_startup_check_interval",
+        "waiting for worker start-up",
+    ),
     ("cache_threshold", "the cache_aware policy"),
     ("balance_abs_threshold", "the cache_aware policy"),
     ("balance_rel_threshold", "the cache_aware policy"),
@@ -171,7 +180,10 @@ const NOT_BUILT: &[(&str, &str)] = &[
     ("service_discovery", "Kubernetes service discovery"),
     ("selector", "Kubernetes service discovery"),
     ("service_discovery_port", "Kubernetes service discovery"),
-    ("service_discovery_namespace", "Kubernetes service discovery"),
+    (
+        "service_discovery_namespace",
+        "Kubernetes service discovery",
+    ),
     ("prefill_selector", "Kubernetes service discovery"),
     ("decode_selector", "Kubernetes service discovery"),
     ("prometheus_host", "Prometheus metrics"),
@@ -273,15 +285,34 @@ mod tests {
     #[test]
     fn value_shapes() {
         let (c, _) = parse(&[
-            "--worker-urls", "http://a:1", "http://b:2",
-            "--prefill", "http://p1:8000", "9000",
-            "--prefill", "http://p2:8000",
-            "--prefill", "http://p3:8000", "none",
-            "--decode", "http://d1:8000",
-            "--selector", "app=vllm", "tier=gpu",
+            "--worker-urls",
+            "http://a:1",
+            "http://b:2",
+            "--prefill",
+            "http://p1:8000",
+            "9000",
+            "--prefill",
+            "http://p2:8000",
+            "--prefill",
+            "http://p3:8000",
+            "none",
+            "--decode",
+            "http://d1:8000",
+            "--selector",
+            "app=vllm",
+            "tier=gpu",
         ]);
         assert_eq!(c.worker_urls, ["http://a:1", "http://b:2"]);
-        assert_eq!(c.prefill, ["http://p1:8000", "9000", "http://p2:8000", "http://p3:8000", "none"]);
+        assert_eq!(
+            c.prefill,
+            [
+                "http://p1:8000",
+                "9000",
+                "http://p2:8000",
+                "http://p3:8000",
+                "none"
+            ]
+        );
         assert_eq!(c.decode, ["http://d1:8000"]);
         assert_eq!(c.selector, ["app=vllm", "tier=gpu"]);
     }

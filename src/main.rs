@@ -105,13 +105,16 @@ fn run(cli: Cli) -> Result<(), String> {
             control_end.send(Delta::Upsert(w.clone()));
         }
         let cpu = cpus.get(index % cpus.len().max(1)).copied();
-        let thread =
-            shards::spawn_shard(index, cpu, config.clone(), shard_end, report_tx.clone())?;
+        let thread = shards::spawn_shard(index, cpu, config.clone(), shard_end, report_tx.clone())?;
         links.push(control_end);
         threads.push(thread);
     }
 
-    let cpu_list: Vec<String> = cpus.iter().take(shard_count).map(|c| c.to_string()).collect();
+    let cpu_list: Vec<String> = cpus
+        .iter()
+        .take(shard_count)
+        .map(|c| c.to_string())
+        .collect();
     shards::info!(
         "vllm-router listening on http://{listen} with {shard_count} shard(s) on CPU(s) {} \
          (policy {policy_name})",
@@ -139,7 +142,10 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let signal = signals.wait().map_err(|e| format!("sigwait failed: {e}"))?;
     let grace = Duration::from_secs(cli.shutdown_grace_period_secs);
-    shards::info!("{signal:?} received: draining (grace period {}s)", grace.as_secs());
+    shards::info!(
+        "{signal:?} received: draining (grace period {}s)",
+        grace.as_secs()
+    );
     let _ = command_tx.send(Command::Shutdown { grace });
     let clean = control.join().unwrap_or(false);
     if clean {

@@ -39,8 +39,8 @@ pub fn check_io_uring() -> Result<(), String> {
 /// when even that is below what `shards` executors need.
 pub fn check_memlock(shards: usize) -> Result<(), String> {
     let need = MEMLOCK_PER_SHARD * shards as u64;
-    let (soft, hard) =
-        getrlimit(Resource::RLIMIT_MEMLOCK).map_err(|e| format!("cannot read RLIMIT_MEMLOCK: {e}"))?;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK)
+        .map_err(|e| format!("cannot read RLIMIT_MEMLOCK: {e}"))?;
     if soft >= need {
         return Ok(());
     }

@@ -91,7 +91,9 @@ pub fn enabled(level: Level) -> bool {
 
 /// Lines lost because the writer fell behind.
 pub fn dropped() -> u64 {
-    LOGGER.get().map_or(0, |l| l.dropped.load(Ordering::Relaxed))
+    LOGGER
+        .get()
+        .map_or(0, |l| l.dropped.load(Ordering::Relaxed))
 }
 
 pub fn emit(level: Level, target: &str, args: fmt::Arguments<'_>) {

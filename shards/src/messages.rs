@@ -29,7 +29,10 @@ pub enum Delta {
     Upsert(WorkerSpec),
     /// Stop sending new requests; in-flight ones finish.
     Remove(WorkerId),
-    Health { id: WorkerId, healthy: bool },
+    Health {
+        id: WorkerId,
+        healthy: bool,
+    },
     /// Stop accepting, finish what is in flight, then exit the executor.
     Drain,
 }

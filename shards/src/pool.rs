@@ -100,7 +100,11 @@ fn is_quiet(stream: &TcpStream) -> bool {
 
 /// Opens a new connection to a worker, with TCP_NODELAY so small heads and SSE events
 /// are not held back by Nagle's algorithm.
-pub async fn connect(worker: WorkerId, addr: SocketAddr, timeout: Duration) -> io::Result<Upstream> {
+pub async fn connect(
+    worker: WorkerId,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<Upstream> {
     let stream = TcpStream::connect_timeout(addr, timeout)
         .await
         .map_err(io::Error::from)?;

@@ -91,7 +91,10 @@ mod tests {
         s.apply(&Delta::Upsert(spec(2, true)));
         s.apply(&Delta::Upsert(spec(3, false)));
         assert_eq!(s.routable_count(), 2);
-        s.apply(&Delta::Health { id: 1, healthy: false });
+        s.apply(&Delta::Health {
+            id: 1,
+            healthy: false,
+        });
         assert_eq!(s.routable().map(|w| w.spec.id).collect::<Vec<_>>(), vec![2]);
         s.apply(&Delta::Remove(2));
         assert_eq!(s.routable_count(), 0);

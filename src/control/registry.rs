@@ -54,7 +54,9 @@ pub fn resolve(url: &str, dp_size: u32, next_id: &mut WorkerId) -> Result<Vec<Wo
         .ok_or_else(|| format!("cannot resolve worker {url}: no address"))?;
     let base = url.trim_end_matches('/').to_string();
     let authority = match addr {
-        SocketAddr::V6(_) if parsed.host.contains(':') => format!("[{}]:{}", parsed.host, parsed.port),
+        SocketAddr::V6(_) if parsed.host.contains(':') => {
+            format!("[{}]:{}", parsed.host, parsed.port)
+        }
         _ => format!("{}:{}", parsed.host, parsed.port),
     };
     let ranks: Vec<Option<u32>> = if dp_size > 1 {
@@ -90,7 +92,10 @@ mod tests {
     fn parses_urls() {
         assert_eq!(
             parse_worker_url("http://127.0.0.1:8000/").unwrap(),
-            WorkerUrl { host: "127.0.0.1".into(), port: 8000 }
+            WorkerUrl {
+                host: "127.0.0.1".into(),
+                port: 8000
+            }
         );
         assert_eq!(parse_worker_url("http://gpu-1").unwrap().port, 80);
         assert_eq!(parse_worker_url("http://[::1]:9").unwrap().host, "::1");

@@ -65,7 +65,9 @@ impl PrefixCache {
         }
         self.by_tick.insert(self.tick, h);
         while self.by_hash.len() > self.capacity {
-            let Some((&t, &victim)) = self.by_tick.iter().next() else { break };
+            let Some((&t, &victim)) = self.by_tick.iter().next() else {
+                break;
+            };
             self.by_tick.remove(&t);
             self.by_hash.remove(&victim);
         }
@@ -89,6 +91,10 @@ mod tests {
         assert_eq!((l.blocks, l.hit_blocks), (3, 2));
         assert_eq!(c.hits_tokens, 2 * TOKENS_PER_BLOCK);
         c.lookup_insert(b"zzzzyyyywwwwvvvv", 4);
-        assert_eq!(c.lookup_insert(a, 4).hit_blocks, 0, "evicted by the newer blocks");
+        assert_eq!(
+            c.lookup_insert(a, 4).hit_blocks,
+            0,
+            "evicted by the newer blocks"
+        );
     }
 }

@@ -2,7 +2,10 @@ use clap::Parser;
 
 /// Flags of `mock-vllm`.
 #[derive(Parser, Debug, Clone)]
-#[command(name = "mock-vllm", about = "A fast mock vLLM worker for tests and benchmarks")]
+#[command(
+    name = "mock-vllm",
+    about = "A fast mock vLLM worker for tests and benchmarks"
+)]
 pub struct MockConfig {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
@@ -50,6 +53,8 @@ pub struct MockConfig {
 
 impl MockConfig {
     pub fn worker_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("mock-{}", self.port))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("mock-{}", self.port))
     }
 }

@@ -45,7 +45,13 @@ pub async fn handle(shared: &Shared, c: &mut Conn) -> bool {
         }
         (b"GET", "/mock/requests") => {
             let list: Vec<Value> = shared.recent.lock().unwrap().iter().cloned().collect();
-            reply(c, 200, "application/json", Value::Array(list).to_string().as_bytes()).await
+            reply(
+                c,
+                200,
+                "application/json",
+                Value::Array(list).to_string().as_bytes(),
+            )
+            .await
         }
         (_, "/mock/echo") => {
             let body = json!({
@@ -126,23 +132,37 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
     if slow > 0 {
         glommio::timer::sleep(Duration::from_millis(slow)).await;
     }
-    let forced = header_u64(c, b"x-mock-status").map(|s| s as u16).or_else(|| {
-        if cfg.fail_first > 0 {
-            (n <= cfg.fail_first).then(|| cfg.fail_status.unwrap_or(503))
-        } else {
-            cfg.fail_status
-        }
-    });
+    let forced = header_u64(c, b"x-mock-status")
+        .map(|s| s as u16)
+        .or_else(|| {
+            if cfg.fail_first > 0 {
+                (n <= cfg.fail_first).then(|| cfg.fail_status.unwrap_or(503))
+            } else {
+                cfg.fail_status
+            }
+        });
     if let Some(status) = forced {
         return error(c, status, "injected failure").await;
     }
 
     let text = request_text(&v);
-    let lookup = shared.cache.lock().unwrap().lookup_insert(text.as_bytes(), cfg.block_chars);
+    let lookup = shared
+        .cache
+        .lock()
+        .unwrap()
+        .lookup_insert(text.as_bytes(), cfg.block_chars);
     let prefill_us = cfg.ttft_us + (lookup.blocks - lookup.hit_blocks) * cfg.prefill_us_per_block;
     let prompt_tokens = (text.len() / 4) as u64;
-    let id = format!("{}-mock-{}-{n}", if chat { "chatcmpl" } else { "cmpl" }, shared.name);
-    let model = v.get("model").and_then(Value::as_str).unwrap_or(&cfg.model).to_string();
+    let id = format!(
+        "{}-mock-{}-{n}",
+        if chat { "chatcmpl" } else { "cmpl" },
+        shared.name
+    );
+    let model = v
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(&cfg.model)
+        .to_string();
 
     let remote_decode = v
         .pointer("/kv_transfer_params/do_remote_decode")
@@ -155,7 +175,9 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
         .unwrap_or(u64::from(cfg.tokens))
         .min(1_000_000);
     let tokens = if remote_decode { 1 } else { max_tokens };
-    let delay = Duration::from_micros(header_u64(c, b"x-mock-token-delay-us").unwrap_or(cfg.token_delay_us));
+    let delay = Duration::from_micros(
+        header_u64(c, b"x-mock-token-delay-us").unwrap_or(cfg.token_delay_us),
+    );
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false) && !remote_decode;
 
     shared.running.fetch_add(1, Ordering::Relaxed);
@@ -164,7 +186,19 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        stream_tokens(shared, c, chat, &id, &model, tokens, prompt_tokens, prefill_us, delay, include_usage).await
+        stream_tokens(
+            shared,
+            c,
+            chat,
+            &id,
+            &model,
+            tokens,
+            prompt_tokens,
+            prefill_us,
+            delay,
+            include_usage,
+        )
+        .await
     } else {
         let total = Duration::from_micros(prefill_us) + delay * tokens as u32;
         let alive = pause(c, total).await;
@@ -200,7 +234,8 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
                 encode::header(&mut c.out, b"content-type", b"application/json");
                 encode::content_length(&mut c.out, bytes.len() as u64);
                 encode::end_head(&mut c.out);
-                c.out.extend_from_slice(&bytes.as_bytes()[..bytes.len() / 2]);
+                c.out
+                    .extend_from_slice(&bytes.as_bytes()[..bytes.len() / 2]);
                 let _ = c.stream.write_all(&c.out).await;
                 false
             } else {
@@ -234,7 +269,11 @@ async fn stream_tokens(
 ) -> bool {
     c.out.clear();
     encode::status_line(&mut c.out, 1, 200, b"OK");
-    encode::header(&mut c.out, b"content-type", b"text/event-stream; charset=utf-8");
+    encode::header(
+        &mut c.out,
+        b"content-type",
+        b"text/event-stream; charset=utf-8",
+    );
     encode::header(&mut c.out, b"cache-control", b"no-cache");
     encode::header(&mut c.out, b"transfer-encoding", b"chunked");
     encode::header(&mut c.out, b"x-mock-worker", shared.name.as_bytes());
@@ -355,5 +394,7 @@ fn metrics_text(shared: &Shared) -> String {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

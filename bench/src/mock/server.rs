@@ -53,7 +53,12 @@ impl Shared {
     }
 
     pub fn count_path(&self, path: &str) {
-        *self.by_path.lock().unwrap().entry(path.to_string()).or_default() += 1;
+        *self
+            .by_path
+            .lock()
+            .unwrap()
+            .entry(path.to_string())
+            .or_default() += 1;
     }
 
     pub fn running(&self) -> i64 {
@@ -95,7 +100,9 @@ pub fn run(cfg: MockConfig) -> std::io::Result<()> {
                     }
                 };
                 loop {
-                    let Ok(stream) = listener.accept().await else { continue };
+                    let Ok(stream) = listener.accept().await else {
+                        continue;
+                    };
                     let _ = stream.set_nodelay(true);
                     let shared = shared.clone();
                     glommio::spawn_local(serve(shared, stream)).detach();
@@ -107,7 +114,10 @@ pub fn run(cfg: MockConfig) -> std::io::Result<()> {
             .map_err(std::io::Error::other)?;
         handles.push(h);
     }
-    eprintln!("mock-vllm {} listening on {}:{}", shared.name, cfg.host, cfg.port);
+    eprintln!(
+        "mock-vllm {} listening on {}:{}",
+        shared.name, cfg.host, cfg.port
+    );
     for h in handles {
         let _ = h.join();
     }
@@ -156,7 +166,9 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         }
         loop {
             let body = &mut c.body;
-            let Ok(p) = dec.feed(c.rbuf.filled(), |d| body.extend_from_slice(d)) else { return };
+            let Ok(p) = dec.feed(c.rbuf.filled(), |d| body.extend_from_slice(d)) else {
+                return;
+            };
             c.rbuf.consume(p.consumed);
             if p.done || dec.is_done() {
                 break;

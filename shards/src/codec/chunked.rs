@@ -233,7 +233,13 @@ mod tests {
         let raw = b"3\r\nabc\r\n0\r\nX-Checksum: 1\r\nX-Other: 2\r\n\r\n";
         let (out, p) = decode_all(raw).unwrap();
         assert_eq!(out, b"abc");
-        assert_eq!(p, Progress { consumed: raw.len(), done: true });
+        assert_eq!(
+            p,
+            Progress {
+                consumed: raw.len(),
+                done: true
+            }
+        );
     }
 
     #[test]
@@ -242,7 +248,9 @@ mod tests {
         let mut d = ChunkedDecoder::new();
         let mut out = Vec::new();
         for (i, b) in raw.iter().enumerate() {
-            let p = d.decode(std::slice::from_ref(b), |x| out.extend_from_slice(x)).unwrap();
+            let p = d
+                .decode(std::slice::from_ref(b), |x| out.extend_from_slice(x))
+                .unwrap();
             assert_eq!(p.consumed, 1);
             assert_eq!(p.done, i == raw.len() - 1);
         }

@@ -43,7 +43,11 @@ pub fn request_line(out: &mut Vec<u8>, method: &[u8], target: &[u8]) {
 
 /// The start line of a response to a client of HTTP/1.`minor`.
 pub fn status_line(out: &mut Vec<u8>, minor: u8, status: u16, reason: &[u8]) {
-    out.extend_from_slice(if minor == 0 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
+    out.extend_from_slice(if minor == 0 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
     push_decimal(out, u64::from(status));
     out.push(b' ');
     if reason.is_empty() {
@@ -156,7 +160,10 @@ mod tests {
         status_line(&mut out, 1, 413, b"");
         content_length(&mut out, 1234567);
         end_head(&mut out);
-        assert_eq!(out, b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 1234567\r\n\r\n");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 1234567\r\n\r\n"
+        );
         out.clear();
         chunk(&mut out, &[b'x'; 26]);
         chunk(&mut out, b"");

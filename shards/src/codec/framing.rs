@@ -157,22 +157,43 @@ mod tests {
     #[test]
     fn request_rules() {
         assert_eq!(req(1, &[]), Ok(BodyFraming::Empty));
-        assert_eq!(req(1, &[("Content-Length", "12")]), Ok(BodyFraming::Length(12)));
-        assert_eq!(req(1, &[("content-length", "5, 5")]), Ok(BodyFraming::Length(5)));
+        assert_eq!(
+            req(1, &[("Content-Length", "12")]),
+            Ok(BodyFraming::Length(12))
+        );
+        assert_eq!(
+            req(1, &[("content-length", "5, 5")]),
+            Ok(BodyFraming::Length(5))
+        );
         assert_eq!(
             req(1, &[("Content-Length", "5"), ("Content-Length", "6")]),
             Err(FramingError::ConflictingContentLength)
         );
-        assert_eq!(req(1, &[("Content-Length", "+5")]), Err(FramingError::InvalidContentLength));
-        assert_eq!(req(1, &[("Content-Length", "")]), Err(FramingError::InvalidContentLength));
-        assert_eq!(req(1, &[("Transfer-Encoding", "chunked")]), Ok(BodyFraming::Chunked));
-        assert_eq!(req(1, &[("Transfer-Encoding", "gzip, chunked")]), Ok(BodyFraming::Chunked));
+        assert_eq!(
+            req(1, &[("Content-Length", "+5")]),
+            Err(FramingError::InvalidContentLength)
+        );
+        assert_eq!(
+            req(1, &[("Content-Length", "")]),
+            Err(FramingError::InvalidContentLength)
+        );
+        assert_eq!(
+            req(1, &[("Transfer-Encoding", "chunked")]),
+            Ok(BodyFraming::Chunked)
+        );
+        assert_eq!(
+            req(1, &[("Transfer-Encoding", "gzip, chunked")]),
+            Ok(BodyFraming::Chunked)
+        );
         assert_eq!(
             req(1, &[("Transfer-Encoding", "chunked, gzip")]),
             Err(FramingError::ChunkedNotFinal)
         );
         assert_eq!(
-            req(1, &[("Transfer-Encoding", "chunked"), ("Content-Length", "3")]),
+            req(
+                1,
+                &[("Transfer-Encoding", "chunked"), ("Content-Length", "3")]
+            ),
             Err(FramingError::TransferEncodingWithContentLength)
         );
         assert_eq!(
@@ -184,15 +205,35 @@ mod tests {
     #[test]
     fn response_rules() {
         let h = |v: &[(&'static str, &'static str)]| {
-            v.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect::<Vec<_>>()
+            v.iter()
+                .map(|(n, v)| (n.as_bytes(), v.as_bytes()))
+                .collect::<Vec<_>>()
         };
         let cl = h(&[("Content-Length", "7")]);
-        assert_eq!(response_framing(200, false, cl.iter().copied()), BodyFraming::Length(7));
-        assert_eq!(response_framing(200, true, cl.iter().copied()), BodyFraming::Empty);
-        assert_eq!(response_framing(204, false, cl.iter().copied()), BodyFraming::Empty);
-        assert_eq!(response_framing(304, false, cl.iter().copied()), BodyFraming::Empty);
+        assert_eq!(
+            response_framing(200, false, cl.iter().copied()),
+            BodyFraming::Length(7)
+        );
+        assert_eq!(
+            response_framing(200, true, cl.iter().copied()),
+            BodyFraming::Empty
+        );
+        assert_eq!(
+            response_framing(204, false, cl.iter().copied()),
+            BodyFraming::Empty
+        );
+        assert_eq!(
+            response_framing(304, false, cl.iter().copied()),
+            BodyFraming::Empty
+        );
         let te = h(&[("Transfer-Encoding", "chunked"), ("Content-Length", "7")]);
-        assert_eq!(response_framing(200, false, te.iter().copied()), BodyFraming::Chunked);
-        assert_eq!(response_framing(200, false, std::iter::empty()), BodyFraming::UntilClose);
+        assert_eq!(
+            response_framing(200, false, te.iter().copied()),
+            BodyFraming::Chunked
+        );
+        assert_eq!(
+            response_framing(200, false, std::iter::empty()),
+            BodyFraming::UntilClose
+        );
     }
 }

@@ -117,7 +117,11 @@ impl RequestHead {
                 expect_continue = eq_ignore_case(super::trim(value), b"100-continue");
             }
         }
-        self.keep_alive = if self.minor_version >= 1 { !close } else { keep_alive && !close };
+        self.keep_alive = if self.minor_version >= 1 {
+            !close
+        } else {
+            keep_alive && !close
+        };
         self.expect_continue = expect_continue && self.minor_version >= 1;
     }
 
@@ -196,7 +200,8 @@ mod tests {
 
     #[test]
     fn simple_post_with_length() {
-        let raw = b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}";
+        let raw =
+            b"POST /v1/chat/completions?x=1 HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n{}";
         let (h, s) = parse(raw).unwrap();
         assert_eq!(s, Status::Complete(raw.len() - 2));
         assert_eq!(h.method(), b"POST");
@@ -209,7 +214,10 @@ mod tests {
 
     #[test]
     fn partial_until_blank_line() {
-        assert_eq!(parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().1, Status::Partial);
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap().1,
+            Status::Partial
+        );
         assert_eq!(parse(b"GE").unwrap().1, Status::Partial);
     }
 
@@ -225,17 +233,28 @@ mod tests {
 
     #[test]
     fn expect_continue_only_for_http11() {
-        let (h, _) = parse(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
+        let (h, _) =
+            parse(b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
         assert!(h.expect_continue);
-        let (h, _) = parse(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
+        let (h, _) =
+            parse(b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n").unwrap();
         assert!(!h.expect_continue);
     }
 
     #[test]
     fn garbage_is_malformed() {
-        assert!(matches!(parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\r\n\r\n"), Err(HeadError::Malformed(_))));
-        assert!(matches!(parse(b"GET / HTTP/9.9\r\n\r\n"), Err(HeadError::Malformed(_))));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"), Err(HeadError::Malformed(_))));
+        assert!(matches!(
+            parse(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/9.9\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nBad Header: x\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
     }
 
     #[test]
@@ -271,13 +290,17 @@ mod tests {
             HeadError::Framing(FramingError::ConflictingContentLength)
         );
         let not_last = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, identity\r\n\r\n";
-        assert_eq!(parse(not_last).unwrap_err(), HeadError::Framing(FramingError::ChunkedNotFinal));
+        assert_eq!(
+            parse(not_last).unwrap_err(),
+            HeadError::Framing(FramingError::ChunkedNotFinal)
+        );
     }
 
     #[test]
     fn reuse_between_requests() {
         let mut h = RequestHead::default();
-        h.parse(b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nX: y\r\n\r\n").unwrap();
+        h.parse(b"POST /a HTTP/1.1\r\nContent-Length: 1\r\nX: y\r\n\r\n")
+            .unwrap();
         h.parse(b"GET /bb HTTP/1.1\r\n\r\n").unwrap();
         assert_eq!(h.path(), b"/bb");
         assert_eq!(h.headers().count(), 0);

@@ -110,9 +110,13 @@ mod tests {
 
     #[test]
     fn json_response() {
-        let raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+        let raw =
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
         let mut h = ResponseHead::default();
-        assert_eq!(h.parse(raw, false).unwrap(), Status::Complete(raw.len() - 2));
+        assert_eq!(
+            h.parse(raw, false).unwrap(),
+            Status::Complete(raw.len() - 2)
+        );
         assert_eq!(h.status, 200);
         assert_eq!(h.reason(), b"OK");
         assert_eq!(h.framing, BodyFraming::Length(2));
@@ -135,9 +139,14 @@ mod tests {
         h.parse(b"HTTP/1.1 200 OK\r\n\r\n", false).unwrap();
         assert_eq!(h.framing, BodyFraming::UntilClose);
         assert!(!h.keep_alive);
-        h.parse(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false).unwrap();
+        h.parse(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert!(!h.keep_alive);
-        h.parse(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false).unwrap();
+        h.parse(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false)
+            .unwrap();
         assert!(!h.keep_alive);
     }
 
@@ -146,7 +155,10 @@ mod tests {
         let mut h = ResponseHead::default();
         h.parse(b"HTTP/1.1 100 Continue\r\n\r\n", false).unwrap();
         assert!(h.is_interim());
-        assert_eq!(h.parse(b"HTTP/1.1 200 OK\r\nContent-Le", false).unwrap(), Status::Partial);
+        assert_eq!(
+            h.parse(b"HTTP/1.1 200 OK\r\nContent-Le", false).unwrap(),
+            Status::Partial
+        );
         assert!(h.parse(b"HTTP/1.1 abc OK\r\n\r\n", false).is_err());
     }
 }

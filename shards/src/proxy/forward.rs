@@ -2,7 +2,9 @@
 //! head, hand the body to `relay`, and return the connection to the pool if it is
 //! still good.
 
-use super::headers::{write_client_head, write_upstream_head, ClientFraming, UpstreamBody, UpstreamTarget};
+use super::headers::{
+    write_client_head, write_upstream_head, ClientFraming, UpstreamBody, UpstreamTarget,
+};
 use super::relay::{relay_body, RelayEnd};
 use super::wait::{read_upstream, ClientWatch, Wake};
 use crate::codec::body::BodyDecoder;
@@ -89,7 +91,10 @@ pub async fn forward(
     // connection. Only a replayable body allows it.
     let mut allow_pool = replayable;
     let mut up = loop {
-        let attempt = exchange_head(shard, c, worker, addr, &body, allow_pool, &mut resp, &mut watch, deadline).await;
+        let attempt = exchange_head(
+            shard, c, worker, addr, &body, allow_pool, &mut resp, &mut watch, deadline,
+        )
+        .await;
         match attempt {
             Ok(up) => break up,
             Err((Failure::Reset, true)) if allow_pool => allow_pool = false,
@@ -131,7 +136,9 @@ fn write_request(
         api_key: shard.config.api_key.as_deref(),
     };
     let framing = match body {
-        RequestBody::Replayable { declared: false, .. } => UpstreamBody::None,
+        RequestBody::Replayable {
+            declared: false, ..
+        } => UpstreamBody::None,
         RequestBody::Replayable { bytes, .. } => UpstreamBody::Length(bytes.len() as u64),
         RequestBody::Streamed => match c.head.framing {
             crate::codec::framing::BodyFraming::Length(n) => UpstreamBody::Length(n),
@@ -171,11 +178,15 @@ async fn exchange_head(
         Some(up) => up,
         None => {
             let connect = async {
-                Some(match pool::connect(worker, addr, shard.config.connect_timeout).await {
-                    Ok(up) => Ok(up),
-                    Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(Failure::ConnectTimeout),
-                    Err(e) => Err(Failure::Refused(e)),
-                })
+                Some(
+                    match pool::connect(worker, addr, shard.config.connect_timeout).await {
+                        Ok(up) => Ok(up),
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                            Err(Failure::ConnectTimeout)
+                        }
+                        Err(e) => Err(Failure::Refused(e)),
+                    },
+                )
             };
             let expired = async {
                 (&mut *deadline).await;
@@ -239,11 +250,17 @@ async fn send_request(
     body: &RequestBody<'_>,
     deadline: &mut Timer,
 ) -> Result<(), SendError> {
-    up.stream.write_all(&c.out).await.map_err(SendError::Upstream)?;
+    up.stream
+        .write_all(&c.out)
+        .await
+        .map_err(SendError::Upstream)?;
     match body {
         RequestBody::Replayable { bytes, .. } => {
             if bytes.len() > COALESCE_BODY_BYTES {
-                up.stream.write_all(bytes).await.map_err(SendError::Upstream)?;
+                up.stream
+                    .write_all(bytes)
+                    .await
+                    .map_err(SendError::Upstream)?;
             }
             Ok(())
         }
@@ -252,13 +269,19 @@ async fn send_request(
 }
 
 /// Streams the client's body to the worker in its own framing, verbatim.
-async fn stream_body(c: &mut Client, up: &mut Upstream, deadline: &mut Timer) -> Result<(), SendError> {
+async fn stream_body(
+    c: &mut Client,
+    up: &mut Upstream,
+    deadline: &mut Timer,
+) -> Result<(), SendError> {
     let mut decoder = BodyDecoder::new(c.head.framing);
     let mut sent_continue = false;
     loop {
         if !c.rbuf.is_empty() {
             let input = c.rbuf.filled();
-            let progress = decoder.feed(input, |_| {}).map_err(|e| SendError::BadBody(e.0))?;
+            let progress = decoder
+                .feed(input, |_| {})
+                .map_err(|e| SendError::BadBody(e.0))?;
             up.stream
                 .write_all(&input[..progress.consumed])
                 .await
@@ -289,7 +312,13 @@ async fn stream_body(c: &mut Client, up: &mut Upstream, deadline: &mut Timer) ->
 }
 
 /// Answers the client for an exchange that produced no answer head.
-async fn fail(shard: &Shard, c: &mut Client, worker: WorkerId, url: &str, failure: Failure) -> bool {
+async fn fail(
+    shard: &Shard,
+    c: &mut Client,
+    worker: WorkerId,
+    url: &str,
+    failure: Failure,
+) -> bool {
     let (status, message) = match failure {
         Failure::Refused(e) => {
             let _ = shard.reports.try_send(Report::WorkerUnreachable {
@@ -299,7 +328,10 @@ async fn fail(shard: &Shard, c: &mut Client, worker: WorkerId, url: &str, failur
             (502, format!("worker {url} unreachable: {e}"))
         }
         Failure::ConnectTimeout => (504, format!("timed out connecting to worker {url}")),
-        Failure::Reset => (502, format!("worker {url} closed the connection before answering")),
+        Failure::Reset => (
+            502,
+            format!("worker {url} closed the connection before answering"),
+        ),
         Failure::BadResponse(m) => (502, format!("{m} ({url})")),
         Failure::Deadline => (504, "request timed out waiting for the worker".to_string()),
         Failure::BadRequestBody(m) => (400, m.to_string()),

@@ -6,10 +6,10 @@
 //! HTTP version.
 
 use crate::codec::encode::{self, is_hop_by_hop};
+use crate::codec::eq_ignore_case;
 use crate::codec::framing::BodyFraming;
 use crate::codec::request::RequestHead;
 use crate::codec::response::ResponseHead;
-use crate::codec::eq_ignore_case;
 
 /// Header carrying the data-parallel rank to vLLM.
 pub const DP_RANK_HEADER: &[u8] = b"x-data-parallel-rank";
@@ -151,7 +151,11 @@ mod tests {
         let raw = b"POST /v1/completions?a=b HTTP/1.1\r\nHost: router\r\nConnection: keep-alive, X-Hop\r\nX-Hop: 1\r\nX-Keep: 2\r\nX-Data-Parallel-Rank: 9\r\nAuthorization: Bearer client\r\nContent-Length: 2\r\n\r\n";
         assert!(matches!(h.parse(raw), Ok(Status::Complete(_))));
         let mut out = Vec::new();
-        let target = UpstreamTarget { authority: b"10.0.0.1:8000", dp_rank: Some(3), api_key: Some("k") };
+        let target = UpstreamTarget {
+            authority: b"10.0.0.1:8000",
+            dp_rank: Some(3),
+            api_key: Some("k"),
+        };
         write_upstream_head(&mut out, &h, &target, UpstreamBody::Length(2));
         let s = String::from_utf8(out).unwrap();
         assert_eq!(
@@ -162,9 +166,18 @@ mod tests {
 
     #[test]
     fn client_framing_by_version() {
-        assert_eq!(ClientFraming::choose(BodyFraming::Chunked, 1), ClientFraming::Chunked);
-        assert_eq!(ClientFraming::choose(BodyFraming::Chunked, 0), ClientFraming::Dechunk);
-        assert_eq!(ClientFraming::choose(BodyFraming::UntilClose, 1), ClientFraming::Rechunk);
+        assert_eq!(
+            ClientFraming::choose(BodyFraming::Chunked, 1),
+            ClientFraming::Chunked
+        );
+        assert_eq!(
+            ClientFraming::choose(BodyFraming::Chunked, 0),
+            ClientFraming::Dechunk
+        );
+        assert_eq!(
+            ClientFraming::choose(BodyFraming::UntilClose, 1),
+            ClientFraming::Rechunk
+        );
         assert!(!ClientFraming::Dechunk.self_delimiting());
     }
 }

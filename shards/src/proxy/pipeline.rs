@@ -59,7 +59,9 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Timer) ->
         }
         Err(BodyError::Malformed(m)) => return c.send_error(400, m, false).await,
         Err(BodyError::TimedOut) => {
-            return c.send_error(408, "timed out reading the request body", false).await
+            return c
+                .send_error(408, "timed out reading the request body", false)
+                .await
         }
         Err(BodyError::Closed) => return false,
     }
@@ -68,7 +70,9 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Timer) ->
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(v) => Some(v),
             Err(e) => {
-                let keep = c.send_error(400, &format!("invalid JSON body: {e}"), true).await;
+                let keep = c
+                    .send_error(400, &format!("invalid JSON body: {e}"), true)
+                    .await;
                 c.body = body;
                 return keep;
             }

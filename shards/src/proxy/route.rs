@@ -51,9 +51,18 @@ mod tests {
 
     #[test]
     fn generation_needs_post() {
-        assert_eq!(classify(b"POST", b"/v1/chat/completions"), RouteKind::Generation);
-        assert_eq!(classify(b"GET", b"/v1/chat/completions"), RouteKind::Passthrough);
-        assert_eq!(classify(b"POST", b"/v1/chat/completions/x"), RouteKind::Passthrough);
+        assert_eq!(
+            classify(b"POST", b"/v1/chat/completions"),
+            RouteKind::Generation
+        );
+        assert_eq!(
+            classify(b"GET", b"/v1/chat/completions"),
+            RouteKind::Passthrough
+        );
+        assert_eq!(
+            classify(b"POST", b"/v1/chat/completions/x"),
+            RouteKind::Passthrough
+        );
         assert_eq!(route_label(b"/anything"), "other");
     }
 }

@@ -54,7 +54,11 @@ pub async fn read_upstream(
             if !watch.enabled {
                 return pending().await;
             }
-            match c.rbuf.read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES).await {
+            match c
+                .rbuf
+                .read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES)
+                .await
+            {
                 Ok(0) => Some(Wake::ClientGone),
                 Ok(_) => None, // pipelined bytes: keep them, keep waiting
                 Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {

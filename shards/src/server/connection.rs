@@ -38,7 +38,14 @@ impl Client {
     /// unless `keep` says the request was fully read.
     pub async fn send_error(&mut self, status: u16, message: &str, keep: bool) -> bool {
         let keep = keep && self.head.keep_alive;
-        write_error(&mut self.out, self.head.minor_version, status, message, !keep);
+        self.out.clear(); // may hold a request staged for a worker
+        write_error(
+            &mut self.out,
+            self.head.minor_version,
+            status,
+            message,
+            !keep,
+        );
         self.flush_out().await.is_ok() && keep
     }
 }
@@ -64,7 +71,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             HeadRead::Ready => {}
             HeadRead::Closed => break,
             HeadRead::TimedOut => {
-                write_error(&mut c.out, 1, 408, "timed out reading the request head", true);
+                write_error(
+                    &mut c.out,
+                    1,
+                    408,
+                    "timed out reading the request head",
+                    true,
+                );
                 let _ = c.flush_out().await;
                 break;
             }
@@ -115,14 +128,22 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
         });
         let idle = c.rbuf.is_empty();
         let read = async {
-            match c.rbuf.read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES + 1).await {
+            match c
+                .rbuf
+                .read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES + 1)
+                .await
+            {
                 Ok(0) | Err(_) => Some(HeadRead::Closed),
                 Ok(_) => None,
             }
         };
         let expired = async {
             timer.await;
-            Some(if idle { HeadRead::Closed } else { HeadRead::TimedOut })
+            Some(if idle {
+                HeadRead::Closed
+            } else {
+                HeadRead::TimedOut
+            })
         };
         let drained = async {
             // Closed semaphore: draining started. Only an idle connection leaves.

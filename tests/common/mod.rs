@@ -1,0 +1,349 @@
+//! Test support: start the real `vllm-router` and real `mock-vllm` processes on
+//! loopback, and talk to them with a deliberately simple blocking HTTP/1.1 client that
+//! shares no code with the router's codec.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn router_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vllm-router"))
+}
+
+/// `mock-vllm` is built by `cargo test --workspace` next to the router binary.
+pub fn mock_bin() -> PathBuf {
+    let p = router_bin().with_file_name("mock-vllm");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the mock worker)",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{what} did not listen on {port}");
+}
+
+/// A running process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+pub fn mock(args: &[&str]) -> Proc {
+    let port = free_port();
+    let mut child = Command::new(mock_bin())
+        .args(["--port", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mock-vllm");
+    wait_for_port(port, &mut child, "mock-vllm");
+    Proc { child, port }
+}
+
+/// Starts the router with `--policy round_robin --shards 2` unless the args say
+/// otherwise, in front of `workers`.
+pub fn router(workers: &[&Proc], args: &[&str]) -> Proc {
+    let port = free_port();
+    let mut cmd = Command::new(router_bin());
+    cmd.args(["--port", &port.to_string()]);
+    if !args.contains(&"--policy") {
+        cmd.args(["--policy", "round_robin"]);
+    }
+    if !args.contains(&"--shards") {
+        cmd.args(["--shards", "2"]);
+    }
+    if !workers.is_empty() {
+        cmd.arg("--worker-urls");
+        for w in workers {
+            cmd.arg(w.url());
+        }
+    }
+    let mut child = cmd
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start vllm-router");
+    wait_for_port(port, &mut child, "vllm-router");
+    Proc { child, port }
+}
+
+/// A parsed answer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub version: u8,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A client connection with its own read buffer (keeps bytes past one response).
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn open(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).unwrap();
+    }
+
+    /// Reads more bytes; false at EOF.
+    fn fill(&mut self) -> bool {
+        let mut tmp = [0u8; 65536];
+        match self.stream.read(&mut tmp) {
+            Ok(0) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&tmp[..n]);
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => false,
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// True when the server closed the connection (EOF with no more bytes).
+    pub fn is_closed(&mut self) -> bool {
+        self.buf.is_empty() && !self.fill()
+    }
+
+    /// Reads one response head (skipping 1xx unless `keep_interim`).
+    pub fn read_head(&mut self, keep_interim: bool) -> Response {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&self.buf).expect("valid response head") {
+                httparse::Status::Complete(n) => {
+                    let r = Response {
+                        status: resp.code.unwrap(),
+                        version: resp.version.unwrap(),
+                        headers: resp
+                            .headers
+                            .iter()
+                            .map(|h| {
+                                (
+                                    h.name.to_string(),
+                                    String::from_utf8_lossy(h.value).into_owned(),
+                                )
+                            })
+                            .collect(),
+                        body: Vec::new(),
+                    };
+                    self.buf.drain(..n);
+                    if (100..200).contains(&r.status) && !keep_interim {
+                        continue;
+                    }
+                    return r;
+                }
+                httparse::Status::Partial => assert!(self.fill(), "EOF inside a response head"),
+            }
+        }
+    }
+
+    /// Reads a whole response, body included.
+    pub fn read_response(&mut self, request_was_head: bool) -> Response {
+        let mut r = self.read_head(false);
+        if request_was_head || r.status == 204 || r.status == 304 {
+            return r;
+        }
+        let chunked = r
+            .header("transfer-encoding")
+            .map(|v| v.to_ascii_lowercase().contains("chunked"))
+            .unwrap_or(false);
+        if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = find(&self.buf, b"\r\n") {
+                        break i;
+                    }
+                    assert!(self.fill(), "EOF inside chunk size");
+                };
+                let line = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
+                let size =
+                    usize::from_str_radix(line.split(';').next().unwrap().trim(), 16).unwrap();
+                self.buf.drain(..line_end + 2);
+                if size == 0 {
+                    while find(&self.buf, b"\r\n") != Some(0) {
+                        if let Some(i) = find(&self.buf, b"\r\n") {
+                            self.buf.drain(..i + 2);
+                        } else {
+                            assert!(self.fill(), "EOF in trailers");
+                        }
+                    }
+                    self.buf.drain(..2);
+                    break;
+                }
+                while self.buf.len() < size + 2 {
+                    assert!(self.fill(), "EOF inside a chunk");
+                }
+                r.body.extend_from_slice(&self.buf[..size]);
+                self.buf.drain(..size + 2);
+            }
+        } else if let Some(len) = r.header("content-length") {
+            let len: usize = len.trim().parse().unwrap();
+            while self.buf.len() < len {
+                assert!(self.fill(), "EOF inside a body");
+            }
+            r.body = self.buf.drain(..len).collect();
+        } else {
+            while self.fill() {}
+            r.body = std::mem::take(&mut self.buf);
+        }
+        r
+    }
+
+    /// Reads raw bytes until `needle` appears; returns when it did.
+    pub fn read_until(&mut self, needle: &[u8]) -> Instant {
+        while find(&self.buf, needle).is_none() {
+            assert!(
+                self.fill(),
+                "EOF before {:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        Instant::now()
+    }
+
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// One request on a fresh connection.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut c = Conn::open(port);
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: test\r\n");
+    for (n, v) in headers {
+        raw.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        raw.push_str(&format!("content-length: {}\r\n", body.len()));
+    }
+    raw.push_str("\r\n");
+    let mut bytes = raw.into_bytes();
+    bytes.extend_from_slice(body);
+    c.send(&bytes);
+    c.read_response(method == "HEAD")
+}
+
+pub fn post_json(port: u16, path: &str, body: &serde_json::Value) -> Response {
+    request(
+        port,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+pub fn chat_body(content: &str, max_tokens: u32, stream: bool) -> serde_json::Value {
+    serde_json::json!({
+        "model": "mock-model",
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    })
+}
+
+/// Polls `f` until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn mock_stats(m: &Proc) -> serde_json::Value {
+    request(m.port, "GET", "/mock/stats", &[], b"").json()
+}
