@@ -451,10 +451,13 @@ fn a_worker_restart_does_not_break_pooled_connections() {
     let mut c = Conn::open(r.port);
     let body = chat_body("pool", 1, false).to_string();
     let send = |c: &mut Conn| {
-        c.send(format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        ).as_bytes());
+        c.send(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
         c.read_response(false)
     };
     assert_eq!(send(&mut c).status, 200);
@@ -473,4 +476,29 @@ fn a_worker_restart_does_not_break_pooled_connections() {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn close_delimited_answers_are_rechunked_for_http11_clients() {
+    let w = mock(&[]);
+    let r = router(&[&w], &[]);
+    let mut c = Conn::open(r.port);
+    for i in 0..3 {
+        c.send(
+            format!(
+                "GET /mock/echo?n={i} HTTP/1.1\r\nhost: x\r\nx-mock-close-delimited: 1\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        let resp = c.read_response(false);
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(resp.json()["target"], format!("/mock/echo?n={i}"));
+    }
+    // HTTP/1.0 gets the body until close.
+    let mut c = Conn::open(r.port);
+    c.send(b"GET /mock/echo HTTP/1.0\r\nx-mock-close-delimited: 1\r\n\r\n");
+    let resp = c.read_response(false);
+    assert_eq!(resp.json()["method"], "GET");
+    assert!(c.is_closed());
 }

@@ -20,6 +20,12 @@ use std::time::{Duration, Instant};
 /// a connection the worker is closing.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 
+/// A connection idle for less than this is reused without the liveness peek. Under
+/// load connections come back within microseconds and the peek would be a fifth of
+/// the proxy's syscalls; a worker that died inside this window is caught by the
+/// retry on a fresh connection (see `forward`).
+pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(50);
+
 /// Idle connections kept per worker per shard. More than the busiest burst needs;
 /// bounds the file descriptors a quiet router holds.
 pub const POOL_MAX_IDLE_PER_WORKER: usize = 256;
@@ -51,7 +57,10 @@ impl Pool {
     pub fn take(&mut self, worker: WorkerId, now: Instant) -> Option<Upstream> {
         let list = self.idle.get_mut(&worker)?;
         while let Some(idle) = list.pop() {
-            if now.duration_since(idle.since) < POOL_IDLE_TIMEOUT && is_quiet(&idle.conn.stream) {
+            let idle_for = now.duration_since(idle.since);
+            if idle_for < POOL_IDLE_TIMEOUT
+                && (idle_for < PEEK_AFTER_IDLE || is_quiet(&idle.conn.stream))
+            {
                 let mut conn = idle.conn;
                 conn.reused = true;
                 return Some(conn);

@@ -354,17 +354,24 @@ async fn error(c: &mut Conn, status: u16, message: &str) -> bool {
     reply(c, status, "application/json", body.to_string().as_bytes()).await
 }
 
+/// Writes a whole answer. With the request header `x-mock-close-delimited` the body
+/// has no length and ends with the connection, as an HTTP/1.0 server would do.
 async fn reply(c: &mut Conn, status: u16, content_type: &str, body: &[u8]) -> bool {
+    let close_delimited = c.head.header(b"x-mock-close-delimited").is_some();
     c.out.clear();
     encode::status_line(&mut c.out, 1, status, b"");
     encode::header(&mut c.out, b"content-type", content_type.as_bytes());
     encode::header(&mut c.out, b"x-mock-worker", c.worker.as_bytes());
-    encode::content_length(&mut c.out, body.len() as u64);
+    if close_delimited {
+        encode::header(&mut c.out, b"connection", b"close");
+    } else {
+        encode::content_length(&mut c.out, body.len() as u64);
+    }
     encode::end_head(&mut c.out);
     if !c.head.is_head() {
         c.out.extend_from_slice(body);
     }
-    c.stream.write_all(&c.out).await.is_ok()
+    c.stream.write_all(&c.out).await.is_ok() && !close_delimited
 }
 
 fn metrics_text(shared: &Shared) -> String {

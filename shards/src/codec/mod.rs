@@ -11,6 +11,9 @@ pub mod request;
 pub mod response;
 pub mod sse;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 /// A byte range into a head buffer; heads are parsed once and then read by offset,
 /// so the parsed form holds no borrows and needs no allocation per request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -20,7 +23,12 @@ pub struct Span {
 }
 
 impl Span {
+    /// `part` must lie inside `base`; an empty part (which httparse may hand out as a
+    /// static "") is the empty span.
     pub(crate) fn of(base: &[u8], part: &[u8]) -> Span {
+        if part.is_empty() {
+            return Span::default();
+        }
         let start = part.as_ptr() as usize - base.as_ptr() as usize;
         Span {
             start: start as u32,

@@ -49,7 +49,9 @@ impl ResponseHead {
         self.bytes.extend_from_slice(&buf[..len]);
         self.status = status;
         self.minor_version = version;
-        self.reason = Span::of(buf, resp.reason.unwrap_or("").as_bytes());
+        self.reason = resp
+            .reason
+            .map_or(Span::default(), |r| Span::of(buf, r.as_bytes()));
         self.headers.clear();
         for h in resp.headers.iter() {
             self.headers.push(HeaderSpan {
@@ -148,6 +150,14 @@ mod tests {
         h.parse(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false)
             .unwrap();
         assert!(!h.keep_alive);
+    }
+
+    #[test]
+    fn missing_reason_phrase() {
+        let mut h = ResponseHead::default();
+        h.parse(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n", false)
+            .unwrap();
+        assert_eq!((h.status, h.reason()), (200, &b""[..]));
     }
 
     #[test]

@@ -6,7 +6,9 @@ mod endpoints;
 pub use connection::Client;
 
 use crate::shard::Shard;
+use futures_lite::FutureExt;
 use glommio::net::TcpListener;
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
 /// Accepts until the task is dropped (drain). An accept error (EMFILE, say) is logged
@@ -17,9 +19,16 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 let s = shard.clone();
+                let index = shard.index;
+                // A panic is a bug, but it must cost one connection, not the shard.
+                let guarded = AssertUnwindSafe(connection::serve(s, stream)).catch_unwind();
                 if shard
                     .connections
-                    .spawn(async move { connection::serve(s, stream).await })
+                    .spawn(async move {
+                        if guarded.await.is_err() {
+                            crate::error!("shard {index}: a connection task panicked (bug); connection closed");
+                        }
+                    })
                     .map(|t| t.detach())
                     .is_err()
                 {

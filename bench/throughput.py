@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Throughput and CPU per request: direct, vllm-router (ours), nginx proxy_pass, and
+the published vllm-router, side by side in one run against an nginx `return 200`
+backend. Prints a markdown table. Run through bench/throughput.sh, which installs the
+tools first."""
+import argparse, os, re, signal, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def wait_port(port, proc, name, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close(); return
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"{name} exited: {proc.returncode}")
+            time.sleep(0.05)
+    sys.exit(f"{name} did not listen on {port}")
+
+
+def tree(pid):
+    """pid and all its descendants."""
+    out = [pid]
+    try:
+        kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    except FileNotFoundError:
+        kids = []
+    for k in kids:
+        out += tree(int(k))
+    return out
+
+
+def cpu_ticks(pids):
+    total = 0
+    for p in pids:
+        try:
+            fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except OSError:
+            pass
+    return total
+
+
+def wrk(port, secs, conns, threads):
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "--latency",
+           "-s", os.path.join(ROOT, "bench/nginx/post.lua"), f"http://127.0.0.1:{port}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    def lat(q):
+        m = re.search(rf"^\s+{q}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, u = float(m.group(1)), m.group(2)
+        return v / 1000 if u == "us" else v * 1000 if u == "s" else v
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"reqs": reqs, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": lat(50), "p99": lat(99), "non2xx": int(non2xx.group(1)) if non2xx else 0,
+            "errors": errors.group(1) if errors else ""}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--wrk-threads", type=int, default=1)
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--published", default=os.environ.get("PUBLISHED_ROUTER", ""),
+                    help="path of the published vllm-router executable")
+    ap.add_argument("--router", default=os.path.join(ROOT, "target/release/vllm-router"))
+    args = ap.parse_args()
+
+    run = tempfile.mkdtemp(prefix="vr-bench-")
+    procs = []
+    def start(cmd, port, name, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"), **kw)
+        procs.append(p); wait_port(port, p, name); return p
+
+    def nginx_conf(template, **subs):
+        text = open(os.path.join(ROOT, "bench/nginx", template)).read()
+        for k, v in subs.items():
+            text = text.replace(f"__{k}__", str(v))
+        path = os.path.join(run, template); open(path, "w").write(text); return path
+
+    try:
+        backend = free_port()
+        start(["nginx", "-p", run, "-c", nginx_conf("backend.conf", BACKEND_PORT=backend)], backend, "backend")
+        targets = [("direct (nginx return 200)", backend, None)]
+
+        ours = free_port()
+        p = start([args.router, "--port", str(ours), "--shards", str(args.shards), "--policy", "round_robin",
+                   "--worker-urls", f"http://127.0.0.1:{backend}"], ours, "vllm-router")
+        targets.append(("vllm-router (this project)", ours, p.pid))
+
+        ngx = free_port()
+        p = start(["nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
+                                                        WORKERS=args.shards)], ngx, "nginx-proxy")
+        targets.append((f"nginx proxy_pass ({args.shards} workers)", ngx, p.pid))
+
+        if args.published:
+            pub = free_port()
+            p = start([args.published, "--port", str(pub), "--policy", "round_robin",
+                       "--worker-urls", f"http://127.0.0.1:{backend}"], pub, "published", start_new_session=True)
+            targets.append(("published vllm-router 0.1.x", pub, p.pid))
+
+        rows = []
+        for name, port, pid in targets:
+            wrk(port, 2, args.connections, args.wrk_threads)  # warm-up
+            pids = tree(pid) if pid else []
+            before = cpu_ticks(pids)
+            r = wrk(port, args.seconds, args.connections, args.wrk_threads)
+            used = cpu_ticks(pids) - before
+            r["cpu_us"] = used / HZ / r["reqs"] * 1e6 if pid else None
+            rows.append((name, r))
+            print(f"{name}: {r}", file=sys.stderr)
+
+        print(f"\n{args.seconds}s per target, wrk -t{args.wrk_threads} -c{args.connections}, "
+              f"small POST /v1/chat/completions, {os.cpu_count()} CPUs shared by everything\n")
+        print("| target | req/s | p50 ms | p99 ms | proxy CPU us/req | non-2xx | socket errors |")
+        print("|---|---:|---:|---:|---:|---:|---|")
+        for name, r in rows:
+            cpu = f"{r['cpu_us']:.1f}" if r["cpu_us"] is not None else "-"
+            print(f"| {name} | {r['rps']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {cpu} | {r['non2xx']} | {r['errors'] or '-'} |")
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM) if p.pid == os.getpgid(p.pid) else p.terminate()
+            except OSError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
