@@ -502,3 +502,41 @@ fn close_delimited_answers_are_rechunked_for_http11_clients() {
     assert_eq!(resp.json()["method"], "GET");
     assert!(c.is_closed());
 }
+
+#[test]
+fn a_slow_client_slows_the_worker_instead_of_filling_memory() {
+    // 20k events of 4 KiB (80 MiB) is about twice what the socket buffers on the path
+    // hold (worker send 4 MiB, router receive up to 32 MiB, router send 4 MiB, and a
+    // client receive buffer pinned at 64 KiB); without backpressure the worker would
+    // finish in well under a second.
+    let w = mock(&[]);
+    let r = router(&[&w], &["--shards", "1"]);
+    let mut c = Conn::open_small_rcvbuf(r.port, 64 * 1024);
+    let body = json!({"prompt": "p", "max_tokens": 20_000, "stream": true}).to_string();
+    c.send(format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\nx-mock-token-bytes: 4096\r\ncontent-length: {}\r\n\r\n{body}", body.len()).as_bytes());
+    c.read_until(b"data: {");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        mock_stats(&w)["running"],
+        1,
+        "the worker finished: nothing held it back"
+    );
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", r.child.id()))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .map(|v| v.parse::<u64>().unwrap())
+        })
+        .unwrap();
+    assert!(
+        rss_kib < 32 * 1024,
+        "router RSS {rss_kib} KiB while a client stalls"
+    );
+    c.discard_until(b"data: [DONE]");
+    assert!(eventually(Duration::from_secs(2), || mock_stats(&w)
+        ["running"]
+        == 0));
+}

@@ -159,6 +159,37 @@ impl Conn {
         }
     }
 
+    /// A connection whose receive buffer is pinned small (set before connecting, so
+    /// the kernel cannot autotune it), to make a slow reader visible upstream.
+    pub fn open_small_rcvbuf(port: u16, bytes: usize) -> Conn {
+        use nix::sys::socket::{
+            connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        use std::os::fd::{FromRawFd, IntoRawFd};
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        setsockopt(&fd, sockopt::RcvBuf, &bytes).unwrap();
+        connect(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &SockaddrIn::new(127, 0, 0, 1, port),
+        )
+        .unwrap();
+        // SAFETY: a connected TCP socket we own.
+        let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).unwrap();
     }
@@ -269,7 +300,9 @@ impl Conn {
 
     /// Reads raw bytes until `needle` appears; returns when it did.
     pub fn read_until(&mut self, needle: &[u8]) -> Instant {
-        while find(&self.buf, needle).is_none() {
+        let mut from = 0;
+        while find(&self.buf[from..], needle).is_none() {
+            from = self.buf.len().saturating_sub(needle.len());
             assert!(
                 self.fill(),
                 "EOF before {:?}",
@@ -277,6 +310,22 @@ impl Conn {
             );
         }
         Instant::now()
+    }
+
+    /// Like `read_until`, but throws the bytes away (for very long streams).
+    pub fn discard_until(&mut self, needle: &[u8]) -> Instant {
+        loop {
+            if find(&self.buf, needle).is_some() {
+                return Instant::now();
+            }
+            let keep = self.buf.len().saturating_sub(needle.len());
+            self.buf.drain(..keep);
+            assert!(
+                self.fill(),
+                "EOF before {:?}",
+                String::from_utf8_lossy(needle)
+            );
+        }
     }
 
     pub fn buffered(&self) -> &[u8] {

@@ -179,6 +179,11 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
         header_u64(c, b"x-mock-token-delay-us").unwrap_or(cfg.token_delay_us),
     );
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false) && !remote_decode;
+    // Bytes of text per token (default "tok "): large tokens make big streams cheap.
+    let token_bytes = header_u64(c, b"x-mock-token-bytes")
+        .unwrap_or(4)
+        .clamp(1, 1 << 20) as usize;
+    let token: String = "tok ".chars().cycle().take(token_bytes).collect();
 
     shared.running.fetch_add(1, Ordering::Relaxed);
     let finished = if stream {
@@ -186,24 +191,21 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
             .pointer("/stream_options/include_usage")
             .and_then(Value::as_bool)
             .unwrap_or(false);
-        stream_tokens(
-            shared,
-            c,
+        let shape = StreamShape {
             chat,
-            &id,
-            &model,
+            id: &id,
+            model: &model,
+            token: &token,
             tokens,
             prompt_tokens,
-            prefill_us,
-            delay,
             include_usage,
-        )
-        .await
+        };
+        stream_tokens(shared, c, &shape, prefill_us, delay).await
     } else {
         let total = Duration::from_micros(prefill_us) + delay * tokens as u32;
         let alive = pause(c, total).await;
         if alive {
-            let content = "tok ".repeat(tokens as usize);
+            let content = token.repeat(tokens as usize);
             let mut body = if chat {
                 json!({"id": id, "object": "chat.completion", "created": now_secs(), "model": model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
@@ -252,21 +254,35 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
     finished
 }
 
+/// What a stream carries.
+struct StreamShape<'a> {
+    chat: bool,
+    id: &'a str,
+    model: &'a str,
+    token: &'a str,
+    tokens: u64,
+    prompt_tokens: u64,
+    include_usage: bool,
+}
+
 /// Streams `tokens` SSE events. Returns false if the client left (or a fault dropped
 /// the connection).
-#[allow(clippy::too_many_arguments)]
 async fn stream_tokens(
     shared: &Shared,
     c: &mut Conn,
-    chat: bool,
-    id: &str,
-    model: &str,
-    tokens: u64,
-    prompt_tokens: u64,
+    shape: &StreamShape<'_>,
     prefill_us: u64,
     delay: Duration,
-    include_usage: bool,
 ) -> bool {
+    let StreamShape {
+        chat,
+        id,
+        model,
+        token,
+        tokens,
+        prompt_tokens,
+        include_usage,
+    } = *shape;
     c.out.clear();
     encode::status_line(&mut c.out, 1, 200, b"OK");
     encode::header(
@@ -296,10 +312,10 @@ async fn stream_tokens(
         let finish = if last { json!("length") } else { Value::Null };
         let event = if chat {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                   "choices": [{"index": 0, "delta": {"content": "tok "}, "logprobs": null, "finish_reason": finish}]})
+                   "choices": [{"index": 0, "delta": {"content": token}, "logprobs": null, "finish_reason": finish}]})
         } else {
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                   "choices": [{"index": 0, "text": "tok ", "logprobs": null, "finish_reason": finish}]})
+                   "choices": [{"index": 0, "text": token, "logprobs": null, "finish_reason": finish}]})
         };
         if !send_event(c, &event.to_string()).await {
             return false;
