@@ -463,19 +463,19 @@ fn a_worker_restart_does_not_break_pooled_connections() {
     assert_eq!(send(&mut c).status, 200);
     // The pooled upstream connection dies with the worker; a new worker takes the port.
     drop(w);
-    let mut child = std::process::Command::new(mock_bin())
+    let child = std::process::Command::new(mock_bin())
         .args(["--port", &port.to_string()])
+        .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
+    let _restarted = Proc { child, port }; // killed on drop, even if an assert fails
     assert!(eventually(Duration::from_secs(5), || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     }));
     for _ in 0..3 {
         assert_eq!(send(&mut c).status, 200);
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
