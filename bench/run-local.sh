@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds and runs vllm-router on 127.0.0.1:30000 in front of the vLLM URLs given as
+# arguments, or, with none, in front of two bundled mock workers (:8001, :8002).
+#   bench/run-local.sh                          # mock workers
+#   bench/run-local.sh http://gpu-1:8000 ...    # real vLLM
+# Extra router flags go in ROUTER_ARGS, e.g. ROUTER_ARGS="--policy random".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace --bins
+pids=()
+cleanup() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; }
+trap cleanup EXIT
+if [ $# -eq 0 ]; then
+  for port in 8001 8002; do
+    target/release/mock-vllm --port "$port" --token-delay-us 20000 &
+    pids+=($!)
+  done
+  set -- http://127.0.0.1:8001 http://127.0.0.1:8002
+fi
+# shellcheck disable=SC2086
+target/release/vllm-router --policy round_robin ${ROUTER_ARGS:-} --worker-urls "$@"
