@@ -48,8 +48,8 @@ def cpu_ticks(pids):
     return total
 
 
-def wrk(port, secs, conns, threads):
-    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "--latency",
+def wrk(port, secs, conns, threads, prefix=()):
+    cmd = list(prefix) + ["wrk", f"-t{threads}", f"-c{conns}", f"-d{secs}s", "--latency",
            "-s", os.path.join(ROOT, "bench/nginx/post.lua"), f"http://127.0.0.1:{port}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     def lat(q):
@@ -73,7 +73,15 @@ def main():
     ap.add_argument("--published", default=os.environ.get("PUBLISHED_ROUTER", ""),
                     help="path of the published vllm-router executable")
     ap.add_argument("--router", default=os.path.join(ROOT, "target/release/vllm-router"))
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="targets are measured in turn, this many times; the table shows medians")
+    ap.add_argument("--pin", action="store_true",
+                    help="proxies on CPU 0 (one shard / one worker), backend and wrk on CPU 1")
     args = ap.parse_args()
+    if args.pin:
+        args.shards = 1
+    proxy_cpu = ["taskset", "-c", "0"] if args.pin else []
+    load_cpu = ["taskset", "-c", "1"] if args.pin else []
 
     run = tempfile.mkdtemp(prefix="vr-bench-")
     procs = []
@@ -89,38 +97,53 @@ def main():
 
     try:
         backend = free_port()
-        start(["nginx", "-p", run, "-c", nginx_conf("backend.conf", BACKEND_PORT=backend)], backend, "backend")
+        start(load_cpu + ["nginx", "-p", run, "-c", nginx_conf("backend.conf", BACKEND_PORT=backend)], backend, "backend")
         targets = [("direct (nginx return 200)", backend, None)]
 
         ours = free_port()
-        p = start([args.router, "--port", str(ours), "--shards", str(args.shards), "--policy", "round_robin",
+        p = start(proxy_cpu + [args.router, "--port", str(ours), "--shards", str(args.shards), "--policy", "round_robin",
                    "--worker-urls", f"http://127.0.0.1:{backend}"], ours, "vllm-router")
         targets.append(("vllm-router (this project)", ours, p.pid))
 
         ngx = free_port()
-        p = start(["nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
+        p = start(proxy_cpu + ["nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
                                                         WORKERS=args.shards)], ngx, "nginx-proxy")
         targets.append((f"nginx proxy_pass ({args.shards} workers)", ngx, p.pid))
 
         if args.published:
             pub = free_port()
-            p = start([args.published, "--port", str(pub), "--policy", "round_robin",
+            p = start(proxy_cpu + [args.published, "--port", str(pub), "--policy", "round_robin",
                        "--worker-urls", f"http://127.0.0.1:{backend}"], pub, "published", start_new_session=True)
             targets.append(("published vllm-router 0.1.x", pub, p.pid))
 
-        rows = []
         for name, port, pid in targets:
-            wrk(port, 2, args.connections, args.wrk_threads)  # warm-up
-            pids = tree(pid) if pid else []
-            before = cpu_ticks(pids)
-            r = wrk(port, args.seconds, args.connections, args.wrk_threads)
-            used = cpu_ticks(pids) - before
-            r["cpu_us"] = used / HZ / r["reqs"] * 1e6 if pid else None
-            rows.append((name, r))
-            print(f"{name}: {r}", file=sys.stderr)
+            wrk(port, 2, args.connections, args.wrk_threads, load_cpu)  # warm-up
+        runs = {name: [] for name, _, _ in targets}
+        for rnd in range(args.rounds):
+            for name, port, pid in targets:
+                pids = tree(pid) if pid else []
+                before = cpu_ticks(pids)
+                r = wrk(port, args.seconds, args.connections, args.wrk_threads, load_cpu)
+                used = cpu_ticks(pids) - before
+                r["cpu_us"] = used / HZ / r["reqs"] * 1e6 if pid else None
+                runs[name].append(r)
+                print(f"round {rnd + 1} {name}: {r}", file=sys.stderr)
+        def median(xs):
+            xs = sorted(xs); return xs[len(xs) // 2]
+        rows = []
+        for name, _, pid in targets:
+            rs = runs[name]
+            rows.append((name, {
+                "rps": median([r["rps"] for r in rs]), "p50": median([r["p50"] for r in rs]),
+                "p99": median([r["p99"] for r in rs]),
+                "cpu_us": median([r["cpu_us"] for r in rs]) if pid else None,
+                "non2xx": sum(r["non2xx"] for r in rs),
+                "errors": "; ".join(r["errors"] for r in rs if r["errors"])}))
 
-        print(f"\n{args.seconds}s per target, wrk -t{args.wrk_threads} -c{args.connections}, "
-              f"small POST /v1/chat/completions, {os.cpu_count()} CPUs shared by everything\n")
+        where = ("proxy pinned to CPU 0, backend and wrk on CPU 1" if args.pin
+                 else f"{os.cpu_count()} CPUs shared by everything, {args.shards} shards/workers")
+        print(f"\nmedian of {args.rounds} rounds x {args.seconds}s per target, wrk -t{args.wrk_threads} "
+              f"-c{args.connections}, small POST /v1/chat/completions, {where}\n")
         print("| target | req/s | p50 ms | p99 ms | proxy CPU us/req | non-2xx | socket errors |")
         print("|---|---:|---:|---:|---:|---:|---|")
         for name, r in rows:

@@ -79,3 +79,15 @@ fn help_lists_the_published_flags() {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn docs_cli_lists_every_flag() {
+    let (_, help) = run(&["--help"]);
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
+    for word in help.split_whitespace() {
+        let flag = word.trim_end_matches(',');
+        if flag.starts_with("--") && flag.len() > 2 && flag != "--help" && flag != "--version" {
+            assert!(doc.contains(&format!("`{flag}")), "{flag} is not documented in docs/cli.md");
+        }
+    }
+}
