@@ -38,6 +38,9 @@ pub fn check_io_uring() -> Result<(), String> {
 /// Raises the soft RLIMIT_MEMLOCK to the hard limit when needed, and fails clearly
 /// when even that is below what `shards` executors need.
 pub fn check_memlock(shards: usize) -> Result<(), String> {
+    if has_cap_ipc_lock() {
+        return Ok(()); // the limit does not apply (root, or granted the capability)
+    }
     let need = MEMLOCK_PER_SHARD * shards as u64;
     let (soft, hard) = getrlimit(Resource::RLIMIT_MEMLOCK)
         .map_err(|e| format!("cannot read RLIMIT_MEMLOCK: {e}"))?;
@@ -57,6 +60,19 @@ pub fn check_memlock(shards: usize) -> Result<(), String> {
         MEMLOCK_PER_SHARD / 1024,
         need / 1024
     ))
+}
+
+/// CAP_IPC_LOCK (bit 14 of the effective set) exempts a process from RLIMIT_MEMLOCK.
+fn has_cap_ipc_lock() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0)
 }
 
 /// The CPUs this process may run on (its affinity mask, not every online CPU).

@@ -87,7 +87,10 @@ fn docs_cli_lists_every_flag() {
     for word in help.split_whitespace() {
         let flag = word.trim_end_matches(',');
         if flag.starts_with("--") && flag.len() > 2 && flag != "--help" && flag != "--version" {
-            assert!(doc.contains(&format!("`{flag}")), "{flag} is not documented in docs/cli.md");
+            assert!(
+                doc.contains(&format!("`{flag}")),
+                "{flag} is not documented in docs/cli.md"
+            );
         }
     }
 }

@@ -540,3 +540,28 @@ fn a_slow_client_slows_the_worker_instead_of_filling_memory() {
         ["running"]
         == 0));
 }
+
+#[test]
+fn sigterm_lets_a_running_stream_finish_then_exits() {
+    let w = mock(&["--token-delay-us", "100000"]);
+    let mut r = router(&[&w], &[]);
+    let mut idle = Conn::open(r.port); // a keep-alive connection with nothing in flight
+    let mut c = Conn::open(r.port);
+    let body = chat_body("drain", 8, true).to_string();
+    c.send(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.read_until(b"data: {");
+    r.signal("TERM");
+    // The idle connection is closed, the stream runs to its end.
+    assert!(idle.is_closed());
+    let done = c.read_until(b"data: [DONE]");
+    assert!(done.elapsed() < Duration::from_secs(1));
+    let status = r.child.wait().unwrap();
+    assert!(status.success(), "router exited with {status}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", r.port)).is_err());
+}

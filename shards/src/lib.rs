@@ -3,6 +3,7 @@
 //! path; they learn about workers from deltas sent by the control core (see `link`).
 
 pub mod codec;
+pub mod deadline;
 pub mod errors;
 pub mod io;
 pub mod link;

@@ -1,5 +1,6 @@
 //! One shard: its executor, its state, and the task that applies deltas.
 
+use crate::deadline::{Deadlines, DEADLINE_TICK};
 use crate::link::ShardEnd;
 use crate::messages::{Delta, Report};
 use crate::policy::{Policy, PolicyKind};
@@ -7,7 +8,7 @@ use crate::pool::Pool;
 use crate::state::WorkerSet;
 use crossbeam_channel::Sender;
 use futures_lite::AsyncReadExt;
-use glommio::sync::{Gate, Semaphore};
+use glommio::sync::Gate;
 use glommio::{LocalExecutorBuilder, Placement};
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
@@ -22,9 +23,8 @@ use std::time::{Duration, Instant};
 /// RLIMIT_MEMLOCK.
 pub const SHARD_IO_MEMORY: usize = 512 * 1024;
 
-/// How often a shard closes pooled connections that idled too long. Coarse on
-/// purpose: glommio timers live in a BTreeMap, one periodic timer per shard is cheap.
-const POOL_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a shard closes pooled connections that idled too long, in deadline ticks.
+const POOL_SWEEP_TICKS: u32 = 20;
 
 /// Settings every shard reads; fixed at start.
 #[derive(Clone, Debug)]
@@ -52,8 +52,8 @@ pub struct Shard {
     pub pool: RefCell<Pool>,
     pub reports: Sender<Report>,
     pub draining: Cell<bool>,
-    /// Closed when draining starts: wakes connections idling between requests.
-    pub drain_signal: Semaphore,
+    /// Every timeout of the shard's connections and requests (see `deadline`).
+    pub deadlines: Deadlines,
     /// Every client connection holds a pass; draining waits for the gate to empty.
     pub connections: Gate,
 }
@@ -64,7 +64,7 @@ impl Shard {
             Delta::Remove(id) => self.pool.borrow_mut().forget_worker(*id),
             Delta::Drain => {
                 self.draining.set(true);
-                self.drain_signal.close();
+                self.deadlines.drain(); // wakes connections idling between requests
             }
             _ => {}
         }
@@ -137,7 +137,7 @@ async fn run_shard(
         pool: RefCell::new(Pool::default()),
         reports,
         draining: Cell::new(false),
-        drain_signal: Semaphore::new(0),
+        deadlines: Deadlines::default(),
         connections: Gate::new(),
     });
     // Deltas queued before the shard started (the initial worker set) apply first.
@@ -149,9 +149,15 @@ async fn run_shard(
     let sweeper = glommio::spawn_local({
         let shard = shard.clone();
         async move {
+            let mut ticks = 0u32;
             loop {
-                glommio::timer::sleep(POOL_SWEEP_INTERVAL).await;
-                shard.pool.borrow_mut().sweep(Instant::now());
+                glommio::timer::sleep(DEADLINE_TICK).await;
+                let now = Instant::now();
+                shard.deadlines.sweep(now);
+                ticks += 1;
+                if ticks.is_multiple_of(POOL_SWEEP_TICKS) {
+                    shard.pool.borrow_mut().sweep(now);
+                }
             }
         }
     });

@@ -24,7 +24,11 @@ const HOP_BY_HOP: &[&[u8]] = &[
 /// True for a field that must not be forwarded: a hop-by-hop name, or one that the
 /// message's own `Connection` field lists (RFC 9110 §7.6.1).
 pub fn is_hop_by_hop(name: &[u8], connection_value: Option<&[u8]>) -> bool {
-    if HOP_BY_HOP.iter().any(|h| eq_ignore_case(name, h)) {
+    // Most fields are not hop-by-hop: compare only against names of the same length.
+    if HOP_BY_HOP
+        .iter()
+        .any(|h| h.len() == name.len() && eq_ignore_case(name, h))
+    {
         return true;
     }
     match connection_value {

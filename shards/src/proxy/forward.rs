@@ -11,13 +11,13 @@ use crate::codec::body::BodyDecoder;
 use crate::codec::limits::{MAX_RESPONSE_HEAD_BYTES, READ_BUFFER_BYTES};
 use crate::codec::response::ResponseHead;
 use crate::codec::Status;
+use crate::deadline::Deadline;
 use crate::messages::{Report, WorkerId};
 use crate::pool::{self, Upstream};
 use crate::server::Client;
 use crate::shard::Shard;
 use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
-use glommio::timer::Timer;
 use std::io;
 use std::time::Instant;
 
@@ -76,15 +76,15 @@ pub async fn forward(
     c: &mut Client,
     worker: WorkerId,
     body: RequestBody<'_>,
-    deadline: &mut Timer,
+    deadline: &mut Deadline<'_>,
 ) -> bool {
-    let Some((addr, url)) = write_request(shard, c, worker, &body) else {
+    let Some(addr) = write_request(shard, c, worker, &body) else {
         return c.send_error(503, "worker was removed", false).await;
     };
     let _in_flight = InFlight::start(shard, worker);
     let mut watch = ClientWatch::new();
     let replayable = matches!(body, RequestBody::Replayable { .. });
-    let mut resp = ResponseHead::default();
+    let mut resp = std::mem::take(&mut c.resp);
 
     // A pooled connection may have been closed by the worker just as we wrote to it;
     // that failure shows before any answer byte and is retried once on a fresh
@@ -98,7 +98,10 @@ pub async fn forward(
         match attempt {
             Ok(up) => break up,
             Err((Failure::Reset, true)) if allow_pool => allow_pool = false,
-            Err((failure, _)) => return fail(shard, c, worker, &url, failure).await,
+            Err((failure, _)) => {
+                c.resp = resp;
+                return fail(shard, c, worker, failure).await;
+            }
         }
     };
     c.out.clear();
@@ -108,9 +111,11 @@ pub async fn forward(
     write_client_head(&mut c.out, &resp, &c.head, framing, keep_client, &[]);
     let mut decoder = BodyDecoder::new(resp.framing);
     let end = relay_body(c, &mut up, framing, &mut decoder, &mut watch, deadline).await;
+    let reusable = resp.keep_alive && decoder.is_done();
+    c.resp = resp;
     match end {
         RelayEnd::Complete => {
-            if resp.keep_alive && decoder.is_done() {
+            if reusable {
                 shard.pool.borrow_mut().give(up, Instant::now());
             }
             keep_client
@@ -127,7 +132,7 @@ fn write_request(
     c: &mut Client,
     worker: WorkerId,
     body: &RequestBody<'_>,
-) -> Option<(std::net::SocketAddr, String)> {
+) -> Option<std::net::SocketAddr> {
     let workers = shard.workers.borrow();
     let w = workers.get(worker)?;
     let target = UpstreamTarget {
@@ -152,7 +157,7 @@ fn write_request(
             c.out.extend_from_slice(bytes);
         }
     }
-    Some((w.spec.addr, w.spec.url.clone()))
+    Some(w.spec.addr)
 }
 
 /// One attempt: connection, request, answer head. On error, the bool says whether the
@@ -167,7 +172,7 @@ async fn exchange_head(
     allow_pool: bool,
     resp: &mut ResponseHead,
     watch: &mut ClientWatch,
-    deadline: &mut Timer,
+    deadline: &mut Deadline<'_>,
 ) -> Result<Upstream, (Failure, bool)> {
     let pooled = if allow_pool {
         shard.pool.borrow_mut().take(worker, Instant::now())
@@ -248,7 +253,7 @@ async fn send_request(
     c: &mut Client,
     up: &mut Upstream,
     body: &RequestBody<'_>,
-    deadline: &mut Timer,
+    deadline: &mut Deadline<'_>,
 ) -> Result<(), SendError> {
     up.stream
         .write_all(&c.out)
@@ -272,7 +277,7 @@ async fn send_request(
 async fn stream_body(
     c: &mut Client,
     up: &mut Upstream,
-    deadline: &mut Timer,
+    deadline: &mut Deadline<'_>,
 ) -> Result<(), SendError> {
     let mut decoder = BodyDecoder::new(c.head.framing);
     let mut sent_continue = false;
@@ -312,13 +317,12 @@ async fn stream_body(
 }
 
 /// Answers the client for an exchange that produced no answer head.
-async fn fail(
-    shard: &Shard,
-    c: &mut Client,
-    worker: WorkerId,
-    url: &str,
-    failure: Failure,
-) -> bool {
+async fn fail(shard: &Shard, c: &mut Client, worker: WorkerId, failure: Failure) -> bool {
+    let url = shard
+        .workers
+        .borrow()
+        .get(worker)
+        .map_or_else(|| format!("#{worker}"), |w| w.spec.url.clone());
     let (status, message) = match failure {
         Failure::Refused(e) => {
             let _ = shard.reports.try_send(Report::WorkerUnreachable {

@@ -12,13 +12,13 @@ use super::route::{classify, RouteKind};
 use crate::codec::body::BodyDecoder;
 use crate::codec::framing::BodyFraming;
 use crate::codec::limits::READ_BUFFER_BYTES;
+use crate::deadline::Deadline;
 use crate::messages::WorkerId;
 use crate::policy::RouteInput;
 use crate::server::Client;
 use crate::shard::Shard;
 use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
-use glommio::timer::Timer;
 
 /// A buffered body larger than this is freed after its request instead of being kept
 /// for the connection's next one.
@@ -36,7 +36,7 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
             return c.send_error(413, &msg, false).await;
         }
     }
-    let mut deadline = Timer::new(shard.config.request_timeout);
+    let mut deadline = shard.deadlines.start(shard.config.request_timeout, false);
     let buffered = classify(c.head.method(), c.head.path()) == RouteKind::Generation
         || shard.policy.borrow().needs_body();
     if buffered {
@@ -47,7 +47,7 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
 }
 
 /// Mode 2.
-async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Timer) -> bool {
+async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
     match read_body(c, shard.config.max_payload_bytes, deadline).await {
         Ok(()) => {}
         Err(BodyError::TooLarge) => {
@@ -100,7 +100,7 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Timer) ->
 
 /// Mode 1. A body that already sits whole in the read buffer is copied out so the
 /// request stays replayable; otherwise it streams through.
-async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Timer) -> bool {
+async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
     let Some(worker) = pick(shard, c, None) else {
         return no_worker(c, !c.head.has_body()).await;
     };
@@ -151,7 +151,7 @@ enum BodyError {
 
 /// Reads the whole body into `c.body` (chunked bodies are decoded), sending
 /// `100 Continue` first when the client asked for it.
-async fn read_body(c: &mut Client, max: u64, deadline: &mut Timer) -> Result<(), BodyError> {
+async fn read_body(c: &mut Client, max: u64, deadline: &mut Deadline<'_>) -> Result<(), BodyError> {
     c.body.clear();
     let mut decoder = BodyDecoder::new(c.head.framing);
     if let BodyFraming::Length(n) = c.head.framing {

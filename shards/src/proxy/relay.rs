@@ -10,10 +10,10 @@ use super::wait::{read_upstream, ClientWatch, Wake};
 use crate::codec::body::BodyDecoder;
 use crate::codec::encode;
 use crate::codec::limits::READ_BUFFER_BYTES;
+use crate::deadline::Deadline;
 use crate::pool::Upstream;
 use crate::server::Client;
 use futures_lite::AsyncWriteExt;
-use glommio::timer::Timer;
 
 /// How a relayed body ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub async fn relay_body(
     framing: ClientFraming,
     decoder: &mut BodyDecoder,
     watch: &mut ClientWatch,
-    deadline: &mut Timer,
+    deadline: &mut Deadline<'_>,
 ) -> RelayEnd {
     loop {
         if !up.rbuf.is_empty() || decoder.is_done() {

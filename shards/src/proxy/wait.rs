@@ -6,10 +6,10 @@
 //! client sends meanwhile (a pipelined next request) are kept in its buffer.
 
 use crate::codec::limits::MAX_REQUEST_HEAD_BYTES;
+use crate::deadline::Deadline;
 use crate::pool::Upstream;
 use crate::server::Client;
 use futures_lite::future::{or, pending};
-use glommio::timer::Timer;
 use std::io;
 
 /// What ended a wait.
@@ -46,7 +46,7 @@ pub async fn read_upstream(
     max: usize,
     c: &mut Client,
     watch: &mut ClientWatch,
-    deadline: &mut Timer,
+    deadline: &mut Deadline<'_>,
 ) -> Wake {
     loop {
         let upstream = async { Some(Wake::Upstream(up.rbuf.read_from(&mut up.stream, max).await)) };

@@ -5,14 +5,15 @@
 use super::endpoints;
 use crate::codec::limits::{MAX_REQUEST_HEAD_BYTES, READ_BUFFER_BYTES};
 use crate::codec::request::{HeadError, RequestHead};
+use crate::codec::response::ResponseHead;
 use crate::codec::Status;
+use crate::deadline::Deadline;
 use crate::errors::write_error;
 use crate::io::ReadBuf;
 use crate::shard::Shard;
 use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
-use glommio::timer::Timer;
 use std::rc::Rc;
 
 /// Everything a connection reuses from one request to the next.
@@ -24,6 +25,8 @@ pub struct Client {
     pub out: Vec<u8>,
     /// Buffered request body (routing mode 2).
     pub body: Vec<u8>,
+    /// The worker's answer head, reused like `head`.
+    pub resp: ResponseHead,
 }
 
 impl Client {
@@ -65,6 +68,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         head: RequestHead::default(),
         out: Vec::with_capacity(1024),
         body: Vec::new(),
+        resp: ResponseHead::default(),
     };
     loop {
         match read_head(&shard, &mut c).await {
@@ -101,11 +105,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 /// Reads until a whole head is buffered and parsed into `c.head`. The idle wait for
-/// the first byte is bounded by the keep-alive timeout; the rest of the head by the
-/// header-read timeout (slowloris).
+/// the first byte is bounded by the keep-alive timeout (and ends when the shard
+/// drains); the rest of the head by the header-read timeout (slowloris).
 async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
     let cfg = &shard.config;
-    let mut deadline: Option<Timer> = None;
+    let mut deadline: Option<Deadline<'_>> = None;
     loop {
         if !c.rbuf.is_empty() {
             match c.head.parse(c.rbuf.filled()) {
@@ -119,14 +123,14 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
         } else if shard.draining.get() {
             return HeadRead::Closed;
         }
-        let timer = deadline.get_or_insert_with(|| {
-            Timer::new(if c.rbuf.is_empty() {
-                cfg.keepalive_timeout
-            } else {
-                cfg.header_read_timeout
-            })
-        });
         let idle = c.rbuf.is_empty();
+        let timer = deadline.get_or_insert_with(|| {
+            if idle {
+                shard.deadlines.start(cfg.keepalive_timeout, true)
+            } else {
+                shard.deadlines.start(cfg.header_read_timeout, false)
+            }
+        });
         let read = async {
             match c
                 .rbuf
@@ -138,23 +142,14 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
             }
         };
         let expired = async {
-            timer.await;
+            (&mut *timer).await;
             Some(if idle {
                 HeadRead::Closed
             } else {
                 HeadRead::TimedOut
             })
         };
-        let drained = async {
-            // Closed semaphore: draining started. Only an idle connection leaves.
-            let _ = shard.drain_signal.acquire(1).await;
-            if idle {
-                Some(HeadRead::Closed)
-            } else {
-                std::future::pending().await
-            }
-        };
-        if let Some(end) = or(read, or(expired, drained)).await {
+        if let Some(end) = or(read, expired).await {
             return end;
         }
         if idle {
