@@ -6,10 +6,10 @@ mod control;
 mod preflight;
 
 use cli::Cli;
-use control::{Command, ControlCore};
+use control::health::ProbeConfig;
+use control::{Command, ControlConfig, ControlCore};
 use nix::sys::signal::{SigSet, Signal};
 use shards::log::Level;
-use shards::messages::Delta;
 use shards::policy::PolicyKind;
 use shards::ShardConfig;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -23,6 +23,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time an idle client keep-alive connection stays open (nginx's default).
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// An admin call may include a health probe: it gets the probe's timeout plus this.
+const ADMIN_MARGIN: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     let (cli, unsupported) = Cli::parse_checked();
@@ -65,16 +67,18 @@ fn run(cli: Cli) -> Result<(), String> {
         );
     }
 
-    let mut next_id = 0;
-    let mut workers = Vec::new();
-    for url in &cli.worker_urls {
-        workers.extend(control::registry::resolve(
-            url,
-            cli.intra_node_data_parallel_size.max(1),
-            &mut next_id,
-        )?);
-    }
-
+    let request_id_headers = if cli.request_id_headers.is_empty() {
+        shards::proxy::request_id::DEFAULT_REQUEST_ID_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        cli.request_id_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect()
+    };
+    let health_timeout = Duration::from_secs(cli.health_check_timeout_secs);
     let config = Arc::new(ShardConfig {
         listen,
         max_payload_bytes: cli.max_payload_size,
@@ -84,7 +88,25 @@ fn run(cli: Cli) -> Result<(), String> {
         keepalive_timeout: KEEPALIVE_TIMEOUT,
         policy,
         api_key: cli.api_key.clone(),
+        request_id_headers,
+        admin_timeout: health_timeout + ADMIN_MARGIN,
     });
+    let prometheus = resolve_listen(&cli.prometheus_host, cli.prometheus_port)?;
+    let control_config = ControlConfig {
+        worker_urls: cli.worker_urls.clone(),
+        dp_size: cli.intra_node_data_parallel_size.max(1),
+        probe: ProbeConfig {
+            endpoint: cli.health_check_endpoint.clone(),
+            timeout: health_timeout,
+            api_key: cli.api_key.clone(),
+        },
+        health_interval: Duration::from_secs(cli.health_check_interval_secs.max(1)),
+        success_threshold: cli.health_success_threshold,
+        failure_threshold: cli.health_failure_threshold,
+        startup_timeout: Duration::from_secs(cli.worker_startup_timeout_secs),
+        startup_interval: Duration::from_secs(cli.worker_startup_check_interval.max(1)),
+        prometheus,
+    };
 
     // Signals are taken synchronously by this thread: block them before any other
     // thread starts so every thread inherits the mask.
@@ -95,18 +117,44 @@ fn run(cli: Cli) -> Result<(), String> {
         .thread_block()
         .map_err(|e| format!("cannot block signals: {e}"))?;
 
+    // Links first: the control core queues the worker set on them before the shards
+    // exist, and each shard applies what is queued before it accepts a connection.
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
-    let mut links = Vec::with_capacity(shard_count);
+    let mut control_ends = Vec::with_capacity(shard_count);
+    let mut shard_ends = Vec::with_capacity(shard_count);
+    for _ in 0..shard_count {
+        let (c, s) = shards::link::link().map_err(|e| format!("cannot create shard link: {e}"))?;
+        control_ends.push(c);
+        shard_ends.push(s);
+    }
+    let (command_tx, command_rx) = crossbeam_channel::bounded(1);
+    let (started_tx, started_rx) = crossbeam_channel::bounded(1);
+    let control = std::thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            ControlCore {
+                links: control_ends,
+                reports: report_rx,
+                commands: command_rx,
+                config: control_config,
+            }
+            .run(started_tx)
+        })
+        .map_err(|e| format!("cannot start the control core: {e}"))?;
+    if !cli.worker_urls.is_empty() {
+        shards::info!(
+            "checking {} worker(s) before serving",
+            cli.worker_urls.len()
+        );
+    }
+    let started = started_rx
+        .recv()
+        .map_err(|_| "the control core stopped during start-up".to_string())??;
+
     let mut threads = Vec::with_capacity(shard_count);
-    for index in 0..shard_count {
-        let (control_end, shard_end) =
-            shards::link::link().map_err(|e| format!("cannot create shard link: {e}"))?;
-        for w in &workers {
-            control_end.send(Delta::Upsert(w.clone()));
-        }
+    for (index, shard_end) in shard_ends.into_iter().enumerate() {
         let cpu = cpus.get(index % cpus.len().max(1)).copied();
         let thread = shards::spawn_shard(index, cpu, config.clone(), shard_end, report_tx.clone())?;
-        links.push(control_end);
         threads.push(thread);
     }
 
@@ -117,28 +165,22 @@ fn run(cli: Cli) -> Result<(), String> {
         .collect();
     shards::info!(
         "vllm-router listening on http://{listen} with {shard_count} shard(s) on CPU(s) {} \
-         (policy {policy_name})",
+         (policy {policy_name}); metrics on http://{prometheus}/metrics",
         cpu_list.join(",")
     );
-    if workers.is_empty() {
-        shards::warn!("no workers configured: generation requests will get 503");
+    if started.workers.is_empty() {
+        shards::warn!("no workers configured: add them with POST /add_worker?url=...");
     }
-    for w in &workers {
-        shards::info!("worker {} -> {}", w.url, w.addr);
+    for (url, healthy, why) in &started.workers {
+        if *healthy {
+            shards::info!("worker {url} is healthy");
+        } else {
+            shards::warn!(
+                "worker {url} is not healthy yet: {}",
+                why.as_deref().unwrap_or("?")
+            );
+        }
     }
-
-    let (command_tx, command_rx) = crossbeam_channel::bounded(1);
-    let control = std::thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            ControlCore {
-                links,
-                reports: report_rx,
-                commands: command_rx,
-            }
-            .run()
-        })
-        .map_err(|e| format!("cannot start the control core: {e}"))?;
 
     let signal = signals.wait().map_err(|e| format!("sigwait failed: {e}"))?;
     let grace = Duration::from_secs(cli.shutdown_grace_period_secs);

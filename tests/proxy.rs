@@ -317,11 +317,34 @@ fn no_worker_is_503() {
 }
 
 #[test]
-fn refused_worker_is_502() {
-    let port = free_port(); // nothing listens there
-    let r = router(&[], &["--worker-urls", &format!("http://127.0.0.1:{port}")]);
+fn a_worker_that_dies_gives_502_then_leaves_rotation_at_once() {
+    let w = mock_on(free_low_port(), &[]);
+    let mut r = router(
+        &[&w],
+        &[
+            "--health-check-interval-secs",
+            "600",
+            "--log-level",
+            "debug",
+        ],
+    );
+    let port = w.port;
+    drop(w); // dies after start-up; the next health check is ten minutes away
+             // An io_uring server's socket can outlive its process by a moment (the ring is
+             // torn down asynchronously); wait until the port really refuses.
+    assert!(eventually(Duration::from_secs(5), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+    }));
     let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 1, false));
     assert_openai_error(&resp, 502);
+    let first = resp.text();
+    // The shard reported the refusal: the control core took the worker out.
+    let out = eventually(Duration::from_secs(2), || {
+        request(r.port, "GET", "/readiness", &[], b"").status == 503
+    });
+    assert!(out, "{first}\n{}", r.stop_and_log());
+    let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 1, false));
+    assert_openai_error(&resp, 503);
 }
 
 #[test]

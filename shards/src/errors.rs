@@ -15,6 +15,19 @@ pub fn error_type(status: u16) -> &'static str {
     }
 }
 
+/// The `error_type` label of `request_errors_total` for an answer the router made.
+pub fn metric_error_type(status: u16) -> &'static str {
+    match status {
+        400 | 414 | 431 => "bad_request",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        502 => "upstream_error",
+        503 => "no_worker",
+        504 => "upstream_timeout",
+        _ => "internal",
+    }
+}
+
 /// Writes a whole error response into `out`. `close` adds `Connection: close`.
 pub fn write_error(out: &mut Vec<u8>, minor: u8, status: u16, message: &str, close: bool) {
     let body = serde_json::json!({
@@ -35,10 +48,17 @@ pub fn write_error(out: &mut Vec<u8>, minor: u8, status: u16, message: &str, clo
     out.extend_from_slice(body.as_bytes());
 }
 
-/// Writes a small JSON answer produced by the router (health, admin).
-pub fn write_json(out: &mut Vec<u8>, minor: u8, status: u16, body: &[u8], close: bool) {
+/// Writes a small answer produced by the router (health, admin).
+pub fn write_answer(
+    out: &mut Vec<u8>,
+    minor: u8,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    close: bool,
+) {
     encode::status_line(out, minor, status, b"");
-    encode::header(out, b"content-type", b"application/json");
+    encode::header(out, b"content-type", content_type.as_bytes());
     encode::content_length(out, body.len() as u64);
     if close {
         encode::header(out, b"connection", b"close");

@@ -9,6 +9,7 @@ pub mod io;
 pub mod link;
 pub mod log;
 pub mod messages;
+pub mod metrics;
 pub mod policy;
 pub mod pool;
 pub mod proxy;

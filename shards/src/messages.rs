@@ -35,6 +35,29 @@ pub enum Delta {
     },
     /// Stop accepting, finish what is in flight, then exit the executor.
     Drain,
+    /// The control core's answer to a `Report::Admin`.
+    AdminReply {
+        token: u64,
+        reply: AdminReply,
+    },
+}
+
+/// An admin API call, forwarded by the shard that received it.
+#[derive(Clone, Debug)]
+pub struct AdminRequest {
+    pub method: String,
+    /// Path without the query, percent-encoding kept.
+    pub path: String,
+    pub query: String,
+    pub body: Vec<u8>,
+}
+
+/// The answer to an admin call: status and a JSON (or plain text) body.
+#[derive(Clone, Debug)]
+pub struct AdminReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
 }
 
 /// What a shard tells the control core.
@@ -44,4 +67,15 @@ pub enum Report {
     WorkerUnreachable { shard: usize, id: WorkerId },
     /// The shard finished draining and its executor is about to exit.
     Drained { shard: usize },
+    /// The shard's cumulative counters, sent once a second.
+    Metrics {
+        shard: usize,
+        metrics: Box<crate::metrics::ShardMetrics>,
+    },
+    /// An admin call to be answered with `Delta::AdminReply { token }` to this shard.
+    Admin {
+        shard: usize,
+        token: u64,
+        request: AdminRequest,
+    },
 }

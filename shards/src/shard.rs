@@ -3,8 +3,11 @@
 use crate::deadline::{Deadlines, DEADLINE_TICK};
 use crate::link::ShardEnd;
 use crate::messages::{Delta, Report};
+use crate::metrics::ShardMetrics;
+use crate::policy::Random;
 use crate::policy::{Policy, PolicyKind};
 use crate::pool::Pool;
+use crate::server::AdminWaiters;
 use crate::state::WorkerSet;
 use crossbeam_channel::Sender;
 use futures_lite::AsyncReadExt;
@@ -40,6 +43,10 @@ pub struct ShardConfig {
     pub policy: PolicyKind,
     /// Sent to workers as `Authorization: Bearer`.
     pub api_key: Option<String>,
+    /// Headers a request id is taken from, in order (`--request-id-headers`).
+    pub request_id_headers: Vec<String>,
+    /// Longest wait for the control core to answer an admin call.
+    pub admin_timeout: Duration,
 }
 
 /// A shard's state, shared by its tasks through `Rc` (single thread, no locks).
@@ -56,11 +63,17 @@ pub struct Shard {
     pub deadlines: Deadlines,
     /// Every client connection holds a pass; draining waits for the gate to empty.
     pub connections: Gate,
+    pub metrics: RefCell<ShardMetrics>,
+    /// Per-shard randomness (request ids), no syscalls.
+    pub rng: RefCell<Random>,
+    /// Admin calls waiting for the control core's answer.
+    pub admin: AdminWaiters,
 }
 
 impl Shard {
     pub fn apply(&self, delta: &Delta) {
         match delta {
+            Delta::AdminReply { token, reply } => return self.admin.fulfil(*token, reply.clone()),
             Delta::Remove(id) => self.pool.borrow_mut().forget_worker(*id),
             Delta::Drain => {
                 self.draining.set(true);
@@ -70,6 +83,27 @@ impl Shard {
         }
         self.workers.borrow_mut().apply(delta);
     }
+}
+
+impl Shard {
+    /// Sends a copy of the counters, with the per-worker numbers of this moment.
+    pub fn send_metrics(&self) {
+        let mut m = self.metrics.borrow().clone();
+        for w in self.workers.borrow().all() {
+            m.processed.insert(w.spec.id, w.processed);
+            m.in_flight.insert(w.spec.id, w.in_flight);
+        }
+        let _ = self.reports.send(Report::Metrics {
+            shard: self.index,
+            metrics: Box::new(m),
+        });
+    }
+}
+
+fn seed_from_time() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Starts shard `index` on its own thread, pinned to `cpu` when given. Returns once
@@ -139,6 +173,9 @@ async fn run_shard(
         draining: Cell::new(false),
         deadlines: Deadlines::default(),
         connections: Gate::new(),
+        metrics: RefCell::new(ShardMetrics::default()),
+        rng: RefCell::new(Random::new(0x5eed ^ (index as u64) ^ seed_from_time())),
+        admin: AdminWaiters::default(),
     });
     // Deltas queued before the shard started (the initial worker set) apply first.
     while let Ok(d) = link.rx.try_recv() {
@@ -157,6 +194,7 @@ async fn run_shard(
                 ticks += 1;
                 if ticks.is_multiple_of(POOL_SWEEP_TICKS) {
                     shard.pool.borrow_mut().sweep(now);
+                    shard.send_metrics();
                 }
             }
         }
@@ -180,7 +218,8 @@ async fn run_shard(
         }
     }
     drop(acceptor); // closes the listener: the kernel stops giving us connections
-    drop(sweeper);
     let _ = shard.connections.close().await;
+    drop(sweeper);
+    shard.send_metrics();
     let _ = shard.reports.send(Report::Drained { shard: index });
 }

@@ -8,6 +8,8 @@ pub struct Worker {
     pub spec: WorkerSpec,
     /// Requests this shard has in flight to the worker.
     pub in_flight: u32,
+    /// Requests this shard sent to the worker that got an answer head.
+    pub processed: u64,
 }
 
 /// The workers of one shard. Kept in a Vec: a router has tens of workers, and a
@@ -27,6 +29,7 @@ impl WorkerSet {
                 None => self.workers.push(Worker {
                     spec: spec.clone(),
                     in_flight: 0,
+                    processed: 0,
                 }),
             },
             Delta::Remove(id) => self.workers.retain(|w| w.spec.id != *id),
@@ -35,7 +38,7 @@ impl WorkerSet {
                     w.spec.healthy = *healthy;
                 }
             }
-            Delta::Drain => {}
+            Delta::Drain | Delta::AdminReply { .. } => {}
         }
         self.routable = (0..self.workers.len())
             .filter(|&i| self.workers[i].spec.healthy)

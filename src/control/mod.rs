@@ -1,13 +1,25 @@
 //! The control core: one thread outside the shards that owns every slow or shared
-//! concern. It talks to the shards only through `shards::link` (deltas out) and a
-//! report channel (reports in).
+//! concern: the worker registry, health checks, the admin API, metrics aggregation and
+//! draining. It runs a current-thread tokio runtime (kube-rs and friends need tokio;
+//! no shard ever does) and talks to the shards only through `shards::link` (deltas
+//! out) and the report channel (reports in).
 
+pub mod admin;
+pub mod health;
+pub mod metrics;
 pub mod registry;
 
-use crossbeam_channel::{select, Receiver};
+use crossbeam_channel::Receiver;
+use health::ProbeConfig;
+use registry::{Registry, WorkerEntry};
 use shards::link::ControlEnd;
-use shards::messages::{Delta, Report};
+use shards::messages::{Delta, Report, WorkerId};
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 /// Asked of the control core by the main thread.
 pub enum Command {
@@ -15,59 +27,419 @@ pub enum Command {
     Shutdown { grace: Duration },
 }
 
+/// Settings of the control core.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub worker_urls: Vec<String>,
+    pub dp_size: u32,
+    pub probe: ProbeConfig,
+    pub health_interval: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+    pub startup_timeout: Duration,
+    pub startup_interval: Duration,
+    pub prometheus: SocketAddr,
+}
+
+/// What the control core found at start-up.
+pub struct Started {
+    /// (url, healthy, why not) per worker.
+    pub workers: Vec<(String, bool, Option<String>)>,
+}
+
+/// Everything the control core's tasks share (one thread: `Rc<RefCell>`).
+pub struct ControlState {
+    pub links: Vec<ControlEnd>,
+    pub registry: Registry,
+    pub metrics: metrics::Aggregator,
+    pub probe: ProbeConfig,
+}
+
+impl ControlState {
+    pub fn broadcast(&self, delta: Delta) {
+        for link in &self.links {
+            link.send(delta.clone());
+        }
+    }
+
+    pub fn worker_json(&self, w: &WorkerEntry) -> serde_json::Value {
+        serde_json::json!({
+            "url": w.spec.url,
+            "address": w.spec.addr.to_string(),
+            "healthy": w.health.healthy,
+            "load": self.metrics.load(w.spec.id),
+            "processed_requests": self.metrics.processed(w.spec.id),
+            "dp_rank": w.spec.dp_rank,
+            // Circuit breakers are not built yet.
+            "circuit_breaker": null,
+        })
+    }
+
+    /// Sets the health of every rank of `base` and tells the shards.
+    fn set_health(&mut self, base: &str, healthy: bool) {
+        let mut ids: Vec<WorkerId> = Vec::new();
+        for w in self.registry.of_base(base) {
+            w.spec.healthy = healthy;
+            ids.push(w.spec.id);
+        }
+        for id in ids {
+            self.broadcast(Delta::Health { id, healthy });
+        }
+    }
+}
+
+enum Event {
+    Report(Report),
+    Command(Command),
+}
+
 pub struct ControlCore {
     pub links: Vec<ControlEnd>,
     pub reports: Receiver<Report>,
     pub commands: Receiver<Command>,
+    pub config: ControlConfig,
 }
 
 impl ControlCore {
-    /// Runs until shutdown completes. Returns true if every shard drained in time.
-    pub fn run(self) -> bool {
-        loop {
-            select! {
-                recv(self.reports) -> r => match r {
-                    Ok(report) => self.on_report(report),
-                    Err(_) => return true,
-                },
-                recv(self.commands) -> c => {
-                    let grace = match c {
-                        Ok(Command::Shutdown { grace }) => grace,
-                        Err(_) => Duration::ZERO, // main thread gone
-                    };
-                    return self.drain(grace);
-                },
-            }
-        }
-    }
-
-    fn on_report(&self, report: Report) {
-        match report {
-            Report::WorkerUnreachable { shard, id } => {
-                shards::debug!("shard {shard} could not reach worker {id}");
-            }
-            Report::Drained { shard } => shards::debug!("shard {shard} drained"),
-        }
-    }
-
-    fn drain(&self, grace: Duration) -> bool {
-        for link in &self.links {
-            link.send(Delta::Drain);
-        }
-        let deadline = Instant::now() + grace;
-        let mut left = self.links.len();
-        while left > 0 {
-            let now = Instant::now();
-            if now >= deadline {
-                shards::warn!("{left} shard(s) still busy after the grace period; exiting");
+    /// Runs until shutdown completes. `started` gets the start-up result once the
+    /// shards may serve (a worker is healthy, or none is configured).
+    pub fn run(self, started: crossbeam_channel::Sender<Result<Started, String>>) -> bool {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                let _ = started.send(Err(format!("cannot start the control runtime: {e}")));
                 return false;
             }
-            match self.reports.recv_timeout(deadline - now) {
-                Ok(Report::Drained { .. }) => left -= 1,
-                Ok(other) => self.on_report(other),
-                Err(_) => {}
+        };
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, self.main(started))
+    }
+
+    async fn main(self, started: crossbeam_channel::Sender<Result<Started, String>>) -> bool {
+        let ControlCore {
+            links,
+            reports,
+            commands,
+            config,
+        } = self;
+        // Bridge the blocking crossbeam receivers into the runtime.
+        let (tx, mut events) = mpsc::unbounded_channel::<Event>();
+        let tx2 = tx.clone();
+        std::thread::Builder::new()
+            .name("control-reports".into())
+            .spawn(move || {
+                for r in reports {
+                    if tx.send(Event::Report(r)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn report bridge");
+        std::thread::Builder::new()
+            .name("control-commands".into())
+            .spawn(move || {
+                for c in commands {
+                    if tx2.send(Event::Command(c)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawn command bridge");
+
+        let metrics_listener = match tokio::net::TcpListener::bind(config.prometheus).await {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = started.send(Err(format!(
+                    "cannot listen for metrics on {}: {e}",
+                    config.prometheus
+                )));
+                return false;
+            }
+        };
+        let mut registry = Registry::new(config.dp_size);
+        for url in &config.worker_urls {
+            if let Err(e) = registry.add(url) {
+                let _ = started.send(Err(e));
+                return false;
+            }
+        }
+        let state = Rc::new(RefCell::new(ControlState {
+            links,
+            registry,
+            metrics: metrics::Aggregator::default(),
+            probe: config.probe.clone(),
+        }));
+
+        match startup_wait(&state, &config).await {
+            Ok(s) => {
+                let _ = started.send(Ok(s));
+            }
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return false;
+            }
+        }
+
+        tokio::task::spawn_local(health_loop(state.clone(), config.clone()));
+        tokio::task::spawn_local(serve_metrics(state.clone(), metrics_listener));
+
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Report(r) => on_report(&state, r),
+                Event::Command(Command::Shutdown { grace }) => {
+                    return drain(&state, &mut events, grace).await;
+                }
             }
         }
         true
+    }
+}
+
+/// Probes every worker until one is healthy (or none is configured), as
+/// `--worker-startup-timeout-secs` and `--worker-startup-check-interval` say.
+async fn startup_wait(
+    state: &Rc<RefCell<ControlState>>,
+    config: &ControlConfig,
+) -> Result<Started, String> {
+    let deadline = Instant::now() + config.startup_timeout;
+    loop {
+        let results = probe_all(state).await;
+        let any = results.is_empty() || results.iter().any(|(_, r)| r.is_ok());
+        {
+            let mut s = state.borrow_mut();
+            for (base, outcome) in &results {
+                let healthy = outcome.is_ok();
+                for w in s.registry.of_base(base) {
+                    w.health = health::HealthTracker::new(healthy);
+                    w.spec.healthy = healthy;
+                }
+            }
+            if any {
+                let specs: Vec<_> = s.registry.workers.iter().map(|w| w.spec.clone()).collect();
+                for spec in specs {
+                    s.broadcast(Delta::Upsert(spec));
+                }
+            }
+        }
+        if any {
+            let workers = results
+                .into_iter()
+                .map(|(base, r)| (base, r.is_ok(), r.err()))
+                .collect();
+            return Ok(Started { workers });
+        }
+        if Instant::now() + config.startup_interval > deadline {
+            let why: Vec<String> = results
+                .into_iter()
+                .map(|(b, r)| format!("{b}: {}", r.err().unwrap_or_default()))
+                .collect();
+            return Err(format!(
+                "no worker became healthy within {}s ({})",
+                config.startup_timeout.as_secs(),
+                why.join("; ")
+            ));
+        }
+        shards::info!(
+            "waiting for a healthy worker; next check in {}s",
+            config.startup_interval.as_secs()
+        );
+        tokio::time::sleep(config.startup_interval).await;
+    }
+}
+
+/// Probes every base URL concurrently.
+async fn probe_all(state: &Rc<RefCell<ControlState>>) -> Vec<(String, Result<(), String>)> {
+    let (bases, cfg) = {
+        let s = state.borrow();
+        (s.registry.bases(), s.probe.clone())
+    };
+    let mut tasks = Vec::new();
+    for (base, addr, authority) in bases {
+        let cfg = cfg.clone();
+        tasks.push(tokio::task::spawn_local(async move {
+            let r = health::probe(addr, &authority, &cfg).await;
+            (base, r)
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        if let Ok(r) = t.await {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// Periodic health checks with the failure and success thresholds.
+async fn health_loop(state: Rc<RefCell<ControlState>>, config: ControlConfig) {
+    let mut tick = tokio::time::interval(config.health_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the start-up round just ran
+    loop {
+        tick.tick().await;
+        for (base, outcome) in probe_all(&state).await {
+            let mut s = state.borrow_mut();
+            let ok = outcome.is_ok();
+            let mut change = None;
+            for w in s.registry.of_base(&base) {
+                if let Some(c) =
+                    w.health
+                        .record(ok, config.success_threshold, config.failure_threshold)
+                {
+                    change = Some(c);
+                }
+            }
+            if let Some(healthy) = change {
+                if healthy {
+                    shards::info!("worker {base} is healthy again");
+                } else {
+                    shards::warn!(
+                        "worker {base} is unhealthy: {}",
+                        outcome.err().unwrap_or_default()
+                    );
+                }
+                s.set_health(&base, healthy);
+            }
+        }
+    }
+}
+
+fn on_report(state: &Rc<RefCell<ControlState>>, report: Report) {
+    match report {
+        Report::Metrics { shard, metrics } => state.borrow_mut().metrics.update(shard, metrics),
+        Report::Admin {
+            shard,
+            token,
+            request,
+        } => {
+            let state = state.clone();
+            tokio::task::spawn_local(async move {
+                let reply = admin::handle(state.clone(), request).await;
+                if let Some(link) = state.borrow().links.get(shard) {
+                    link.send(Delta::AdminReply { token, reply });
+                }
+            });
+        }
+        Report::WorkerUnreachable { id, .. } => {
+            // Seen in traffic: confirm with one probe now rather than at the next
+            // interval; a refused connection takes the worker out at once.
+            let target = {
+                let s = state.borrow();
+                s.registry
+                    .workers
+                    .iter()
+                    .find(|w| w.spec.id == id && w.health.healthy)
+                    .map(|w| {
+                        (
+                            w.base_url.clone(),
+                            w.spec.addr,
+                            w.spec.authority.clone(),
+                            s.probe.clone(),
+                        )
+                    })
+            };
+            if let Some((base, addr, authority, cfg)) = target {
+                let state = state.clone();
+                tokio::task::spawn_local(async move {
+                    if let Err(why) = health::probe(addr, &authority, &cfg).await {
+                        let mut s = state.borrow_mut();
+                        let mut was_healthy = false;
+                        for w in s.registry.of_base(&base) {
+                            was_healthy |= w.health.force_unhealthy();
+                        }
+                        if was_healthy {
+                            shards::warn!("worker {base} is unreachable ({why}): out of rotation");
+                            s.set_health(&base, false);
+                        }
+                    }
+                });
+            }
+        }
+        Report::Drained { shard } => shards::debug!("shard {shard} drained"),
+    }
+}
+
+async fn drain(
+    state: &Rc<RefCell<ControlState>>,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    grace: Duration,
+) -> bool {
+    let shards = {
+        let s = state.borrow();
+        s.broadcast(Delta::Drain);
+        s.links.len()
+    };
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut left = shards;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Report(Report::Drained { .. }))) => left -= 1,
+            Ok(Some(Event::Report(other))) => on_report(state, other),
+            Ok(Some(Event::Command(_))) => {}
+            Ok(None) => break,
+            Err(_) => {
+                shards::warn!("{left} shard(s) still busy after the grace period; exiting");
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// A minimal HTTP/1.1 server for `GET /metrics` (Prometheus scrapes; nothing else).
+async fn serve_metrics(state: Rc<RefCell<ControlState>>, listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::task::spawn_local(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 2048];
+            let head_end = loop {
+                let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await
+                else {
+                    return;
+                };
+                if n == 0 {
+                    return;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i;
+                }
+                if buf.len() > 16 * 1024 {
+                    return;
+                }
+            };
+            let line = String::from_utf8_lossy(&buf[..head_end])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let (status, ctype, body) = if line.starts_with("GET /metrics") {
+                let s = state.borrow();
+                (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    s.metrics.render(&s.registry),
+                )
+            } else {
+                (
+                    "404 Not Found",
+                    "text/plain",
+                    "only /metrics is served here\n".to_string(),
+                )
+            };
+            let answer = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        });
     }
 }

@@ -116,3 +116,85 @@ mod tests {
         assert!(w.iter().all(|s| s.authority == "127.0.0.1:8000"));
     }
 }
+
+/// A worker as the control core tracks it.
+#[derive(Debug)]
+pub struct WorkerEntry {
+    pub spec: WorkerSpec,
+    /// The URL without `@rank`: health is probed once per base URL.
+    pub base_url: String,
+    pub health: super::health::HealthTracker,
+}
+
+/// The worker set of record. Shards hold copies, kept in step by deltas.
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub workers: Vec<WorkerEntry>,
+    next_id: WorkerId,
+    dp_size: u32,
+}
+
+impl Registry {
+    pub fn new(dp_size: u32) -> Self {
+        Registry {
+            workers: Vec::new(),
+            next_id: 0,
+            dp_size: dp_size.max(1),
+        }
+    }
+
+    /// Resolves and adds a base URL (one entry per DP rank), unhealthy until probed.
+    pub fn add(&mut self, url: &str) -> Result<Vec<WorkerSpec>, String> {
+        let base = url.trim_end_matches('/');
+        if self.workers.iter().any(|w| w.base_url == base) {
+            return Err(format!("worker {base} is already registered"));
+        }
+        let mut specs = resolve(base, self.dp_size, &mut self.next_id)?;
+        for s in &mut specs {
+            s.healthy = false;
+            self.workers.push(WorkerEntry {
+                spec: s.clone(),
+                base_url: base.to_string(),
+                health: super::health::HealthTracker::new(false),
+            });
+        }
+        Ok(specs)
+    }
+
+    /// Removes a base URL (all its ranks) or one `url@rank`; returns the removed ids.
+    pub fn remove(&mut self, url: &str) -> Vec<WorkerId> {
+        let url = url.trim_end_matches('/');
+        let mut ids = Vec::new();
+        self.workers.retain(|w| {
+            let hit = w.base_url == url || w.spec.url == url;
+            if hit {
+                ids.push(w.spec.id);
+            }
+            !hit
+        });
+        ids
+    }
+
+    /// Distinct base URLs with what a probe needs.
+    pub fn bases(&self) -> Vec<(String, SocketAddr, String)> {
+        let mut out: Vec<(String, SocketAddr, String)> = Vec::new();
+        for w in &self.workers {
+            if !out.iter().any(|(b, _, _)| *b == w.base_url) {
+                out.push((w.base_url.clone(), w.spec.addr, w.spec.authority.clone()));
+            }
+        }
+        out
+    }
+
+    /// Entries of one base URL.
+    pub fn of_base<'a>(
+        &'a mut self,
+        base: &'a str,
+    ) -> impl Iterator<Item = &'a mut WorkerEntry> + 'a {
+        self.workers.iter_mut().filter(move |w| w.base_url == base)
+    }
+
+    pub fn healthy_count(&self) -> usize {
+        self.workers.iter().filter(|w| w.health.healthy).count()
+    }
+}

@@ -24,6 +24,60 @@ pub fn mock_bin() -> PathBuf {
     p
 }
 
+/// Binds `port` without listening: connections to it are refused, and no other test
+/// can take the port meanwhile (which would make a dead worker look alive).
+pub fn hold_port_refusing(port: u16) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{
+        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn::new(127, 0, 0, 1, port),
+    )
+    .unwrap();
+    fd
+}
+
+/// A free port below the kernel's ephemeral range (32768+), so that no `free_port()`
+/// of a parallel test can be handed it after its owner exits.
+pub fn free_low_port() -> u16 {
+    let mut x = std::process::id() as u64
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+    loop {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20000 + (x % 10000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// Starts a mock worker on a given port.
+pub fn mock_on(port: u16, args: &[&str]) -> Proc {
+    let mut child = Command::new(mock_bin())
+        .args(["--port", &port.to_string()])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mock-vllm");
+    wait_for_port(port, &mut child, "mock-vllm");
+    Proc { child, port }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -85,12 +139,52 @@ pub fn mock(args: &[&str]) -> Proc {
     Proc { child, port }
 }
 
+/// A running router and its metrics port.
+pub struct Router {
+    pub proc: Proc,
+    pub port: u16,
+    pub metrics_port: u16,
+}
+
+impl std::ops::Deref for Router {
+    type Target = Proc;
+    fn deref(&self) -> &Proc {
+        &self.proc
+    }
+}
+
+impl std::ops::DerefMut for Router {
+    fn deref_mut(&mut self) -> &mut Proc {
+        &mut self.proc
+    }
+}
+
+impl Router {
+    /// Stops the router and returns what it logged (for failure messages).
+    pub fn stop_and_log(&mut self) -> String {
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
+        let mut out = String::new();
+        if let Some(mut e) = self.proc.child.stderr.take() {
+            let _ = e.read_to_string(&mut out);
+        }
+        out
+    }
+
+    /// The Prometheus text the router serves.
+    pub fn metrics(&self) -> String {
+        request(self.metrics_port, "GET", "/metrics", &[], b"").text()
+    }
+}
+
 /// Starts the router with `--policy round_robin --shards 2` unless the args say
-/// otherwise, in front of `workers`.
-pub fn router(workers: &[&Proc], args: &[&str]) -> Proc {
+/// otherwise, in front of `workers`, with its metrics on a free port.
+pub fn router(workers: &[&Proc], args: &[&str]) -> Router {
     let port = free_port();
+    let metrics_port = free_port();
     let mut cmd = Command::new(router_bin());
     cmd.args(["--port", &port.to_string()]);
+    cmd.args(["--prometheus-port", &metrics_port.to_string()]);
     if !args.contains(&"--policy") {
         cmd.args(["--policy", "round_robin"]);
     }
@@ -110,7 +204,11 @@ pub fn router(workers: &[&Proc], args: &[&str]) -> Proc {
         .spawn()
         .expect("start vllm-router");
     wait_for_port(port, &mut child, "vllm-router");
-    Proc { child, port }
+    Router {
+        proc: Proc { child, port },
+        port,
+        metrics_port,
+    }
 }
 
 /// A parsed answer.

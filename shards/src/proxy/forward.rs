@@ -4,6 +4,7 @@
 
 use super::headers::{
     write_client_head, write_upstream_head, ClientFraming, UpstreamBody, UpstreamTarget,
+    REQUEST_ID_HEADER,
 };
 use super::relay::{relay_body, RelayEnd};
 use super::wait::{read_upstream, ClientWatch, Wake};
@@ -98,7 +99,17 @@ pub async fn forward(
         match attempt {
             Ok(up) => break up,
             Err((Failure::Reset, true)) if allow_pool => allow_pool = false,
-            Err((failure, _)) => {
+            Err((failure, reused)) => {
+                if matches!(failure, Failure::Refused(_))
+                    || (matches!(failure, Failure::Reset) && !reused)
+                {
+                    // Refused, or cut before answering on a fresh connection: ask the
+                    // control core to probe the worker now.
+                    let _ = shard.reports.try_send(Report::WorkerUnreachable {
+                        shard: shard.index,
+                        id: worker,
+                    });
+                }
                 c.resp = resp;
                 return fail(shard, c, worker, failure).await;
             }
@@ -108,7 +119,19 @@ pub async fn forward(
 
     let framing = ClientFraming::choose(resp.framing, c.head.minor_version);
     let keep_client = c.head.keep_alive && framing.self_delimiting() && !shard.draining.get();
-    write_client_head(&mut c.out, &resp, &c.head, framing, keep_client, &[]);
+    c.outcome.status = resp.status;
+    if let Some(w) = shard.workers.borrow_mut().get_mut(worker) {
+        w.processed += 1;
+    }
+    let id: &[u8] = &c.request_id;
+    write_client_head(
+        &mut c.out,
+        &resp,
+        &c.head,
+        framing,
+        keep_client,
+        &[(REQUEST_ID_HEADER, id)],
+    );
     let mut decoder = BodyDecoder::new(resp.framing);
     let end = relay_body(c, &mut up, framing, &mut decoder, &mut watch, deadline).await;
     let reusable = resp.keep_alive && decoder.is_done();
@@ -121,7 +144,18 @@ pub async fn forward(
             keep_client
         }
         // Dropping `up` closes the worker's socket: vLLM aborts the generation.
-        RelayEnd::ClientGone | RelayEnd::UpstreamFailed | RelayEnd::TimedOut => false,
+        RelayEnd::ClientGone => {
+            c.outcome.error = Some("client_gone");
+            false
+        }
+        RelayEnd::UpstreamFailed => {
+            c.outcome.error = Some("stream_interrupted");
+            false
+        }
+        RelayEnd::TimedOut => {
+            c.outcome.error = Some("upstream_timeout");
+            false
+        }
     }
 }
 
@@ -139,6 +173,7 @@ fn write_request(
         authority: w.spec.authority.as_bytes(),
         dp_rank: w.spec.dp_rank,
         api_key: shard.config.api_key.as_deref(),
+        request_id: &c.request_id,
     };
     let framing = match body {
         RequestBody::Replayable {
@@ -324,13 +359,7 @@ async fn fail(shard: &Shard, c: &mut Client, worker: WorkerId, failure: Failure)
         .get(worker)
         .map_or_else(|| format!("#{worker}"), |w| w.spec.url.clone());
     let (status, message) = match failure {
-        Failure::Refused(e) => {
-            let _ = shard.reports.try_send(Report::WorkerUnreachable {
-                shard: shard.index,
-                id: worker,
-            });
-            (502, format!("worker {url} unreachable: {e}"))
-        }
+        Failure::Refused(e) => (502, format!("worker {url} unreachable: {e}")),
         Failure::ConnectTimeout => (504, format!("timed out connecting to worker {url}")),
         Failure::Reset => (
             502,

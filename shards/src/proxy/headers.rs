@@ -28,7 +28,12 @@ pub struct UpstreamTarget<'a> {
     pub authority: &'a [u8],
     pub dp_rank: Option<u32>,
     pub api_key: Option<&'a str>,
+    /// Sent as `x-request-id`, replacing the client's.
+    pub request_id: &'a [u8],
 }
+
+/// The request id header on both sides.
+pub const REQUEST_ID_HEADER: &[u8] = b"x-request-id";
 
 pub fn write_upstream_head(
     out: &mut Vec<u8>,
@@ -43,6 +48,7 @@ pub fn write_upstream_head(
         if is_hop_by_hop(name, connection)
             || eq_ignore_case(name, b"host")
             || eq_ignore_case(name, DP_RANK_HEADER)
+            || eq_ignore_case(name, REQUEST_ID_HEADER)
             || (target.api_key.is_some() && eq_ignore_case(name, b"authorization"))
         {
             continue;
@@ -53,6 +59,9 @@ pub fn write_upstream_head(
         out.extend_from_slice(b"authorization: Bearer ");
         out.extend_from_slice(key.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if !target.request_id.is_empty() {
+        encode::header(out, REQUEST_ID_HEADER, target.request_id);
     }
     if let Some(rank) = target.dp_rank {
         out.extend_from_slice(DP_RANK_HEADER);
@@ -117,8 +126,10 @@ pub fn write_client_head(
     for (name, value) in up.headers() {
         // A HEAD answer's Content-Length describes the GET body: keep it as sent.
         let keep_length = request.is_head() && eq_ignore_case(name, b"content-length");
-        if !keep_length && is_hop_by_hop(name, connection) {
-            continue;
+        if (!keep_length && is_hop_by_hop(name, connection))
+            || extra.iter().any(|(n, _)| eq_ignore_case(name, n))
+        {
+            continue; // ours replaces the worker's (x-request-id)
         }
         encode::header(out, name, value);
     }
@@ -155,6 +166,7 @@ mod tests {
             authority: b"10.0.0.1:8000",
             dp_rank: Some(3),
             api_key: Some("k"),
+            request_id: b"",
         };
         write_upstream_head(&mut out, &h, &target, UpstreamBody::Length(2));
         let s = String::from_utf8(out).unwrap();

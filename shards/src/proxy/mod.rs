@@ -13,5 +13,6 @@ pub mod headers;
 pub mod pd;
 pub mod pipeline;
 pub mod relay;
+pub mod request_id;
 pub mod route;
 pub mod wait;

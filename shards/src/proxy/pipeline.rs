@@ -8,6 +8,7 @@
 //!    see `pd`; not built yet).
 
 use super::forward::{forward, RequestBody};
+use super::request_id::request_id;
 use super::route::{classify, RouteKind};
 use crate::codec::body::BodyDecoder;
 use crate::codec::framing::BodyFraming;
@@ -36,6 +37,12 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
             return c.send_error(413, &msg, false).await;
         }
     }
+    request_id(
+        &mut c.request_id,
+        &c.head,
+        &shard.config.request_id_headers,
+        &mut shard.rng.borrow_mut(),
+    );
     let mut deadline = shard.deadlines.start(shard.config.request_timeout, false);
     let buffered = classify(c.head.method(), c.head.path()) == RouteKind::Generation
         || shard.policy.borrow().needs_body();

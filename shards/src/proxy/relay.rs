@@ -14,6 +14,7 @@ use crate::deadline::Deadline;
 use crate::pool::Upstream;
 use crate::server::Client;
 use futures_lite::AsyncWriteExt;
+use std::time::Instant;
 
 /// How a relayed body ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,9 +68,17 @@ pub async fn relay_body(
             if written.is_err() {
                 return RelayEnd::ClientGone;
             }
+            if progress.consumed > 0 || progress.done {
+                // First body byte (or a bodiless answer): the TTFT for a stream.
+                c.outcome.first_byte.get_or_insert_with(Instant::now);
+            }
             if progress.done {
                 return RelayEnd::Complete;
             }
+        }
+        if !c.out.is_empty() && c.flush_out().await.is_err() {
+            // The head came alone (a stream before its first event): send it now.
+            return RelayEnd::ClientGone;
         }
         match read_upstream(up, READ_BUFFER_BYTES, c, watch, deadline).await {
             Wake::Upstream(Ok(0)) => {

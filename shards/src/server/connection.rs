@@ -2,7 +2,7 @@
 //! the connection may be kept alive. Requests are handled one after another, so
 //! pipelined requests are answered in order.
 
-use super::endpoints;
+use super::{admin, endpoints};
 use crate::codec::limits::{MAX_REQUEST_HEAD_BYTES, READ_BUFFER_BYTES};
 use crate::codec::request::{HeadError, RequestHead};
 use crate::codec::response::ResponseHead;
@@ -15,6 +15,7 @@ use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use std::rc::Rc;
+use std::time::Instant;
 
 /// Everything a connection reuses from one request to the next.
 pub struct Client {
@@ -27,6 +28,19 @@ pub struct Client {
     pub body: Vec<u8>,
     /// The worker's answer head, reused like `head`.
     pub resp: ResponseHead,
+    /// This request's id (see `proxy::request_id`), reused.
+    pub request_id: Vec<u8>,
+    /// What the current request produced, for metrics and the debug access log.
+    pub outcome: Outcome,
+}
+
+/// The observable result of one request.
+#[derive(Default)]
+pub struct Outcome {
+    pub status: u16,
+    pub error: Option<&'static str>,
+    /// When the first body byte (or a bodiless head) reached the client.
+    pub first_byte: Option<Instant>,
 }
 
 impl Client {
@@ -41,6 +55,9 @@ impl Client {
     /// unless `keep` says the request was fully read.
     pub async fn send_error(&mut self, status: u16, message: &str, keep: bool) -> bool {
         let keep = keep && self.head.keep_alive;
+        self.outcome.status = status;
+        self.outcome.error = Some(crate::errors::metric_error_type(status));
+        self.outcome.first_byte.get_or_insert_with(Instant::now);
         self.out.clear(); // may hold a request staged for a worker
         write_error(
             &mut self.out,
@@ -69,6 +86,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         out: Vec::with_capacity(1024),
         body: Vec::new(),
         resp: ResponseHead::default(),
+        request_id: Vec::new(),
+        outcome: Outcome::default(),
     };
     loop {
         match read_head(&shard, &mut c).await {
@@ -92,16 +111,49 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 break;
             }
         }
-        let keep = if endpoints::local_answer(&shard, &mut c).is_some() {
+        let started = Instant::now();
+        c.outcome = Outcome::default();
+        let keep = if let Some(status) = endpoints::local_answer(&shard, &mut c) {
+            c.outcome.status = status;
+            c.outcome.first_byte = Some(Instant::now());
             c.flush_out().await.is_ok() && !c.head.has_body() && c.head.keep_alive
+        } else if admin::is_admin_path(c.head.path()) {
+            admin::answer(&shard, &mut c).await
         } else {
             crate::proxy::pipeline::handle(&shard, &mut c).await
         };
+        record(&shard, &c, started);
         if !keep || shard.draining.get() {
             break;
         }
     }
     let _ = c.stream.close().await;
+}
+
+/// Adds the finished request to the shard's metrics; one debug line per request.
+fn record(shard: &Shard, c: &Client, started: Instant) {
+    let now = Instant::now();
+    let duration = now.duration_since(started);
+    let route = crate::metrics::route_index(c.head.path());
+    shard
+        .metrics
+        .borrow_mut()
+        .record(&crate::metrics::RequestRecord {
+            route,
+            method: c.head.method(),
+            status: c.outcome.status,
+            error: c.outcome.error,
+            duration,
+            ttfb: c.outcome.first_byte.map(|t| t.duration_since(started)),
+        });
+    crate::debug!(
+        "{} {} -> {} in {:?} id={}",
+        String::from_utf8_lossy(c.head.method()),
+        String::from_utf8_lossy(c.head.target()),
+        c.outcome.status,
+        duration,
+        String::from_utf8_lossy(&c.request_id)
+    );
 }
 
 /// Reads until a whole head is buffered and parsed into `c.head`. The idle wait for

@@ -1,12 +1,12 @@
 //! Endpoints the shard answers from its own state, without a worker or the control core.
 
 use super::Client;
-use crate::errors::write_json;
+use crate::errors::write_answer;
 use crate::shard::Shard;
 
 /// Answers `/health`, `/liveness` and `/readiness` when `path` is one of them.
-/// Returns None for any other path.
-pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<()> {
+/// Returns None for any other path, else the status written into `c.out`.
+pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<u16> {
     let method = c.head.method();
     if method != b"GET" && method != b"HEAD" {
         return None;
@@ -19,11 +19,18 @@ pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<()> {
         _ => return None,
     };
     let close = !c.head.keep_alive || c.head.has_body() || shard.draining.get();
-    write_json(&mut c.out, c.head.minor_version, status, body, close);
+    write_answer(
+        &mut c.out,
+        c.head.minor_version,
+        status,
+        "application/json",
+        body,
+        close,
+    );
     if c.head.is_head() {
         // Same head, no body (RFC 9110 §9.3.2).
         let head_len = c.out.len() - body.len();
         c.out.truncate(head_len);
     }
-    Some(())
+    Some(status)
 }

@@ -1,9 +1,11 @@
 //! The client side of a shard: accepting connections and reading requests from them.
 
+mod admin;
 mod connection;
 mod endpoints;
 
-pub use connection::Client;
+pub use admin::AdminWaiters;
+pub use connection::{Client, Outcome};
 
 use crate::shard::Shard;
 use futures_lite::FutureExt;

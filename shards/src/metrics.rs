@@ -1,0 +1,139 @@
+//! What a shard counts about its own traffic: plain integers owned by the shard, no
+//! atomics. A copy goes to the control core once a second (`Report::Metrics`); the
+//! control core sums the shards and serves Prometheus text.
+
+use crate::messages::WorkerId;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Route labels (`proxy::route::route_label`); anything else is "other", so a client
+/// cannot grow label cardinality.
+pub const ROUTES: [&str; 12] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/rerank",
+    "/rerank",
+    "/generate",
+    "/v1/models",
+    "/health",
+    "/liveness",
+    "/readiness",
+    "other",
+];
+
+pub fn route_index(path: &[u8]) -> usize {
+    ROUTES
+        .iter()
+        .position(|r| r.as_bytes() == path)
+        .unwrap_or(ROUTES.len() - 1)
+}
+
+/// Method labels, likewise bounded.
+pub const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "OTHER",
+];
+
+pub fn method_index(method: &[u8]) -> usize {
+    METHODS
+        .iter()
+        .position(|m| m.as_bytes() == method)
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// Bucket bounds in seconds, from sub-millisecond proxying to half-hour generations.
+pub const LATENCY_BUCKETS: [f64; 20] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
+/// A fixed-bucket histogram (non-cumulative counts; the exposition accumulates).
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    pub counts: [u64; LATENCY_BUCKETS.len()],
+    /// Observations above the last bound.
+    pub overflow: u64,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        match LATENCY_BUCKETS.iter().position(|&b| s <= b) {
+            Some(i) => self.counts[i] += 1,
+            None => self.overflow += 1,
+        }
+        self.sum += s;
+        self.count += 1;
+    }
+
+    pub fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.overflow += other.overflow;
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+}
+
+/// Everything a shard has counted since it started (cumulative).
+#[derive(Clone, Debug, Default)]
+pub struct ShardMetrics {
+    pub requests: [u64; ROUTES.len()],
+    pub duration: [Histogram; ROUTES.len()],
+    /// Time to the first body byte sent to the client: the TTFT for streams.
+    pub ttfb: [Histogram; ROUTES.len()],
+    /// (route, error type) -> count.
+    pub errors: HashMap<(usize, &'static str), u64>,
+    /// (route, method, status) -> count.
+    pub http: HashMap<(usize, usize, u16), u64>,
+    /// Per worker, filled from the shard's `WorkerSet` when the copy is taken.
+    pub processed: HashMap<WorkerId, u64>,
+    pub in_flight: HashMap<WorkerId, u32>,
+}
+
+/// What one finished request adds.
+pub struct RequestRecord<'a> {
+    pub route: usize,
+    pub method: &'a [u8],
+    pub status: u16,
+    pub error: Option<&'static str>,
+    pub duration: Duration,
+    pub ttfb: Option<Duration>,
+}
+
+impl ShardMetrics {
+    pub fn record(&mut self, r: &RequestRecord<'_>) {
+        self.requests[r.route] += 1;
+        self.duration[r.route].observe(r.duration);
+        if let Some(t) = r.ttfb {
+            self.ttfb[r.route].observe(t);
+        }
+        if let Some(e) = r.error {
+            *self.errors.entry((r.route, e)).or_default() += 1;
+        }
+        *self
+            .http
+            .entry((r.route, method_index(r.method), r.status))
+            .or_default() += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_and_labels() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_secs(4000));
+        assert_eq!((h.counts[0], h.overflow, h.count), (1, 1, 2));
+        assert_eq!(ROUTES[route_index(b"/v1/completions")], "/v1/completions");
+        assert_eq!(ROUTES[route_index(b"/secret/path")], "other");
+        assert_eq!(METHODS[method_index(b"BREW")], "OTHER");
+    }
+}

@@ -1,0 +1,219 @@
+//! Prometheus exposition: the shards' counters summed, plus what the control core
+//! knows (health, load). Served as text format 0.0.4 on
+//! `--prometheus-host:--prometheus-port/metrics`.
+
+use super::registry::Registry;
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use prometheus::{Encoder, TextEncoder};
+use shards::messages::WorkerId;
+use shards::metrics::{ShardMetrics, LATENCY_BUCKETS, METHODS, ROUTES};
+use std::collections::{BTreeMap, HashMap};
+
+/// The last copy of each shard's counters.
+#[derive(Default)]
+pub struct Aggregator {
+    shards: HashMap<usize, Box<ShardMetrics>>,
+}
+
+impl Aggregator {
+    pub fn update(&mut self, shard: usize, m: Box<ShardMetrics>) {
+        self.shards.insert(shard, m);
+    }
+
+    /// Requests in flight to each worker, summed over shards.
+    pub fn load(&self, id: WorkerId) -> u64 {
+        self.shards
+            .values()
+            .map(|m| u64::from(m.in_flight.get(&id).copied().unwrap_or(0)))
+            .sum()
+    }
+
+    pub fn processed(&self, id: WorkerId) -> u64 {
+        self.shards
+            .values()
+            .map(|m| m.processed.get(&id).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// The exposition text.
+    pub fn render(&self, registry: &Registry) -> String {
+        let mut total = ShardMetrics::default();
+        for m in self.shards.values() {
+            for r in 0..ROUTES.len() {
+                total.requests[r] += m.requests[r];
+                total.duration[r].merge(&m.duration[r]);
+                total.ttfb[r].merge(&m.ttfb[r]);
+            }
+            for (k, v) in &m.errors {
+                *total.errors.entry(*k).or_default() += v;
+            }
+            for (k, v) in &m.http {
+                *total.http.entry(*k).or_default() += v;
+            }
+        }
+        let mut families = Vec::new();
+        let routes = |pick: &dyn Fn(usize) -> Option<f64>| {
+            (0..ROUTES.len())
+                .filter_map(|r| pick(r).map(|v| (vec![("route", ROUTES[r].to_string())], v)))
+                .collect::<Vec<_>>()
+        };
+        families.push(family(
+            "vllm_router_requests_total",
+            "Requests received, by route.",
+            MetricType::COUNTER,
+            routes(&|r| (total.requests[r] > 0).then_some(total.requests[r] as f64)),
+        ));
+        families.push(histograms(
+            "vllm_router_request_duration_seconds",
+            "Time from request head to the end of the answer, by route.",
+            (0..ROUTES.len())
+                .filter(|&r| total.duration[r].count > 0)
+                .map(|r| (ROUTES[r], &total.duration[r])),
+        ));
+        families.push(histograms(
+            "vllm_router_time_to_first_byte_seconds",
+            "Time from request head to the first answer body byte sent to the client (time to first token for streams), by route.",
+            (0..ROUTES.len()).filter(|&r| total.ttfb[r].count > 0).map(|r| (ROUTES[r], &total.ttfb[r])),
+        ));
+        let errors: BTreeMap<_, _> = total.errors.iter().collect();
+        families.push(family(
+            "vllm_router_request_errors_total",
+            "Requests the router answered with an error or could not finish, by route and error type.",
+            MetricType::COUNTER,
+            errors
+                .into_iter()
+                .map(|((r, e), v)| (vec![("route", ROUTES[*r].to_string()), ("error_type", e.to_string())], *v as f64))
+                .collect(),
+        ));
+        let http: BTreeMap<_, _> = total.http.iter().collect();
+        families.push(family(
+            "vllm_router_http_requests_total",
+            "Answers sent, by route, method and status code.",
+            MetricType::COUNTER,
+            http.into_iter()
+                .map(|((r, m, s), v)| {
+                    (
+                        vec![
+                            ("route", ROUTES[*r].to_string()),
+                            ("method", METHODS[*m].to_string()),
+                            ("status_code", s.to_string()),
+                        ],
+                        *v as f64,
+                    )
+                })
+                .collect(),
+        ));
+        let per_worker = |f: &dyn Fn(&super::registry::WorkerEntry) -> f64| {
+            registry
+                .workers
+                .iter()
+                .map(|w| (vec![("worker", w.spec.url.clone())], f(w)))
+                .collect::<Vec<_>>()
+        };
+        families.push(family(
+            "vllm_router_processed_requests_total",
+            "Requests sent to each worker that got an answer.",
+            MetricType::COUNTER,
+            per_worker(&|w| self.processed(w.spec.id) as f64),
+        ));
+        families.push(family(
+            "vllm_router_worker_load",
+            "Requests in flight from this router to each worker, all shards.",
+            MetricType::GAUGE,
+            per_worker(&|w| self.load(w.spec.id) as f64),
+        ));
+        families.push(family(
+            "vllm_router_worker_health",
+            "1 when the worker is healthy, else 0.",
+            MetricType::GAUGE,
+            per_worker(&|w| if w.health.healthy { 1.0 } else { 0.0 }),
+        ));
+        families.push(family(
+            "vllm_router_active_workers",
+            "Workers currently healthy.",
+            MetricType::GAUGE,
+            vec![(vec![], registry.healthy_count() as f64)],
+        ));
+        families.retain(|f| !f.get_metric().is_empty());
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut out)
+            .expect("text encoding of well-formed families");
+        String::from_utf8(out).expect("prometheus text is UTF-8")
+    }
+}
+
+fn labels(pairs: Vec<(&str, String)>) -> Vec<LabelPair> {
+    pairs
+        .into_iter()
+        .map(|(n, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(n.to_string());
+            l.set_value(v);
+            l
+        })
+        .collect()
+}
+
+fn family(
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    samples: Vec<(Vec<(&str, String)>, f64)>,
+) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    for (l, v) in samples {
+        let mut m = Metric::default();
+        m.set_label(labels(l));
+        if kind == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(v);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(v);
+            m.set_gauge(g);
+        }
+        f.mut_metric().push(m);
+    }
+    f
+}
+
+fn histograms<'a>(
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (&'a str, &'a shards::metrics::Histogram)>,
+) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(MetricType::HISTOGRAM);
+    for (route, h) in rows {
+        let mut m = Metric::default();
+        m.set_label(labels(vec![("route", route.to_string())]));
+        let mut hist = Histogram::default();
+        let mut cumulative = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(h.counts.iter())
+            .map(|(&bound, &n)| {
+                cumulative += n;
+                let mut b = Bucket::default();
+                b.set_upper_bound(bound);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        hist.set_bucket(buckets);
+        hist.set_sample_count(h.count);
+        hist.set_sample_sum(h.sum);
+        m.set_histogram(hist);
+        f.mut_metric().push(m);
+    }
+    f
+}
