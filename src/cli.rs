@@ -163,10 +163,6 @@ const NOT_BUILT: &[(&str, &str)] = &[
     ("cors_allowed_origins", "CORS"),
     ("prefill_policy", "prefill/decode disaggregation"),
     ("decode_policy", "prefill/decode disaggregation"),
-    (
-        "worker_startup_check_interval",
-        "waiting for worker start-up",
-    ),
     ("cache_threshold", "the cache_aware policy"),
     ("balance_abs_threshold", "the cache_aware policy"),
     ("balance_rel_threshold", "the cache_aware policy"),

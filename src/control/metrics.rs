@@ -145,7 +145,10 @@ impl Aggregator {
     }
 }
 
-fn labels(pairs: Vec<(&str, String)>) -> Vec<LabelPair> {
+/// Label pairs sorted by name, as the prometheus crate orders them for its own
+/// collectors.
+fn labels(mut pairs: Vec<(&str, String)>) -> Vec<LabelPair> {
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
     pairs
         .into_iter()
         .map(|(n, v)| {
