@@ -101,7 +101,8 @@ def main():
         targets = [("direct (nginx return 200)", backend, None)]
 
         ours = free_port()
-        p = start(proxy_cpu + [args.router, "--port", str(ours), "--shards", str(args.shards), "--policy", "round_robin",
+        p = start(proxy_cpu + [args.router, "--port", str(ours), "--prometheus-port", str(free_port()),
+                               "--shards", str(args.shards), "--policy", "round_robin",
                    "--worker-urls", f"http://127.0.0.1:{backend}"], ours, "vllm-router")
         targets.append(("vllm-router (this project)", ours, p.pid))
 
@@ -112,7 +113,8 @@ def main():
 
         if args.published:
             pub = free_port()
-            p = start(proxy_cpu + [args.published, "--port", str(pub), "--policy", "round_robin",
+            p = start(proxy_cpu + [args.published, "--port", str(pub), "--prometheus-port", str(free_port()),
+                                   "--policy", "round_robin",
                        "--worker-urls", f"http://127.0.0.1:{backend}"], pub, "published", start_new_session=True)
             targets.append(("published vllm-router 0.1.x", pub, p.pid))
 

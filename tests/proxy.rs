@@ -41,13 +41,7 @@ fn sse_events_are_forwarded_as_they_arrive() {
     let mut c = Conn::open(r.port);
     let body = json!({"prompt": "hi", "max_tokens": 5, "stream": true}).to_string();
     let start = Instant::now();
-    c.send(
-        format!(
-            "POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    c.post("/v1/completions", &body);
     let head = c.read_head(false);
     assert_eq!(head.status, 200);
     assert!(head
@@ -76,13 +70,7 @@ fn client_disconnect_cancels_the_upstream_generation() {
     let r = router(&[&w], &[]);
     let mut c = Conn::open(r.port);
     let body = chat_body("long", 200, true).to_string();
-    c.send(
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    c.post("/v1/chat/completions", &body);
     c.read_until(b"data: {");
     assert_eq!(mock_stats(&w)["running"], 1);
     drop(c);
@@ -153,13 +141,7 @@ fn two_hundred_requests_on_one_keep_alive_connection() {
     let mut c = Conn::open(r.port);
     let body = chat_body("k", 1, false).to_string();
     for i in 0..200 {
-        c.send(
-            format!(
-                "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
+        c.post("/v1/chat/completions", &body);
         let resp = c.read_response(false);
         assert_eq!(resp.status, 200, "request {i}");
         assert_eq!(resp.header("connection"), None);
@@ -433,13 +415,7 @@ fn garbage_on_one_connection_does_not_disturb_others() {
     let r = router(&[&w], &["--shards", "1"]);
     let mut stream = Conn::open(r.port);
     let body = chat_body("s", 10, true).to_string();
-    stream.send(
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    stream.post("/v1/chat/completions", &body);
     stream.read_until(b"data: {");
     for i in 0..50u8 {
         let mut bad = Conn::open(r.port);
@@ -474,13 +450,7 @@ fn a_worker_restart_does_not_break_pooled_connections() {
     let mut c = Conn::open(r.port);
     let body = chat_body("pool", 1, false).to_string();
     let send = |c: &mut Conn| {
-        c.send(
-            format!(
-                "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        );
+        c.post("/v1/chat/completions", &body);
         c.read_response(false)
     };
     assert_eq!(send(&mut c).status, 200);
@@ -571,13 +541,7 @@ fn sigterm_lets_a_running_stream_finish_then_exits() {
     let mut idle = Conn::open(r.port); // a keep-alive connection with nothing in flight
     let mut c = Conn::open(r.port);
     let body = chat_body("drain", 8, true).to_string();
-    c.send(
-        format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
+    c.post("/v1/chat/completions", &body);
     c.read_until(b"data: {");
     r.signal("TERM");
     // The idle connection is closed, the stream runs to its end.

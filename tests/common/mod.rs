@@ -24,28 +24,6 @@ pub fn mock_bin() -> PathBuf {
     p
 }
 
-/// Binds `port` without listening: connections to it are refused, and no other test
-/// can take the port meanwhile (which would make a dead worker look alive).
-pub fn hold_port_refusing(port: u16) -> std::os::fd::OwnedFd {
-    use nix::sys::socket::{
-        bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
-    };
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .unwrap();
-    setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
-    bind(
-        std::os::fd::AsRawFd::as_raw_fd(&fd),
-        &SockaddrIn::new(127, 0, 0, 1, port),
-    )
-    .unwrap();
-    fd
-}
-
 /// A free port below the kernel's ephemeral range (32768+), so that no `free_port()`
 /// of a parallel test can be handed it after its owner exits.
 pub fn free_low_port() -> u16 {
@@ -286,6 +264,15 @@ impl Conn {
             stream,
             buf: Vec::new(),
         }
+    }
+
+    /// Sends `POST path` with `body` and a Content-Length (HTTP/1.1).
+    pub fn post(&mut self, path: &str, body: &str) {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        self.send(&[head.as_bytes(), body.as_bytes()].concat());
     }
 
     pub fn send(&mut self, raw: &[u8]) {
