@@ -301,3 +301,35 @@ fn startup_fails_clearly_when_no_worker_becomes_healthy() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no worker became healthy within 1s"), "{err}");
 }
+
+#[test]
+fn a_removed_worker_finishes_its_streams_and_gets_no_new_requests() {
+    let a = mock(&["--name", "a", "--token-delay-us", "100000"]);
+    let b = mock(&["--name", "b", "--token-delay-us", "100000"]);
+    let r = router(&[&a, &b], &["--shards", "1"]);
+    let mut c = Conn::open(r.port);
+    c.post(
+        "/v1/chat/completions",
+        &chat_body("long", 10, true).to_string(),
+    );
+    let head = c.read_head(false);
+    let (gone, gone_url, stays) = match head.header("x-mock-worker") {
+        Some("a") => (&a, a.url(), "b"),
+        _ => (&b, b.url(), "a"),
+    };
+    c.read_until(b"data: {");
+    let resp = request(
+        r.port,
+        "POST",
+        &format!("/remove_worker?url={gone_url}"),
+        &[],
+        b"",
+    );
+    assert_eq!(resp.status, 200);
+    for _ in 0..4 {
+        let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 1, false));
+        assert_eq!(resp.header("x-mock-worker"), Some(stays));
+    }
+    c.read_until(b"data: [DONE]");
+    assert_eq!(mock_stats(gone)["cancelled"], 0);
+}
