@@ -64,6 +64,10 @@ pub struct Cli {
     pub worker_startup_check_interval: u64,
     #[arg(long, default_value_t = 1)]
     pub intra_node_data_parallel_size: u32,
+    /// consistent_hash with bounded loads: a worker above F x the mean load is skipped
+    /// along the ring (ours; off by default).
+    #[arg(long)]
+    pub consistent_hash_load_factor: Option<f64>,
 
     // --- cache_aware ---
     #[arg(long, default_value_t = 0.3)]
@@ -228,12 +232,13 @@ impl Cli {
             })
             .collect();
         if m.value_source("policy") == Some(ValueSource::CommandLine)
-            && !matches!(self.policy.as_str(), "round_robin" | "random")
+            && self.policy == "cache_aware"
         {
-            out.push(format!(
-                "--policy {} is not supported yet (built: round_robin, random)",
-                self.policy
-            ));
+            out.push(
+                "--policy cache_aware is not supported yet \
+                 (built: round_robin, random, consistent_hash, power_of_two)"
+                    .to_string(),
+            );
         }
         out
     }

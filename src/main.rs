@@ -87,6 +87,9 @@ fn run(cli: Cli) -> Result<(), String> {
         header_read_timeout: HEADER_READ_TIMEOUT,
         keepalive_timeout: KEEPALIVE_TIMEOUT,
         policy,
+        policy_options: shards::policy::PolicyOptions {
+            consistent_hash_load_factor: cli.consistent_hash_load_factor,
+        },
         api_key: cli.api_key.clone(),
         request_id_headers,
         admin_timeout: health_timeout + ADMIN_MARGIN,
@@ -106,6 +109,7 @@ fn run(cli: Cli) -> Result<(), String> {
         startup_timeout: Duration::from_secs(cli.worker_startup_timeout_secs),
         startup_interval: Duration::from_secs(cli.worker_startup_check_interval.max(1)),
         prometheus,
+        policy: policy.name(),
     };
 
     // Signals are taken synchronously by this thread: block them before any other

@@ -35,6 +35,8 @@ pub enum Delta {
     },
     /// Stop accepting, finish what is in flight, then exit the executor.
     Drain,
+    /// Requests the other shards have in flight, per worker (absent: 0).
+    Loads(Vec<(WorkerId, u32)>),
     /// The control core's answer to a `Report::Admin`.
     AdminReply {
         token: u64,
@@ -67,6 +69,11 @@ pub enum Report {
     WorkerUnreachable { shard: usize, id: WorkerId },
     /// The shard finished draining and its executor is about to exit.
     Drained { shard: usize },
+    /// Requests this shard has in flight per worker; sent every 100 ms when changed.
+    Loads {
+        shard: usize,
+        loads: Vec<(WorkerId, u32)>,
+    },
     /// The shard's cumulative counters, sent once a second.
     Metrics {
         shard: usize,

@@ -93,6 +93,8 @@ pub struct ShardMetrics {
     /// Per worker, filled from the shard's `WorkerSet` when the copy is taken.
     pub processed: HashMap<WorkerId, u64>,
     pub in_flight: HashMap<WorkerId, u32>,
+    /// Times the policy chose each worker.
+    pub decisions: HashMap<WorkerId, u64>,
 }
 
 /// What one finished request adds.

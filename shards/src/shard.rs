@@ -2,7 +2,7 @@
 
 use crate::deadline::{Deadlines, DEADLINE_TICK};
 use crate::link::ShardEnd;
-use crate::messages::{Delta, Report};
+use crate::messages::{Delta, Report, WorkerId};
 use crate::metrics::ShardMetrics;
 use crate::policy::Random;
 use crate::policy::{Policy, PolicyKind};
@@ -29,6 +29,10 @@ pub const SHARD_IO_MEMORY: usize = 512 * 1024;
 /// How often a shard closes pooled connections that idled too long, in deadline ticks.
 const POOL_SWEEP_TICKS: u32 = 20;
 
+/// How often a shard reports its in-flight counts (when they changed), in ticks:
+/// 100 ms keeps every shard's load view fresh enough for power_of_two.
+const LOAD_REPORT_TICKS: u32 = 2;
+
 /// Settings every shard reads; fixed at start.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
@@ -41,6 +45,7 @@ pub struct ShardConfig {
     /// Time an idle client keep-alive connection is kept open.
     pub keepalive_timeout: Duration,
     pub policy: PolicyKind,
+    pub policy_options: crate::policy::PolicyOptions,
     /// Sent to workers as `Authorization: Bearer`.
     pub api_key: Option<String>,
     /// Headers a request id is taken from, in order (`--request-id-headers`).
@@ -68,6 +73,8 @@ pub struct Shard {
     pub rng: RefCell<Random>,
     /// Admin calls waiting for the control core's answer.
     pub admin: AdminWaiters,
+    /// The last in-flight counts reported (to report only changes).
+    pub last_loads: RefCell<Vec<(WorkerId, u32)>>,
 }
 
 impl Shard {
@@ -82,16 +89,41 @@ impl Shard {
             _ => {}
         }
         self.workers.borrow_mut().apply(delta);
+        if matches!(delta, Delta::Upsert(_) | Delta::Remove(_)) {
+            self.policy
+                .borrow_mut()
+                .on_workers_changed(&self.workers.borrow());
+        }
     }
 }
 
 impl Shard {
+    /// Reports in-flight counts per worker if they changed since the last report.
+    pub fn send_loads(&self) {
+        let loads: Vec<(WorkerId, u32)> = self
+            .workers
+            .borrow()
+            .all()
+            .iter()
+            .map(|w| (w.spec.id, w.in_flight))
+            .collect();
+        if *self.last_loads.borrow() == loads {
+            return;
+        }
+        self.last_loads.replace(loads.clone());
+        let _ = self.reports.send(Report::Loads {
+            shard: self.index,
+            loads,
+        });
+    }
+
     /// Sends a copy of the counters, with the per-worker numbers of this moment.
     pub fn send_metrics(&self) {
         let mut m = self.metrics.borrow().clone();
         for w in self.workers.borrow().all() {
             m.processed.insert(w.spec.id, w.processed);
             m.in_flight.insert(w.spec.id, w.in_flight);
+            m.decisions.insert(w.spec.id, w.decisions);
         }
         let _ = self.reports.send(Report::Metrics {
             shard: self.index,
@@ -165,7 +197,11 @@ async fn run_shard(
     };
     let shard = Rc::new(Shard {
         index,
-        policy: RefCell::new(config.policy.build(index as u64 + 1)),
+        policy: RefCell::new(
+            config
+                .policy
+                .build(index as u64 + 1, &config.policy_options),
+        ),
         config,
         workers: RefCell::new(WorkerSet::default()),
         pool: RefCell::new(Pool::default()),
@@ -176,6 +212,7 @@ async fn run_shard(
         metrics: RefCell::new(ShardMetrics::default()),
         rng: RefCell::new(Random::new(0x5eed ^ (index as u64) ^ seed_from_time())),
         admin: AdminWaiters::default(),
+        last_loads: RefCell::new(Vec::new()),
     });
     // Deltas queued before the shard started (the initial worker set) apply first.
     while let Ok(d) = link.rx.try_recv() {
@@ -192,6 +229,9 @@ async fn run_shard(
                 let now = Instant::now();
                 shard.deadlines.sweep(now);
                 ticks += 1;
+                if ticks.is_multiple_of(LOAD_REPORT_TICKS) {
+                    shard.send_loads();
+                }
                 if ticks.is_multiple_of(POOL_SWEEP_TICKS) {
                     shard.pool.borrow_mut().sweep(now);
                     shard.send_metrics();

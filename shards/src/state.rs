@@ -10,6 +10,18 @@ pub struct Worker {
     pub in_flight: u32,
     /// Requests this shard sent to the worker that got an answer head.
     pub processed: u64,
+    /// Requests the other shards have in flight to it (control core's last view).
+    pub remote_load: u32,
+    /// Times this shard's policy chose the worker.
+    pub decisions: u64,
+}
+
+impl Worker {
+    /// Requests in flight from the whole router: this shard's own count, exact and
+    /// current, plus the other shards' from the last view.
+    pub fn load(&self) -> u32 {
+        self.in_flight + self.remote_load
+    }
 }
 
 /// The workers of one shard. Kept in a Vec: a router has tens of workers, and a
@@ -30,6 +42,8 @@ impl WorkerSet {
                     spec: spec.clone(),
                     in_flight: 0,
                     processed: 0,
+                    remote_load: 0,
+                    decisions: 0,
                 }),
             },
             Delta::Remove(id) => self.workers.retain(|w| w.spec.id != *id),
@@ -37,6 +51,15 @@ impl WorkerSet {
                 if let Some(w) = self.get_mut(*id) {
                     w.spec.healthy = *healthy;
                 }
+            }
+            Delta::Loads(loads) => {
+                for w in &mut self.workers {
+                    w.remote_load = loads
+                        .iter()
+                        .find(|(id, _)| *id == w.spec.id)
+                        .map_or(0, |(_, l)| *l);
+                }
+                return; // the routable set is unchanged
             }
             Delta::Drain | Delta::AdminReply { .. } => {}
         }

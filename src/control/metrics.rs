@@ -11,22 +11,51 @@ use shards::messages::WorkerId;
 use shards::metrics::{ShardMetrics, LATENCY_BUCKETS, METHODS, ROUTES};
 use std::collections::{BTreeMap, HashMap};
 
-/// The last copy of each shard's counters.
+/// The last copy of each shard's counters and in-flight counts.
 #[derive(Default)]
 pub struct Aggregator {
     shards: HashMap<usize, Box<ShardMetrics>>,
+    /// Per shard, in-flight requests per worker (fresher than `shards`: 100 ms).
+    loads: HashMap<usize, Vec<(WorkerId, u32)>>,
 }
 
 impl Aggregator {
     pub fn update(&mut self, shard: usize, m: Box<ShardMetrics>) {
+        let loads = m.in_flight.iter().map(|(k, v)| (*k, *v)).collect();
+        self.loads.insert(shard, loads);
         self.shards.insert(shard, m);
+    }
+
+    pub fn update_loads(&mut self, shard: usize, loads: Vec<(WorkerId, u32)>) {
+        self.loads.insert(shard, loads);
     }
 
     /// Requests in flight to each worker, summed over shards.
     pub fn load(&self, id: WorkerId) -> u64 {
+        self.loads
+            .values()
+            .flat_map(|l| l.iter().filter(|(w, _)| *w == id))
+            .map(|(_, n)| u64::from(*n))
+            .sum()
+    }
+
+    /// Per worker, the in-flight requests of every shard but `shard`.
+    pub fn loads_excluding(&self, shard: usize) -> Vec<(WorkerId, u32)> {
+        let mut sum: BTreeMap<WorkerId, u32> = BTreeMap::new();
+        for (s, loads) in &self.loads {
+            if *s != shard {
+                for (w, n) in loads {
+                    *sum.entry(*w).or_default() += n;
+                }
+            }
+        }
+        sum.into_iter().filter(|(_, n)| *n > 0).collect()
+    }
+
+    pub fn decisions(&self, id: WorkerId) -> u64 {
         self.shards
             .values()
-            .map(|m| u64::from(m.in_flight.get(&id).copied().unwrap_or(0)))
+            .map(|m| m.decisions.get(&id).copied().unwrap_or(0))
             .sum()
     }
 
@@ -38,7 +67,7 @@ impl Aggregator {
     }
 
     /// The exposition text.
-    pub fn render(&self, registry: &Registry) -> String {
+    pub fn render(&self, registry: &Registry, policy: &str) -> String {
         let mut total = ShardMetrics::default();
         for m in self.shards.values() {
             for r in 0..ROUTES.len() {
@@ -117,6 +146,22 @@ impl Aggregator {
             "Requests sent to each worker that got an answer.",
             MetricType::COUNTER,
             per_worker(&|w| self.processed(w.spec.id) as f64),
+        ));
+        families.push(family(
+            "vllm_router_policy_decisions_total",
+            "Times the policy chose each worker.",
+            MetricType::COUNTER,
+            registry
+                .workers
+                .iter()
+                .map(|w| {
+                    let labels = vec![
+                        ("policy", policy.to_string()),
+                        ("worker", w.spec.url.clone()),
+                    ];
+                    (labels, self.decisions(w.spec.id) as f64)
+                })
+                .collect(),
         ));
         families.push(family(
             "vllm_router_worker_load",

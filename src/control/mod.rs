@@ -39,6 +39,7 @@ pub struct ControlConfig {
     pub startup_timeout: Duration,
     pub startup_interval: Duration,
     pub prometheus: SocketAddr,
+    pub policy: &'static str,
 }
 
 /// What the control core found at start-up.
@@ -53,6 +54,10 @@ pub struct ControlState {
     pub registry: Registry,
     pub metrics: metrics::Aggregator,
     pub probe: ProbeConfig,
+    /// The policy's name, for `policy_decisions_total`.
+    pub policy: &'static str,
+    /// A shard reported new in-flight counts since the last load broadcast.
+    pub loads_dirty: bool,
 }
 
 impl ControlState {
@@ -73,6 +78,15 @@ impl ControlState {
             // Circuit breakers are not built yet.
             "circuit_breaker": null,
         })
+    }
+
+    /// Sends each shard the other shards' in-flight counts per worker.
+    fn broadcast_loads(&mut self) {
+        self.loads_dirty = false;
+        for (i, link) in self.links.iter().enumerate() {
+            let others = self.metrics.loads_excluding(i);
+            link.send(Delta::Loads(others));
+        }
     }
 
     /// Sets the health of every rank of `base` and tells the shards.
@@ -171,6 +185,8 @@ impl ControlCore {
             registry,
             metrics: metrics::Aggregator::default(),
             probe: config.probe.clone(),
+            policy: config.policy,
+            loads_dirty: false,
         }));
 
         match startup_wait(&state, &config).await {
@@ -184,6 +200,7 @@ impl ControlCore {
         }
 
         tokio::task::spawn_local(health_loop(state.clone(), config.clone()));
+        tokio::task::spawn_local(load_loop(state.clone()));
         tokio::task::spawn_local(serve_metrics(state.clone(), metrics_listener));
 
         while let Some(event) = events.recv().await {
@@ -307,8 +324,28 @@ async fn health_loop(state: Rc<RefCell<ControlState>>, config: ControlConfig) {
     }
 }
 
+/// How often the shards' load views are refreshed (when something changed). With the
+/// shards' 100 ms reports, a view is at most ~150 ms old.
+const LOAD_BROADCAST_INTERVAL: Duration = Duration::from_millis(50);
+
+async fn load_loop(state: Rc<RefCell<ControlState>>) {
+    let mut tick = tokio::time::interval(LOAD_BROADCAST_INTERVAL);
+    loop {
+        tick.tick().await;
+        let mut s = state.borrow_mut();
+        if s.loads_dirty {
+            s.broadcast_loads();
+        }
+    }
+}
+
 fn on_report(state: &Rc<RefCell<ControlState>>, report: Report) {
     match report {
+        Report::Loads { shard, loads } => {
+            let mut s = state.borrow_mut();
+            s.metrics.update_loads(shard, loads);
+            s.loads_dirty = true;
+        }
         Report::Metrics { shard, metrics } => state.borrow_mut().metrics.update(shard, metrics),
         Report::Admin {
             shard,
@@ -426,7 +463,7 @@ async fn serve_metrics(state: Rc<RefCell<ControlState>>, listener: tokio::net::T
                 (
                     "200 OK",
                     "text/plain; version=0.0.4; charset=utf-8",
-                    s.metrics.render(&s.registry),
+                    s.metrics.render(&s.registry, s.policy),
                 )
             } else {
                 (

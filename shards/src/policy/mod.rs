@@ -1,8 +1,13 @@
 //! Load-balancing policies. Each shard owns its instance and routes from its own state.
 
+mod consistent_hash;
+mod power_of_two;
 mod random;
 mod round_robin;
+pub mod text;
 
+pub use consistent_hash::ConsistentHash;
+pub use power_of_two::PowerOfTwo;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 
@@ -44,17 +49,30 @@ impl PolicyKind {
 
     /// Policies this build can run.
     pub fn is_built(self) -> bool {
-        matches!(self, PolicyKind::RoundRobin | PolicyKind::Random)
+        !matches!(self, PolicyKind::CacheAware)
     }
 
     /// Builds the shard-local instance; `seed` differs per shard so shards do not
     /// move in lockstep.
-    pub fn build(self, seed: u64) -> Box<dyn Policy> {
+    pub fn build(self, seed: u64, options: &PolicyOptions) -> Box<dyn Policy> {
         match self {
             PolicyKind::Random => Box::new(Random::new(seed)),
-            _ => Box::new(RoundRobin::new(seed as usize)),
+            PolicyKind::ConsistentHash => {
+                Box::new(ConsistentHash::new(options.consistent_hash_load_factor))
+            }
+            PolicyKind::PowerOfTwo => Box::new(PowerOfTwo::new(seed)),
+            PolicyKind::RoundRobin | PolicyKind::CacheAware => {
+                Box::new(RoundRobin::new(seed as usize))
+            }
         }
     }
+}
+
+/// Policy settings from the command line.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyOptions {
+    /// `--consistent-hash-load-factor`: bounded loads for consistent_hash (off: None).
+    pub consistent_hash_load_factor: Option<f64>,
 }
 
 /// What a policy may look at to decide.
@@ -72,6 +90,9 @@ pub trait Policy {
     fn needs_body(&self) -> bool {
         false
     }
+
+    /// The worker set changed (added or removed workers).
+    fn on_workers_changed(&mut self, _workers: &WorkerSet) {}
 
     /// A routable worker for the request, or None when there is none.
     fn pick(&mut self, workers: &WorkerSet, input: &RouteInput<'_>) -> Option<WorkerId>;

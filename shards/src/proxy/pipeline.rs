@@ -73,16 +73,18 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
         Err(BodyError::Closed) => return false,
     }
     let body = std::mem::take(&mut c.body);
-    let json = if shard.policy.borrow().needs_body() {
+    let generation = classify(c.head.method(), c.head.path()) == RouteKind::Generation;
+    let json = if shard.policy.borrow().needs_body() && !body.is_empty() {
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(v) => Some(v),
-            Err(e) => {
-                let keep = c
-                    .send_error(400, &format!("invalid JSON body: {e}"), true)
-                    .await;
+            // A generation request must be JSON; other paths may carry anything.
+            Err(e) if generation => {
+                let msg = format!("invalid JSON body: {e}");
+                let keep = c.send_error(400, &msg, true).await;
                 c.body = body;
                 return keep;
             }
+            Err(_) => None,
         }
     } else {
         None
@@ -136,12 +138,20 @@ async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
 }
 
 fn pick(shard: &Shard, c: &Client, json: Option<&serde_json::Value>) -> Option<WorkerId> {
-    let workers = shard.workers.borrow();
     let input = RouteInput {
         head: &c.head,
         json,
     };
-    shard.policy.borrow_mut().pick(&workers, &input)
+    let picked = shard
+        .policy
+        .borrow_mut()
+        .pick(&shard.workers.borrow(), &input);
+    if let Some(id) = picked {
+        if let Some(w) = shard.workers.borrow_mut().get_mut(id) {
+            w.decisions += 1;
+        }
+    }
+    picked
 }
 
 async fn no_worker(c: &mut Client, body_read: bool) -> bool {

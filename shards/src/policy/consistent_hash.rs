@@ -1,0 +1,220 @@
+//! Consistent hashing: a ring of 160 virtual nodes per worker (xxh3), keyed by the
+//! session, user or tenant of a request, so that a conversation keeps its worker (and
+//! its KV cache). Only the keys of a removed worker move; a key whose worker is
+//! unhealthy goes to the next worker along the ring, not to one fixed fallback.
+//!
+//! Beyond the published router: with `--consistent-hash-load-factor F`, a worker that
+//! holds more than F times the mean load is skipped too ("consistent hashing with
+//! bounded loads"), so one hot session cannot saturate a worker while others idle.
+
+use super::{text::request_text, Policy, PolicyKind, RouteInput};
+use crate::codec::eq_ignore_case;
+use crate::messages::WorkerId;
+use crate::state::WorkerSet;
+use serde_json::Value;
+use xxhash_rust::xxh3::xxh3_64;
+
+pub const VIRTUAL_NODES: u32 = 160;
+
+/// Headers that name a session, in priority order (REFERENCE.md).
+const KEY_HEADERS: [&[u8]; 6] = [
+    b"x-session-id",
+    b"x-user-id",
+    b"x-tenant-id",
+    b"x-correlation-id",
+    b"x-request-id",
+    b"x-trace-id",
+];
+
+pub struct ConsistentHash {
+    /// (point, worker), sorted by point.
+    ring: Vec<(u64, WorkerId)>,
+    load_factor: Option<f64>,
+    scratch: String,
+}
+
+impl ConsistentHash {
+    pub fn new(load_factor: Option<f64>) -> Self {
+        ConsistentHash {
+            ring: Vec::new(),
+            load_factor,
+            scratch: String::new(),
+        }
+    }
+
+    /// The routing key of a request.
+    fn key(&mut self, input: &RouteInput<'_>) -> u64 {
+        for name in KEY_HEADERS {
+            if let Some((_, v)) = input
+                .head
+                .headers()
+                .find(|(n, v)| eq_ignore_case(n, name) && !v.is_empty())
+            {
+                return xxh3_64(v);
+            }
+        }
+        if let Some(body) = input.json {
+            let fields = [
+                body.pointer("/session_params/session_id"),
+                body.get("user"),
+                body.get("session_id"),
+                body.get("user_id"),
+            ];
+            for f in fields.into_iter().flatten() {
+                match f {
+                    Value::String(s) if !s.is_empty() => return xxh3_64(s.as_bytes()),
+                    Value::Number(n) => return xxh3_64(n.to_string().as_bytes()),
+                    _ => {}
+                }
+            }
+            self.scratch.clear();
+            request_text(body, &mut self.scratch);
+            return xxh3_64(self.scratch.as_bytes());
+        }
+        xxh3_64(input.head.target())
+    }
+}
+
+impl Policy for ConsistentHash {
+    fn kind(&self) -> PolicyKind {
+        PolicyKind::ConsistentHash
+    }
+
+    fn needs_body(&self) -> bool {
+        true
+    }
+
+    fn on_workers_changed(&mut self, workers: &WorkerSet) {
+        self.ring.clear();
+        for w in workers.all() {
+            for i in 0..VIRTUAL_NODES {
+                let point = xxh3_64(format!("{}#{i}", w.spec.url).as_bytes());
+                self.ring.push((point, w.spec.id));
+            }
+        }
+        self.ring.sort_unstable();
+    }
+
+    fn pick(&mut self, workers: &WorkerSet, input: &RouteInput<'_>) -> Option<WorkerId> {
+        if self.ring.is_empty() || workers.routable_count() == 0 {
+            return None;
+        }
+        let key = self.key(input);
+        // Bounded loads: capacity = ceil(F * (total + 1) / n).
+        let capacity = self.load_factor.map(|f| {
+            let n = workers.routable_count() as f64;
+            let total: f64 = workers.routable().map(|w| f64::from(w.load())).sum();
+            (f * (total + 1.0) / n).ceil()
+        });
+        let start = self.ring.partition_point(|(p, _)| *p < key);
+        let mut fallback = None;
+        for i in 0..self.ring.len() {
+            let id = self.ring[(start + i) % self.ring.len()].1;
+            let Some(w) = workers.get(id).filter(|w| w.spec.healthy) else {
+                continue;
+            };
+            fallback.get_or_insert(id);
+            match capacity {
+                Some(cap) if f64::from(w.load()) >= cap => continue,
+                _ => return Some(id),
+            }
+        }
+        fallback
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::request::RequestHead;
+    use crate::messages::{Delta, WorkerSpec};
+
+    fn set(n: u32) -> WorkerSet {
+        let mut s = WorkerSet::default();
+        for id in 0..n {
+            s.apply(&Delta::Upsert(WorkerSpec {
+                id,
+                url: format!("http://10.0.0.{id}:8000"),
+                addr: format!("10.0.0.{id}:8000").parse().unwrap(),
+                authority: format!("10.0.0.{id}:8000"),
+                dp_rank: None,
+                healthy: true,
+            }));
+        }
+        s
+    }
+
+    fn pick_for(p: &mut ConsistentHash, s: &WorkerSet, session: &str) -> WorkerId {
+        let mut h = RequestHead::default();
+        h.parse(
+            format!("POST /v1/chat/completions HTTP/1.1\r\nX-Session-Id: {session}\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+        p.pick(
+            s,
+            &RouteInput {
+                head: &h,
+                json: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn only_the_removed_workers_keys_move() {
+        let mut s = set(4);
+        let mut p = ConsistentHash::new(None);
+        p.on_workers_changed(&s);
+        let before: Vec<_> = (0..400)
+            .map(|i| pick_for(&mut p, &s, &format!("s{i}")))
+            .collect();
+        let mut counts = [0; 4];
+        before.iter().for_each(|&w| counts[w as usize] += 1);
+        assert!(counts.iter().all(|&c| c > 50), "{counts:?}");
+        s.apply(&Delta::Remove(2));
+        p.on_workers_changed(&s);
+        for (i, &was) in before.iter().enumerate() {
+            let now = pick_for(&mut p, &s, &format!("s{i}"));
+            if was != 2 {
+                assert_eq!(now, was, "key s{i} moved although its worker stayed");
+            } else {
+                assert_ne!(now, 2);
+            }
+        }
+    }
+
+    #[test]
+    fn unhealthy_worker_keys_spread_along_the_ring() {
+        let mut s = set(4);
+        let mut p = ConsistentHash::new(None);
+        p.on_workers_changed(&s);
+        let keys: Vec<String> = (0..400)
+            .map(|i| format!("k{i}"))
+            .filter(|k| pick_for(&mut p, &s, k) == 1)
+            .collect();
+        s.apply(&Delta::Health {
+            id: 1,
+            healthy: false,
+        });
+        let mut moved_to = std::collections::HashSet::new();
+        for k in &keys {
+            moved_to.insert(pick_for(&mut p, &s, k));
+        }
+        assert!(!moved_to.contains(&1));
+        assert!(
+            moved_to.len() >= 2,
+            "keys of a sick worker all went to {moved_to:?}"
+        );
+    }
+
+    #[test]
+    fn bounded_load_moves_a_hot_key_on() {
+        let mut s = set(3);
+        let mut p = ConsistentHash::new(Some(1.25));
+        p.on_workers_changed(&s);
+        let home = pick_for(&mut p, &s, "hot");
+        s.get_mut(home).unwrap().in_flight = 10;
+        assert_ne!(pick_for(&mut p, &s, "hot"), home);
+    }
+}

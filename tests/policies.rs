@@ -1,0 +1,143 @@
+//! Load-balancing policies against real mock workers.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::collections::HashMap;
+
+fn worker_of(resp: &Response) -> String {
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.header("x-mock-worker").unwrap().to_string()
+}
+
+#[test]
+fn round_robin_is_exact_over_three_workers() {
+    let ws: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| mock(&["--name", n]))
+        .collect();
+    let r = router(
+        &[&ws[0], &ws[1], &ws[2]],
+        &["--policy", "round_robin", "--shards", "1"],
+    );
+    let mut c = Conn::open(r.port);
+    let body = chat_body("rr", 1, false).to_string();
+    let order: Vec<String> = (0..9)
+        .map(|_| {
+            c.post("/v1/chat/completions", &body);
+            worker_of(&c.read_response(false))
+        })
+        .collect();
+    for i in 3..9 {
+        assert_eq!(order[i], order[i - 3], "{order:?}");
+    }
+    let mut first: Vec<&String> = order[..3].iter().collect();
+    first.sort();
+    assert_eq!(first, ["a", "b", "c"]);
+}
+
+#[test]
+fn consistent_hash_keeps_a_session_and_spreads_sessions() {
+    let ws: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| mock(&["--name", n]))
+        .collect();
+    let r = router(&[&ws[0], &ws[1], &ws[2]], &["--policy", "consistent_hash"]);
+    let mut homes = HashMap::new();
+    for s in 0..30 {
+        let session = format!("session-{s}");
+        let mut messages = vec![json!({"role": "user", "content": "hello"})];
+        let mut seen = Vec::new();
+        for turn in 0..3 {
+            let body = json!({"model": "m", "messages": messages, "max_tokens": 1});
+            let resp = request(
+                r.port,
+                "POST",
+                "/v1/chat/completions",
+                &[("X-Session-Id", &session)],
+                body.to_string().as_bytes(),
+            );
+            seen.push(worker_of(&resp));
+            messages.push(json!({"role": "assistant", "content": format!("turn {turn}")}));
+            messages.push(json!({"role": "user", "content": "more"}));
+        }
+        assert!(
+            seen.windows(2).all(|p| p[0] == p[1]),
+            "{session} moved: {seen:?}"
+        );
+        *homes.entry(seen[0].clone()).or_insert(0) += 1;
+        // The body's `user` field is a key too (no header).
+        let body = json!({"model": "m", "prompt": "p", "max_tokens": 1, "user": session});
+        let a = worker_of(&post_json(r.port, "/v1/completions", &body));
+        let b = worker_of(&post_json(r.port, "/v1/completions", &body));
+        assert_eq!(a, b);
+    }
+    assert_eq!(homes.len(), 3, "sessions did not spread: {homes:?}");
+}
+
+#[test]
+fn power_of_two_avoids_a_slow_worker_under_concurrency() {
+    let fast = mock(&["--name", "fast"]);
+    let slow = mock(&["--name", "slow", "--token-delay-us", "100000"]);
+    let r = router(&[&fast, &slow], &["--policy", "power_of_two"]);
+    let port = r.port;
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut c = Conn::open(port);
+                let body = chat_body("p2", 4, false).to_string();
+                (0..15)
+                    .map(|_| {
+                        c.post("/v1/chat/completions", &body);
+                        worker_of(&c.read_response(false))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut counts: HashMap<String, u32> = HashMap::new();
+    for t in threads {
+        for w in t.join().unwrap() {
+            *counts.entry(w).or_default() += 1;
+        }
+    }
+    let slow_share = f64::from(counts.get("slow").copied().unwrap_or(0)) / 120.0;
+    assert!(
+        slow_share < 0.25,
+        "the slow worker got {slow_share:.2} of the requests: {counts:?}"
+    );
+    let metrics = r.metrics();
+    assert!(
+        metrics.contains("vllm_router_policy_decisions_total{policy=\"power_of_two\""),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn data_parallel_ranks_share_evenly() {
+    let w = mock(&[]);
+    let r = router(
+        &[&w],
+        &["--intra-node-data-parallel-size", "4", "--shards", "1"],
+    );
+    let mut c = Conn::open(r.port);
+    let body = chat_body("dp", 1, false).to_string();
+    for _ in 0..40 {
+        c.post("/v1/chat/completions", &body);
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    let sent = request(w.port, "GET", "/mock/requests", &[], b"").json();
+    let mut ranks: HashMap<String, u32> = HashMap::new();
+    for req in sent.as_array().unwrap() {
+        let rank = req["headers"]["x-data-parallel-rank"]
+            .as_str()
+            .unwrap_or("none")
+            .to_string();
+        *ranks.entry(rank).or_default() += 1;
+    }
+    assert_eq!(ranks.len(), 4, "{ranks:?}");
+    assert!(ranks.values().all(|&n| n == 10), "{ranks:?}");
+    let list = request(r.port, "GET", "/list_workers", &[], b"").json();
+    assert_eq!(list["urls"][3], format!("{}@3", w.url()));
+}
