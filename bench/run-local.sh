@@ -18,4 +18,4 @@ if [ $# -eq 0 ]; then
   set -- http://127.0.0.1:8001 http://127.0.0.1:8002
 fi
 # shellcheck disable=SC2086
-target/release/vllm-router --policy round_robin ${ROUTER_ARGS:-} --worker-urls "$@"
+target/release/vllm-router ${ROUTER_ARGS:-} --worker-urls "$@"

@@ -167,11 +167,6 @@ const NOT_BUILT: &[(&str, &str)] = &[
     ("cors_allowed_origins", "CORS"),
     ("prefill_policy", "prefill/decode disaggregation"),
     ("decode_policy", "prefill/decode disaggregation"),
-    ("cache_threshold", "the cache_aware policy"),
-    ("balance_abs_threshold", "the cache_aware policy"),
-    ("balance_rel_threshold", "the cache_aware policy"),
-    ("eviction_interval_secs", "the cache_aware policy"),
-    ("max_tree_size", "the cache_aware policy"),
     ("vllm_pd_disaggregation", "prefill/decode disaggregation"),
     ("prefill", "prefill/decode disaggregation"),
     ("decode", "prefill/decode disaggregation"),
@@ -221,7 +216,7 @@ impl Cli {
     }
 
     fn unsupported(&self, m: &ArgMatches) -> Vec<String> {
-        let mut out: Vec<String> = NOT_BUILT
+        NOT_BUILT
             .iter()
             .filter(|(id, _)| m.value_source(id) == Some(ValueSource::CommandLine))
             .map(|(id, feature)| {
@@ -230,27 +225,7 @@ impl Cli {
                     id.replace('_', "-")
                 )
             })
-            .collect();
-        if m.value_source("policy") == Some(ValueSource::CommandLine)
-            && self.policy == "cache_aware"
-        {
-            out.push(
-                "--policy cache_aware is not supported yet \
-                 (built: round_robin, random, consistent_hash, power_of_two)"
-                    .to_string(),
-            );
-        }
-        out
-    }
-
-    /// The policy to run. The published default, cache_aware, is not built yet: when
-    /// the flag is not given, round_robin runs instead and start-up says so.
-    pub fn effective_policy(&self, given: bool) -> &str {
-        if !given && self.policy == "cache_aware" {
-            "round_robin"
-        } else {
-            &self.policy
-        }
+            .collect()
     }
 }
 
@@ -312,7 +287,7 @@ mod tests {
     #[test]
     fn unbuilt_flags_are_reported_only_when_given() {
         let (_, bad) = parse(&["--cb-failure-threshold", "10", "--policy", "cache_aware"]);
-        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!(bad.len(), 1, "{bad:?}");
         assert!(bad[0].contains("--cb-failure-threshold is not supported yet"));
         let (_, bad) = parse(&["--policy", "random", "--port", "1"]);
         assert!(bad.is_empty());

@@ -57,16 +57,7 @@ fn run(cli: Cli) -> Result<(), String> {
     preflight::check_memlock(shard_count)?;
 
     let listen = resolve_listen(&cli.host, cli.port)?;
-    let policy_given = std::env::args().any(|a| a == "--policy" || a.starts_with("--policy="));
-    let policy_name = cli.effective_policy(policy_given);
-    let policy = PolicyKind::parse(policy_name).expect("clap validated the policy");
-    if policy_name != cli.policy {
-        shards::warn!(
-            "the default policy cache_aware is not built yet; routing with {policy_name} \
-             (pass --policy to choose)"
-        );
-    }
-
+    let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
     let request_id_headers = if cli.request_id_headers.is_empty() {
         shards::proxy::request_id::DEFAULT_REQUEST_ID_HEADERS
             .iter()
@@ -89,6 +80,12 @@ fn run(cli: Cli) -> Result<(), String> {
         policy,
         policy_options: shards::policy::PolicyOptions {
             consistent_hash_load_factor: cli.consistent_hash_load_factor,
+            cache_aware: shards::policy::CacheAwareConfig {
+                cache_threshold: cli.cache_threshold,
+                balance_abs_threshold: cli.balance_abs_threshold.min(u64::from(u32::MAX)) as u32,
+                balance_rel_threshold: cli.balance_rel_threshold,
+                max_tree_size: cli.max_tree_size as usize,
+            },
         },
         api_key: cli.api_key.clone(),
         request_id_headers,
@@ -110,6 +107,8 @@ fn run(cli: Cli) -> Result<(), String> {
         startup_interval: Duration::from_secs(cli.worker_startup_check_interval.max(1)),
         prometheus,
         policy: policy.name(),
+        eviction_interval: Duration::from_secs(cli.eviction_interval_secs),
+        max_tree_size: cli.max_tree_size as usize,
     };
 
     // Signals are taken synchronously by this thread: block them before any other
@@ -169,8 +168,9 @@ fn run(cli: Cli) -> Result<(), String> {
         .collect();
     shards::info!(
         "vllm-router listening on http://{listen} with {shard_count} shard(s) on CPU(s) {} \
-         (policy {policy_name}); metrics on http://{prometheus}/metrics",
-        cpu_list.join(",")
+         (policy {}); metrics on http://{prometheus}/metrics",
+        cpu_list.join(","),
+        policy.name()
     );
     if started.workers.is_empty() {
         shards::warn!("no workers configured: add them with POST /add_worker?url=...");

@@ -141,3 +141,84 @@ fn data_parallel_ranks_share_evenly() {
     let list = request(r.port, "GET", "/list_workers", &[], b"").json();
     assert_eq!(list["urls"][3], format!("{}@3", w.url()));
 }
+
+fn prefixed_chat(system: &str, user: &str) -> serde_json::Value {
+    json!({
+        "model": "m",
+        "max_tokens": 1,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+    })
+}
+
+#[test]
+fn cache_aware_keeps_each_shared_prefix_on_one_worker_and_uses_every_worker() {
+    let ws: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| mock(&["--name", n]))
+        .collect();
+    let r = router(&[&ws[0], &ws[1], &ws[2]], &["--policy", "cache_aware"]);
+    let systems: Vec<String> = (0..6)
+        .map(|i| format!("You are assistant number {i}. ").repeat(30))
+        .collect();
+    let mut used = HashMap::new();
+    for (i, system) in systems.iter().enumerate() {
+        let homes: Vec<String> = (0..5)
+            .map(|q| {
+                worker_of(&post_json(
+                    r.port,
+                    "/v1/chat/completions",
+                    &prefixed_chat(system, &format!("question {q}")),
+                ))
+            })
+            .collect();
+        assert!(
+            homes.windows(2).all(|p| p[0] == p[1]),
+            "prefix {i} moved: {homes:?}"
+        );
+        *used.entry(homes[0].clone()).or_insert(0) += 1;
+    }
+    assert_eq!(used.len(), 3, "not every worker was used: {used:?}");
+    let metrics = r.metrics();
+    let hits = metrics
+        .lines()
+        .find(|l| l.starts_with("vllm_router_cache_hits_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(
+        common::eventually(std::time::Duration::from_secs(3), || {
+            r.metrics().contains("vllm_router_cache_hits_total 24")
+        }),
+        "{hits:?}\n{metrics}"
+    );
+}
+
+#[test]
+fn cache_aware_tree_stays_within_max_tree_size() {
+    let ws: Vec<Proc> = ["a", "b"].iter().map(|n| mock(&["--name", n])).collect();
+    let r = router(
+        &[&ws[0], &ws[1]],
+        &["--policy", "cache_aware", "--max-tree-size", "20000"],
+    );
+    let mut c = Conn::open(r.port);
+    for i in 0..300 {
+        let body = json!({"prompt": format!("{i} unique {}", "z".repeat(1000)), "max_tokens": 1});
+        c.post("/v1/completions", &body.to_string());
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    let sizes = |text: &str| -> Vec<f64> {
+        text.lines()
+            .filter(|l| l.starts_with("vllm_router_tree_size{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+            .collect()
+    };
+    let mut text = String::new();
+    assert!(common::eventually(
+        std::time::Duration::from_secs(3),
+        || {
+            text = r.metrics();
+            let s = sizes(&text);
+            s.len() == 2 && s.iter().all(|&v| v > 0.0)
+        }
+    ));
+    let s = sizes(&text);
+    assert!(s.iter().all(|&v| v > 0.0 && v <= 20000.0), "{s:?}");
+}

@@ -35,6 +35,15 @@ pub enum Delta {
     },
     /// Stop accepting, finish what is in flight, then exit the executor.
     Drain,
+    /// Another shard routed this text to this worker (cache_aware trees).
+    CacheInsert {
+        worker: WorkerId,
+        text: std::sync::Arc<str>,
+    },
+    /// Evict every worker's routing state down to this many bytes.
+    CacheEvict {
+        max: usize,
+    },
     /// Requests the other shards have in flight, per worker (absent: 0).
     Loads(Vec<(WorkerId, u32)>),
     /// The control core's answer to a `Report::Admin`.
@@ -69,6 +78,12 @@ pub enum Report {
     WorkerUnreachable { shard: usize, id: WorkerId },
     /// The shard finished draining and its executor is about to exit.
     Drained { shard: usize },
+    /// This shard routed `text` to `worker` (forwarded to the other shards).
+    CacheInsert {
+        shard: usize,
+        worker: WorkerId,
+        text: std::sync::Arc<str>,
+    },
     /// Requests this shard has in flight per worker; sent every 100 ms when changed.
     Loads {
         shard: usize,

@@ -95,6 +95,10 @@ pub struct ShardMetrics {
     pub in_flight: HashMap<WorkerId, u32>,
     /// Times the policy chose each worker.
     pub decisions: HashMap<WorkerId, u64>,
+    /// cache_aware: bytes of the routing tree per worker, and decisions by cache.
+    pub tree_sizes: HashMap<WorkerId, usize>,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
 }
 
 /// What one finished request adds.

@@ -81,6 +81,10 @@ impl Shard {
     pub fn apply(&self, delta: &Delta) {
         match delta {
             Delta::AdminReply { token, reply } => return self.admin.fulfil(*token, reply.clone()),
+            Delta::CacheInsert { worker, text } => {
+                return self.policy.borrow_mut().remote_insert(*worker, text)
+            }
+            Delta::CacheEvict { max } => return self.policy.borrow_mut().evict(*max),
             Delta::Remove(id) => self.pool.borrow_mut().forget_worker(*id),
             Delta::Drain => {
                 self.draining.set(true);
@@ -125,6 +129,9 @@ impl Shard {
             m.in_flight.insert(w.spec.id, w.in_flight);
             m.decisions.insert(w.spec.id, w.decisions);
         }
+        let policy = self.policy.borrow();
+        m.tree_sizes = policy.tree_sizes().into_iter().collect();
+        (m.cache_hits, m.cache_misses) = policy.cache_counts();
         let _ = self.reports.send(Report::Metrics {
             shard: self.index,
             metrics: Box::new(m),

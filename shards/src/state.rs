@@ -61,7 +61,10 @@ impl WorkerSet {
                 }
                 return; // the routable set is unchanged
             }
-            Delta::Drain | Delta::AdminReply { .. } => {}
+            Delta::Drain
+            | Delta::AdminReply { .. }
+            | Delta::CacheInsert { .. }
+            | Delta::CacheEvict { .. } => return,
         }
         self.routable = (0..self.workers.len())
             .filter(|&i| self.workers[i].spec.healthy)

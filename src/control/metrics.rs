@@ -163,6 +163,35 @@ impl Aggregator {
                 })
                 .collect(),
         ));
+        let hits: u64 = self.shards.values().map(|m| m.cache_hits).sum();
+        let misses: u64 = self.shards.values().map(|m| m.cache_misses).sum();
+        if policy == "cache_aware" {
+            families.push(family(
+                "vllm_router_cache_hits_total",
+                "cache_aware decisions that followed a cached prefix.",
+                MetricType::COUNTER,
+                vec![(vec![], hits as f64)],
+            ));
+            families.push(family(
+                "vllm_router_cache_misses_total",
+                "cache_aware decisions that went to the least loaded worker.",
+                MetricType::COUNTER,
+                vec![(vec![], misses as f64)],
+            ));
+            families.push(family(
+                "vllm_router_tree_size",
+                "Bytes of request text the routing tree holds per worker (largest shard).",
+                MetricType::GAUGE,
+                per_worker(&|w| {
+                    self.shards
+                        .values()
+                        .filter_map(|m| m.tree_sizes.get(&w.spec.id))
+                        .max()
+                        .copied()
+                        .unwrap_or(0) as f64
+                }),
+            ));
+        }
         families.push(family(
             "vllm_router_worker_load",
             "Requests in flight from this router to each worker, all shards.",

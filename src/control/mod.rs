@@ -40,6 +40,9 @@ pub struct ControlConfig {
     pub startup_interval: Duration,
     pub prometheus: SocketAddr,
     pub policy: &'static str,
+    /// cache_aware: evict every shard's tree down to `max_tree_size` this often.
+    pub eviction_interval: Duration,
+    pub max_tree_size: usize,
 }
 
 /// What the control core found at start-up.
@@ -201,6 +204,13 @@ impl ControlCore {
 
         tokio::task::spawn_local(health_loop(state.clone(), config.clone()));
         tokio::task::spawn_local(load_loop(state.clone()));
+        if config.policy == "cache_aware" {
+            tokio::task::spawn_local(eviction_loop(
+                state.clone(),
+                config.eviction_interval,
+                config.max_tree_size,
+            ));
+        }
         tokio::task::spawn_local(serve_metrics(state.clone(), metrics_listener));
 
         while let Some(event) = events.recv().await {
@@ -339,8 +349,33 @@ async fn load_loop(state: Rc<RefCell<ControlState>>) {
     }
 }
 
+/// Periodic LRU eviction of the shards' cache_aware trees, by delta.
+async fn eviction_loop(state: Rc<RefCell<ControlState>>, every: Duration, max: usize) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        state.borrow().broadcast(Delta::CacheEvict { max });
+    }
+}
+
 fn on_report(state: &Rc<RefCell<ControlState>>, report: Report) {
     match report {
+        Report::CacheInsert {
+            shard,
+            worker,
+            text,
+        } => {
+            let s = state.borrow();
+            for (i, link) in s.links.iter().enumerate() {
+                if i != shard {
+                    link.send(Delta::CacheInsert {
+                        worker,
+                        text: text.clone(),
+                    });
+                }
+            }
+        }
         Report::Loads { shard, loads } => {
             let mut s = state.borrow_mut();
             s.metrics.update_loads(shard, loads);

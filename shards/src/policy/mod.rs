@@ -1,10 +1,14 @@
 //! Load-balancing policies. Each shard owns its instance and routes from its own state.
 
+mod cache_aware;
 mod consistent_hash;
 mod power_of_two;
+mod radix_tree;
 mod random;
 mod round_robin;
 pub mod text;
+
+pub use cache_aware::{CacheAware, CacheAwareConfig};
 
 pub use consistent_hash::ConsistentHash;
 pub use power_of_two::PowerOfTwo;
@@ -47,11 +51,6 @@ impl PolicyKind {
         }
     }
 
-    /// Policies this build can run.
-    pub fn is_built(self) -> bool {
-        !matches!(self, PolicyKind::CacheAware)
-    }
-
     /// Builds the shard-local instance; `seed` differs per shard so shards do not
     /// move in lockstep.
     pub fn build(self, seed: u64, options: &PolicyOptions) -> Box<dyn Policy> {
@@ -61,9 +60,19 @@ impl PolicyKind {
                 Box::new(ConsistentHash::new(options.consistent_hash_load_factor))
             }
             PolicyKind::PowerOfTwo => Box::new(PowerOfTwo::new(seed)),
-            PolicyKind::RoundRobin | PolicyKind::CacheAware => {
-                Box::new(RoundRobin::new(seed as usize))
-            }
+            PolicyKind::CacheAware => Box::new(CacheAware::new(options.cache_aware.clone())),
+            PolicyKind::RoundRobin => Box::new(RoundRobin::new(seed as usize)),
+        }
+    }
+}
+
+impl Default for CacheAwareConfig {
+    fn default() -> Self {
+        CacheAwareConfig {
+            cache_threshold: 0.3,
+            balance_abs_threshold: 64,
+            balance_rel_threshold: 1.5,
+            max_tree_size: 67_108_864,
         }
     }
 }
@@ -73,6 +82,7 @@ impl PolicyKind {
 pub struct PolicyOptions {
     /// `--consistent-hash-load-factor`: bounded loads for consistent_hash (off: None).
     pub consistent_hash_load_factor: Option<f64>,
+    pub cache_aware: CacheAwareConfig,
 }
 
 /// What a policy may look at to decide.
@@ -96,4 +106,25 @@ pub trait Policy {
 
     /// A routable worker for the request, or None when there is none.
     fn pick(&mut self, workers: &WorkerSet, input: &RouteInput<'_>) -> Option<WorkerId>;
+
+    /// What the last `pick` learned and the other shards should too (cache_aware).
+    fn take_insert(&mut self) -> Option<(WorkerId, std::sync::Arc<str>)> {
+        None
+    }
+
+    /// Another shard routed `text` to `worker`.
+    fn remote_insert(&mut self, _worker: WorkerId, _text: &str) {}
+
+    /// Shrinks per-worker state to `max` (the control core's periodic eviction).
+    fn evict(&mut self, _max: usize) {}
+
+    /// Bytes of routing state per worker (`tree_size`).
+    fn tree_sizes(&self) -> Vec<(WorkerId, usize)> {
+        Vec::new()
+    }
+
+    /// Decisions taken from the cache, and not (`cache_hits_total`, `cache_misses_total`).
+    fn cache_counts(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }

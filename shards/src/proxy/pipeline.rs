@@ -142,10 +142,18 @@ fn pick(shard: &Shard, c: &Client, json: Option<&serde_json::Value>) -> Option<W
         head: &c.head,
         json,
     };
-    let picked = shard
-        .policy
-        .borrow_mut()
-        .pick(&shard.workers.borrow(), &input);
+    let (picked, insert) = {
+        let mut policy = shard.policy.borrow_mut();
+        let picked = policy.pick(&shard.workers.borrow(), &input);
+        (picked, policy.take_insert())
+    };
+    if let Some((worker, text)) = insert {
+        let _ = shard.reports.send(crate::messages::Report::CacheInsert {
+            shard: shard.index,
+            worker,
+            text,
+        });
+    }
     if let Some(id) = picked {
         if let Some(w) = shard.workers.borrow_mut().get_mut(id) {
             w.decisions += 1;
