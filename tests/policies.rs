@@ -222,3 +222,41 @@ fn cache_aware_tree_stays_within_max_tree_size() {
     let s = sizes(&text);
     assert!(s.iter().all(|&v| v > 0.0 && v <= 20000.0), "{s:?}");
 }
+
+#[test]
+fn power_of_two_sees_load_from_other_clients_through_worker_metrics() {
+    let busy = mock(&["--name", "busy", "--token-delay-us", "200000"]);
+    let idle = mock(&["--name", "idle"]);
+    let r = router(&[&busy, &idle], &["--policy", "power_of_two"]);
+    // Another client keeps 6 long streams on `busy`, not through this router.
+    let mut others: Vec<Conn> = (0..6)
+        .map(|_| {
+            let mut c = Conn::open(busy.port);
+            c.post(
+                "/v1/completions",
+                &json!({"prompt": "x", "max_tokens": 100, "stream": true}).to_string(),
+            );
+            c
+        })
+        .collect();
+    for c in &mut others {
+        c.read_until(b"data: {");
+    }
+    assert!(common::eventually(
+        std::time::Duration::from_secs(4),
+        || {
+            let v = request(r.port, "GET", "/workers", &[], b"").json();
+            v["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|w| w["external_load"] == 6)
+        }
+    ));
+    // The shards get the view on the next load broadcast (every 50 ms).
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    for _ in 0..10 {
+        let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 1, false));
+        assert_eq!(worker_of(&resp), "idle");
+    }
+}

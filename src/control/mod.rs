@@ -8,6 +8,7 @@ pub mod admin;
 pub mod health;
 pub mod metrics;
 pub mod registry;
+pub mod scrape;
 
 use crossbeam_channel::Receiver;
 use health::ProbeConfig;
@@ -61,6 +62,8 @@ pub struct ControlState {
     pub policy: &'static str,
     /// A shard reported new in-flight counts since the last load broadcast.
     pub loads_dirty: bool,
+    /// Per worker, what its own `/metrics` said at the last scrape.
+    pub scraped: std::collections::HashMap<WorkerId, scrape::WorkerLoad>,
 }
 
 impl ControlState {
@@ -78,17 +81,43 @@ impl ControlState {
             "load": self.metrics.load(w.spec.id),
             "processed_requests": self.metrics.processed(w.spec.id),
             "dp_rank": w.spec.dp_rank,
+            "kv_cache_usage": self.scraped.get(&w.spec.id).map(|l| l.kv_cache_usage),
+            "external_load": self.external_load(w.spec.id),
             // Circuit breakers are not built yet.
             "circuit_breaker": null,
         })
     }
 
-    /// Sends each shard the other shards' in-flight counts per worker.
+    /// Requests a worker has that did not come from this router (other routers,
+    /// direct clients), from its last scrape.
+    fn external_load(&self, id: WorkerId) -> u32 {
+        let Some(s) = self.scraped.get(&id) else {
+            return 0;
+        };
+        let ours = self.metrics.load(id) as f64;
+        (s.running + s.waiting - ours).max(0.0) as u32
+    }
+
+    /// Sends each shard the load it does not see itself: the other shards' in-flight
+    /// counts plus each worker's external load.
     fn broadcast_loads(&mut self) {
         self.loads_dirty = false;
+        let external: Vec<(WorkerId, u32)> = self
+            .registry
+            .workers
+            .iter()
+            .map(|w| (w.spec.id, self.external_load(w.spec.id)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
         for (i, link) in self.links.iter().enumerate() {
-            let others = self.metrics.loads_excluding(i);
-            link.send(Delta::Loads(others));
+            let mut view = self.metrics.loads_excluding(i);
+            for (id, n) in &external {
+                match view.iter_mut().find(|(w, _)| w == id) {
+                    Some(e) => e.1 += n,
+                    None => view.push((*id, *n)),
+                }
+            }
+            link.send(Delta::Loads(view));
         }
     }
 
@@ -190,6 +219,7 @@ impl ControlCore {
             probe: config.probe.clone(),
             policy: config.policy,
             loads_dirty: false,
+            scraped: std::collections::HashMap::new(),
         }));
 
         match startup_wait(&state, &config).await {
@@ -204,6 +234,9 @@ impl ControlCore {
 
         tokio::task::spawn_local(health_loop(state.clone(), config.clone()));
         tokio::task::spawn_local(load_loop(state.clone()));
+        if matches!(config.policy, "power_of_two" | "cache_aware") {
+            tokio::task::spawn_local(scrape_loop(state.clone(), config.probe.timeout));
+        }
         if config.policy == "cache_aware" {
             tokio::task::spawn_local(eviction_loop(
                 state.clone(),
@@ -345,6 +378,56 @@ async fn load_loop(state: Rc<RefCell<ControlState>>) {
         let mut s = state.borrow_mut();
         if s.loads_dirty {
             s.broadcast_loads();
+        }
+    }
+}
+
+/// How often workers' `/metrics` are scraped for load-aware policies.
+const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn scrape_loop(state: Rc<RefCell<ControlState>>, timeout: Duration) {
+    let mut tick = tokio::time::interval(SCRAPE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let targets: Vec<(WorkerId, SocketAddr, String, Option<u32>)> = state
+            .borrow()
+            .registry
+            .workers
+            .iter()
+            .filter(|w| w.health.healthy)
+            .map(|w| {
+                (
+                    w.spec.id,
+                    w.spec.addr,
+                    w.spec.authority.clone(),
+                    w.spec.dp_rank,
+                )
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for (id, addr, authority, rank) in targets {
+            // DP ranks share one server (and one /metrics): count it on rank 0 only.
+            if rank.unwrap_or(0) != 0 {
+                continue;
+            }
+            tasks.push(tokio::task::spawn_local(async move {
+                (id, scrape::scrape(addr, &authority, timeout).await)
+            }));
+        }
+        for t in tasks {
+            if let Ok((id, found)) = t.await {
+                let mut s = state.borrow_mut();
+                match found {
+                    Some(load) => {
+                        if s.scraped.insert(id, load) != Some(load) {
+                            s.loads_dirty = true;
+                        }
+                    }
+                    None => {
+                        s.scraped.remove(&id);
+                    }
+                }
+            }
         }
     }
 }
