@@ -28,7 +28,7 @@ use std::sync::Arc;
 pub const MAX_ROUTING_TEXT_BYTES: usize = 32 * 1024;
 
 /// See the module comment.
-pub const PILE_UP_SLACK: u32 = 4;
+pub const PILE_UP_SLACK: u32 = 2;
 
 /// `--cache-threshold`, `--balance-*-threshold`, `--max-tree-size`.
 #[derive(Clone, Debug)]

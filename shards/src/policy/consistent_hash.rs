@@ -30,7 +30,6 @@ pub struct ConsistentHash {
     /// (point, worker), sorted by point.
     ring: Vec<(u64, WorkerId)>,
     load_factor: Option<f64>,
-    scratch: String,
 }
 
 impl ConsistentHash {
@@ -38,7 +37,6 @@ impl ConsistentHash {
         ConsistentHash {
             ring: Vec::new(),
             load_factor,
-            scratch: String::new(),
         }
     }
 
@@ -67,9 +65,9 @@ impl ConsistentHash {
                     _ => {}
                 }
             }
-            self.scratch.clear();
-            request_text(body, &mut self.scratch);
-            return xxh3_64(self.scratch.as_bytes());
+            let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+            request_text(body, &mut hasher);
+            return hasher.digest();
         }
         xxh3_64(input.head.target())
     }

@@ -3,9 +3,30 @@
 
 use serde_json::Value;
 
+/// Where the text goes: a `String` (cache_aware keeps it) or a hasher (consistent_hash
+/// only needs its hash, so nothing is copied).
+pub trait TextSink {
+    fn push_str(&mut self, s: &str);
+    fn push(&mut self, c: char) {
+        self.push_str(c.encode_utf8(&mut [0u8; 4]));
+    }
+}
+
+impl TextSink for String {
+    fn push_str(&mut self, s: &str) {
+        String::push_str(self, s)
+    }
+}
+
+impl TextSink for xxhash_rust::xxh3::Xxh3 {
+    fn push_str(&mut self, s: &str) {
+        self.update(s.as_bytes())
+    }
+}
+
 /// Appends the text of a chat or completion body to `out`. Message content may be a
 /// string or a list of parts (OpenAI's multimodal form); text parts are used.
-pub fn request_text(body: &Value, out: &mut String) {
+pub fn request_text(body: &Value, out: &mut impl TextSink) {
     if let Some(messages) = body.get("messages").and_then(Value::as_array) {
         for m in messages {
             out.push_str(m.get("role").and_then(Value::as_str).unwrap_or(""));

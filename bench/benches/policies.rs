@@ -1,0 +1,93 @@
+//! Routing decision time per policy: 64 workers, a 4 KiB chat prompt
+//! (`cargo bench -p vllm-router-bench --bench policies`). cache_aware includes
+//! extracting the text, matching it in the tree and inserting it.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use shards::codec::request::RequestHead;
+use shards::messages::{Delta, WorkerSpec};
+use shards::policy::{PolicyKind, PolicyOptions, RouteInput};
+use shards::state::WorkerSet;
+use std::hint::black_box;
+
+fn workers(n: u32) -> WorkerSet {
+    let mut s = WorkerSet::default();
+    for id in 0..n {
+        s.apply(&Delta::Upsert(WorkerSpec {
+            id,
+            url: format!("http://10.0.{}.{}:8000", id / 250, id % 250),
+            addr: "127.0.0.1:8000".parse().unwrap(),
+            authority: "10.0.0.1:8000".into(),
+            dp_rank: None,
+            healthy: true,
+        }));
+    }
+    s
+}
+
+fn bench_policies(c: &mut Criterion) {
+    let set = workers(64);
+    let mut head = RequestHead::default();
+    head.parse(b"POST /v1/chat/completions HTTP/1.1\r\nhost: r\r\nx-session-id: s-42\r\n\r\n")
+        .unwrap();
+    // 64 conversations over 8 shared system prompts, ~4 KiB each.
+    let bodies: Vec<serde_json::Value> = (0..64)
+        .map(|i| {
+            let system = format!("You are assistant {} for a support desk. ", i % 8).repeat(80);
+            serde_json::json!({"model": "m", "messages": [
+                {"role": "system", "content": &system[..3000]},
+                {"role": "user", "content": format!("conversation {i}: ").repeat(50)},
+            ]})
+        })
+        .collect();
+    for kind in [
+        PolicyKind::RoundRobin,
+        PolicyKind::Random,
+        PolicyKind::PowerOfTwo,
+        PolicyKind::ConsistentHash,
+        PolicyKind::CacheAware,
+    ] {
+        let mut policy = kind.build(1, &PolicyOptions::default());
+        policy.on_workers_changed(&set);
+        let mut i = 0;
+        c.bench_function(&format!("{}/64 workers/4 KiB prompt", kind.name()), |b| {
+            b.iter(|| {
+                i = (i + 1) % bodies.len();
+                let input = RouteInput {
+                    head: &head,
+                    json: Some(&bodies[i]),
+                };
+                let picked = policy.pick(&set, &input);
+                black_box(policy.take_insert());
+                black_box(picked)
+            })
+        });
+    }
+}
+
+/// consistent_hash when no header names a session: the key is the conversation text.
+fn bench_consistent_hash_text_key(c: &mut Criterion) {
+    let set = workers(64);
+    let mut head = RequestHead::default();
+    head.parse(b"POST /v1/chat/completions HTTP/1.1\r\nhost: r\r\n\r\n")
+        .unwrap();
+    let body = serde_json::json!({"model": "m", "messages": [
+        {"role": "system", "content": "You are a support assistant. ".repeat(100)},
+        {"role": "user", "content": "why? ".repeat(200)},
+    ]});
+    let mut policy = PolicyKind::ConsistentHash.build(1, &PolicyOptions::default());
+    policy.on_workers_changed(&set);
+    c.bench_function("consistent_hash/64 workers/4 KiB prompt, text key", |b| {
+        b.iter(|| {
+            black_box(policy.pick(
+                &set,
+                &RouteInput {
+                    head: &head,
+                    json: Some(&body),
+                },
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, bench_policies, bench_consistent_hash_text_key);
+criterion_main!(benches);
