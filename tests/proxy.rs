@@ -444,8 +444,8 @@ fn both_shards_serve() {
 
 #[test]
 fn a_worker_restart_does_not_break_pooled_connections() {
-    let w = mock(&[]);
-    let port = w.port;
+    let port = free_low_port();
+    let w = mock_on(port, &[]);
     let r = router(&[&w], &["--shards", "1"]);
     let mut c = Conn::open(r.port);
     let body = chat_body("pool", 1, false).to_string();
@@ -454,18 +454,13 @@ fn a_worker_restart_does_not_break_pooled_connections() {
         c.read_response(false)
     };
     assert_eq!(send(&mut c).status, 200);
-    // The pooled upstream connection dies with the worker; a new worker takes the port.
+    // The pooled upstream connection dies with the worker; a new worker takes the port
+    // (once the old io_uring socket is really gone).
     drop(w);
-    let child = std::process::Command::new(mock_bin())
-        .args(["--port", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _restarted = Proc { child, port }; // killed on drop, even if an assert fails
     assert!(eventually(Duration::from_secs(5), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
     }));
+    let _restarted = mock_on(port, &[]);
     for _ in 0..3 {
         assert_eq!(send(&mut c).status, 200);
     }
