@@ -10,22 +10,8 @@ requests per worker, and mean and p99 latency.
 import argparse, http.client, json, os, random, socket, statistics, subprocess, sys, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def wait_port(port, proc, name):
-    end = time.time() + 30
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close(); return
-        except OSError:
-            if proc.poll() is not None:
-                sys.exit(f"{name} exited: {proc.returncode}")
-            time.sleep(0.05)
-    sys.exit(f"{name} did not listen on {port}")
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from benchlib import free_port, wait_port  # noqa: E402
 
 
 def get(port, path):

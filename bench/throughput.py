@@ -6,23 +6,9 @@ tools first."""
 import argparse, os, re, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from benchlib import free_port, wait_port  # noqa: E402
 HZ = os.sysconf("SC_CLK_TCK")
-
-
-def free_port():
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
-
-
-def wait_port(port, proc, name, timeout=60):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close(); return
-        except OSError:
-            if proc.poll() is not None:
-                sys.exit(f"{name} exited: {proc.returncode}")
-            time.sleep(0.05)
-    sys.exit(f"{name} did not listen on {port}")
 
 
 def tree(pid):

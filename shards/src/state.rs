@@ -98,16 +98,26 @@ impl WorkerSet {
     }
 }
 
+/// `n` healthy workers `http://10.0.0.{id}:8000`, for policy tests.
+#[cfg(test)]
+pub fn test_workers(n: u32) -> WorkerSet {
+    let mut s = WorkerSet::default();
+    for id in 0..n {
+        s.apply(&Delta::Upsert(tests::spec(id, true)));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn spec(id: WorkerId, healthy: bool) -> WorkerSpec {
+    pub(super) fn spec(id: WorkerId, healthy: bool) -> WorkerSpec {
         WorkerSpec {
             id,
-            url: format!("http://127.0.0.1:{}", 8000 + id),
-            addr: format!("127.0.0.1:{}", 8000 + id).parse().unwrap(),
-            authority: format!("127.0.0.1:{}", 8000 + id),
+            url: format!("http://10.0.0.{id}:8000"),
+            addr: format!("10.0.0.{id}:8000").parse().unwrap(),
+            authority: format!("10.0.0.{id}:8000"),
             dp_rank: None,
             healthy,
         }

@@ -105,16 +105,8 @@ impl Proc {
 }
 
 pub fn mock(args: &[&str]) -> Proc {
-    let port = free_port();
-    let mut child = Command::new(mock_bin())
-        .args(["--port", &port.to_string()])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start mock-vllm");
-    wait_for_port(port, &mut child, "mock-vllm");
-    Proc { child, port }
+    mock_on(free_port(), args)
+}
 }
 
 /// A running router and its metrics port.

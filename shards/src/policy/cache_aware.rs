@@ -198,21 +198,9 @@ impl Policy for CacheAware {
 mod tests {
     use super::*;
     use crate::codec::request::RequestHead;
-    use crate::messages::{Delta, WorkerSpec};
 
     fn set(n: u32) -> WorkerSet {
-        let mut s = WorkerSet::default();
-        for id in 0..n {
-            s.apply(&Delta::Upsert(WorkerSpec {
-                id,
-                url: format!("http://w{id}"),
-                addr: "127.0.0.1:1".parse().unwrap(),
-                authority: "w".into(),
-                dp_rank: None,
-                healthy: true,
-            }));
-        }
-        s
+        crate::state::test_workers(n)
     }
 
     fn cfg() -> CacheAwareConfig {

@@ -163,21 +163,10 @@ impl Policy for ConsistentHash {
 mod tests {
     use super::*;
     use crate::codec::request::RequestHead;
-    use crate::messages::{Delta, WorkerSpec};
+    use crate::messages::Delta;
 
     fn set(n: u32) -> WorkerSet {
-        let mut s = WorkerSet::default();
-        for id in 0..n {
-            s.apply(&Delta::Upsert(WorkerSpec {
-                id,
-                url: format!("http://10.0.0.{id}:8000"),
-                addr: format!("10.0.0.{id}:8000").parse().unwrap(),
-                authority: format!("10.0.0.{id}:8000"),
-                dp_rank: None,
-                healthy: true,
-            }));
-        }
-        s
+        crate::state::test_workers(n)
     }
 
     fn pick_for(p: &mut ConsistentHash, s: &WorkerSet, session: &str) -> WorkerId {

@@ -50,21 +50,10 @@ impl Policy for PowerOfTwo {
 mod tests {
     use super::*;
     use crate::codec::request::RequestHead;
-    use crate::messages::{Delta, WorkerSpec};
 
     #[test]
     fn avoids_the_loaded_worker() {
-        let mut s = WorkerSet::default();
-        for id in 0..2 {
-            s.apply(&Delta::Upsert(WorkerSpec {
-                id,
-                url: format!("http://w{id}"),
-                addr: "127.0.0.1:1".parse().unwrap(),
-                authority: "w".into(),
-                dp_rank: None,
-                healthy: true,
-            }));
-        }
+        let mut s = crate::state::test_workers(2);
         s.get_mut(0).unwrap().remote_load = 5;
         let mut p = PowerOfTwo::new(3);
         let h = RequestHead::default();

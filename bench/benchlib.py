@@ -1,0 +1,26 @@
+"""Helpers shared by the benchmark scripts: ports and process start-up."""
+import socket
+import sys
+import time
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, proc, name, timeout=60):
+    """Waits until something listens on `port`; exits if `proc` dies first."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                sys.exit(f"{name} exited: {proc.returncode}")
+            time.sleep(0.05)
+    sys.exit(f"{name} did not listen on {port}")
