@@ -160,15 +160,17 @@ fn cache_aware_keeps_each_shared_prefix_on_one_worker_and_uses_every_worker() {
     let systems: Vec<String> = (0..6)
         .map(|i| format!("You are assistant number {i}. ").repeat(30))
         .collect();
+    // One keep-alive connection: one shard, so the decisions are deterministic.
+    let mut c = Conn::open(r.port);
     let mut used = HashMap::new();
     for (i, system) in systems.iter().enumerate() {
         let homes: Vec<String> = (0..5)
             .map(|q| {
-                worker_of(&post_json(
-                    r.port,
+                c.post(
                     "/v1/chat/completions",
-                    &prefixed_chat(system, &format!("question {q}")),
-                ))
+                    &prefixed_chat(system, &format!("question {q}")).to_string(),
+                );
+                worker_of(&c.read_response(false))
             })
             .collect();
         assert!(
@@ -178,17 +180,14 @@ fn cache_aware_keeps_each_shared_prefix_on_one_worker_and_uses_every_worker() {
         *used.entry(homes[0].clone()).or_insert(0) += 1;
     }
     assert_eq!(used.len(), 3, "not every worker was used: {used:?}");
-    let metrics = r.metrics();
-    let hits = metrics
-        .lines()
-        .find(|l| l.starts_with("vllm_router_cache_hits_total"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
-    assert!(
-        common::eventually(std::time::Duration::from_secs(3), || {
-            r.metrics().contains("vllm_router_cache_hits_total 24")
-        }),
-        "{hits:?}\n{metrics}"
-    );
+    // 6 first sightings are misses; the other 24 requests follow their prefix.
+    let mut metrics = String::new();
+    let ok = common::eventually(std::time::Duration::from_secs(3), || {
+        metrics = r.metrics();
+        metrics.contains("vllm_router_cache_hits_total 24")
+            && metrics.contains("vllm_router_cache_misses_total 6")
+    });
+    assert!(ok, "{metrics}");
 }
 
 #[test]

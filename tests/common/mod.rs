@@ -107,7 +107,6 @@ impl Proc {
 pub fn mock(args: &[&str]) -> Proc {
     mock_on(free_port(), args)
 }
-}
 
 /// A running router and its metrics port.
 pub struct Router {
