@@ -26,41 +26,54 @@ const KEY_HEADERS: [&[u8]; 6] = [
     b"x-trace-id",
 ];
 
-/// Bytes of the request text hashed for a key when no header or field names a session.
-/// Equal texts still get equal keys and different ones still spread, but a 100 KB
-/// conversation costs no more than a short one (hashing all of a 4.6 KB text took
-/// 0.5 us, more than the whole 200 ns budget of a decision).
-const TEXT_KEY_BYTES: usize = 1024;
+/// Bytes taken from each end of the request text for a key when no header or field
+/// names a session. Equal texts get equal keys; conversations that share a long system
+/// prompt still differ in their tail (the latest messages) and length, so they spread.
+/// Hashing all of a 4.6 KB text took 0.5 us, more than a decision's 200 ns budget.
+const TEXT_KEY_EDGE_BYTES: usize = 512;
 
-/// Collects the first [`TEXT_KEY_BYTES`] of the text (on the stack) and its length.
-struct TextKey {
-    head: [u8; TEXT_KEY_BYTES],
-    seen: usize,
+/// The text's pieces, borrowed from the body; hashed by their first and last
+/// [`TEXT_KEY_EDGE_BYTES`] and the total length.
+#[derive(Default)]
+struct TextKey<'a> {
+    pieces: smallvec::SmallVec<[&'a [u8]; 16]>,
+    /// Pieces rendered as text (rare: numbers in a prompt list).
+    owned: Vec<String>,
+    len: usize,
 }
 
-impl Default for TextKey {
-    fn default() -> Self {
-        TextKey {
-            head: [0; TEXT_KEY_BYTES],
-            seen: 0,
-        }
+impl<'a> super::text::TextSink<'a> for TextKey<'a> {
+    fn push_str(&mut self, s: &'a str) {
+        self.pieces.push(s.as_bytes());
+        self.len += s.len();
+    }
+    fn push_owned(&mut self, s: String) {
+        self.len += s.len();
+        self.owned.push(s);
     }
 }
 
-impl super::text::TextSink for TextKey {
-    fn push_str(&mut self, s: &str) {
-        if self.seen < TEXT_KEY_BYTES {
-            let take = s.len().min(TEXT_KEY_BYTES - self.seen);
-            self.head[self.seen..self.seen + take].copy_from_slice(&s.as_bytes()[..take]);
-        }
-        self.seen += s.len();
-    }
-}
-
-impl TextKey {
+impl TextKey<'_> {
     fn finish(self) -> u64 {
-        let kept = self.seen.min(TEXT_KEY_BYTES);
-        xxhash_rust::xxh3::xxh3_64_with_seed(&self.head[..kept], self.seen as u64)
+        let n = TEXT_KEY_EDGE_BYTES;
+        let mut buf = [0u8; 2 * TEXT_KEY_EDGE_BYTES];
+        let mut used = 0;
+        let mut offset = 0; // position of the current piece in the whole text
+        let tail_from = self.len.saturating_sub(n).max(n.min(self.len));
+        let owned = self.owned.iter().map(|s| s.as_bytes());
+        for piece in self.pieces.iter().copied().chain(owned) {
+            let end = offset + piece.len();
+            // Bytes of this piece in [0, n) or in [tail_from, len).
+            for (lo, hi) in [(0, n.min(self.len)), (tail_from, self.len)] {
+                let (a, b) = (lo.max(offset), hi.min(end));
+                if a < b {
+                    buf[used..used + (b - a)].copy_from_slice(&piece[a - offset..b - offset]);
+                    used += b - a;
+                }
+            }
+            offset = end;
+        }
+        xxhash_rust::xxh3::xxh3_64_with_seed(&buf[..used], self.len as u64)
     }
 }
 
@@ -91,7 +104,7 @@ impl ConsistentHash {
         }
         if let Some(body) = input.json {
             let fields = [
-                body.pointer("/session_params/session_id"),
+                body.get("session_params").and_then(|p| p.get("session_id")),
                 body.get("user"),
                 body.get("session_id"),
                 body.get("user_id"),
@@ -241,5 +254,38 @@ mod tests {
         let home = pick_for(&mut p, &s, "hot");
         s.get_mut(home).unwrap().in_flight = 10;
         assert_ne!(pick_for(&mut p, &s, "hot"), home);
+    }
+}
+
+#[cfg(test)]
+mod text_key_tests {
+    use super::super::text::TextSink;
+    use super::*;
+
+    fn key_of(parts: &[&str]) -> u64 {
+        let mut k = TextKey::default();
+        for p in parts {
+            k.push_str(p);
+        }
+        k.finish()
+    }
+
+    #[test]
+    fn equal_texts_equal_keys_however_split() {
+        let text: String = (0..3000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let whole = key_of(&[&text]);
+        for split in [1, 511, 512, 513, 1500, 2999] {
+            assert_eq!(
+                key_of(&[&text[..split], &text[split..]]),
+                whole,
+                "split {split}"
+            );
+        }
+        let mut other = text.clone();
+        other.replace_range(2500..2501, "Z"); // differs only in the tail
+        assert_ne!(key_of(&[&other]), whole);
+        assert_ne!(key_of(&[&text[..2999]]), whole);
     }
 }

@@ -3,30 +3,26 @@
 
 use serde_json::Value;
 
-/// Where the text goes: a `String` (cache_aware keeps it) or a hasher (consistent_hash
-/// only needs its hash, so nothing is copied).
-pub trait TextSink {
-    fn push_str(&mut self, s: &str);
-    fn push(&mut self, c: char) {
-        self.push_str(c.encode_utf8(&mut [0u8; 4]));
-    }
+/// Where the text goes, piece by piece: a `String` (cache_aware keeps it) or a list of
+/// borrowed pieces (consistent_hash only hashes parts of it, so nothing is copied).
+pub trait TextSink<'a> {
+    fn push_str(&mut self, s: &'a str);
+    /// A piece that does not live in the body (a number rendered as text).
+    fn push_owned(&mut self, s: String);
 }
 
-impl TextSink for String {
-    fn push_str(&mut self, s: &str) {
+impl<'a> TextSink<'a> for String {
+    fn push_str(&mut self, s: &'a str) {
         String::push_str(self, s)
     }
-}
-
-impl TextSink for xxhash_rust::xxh3::Xxh3 {
-    fn push_str(&mut self, s: &str) {
-        self.update(s.as_bytes())
+    fn push_owned(&mut self, s: String) {
+        String::push_str(self, &s)
     }
 }
 
 /// Appends the text of a chat or completion body to `out`. Message content may be a
 /// string or a list of parts (OpenAI's multimodal form); text parts are used.
-pub fn request_text(body: &Value, out: &mut impl TextSink) {
+pub fn request_text<'a>(body: &'a Value, out: &mut impl TextSink<'a>) {
     if let Some(messages) = body.get("messages").and_then(Value::as_array) {
         for m in messages {
             out.push_str(m.get("role").and_then(Value::as_str).unwrap_or(""));
@@ -42,7 +38,7 @@ pub fn request_text(body: &Value, out: &mut impl TextSink) {
                 }
                 _ => {}
             }
-            out.push('\n');
+            out.push_str("\n");
         }
     } else if let Some(prompt) = body.get("prompt") {
         match prompt {
@@ -51,16 +47,16 @@ pub fn request_text(body: &Value, out: &mut impl TextSink) {
                 for i in items {
                     match i {
                         Value::String(s) => out.push_str(s),
-                        other => out.push_str(&other.to_string()),
+                        other => out.push_owned(other.to_string()),
                     }
                 }
             }
-            other => out.push_str(&other.to_string()),
+            other => out.push_owned(other.to_string()),
         }
     } else if let Some(input) = body.get("input") {
         match input {
             Value::String(s) => out.push_str(s),
-            other => out.push_str(&other.to_string()),
+            other => out.push_owned(other.to_string()),
         }
     }
 }
