@@ -24,19 +24,22 @@ impl Worker {
     }
 }
 
-/// The workers of one shard. Kept in a Vec: a router has tens of workers, and a
-/// linear scan over them is faster than any map at that size.
+/// The workers of one shard, in a Vec, with an index by id: ids are small integers
+/// handed out in sequence by the control core, so `by_id[id]` is a direct lookup where
+/// a scan over tens of ~200-byte entries cost tens of nanoseconds per request.
 #[derive(Debug, Default)]
 pub struct WorkerSet {
     workers: Vec<Worker>,
     /// Indices into `workers` of the ones that may take new requests.
     routable: Vec<usize>,
+    /// `by_id[id]` is the worker's index in `workers` plus one; 0 when absent.
+    by_id: Vec<u32>,
 }
 
 impl WorkerSet {
     pub fn apply(&mut self, delta: &Delta) {
         match delta {
-            Delta::Upsert(spec) => match self.workers.iter_mut().find(|w| w.spec.id == spec.id) {
+            Delta::Upsert(spec) => match self.get_mut(spec.id) {
                 Some(w) => w.spec = spec.clone(),
                 None => self.workers.push(Worker {
                     spec: spec.clone(),
@@ -69,6 +72,21 @@ impl WorkerSet {
         self.routable = (0..self.workers.len())
             .filter(|&i| self.workers[i].spec.healthy)
             .collect();
+        self.by_id.iter_mut().for_each(|slot| *slot = 0);
+        for (i, w) in self.workers.iter().enumerate() {
+            let id = w.spec.id as usize;
+            if self.by_id.len() <= id {
+                self.by_id.resize(id + 1, 0);
+            }
+            self.by_id[id] = i as u32 + 1;
+        }
+    }
+
+    fn index_of(&self, id: WorkerId) -> Option<usize> {
+        match self.by_id.get(id as usize) {
+            Some(&slot) if slot > 0 => Some(slot as usize - 1),
+            _ => None,
+        }
     }
 
     pub fn all(&self) -> &[Worker] {
@@ -90,11 +108,11 @@ impl WorkerSet {
     }
 
     pub fn get(&self, id: WorkerId) -> Option<&Worker> {
-        self.workers.iter().find(|w| w.spec.id == id)
+        self.index_of(id).map(|i| &self.workers[i])
     }
 
     pub fn get_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
-        self.workers.iter_mut().find(|w| w.spec.id == id)
+        self.index_of(id).map(|i| &mut self.workers[i])
     }
 }
 

@@ -77,9 +77,15 @@ impl TextKey<'_> {
     }
 }
 
+/// The ring is searched from a bucket of this many top bits of the key: a few
+/// comparisons in a cache line or two instead of a binary search over 160 x workers.
+const BUCKET_BITS: u32 = 12;
+
 pub struct ConsistentHash {
     /// (point, worker), sorted by point.
     ring: Vec<(u64, WorkerId)>,
+    /// `buckets[b]`: index of the first ring point whose top bits are >= b.
+    buckets: Vec<u32>,
     load_factor: Option<f64>,
 }
 
@@ -87,6 +93,7 @@ impl ConsistentHash {
     pub fn new(load_factor: Option<f64>) -> Self {
         ConsistentHash {
             ring: Vec::new(),
+            buckets: Vec::new(),
             load_factor,
         }
     }
@@ -142,6 +149,10 @@ impl Policy for ConsistentHash {
             }
         }
         self.ring.sort_unstable();
+        let ring = &self.ring;
+        self.buckets = (0..=(1u64 << BUCKET_BITS))
+            .map(|b| ring.partition_point(|(p, _)| (p >> (64 - BUCKET_BITS)) < b) as u32)
+            .collect();
     }
 
     fn pick(&mut self, workers: &WorkerSet, input: &RouteInput<'_>) -> Option<WorkerId> {
@@ -155,7 +166,12 @@ impl Policy for ConsistentHash {
             let total: f64 = workers.routable().map(|w| f64::from(w.load())).sum();
             (f * (total + 1.0) / n).ceil()
         });
-        let start = self.ring.partition_point(|(p, _)| *p < key);
+        let bucket = (key >> (64 - BUCKET_BITS)) as usize;
+        let (lo, hi) = (
+            self.buckets[bucket] as usize,
+            self.buckets[bucket + 1] as usize,
+        );
+        let start = lo + self.ring[lo..hi].partition_point(|(p, _)| *p < key);
         let mut fallback = None;
         for i in 0..self.ring.len() {
             let id = self.ring[(start + i) % self.ring.len()].1;
