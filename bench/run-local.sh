@@ -15,7 +15,14 @@ if [ $# -eq 0 ]; then
     target/release/mock-vllm --port "$port" --token-delay-us 20000 &
     pids+=($!)
   done
+  # Let the mocks listen before the router's first health check.
+  for port in 8001 8002; do
+    for _ in $(seq 50); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+      sleep 0.1
+    done
+  done
   set -- http://127.0.0.1:8001 http://127.0.0.1:8002
 fi
 # shellcheck disable=SC2086
-target/release/vllm-router ${ROUTER_ARGS:-} --worker-urls "$@"
+target/release/vllm-router --worker-startup-check-interval 2 ${ROUTER_ARGS:-} --worker-urls "$@"
