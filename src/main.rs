@@ -57,6 +57,10 @@ fn run(cli: Cli) -> Result<(), String> {
     preflight::check_memlock(shard_count)?;
 
     let listen = resolve_listen(&cli.host, cli.port)?;
+    // A malformed URL is a configuration error: say so before binding anything.
+    for url in &cli.worker_urls {
+        control::registry::parse_worker_url(url)?;
+    }
     let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
     let request_id_headers = if cli.request_id_headers.is_empty() {
         shards::proxy::request_id::DEFAULT_REQUEST_ID_HEADERS

@@ -54,9 +54,29 @@ fn bad_worker_url_is_one_clear_line() {
 fn port_in_use_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let (code, text) = run(&["--port", &port, "--policy", "random"]);
+    let metrics = free_port().to_string();
+    let (code, text) = run(&[
+        "--port",
+        &port,
+        "--prometheus-port",
+        &metrics,
+        "--policy",
+        "random",
+    ]);
     assert_ne!(code, 0);
     assert!(text.contains("cannot listen on"), "{text}");
+    // The metrics port is checked too.
+    let other = free_port().to_string();
+    let (code, text) = run(&[
+        "--port",
+        &other,
+        "--prometheus-port",
+        &port,
+        "--policy",
+        "random",
+    ]);
+    assert_ne!(code, 0);
+    assert!(text.contains("cannot listen for metrics on"), "{text}");
 }
 
 #[test]
