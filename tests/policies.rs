@@ -259,3 +259,39 @@ fn power_of_two_sees_load_from_other_clients_through_worker_metrics() {
         assert_eq!(worker_of(&resp), "idle");
     }
 }
+
+#[test]
+fn cache_aware_shards_share_what_they_learn() {
+    let ws: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .map(|n| mock(&["--name", n]))
+        .collect();
+    let r = router(
+        &[&ws[0], &ws[1], &ws[2]],
+        &["--policy", "cache_aware", "--shards", "2"],
+    );
+    // Teach one shard three prefixes over one connection; they land on three workers,
+    // so the last one's home is not where an uninformed shard would send it.
+    let mut c = Conn::open(r.port);
+    let mut home = String::new();
+    for k in 0..3 {
+        let system = format!("Shared system prompt number {k} about routing. ").repeat(40);
+        c.post(
+            "/v1/chat/completions",
+            &prefixed_chat(&system, "first").to_string(),
+        );
+        home = worker_of(&c.read_response(false));
+    }
+    let system = "Shared system prompt number 2 about routing. ".repeat(40);
+    // Inserts reach the other shard within a tick (50 ms) plus the control core's hop.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // New connections land on both shards (SO_REUSEPORT); all must know the prefix.
+    for q in 0..12 {
+        let resp = post_json(
+            r.port,
+            "/v1/chat/completions",
+            &prefixed_chat(&system, &format!("q{q}")),
+        );
+        assert_eq!(worker_of(&resp), home, "request {q} missed the shared tree");
+    }
+}

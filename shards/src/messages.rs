@@ -35,11 +35,9 @@ pub enum Delta {
     },
     /// Stop accepting, finish what is in flight, then exit the executor.
     Drain,
-    /// Another shard routed this text to this worker (cache_aware trees).
-    CacheInsert {
-        worker: WorkerId,
-        text: std::sync::Arc<str>,
-    },
+    /// Other shards routed these texts to these workers (cache_aware trees). One batch
+    /// is shared by every receiving shard.
+    CacheInserts(std::sync::Arc<Vec<(WorkerId, std::sync::Arc<str>)>>),
     /// Evict every worker's routing state down to this many bytes.
     CacheEvict {
         max: usize,
@@ -78,11 +76,10 @@ pub enum Report {
     WorkerUnreachable { shard: usize, id: WorkerId },
     /// The shard finished draining and its executor is about to exit.
     Drained { shard: usize },
-    /// This shard routed `text` to `worker` (forwarded to the other shards).
-    CacheInsert {
+    /// What this shard routed where since its last batch (forwarded to the others).
+    CacheInserts {
         shard: usize,
-        worker: WorkerId,
-        text: std::sync::Arc<str>,
+        inserts: Vec<(WorkerId, std::sync::Arc<str>)>,
     },
     /// Requests this shard has in flight per worker; sent every 100 ms when changed.
     Loads {

@@ -75,14 +75,21 @@ pub struct Shard {
     pub admin: AdminWaiters,
     /// The last in-flight counts reported (to report only changes).
     pub last_loads: RefCell<Vec<(WorkerId, u32)>>,
+    /// cache_aware inserts not yet reported: sent as one batch per deadline tick, so
+    /// a request never costs a channel wake-up or a doorbell on the other shards.
+    pub pending_inserts: RefCell<Vec<(WorkerId, std::sync::Arc<str>)>>,
 }
 
 impl Shard {
     pub fn apply(&self, delta: &Delta) {
         match delta {
             Delta::AdminReply { token, reply } => return self.admin.fulfil(*token, reply.clone()),
-            Delta::CacheInsert { worker, text } => {
-                return self.policy.borrow_mut().remote_insert(*worker, text)
+            Delta::CacheInserts(batch) => {
+                let mut policy = self.policy.borrow_mut();
+                for (worker, text) in batch.iter() {
+                    policy.remote_insert(*worker, text);
+                }
+                return;
             }
             Delta::CacheEvict { max } => return self.policy.borrow_mut().evict(*max),
             Delta::Remove(id) => self.pool.borrow_mut().forget_worker(*id),
@@ -102,6 +109,17 @@ impl Shard {
 }
 
 impl Shard {
+    /// Reports the cache_aware inserts gathered since the last tick, as one batch.
+    pub fn send_inserts(&self) {
+        let inserts = std::mem::take(&mut *self.pending_inserts.borrow_mut());
+        if !inserts.is_empty() {
+            let _ = self.reports.send(Report::CacheInserts {
+                shard: self.index,
+                inserts,
+            });
+        }
+    }
+
     /// Reports in-flight counts per worker if they changed since the last report.
     pub fn send_loads(&self) {
         let loads: Vec<(WorkerId, u32)> = self
@@ -220,6 +238,7 @@ async fn run_shard(
         rng: RefCell::new(Random::new(0x5eed ^ (index as u64) ^ seed_from_time())),
         admin: AdminWaiters::default(),
         last_loads: RefCell::new(Vec::new()),
+        pending_inserts: RefCell::new(Vec::new()),
     });
     // Deltas queued before the shard started (the initial worker set) apply first.
     while let Ok(d) = link.rx.try_recv() {
@@ -235,6 +254,7 @@ async fn run_shard(
                 glommio::timer::sleep(DEADLINE_TICK).await;
                 let now = Instant::now();
                 shard.deadlines.sweep(now);
+                shard.send_inserts();
                 ticks += 1;
                 if ticks.is_multiple_of(LOAD_REPORT_TICKS) {
                     shard.send_loads();

@@ -66,7 +66,7 @@ impl WorkerSet {
             }
             Delta::Drain
             | Delta::AdminReply { .. }
-            | Delta::CacheInsert { .. }
+            | Delta::CacheInserts(_)
             | Delta::CacheEvict { .. } => return,
         }
         self.routable = (0..self.workers.len())

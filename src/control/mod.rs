@@ -444,18 +444,12 @@ async fn eviction_loop(state: Rc<RefCell<ControlState>>, every: Duration, max: u
 
 fn on_report(state: &Rc<RefCell<ControlState>>, report: Report) {
     match report {
-        Report::CacheInsert {
-            shard,
-            worker,
-            text,
-        } => {
+        Report::CacheInserts { shard, inserts } => {
+            let batch = std::sync::Arc::new(inserts);
             let s = state.borrow();
             for (i, link) in s.links.iter().enumerate() {
                 if i != shard {
-                    link.send(Delta::CacheInsert {
-                        worker,
-                        text: text.clone(),
-                    });
+                    link.send(Delta::CacheInserts(batch.clone()));
                 }
             }
         }

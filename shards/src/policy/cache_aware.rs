@@ -14,8 +14,8 @@
 //! declined request teaches a second worker the prefix, so a hot prefix spreads.
 //!
 //! Load is the router-wide in-flight view (this shard's own count plus the other
-//! shards'). The chosen worker's text is inserted into this shard's tree and reported
-//! to the control core, which forwards it to the other shards.
+//! shards'). The chosen worker's text is inserted into this shard's tree and, batched
+//! per 50 ms tick, reported to the control core, which forwards it to the other shards.
 
 use super::radix_tree::RadixTree;
 use super::{text::request_text, Policy, PolicyKind, RouteInput};

@@ -147,12 +147,8 @@ fn pick(shard: &Shard, c: &Client, json: Option<&serde_json::Value>) -> Option<W
         let picked = policy.pick(&shard.workers.borrow(), &input);
         (picked, policy.take_insert())
     };
-    if let Some((worker, text)) = insert {
-        let _ = shard.reports.send(crate::messages::Report::CacheInsert {
-            shard: shard.index,
-            worker,
-            text,
-        });
+    if let Some(insert) = insert {
+        shard.pending_inserts.borrow_mut().push(insert);
     }
     if let Some(id) = picked {
         if let Some(w) = shard.workers.borrow_mut().get_mut(id) {
