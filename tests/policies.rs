@@ -6,6 +6,14 @@ use common::*;
 use serde_json::json;
 use std::collections::HashMap;
 
+/// Named mock workers (each answers with `x-mock-worker: NAME`) behind a router.
+fn cluster(names: &[&str], args: &[&str]) -> (Vec<Proc>, Router) {
+    let workers: Vec<Proc> = names.iter().map(|n| mock(&["--name", n])).collect();
+    let refs: Vec<&Proc> = workers.iter().collect();
+    let r = router(&refs, args);
+    (workers, r)
+}
+
 fn worker_of(resp: &Response) -> String {
     assert_eq!(resp.status, 200, "{}", resp.text());
     resp.header("x-mock-worker").unwrap().to_string()
@@ -13,12 +21,8 @@ fn worker_of(resp: &Response) -> String {
 
 #[test]
 fn round_robin_is_exact_over_three_workers() {
-    let ws: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| mock(&["--name", n]))
-        .collect();
-    let r = router(
-        &[&ws[0], &ws[1], &ws[2]],
+    let (_ws, r) = cluster(
+        &["a", "b", "c"],
         &["--policy", "round_robin", "--shards", "1"],
     );
     let mut c = Conn::open(r.port);
@@ -39,11 +43,7 @@ fn round_robin_is_exact_over_three_workers() {
 
 #[test]
 fn consistent_hash_keeps_a_session_and_spreads_sessions() {
-    let ws: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| mock(&["--name", n]))
-        .collect();
-    let r = router(&[&ws[0], &ws[1], &ws[2]], &["--policy", "consistent_hash"]);
+    let (_ws, r) = cluster(&["a", "b", "c"], &["--policy", "consistent_hash"]);
     let mut homes = HashMap::new();
     for s in 0..30 {
         let session = format!("session-{s}");
@@ -152,11 +152,7 @@ fn prefixed_chat(system: &str, user: &str) -> serde_json::Value {
 
 #[test]
 fn cache_aware_keeps_each_shared_prefix_on_one_worker_and_uses_every_worker() {
-    let ws: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| mock(&["--name", n]))
-        .collect();
-    let r = router(&[&ws[0], &ws[1], &ws[2]], &["--policy", "cache_aware"]);
+    let (_ws, r) = cluster(&["a", "b", "c"], &["--policy", "cache_aware"]);
     let systems: Vec<String> = (0..6)
         .map(|i| format!("You are assistant number {i}. ").repeat(30))
         .collect();
@@ -192,9 +188,8 @@ fn cache_aware_keeps_each_shared_prefix_on_one_worker_and_uses_every_worker() {
 
 #[test]
 fn cache_aware_tree_stays_within_max_tree_size() {
-    let ws: Vec<Proc> = ["a", "b"].iter().map(|n| mock(&["--name", n])).collect();
-    let r = router(
-        &[&ws[0], &ws[1]],
+    let (_ws, r) = cluster(
+        &["a", "b"],
         &["--policy", "cache_aware", "--max-tree-size", "20000"],
     );
     let mut c = Conn::open(r.port);
@@ -262,12 +257,8 @@ fn power_of_two_sees_load_from_other_clients_through_worker_metrics() {
 
 #[test]
 fn cache_aware_shards_share_what_they_learn() {
-    let ws: Vec<Proc> = ["a", "b", "c"]
-        .iter()
-        .map(|n| mock(&["--name", n]))
-        .collect();
-    let r = router(
-        &[&ws[0], &ws[1], &ws[2]],
+    let (_ws, r) = cluster(
+        &["a", "b", "c"],
         &["--policy", "cache_aware", "--shards", "2"],
     );
     // Teach one shard three prefixes over one connection; they land on three workers,
