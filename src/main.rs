@@ -203,6 +203,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let _ = t.join();
         }
     }
+    let dropped = shards::log::dropped();
+    if dropped > 0 {
+        shards::warn!("{dropped} log line(s) were dropped because the log writer fell behind");
+    }
     shards::info!("stopped");
     // Give the log writer a moment to flush the last lines.
     std::thread::sleep(Duration::from_millis(20));

@@ -75,7 +75,8 @@ impl Deadlines {
         wake.into_iter().for_each(Waker::wake);
     }
 
-    /// Deadlines currently registered (for tests and introspection).
+    /// Deadlines currently registered.
+    #[cfg(test)]
     pub fn active(&self) -> usize {
         self.slots.borrow().iter().flatten().count()
     }
@@ -89,6 +90,7 @@ pub struct Deadline<'a> {
 }
 
 impl Deadline<'_> {
+    #[cfg(test)]
     pub fn has_fired(&self) -> bool {
         self.set.slots.borrow()[self.key as usize]
             .as_ref()

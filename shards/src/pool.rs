@@ -90,10 +90,6 @@ impl Pool {
     pub fn forget_worker(&mut self, worker: WorkerId) {
         self.idle.remove(&worker);
     }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.values().map(Vec::len).sum()
-    }
 }
 
 /// An idle socket should have nothing to read: EOF means the worker closed it, bytes
