@@ -49,6 +49,25 @@ pub struct Cli {
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_period_secs: u64,
 
+    // --- timeouts (ours; the published router has only --request-timeout-secs) ---
+    /// Time to establish a TCP connection to a worker.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout_secs: u64,
+    /// Time a worker has to send its answer head once the request is sent. vLLM sends
+    /// a non-streamed answer's head only when generation is done: keep it generous.
+    #[arg(long, default_value_t = 600)]
+    pub upstream_head_timeout_secs: u64,
+    /// Longest silence from a worker in the middle of an answer body (between stream
+    /// events); a stream silent longer is cut and counted as a worker failure.
+    #[arg(long, default_value_t = 300)]
+    pub stream_idle_timeout_secs: u64,
+    /// Time a client has to send a whole request head once it started (slowloris).
+    #[arg(long, default_value_t = 30)]
+    pub client_header_timeout_secs: u64,
+    /// Time an idle client keep-alive connection stays open.
+    #[arg(long, default_value_t = 75)]
+    pub keepalive_timeout_secs: u64,
+
     // --- workers and policy ---
     #[arg(long, num_args = 0..)]
     pub worker_urls: Vec<String>,
@@ -180,20 +199,6 @@ const NOT_BUILT: &[(&str, &str)] = &[
     ),
     ("prefill_selector", "Kubernetes service discovery"),
     ("decode_selector", "Kubernetes service discovery"),
-    ("retry_max_retries", "retries"),
-    ("retry_initial_backoff_ms", "retries"),
-    ("retry_max_backoff_ms", "retries"),
-    ("retry_backoff_multiplier", "retries"),
-    ("retry_jitter_factor", "retries"),
-    ("disable_retries", "retries"),
-    ("cb_failure_threshold", "circuit breakers"),
-    ("cb_success_threshold", "circuit breakers"),
-    ("cb_timeout_duration_secs", "circuit breakers"),
-    ("cb_window_duration_secs", "circuit breakers"),
-    ("disable_circuit_breaker", "circuit breakers"),
-    ("max_concurrent_requests", "admission control"),
-    ("queue_size", "admission control"),
-    ("queue_timeout_secs", "admission control"),
 ];
 
 impl Cli {
@@ -286,9 +291,9 @@ mod tests {
 
     #[test]
     fn unbuilt_flags_are_reported_only_when_given() {
-        let (_, bad) = parse(&["--cb-failure-threshold", "10", "--policy", "cache_aware"]);
+        let (_, bad) = parse(&["--prefill-policy", "random", "--policy", "cache_aware"]);
         assert_eq!(bad.len(), 1, "{bad:?}");
-        assert!(bad[0].contains("--cb-failure-threshold is not supported yet"));
+        assert!(bad[0].contains("--prefill-policy is not supported yet"));
         let (_, bad) = parse(&["--policy", "random", "--port", "1"]);
         assert!(bad.is_empty());
     }

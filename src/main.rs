@@ -17,12 +17,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Time to establish a TCP connection to a worker before answering 504.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time a client has to send a whole request head once it started (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time an idle client keep-alive connection stays open (nginx's default).
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 /// An admin call may include a health probe: it gets the probe's timeout plus this.
 const ADMIN_MARGIN: Duration = Duration::from_secs(5);
 
@@ -74,13 +68,37 @@ fn run(cli: Cli) -> Result<(), String> {
             .collect()
     };
     let health_timeout = Duration::from_secs(cli.health_check_timeout_secs);
+    let breaker = shards::breaker::BreakerConfig {
+        enabled: !cli.disable_circuit_breaker,
+        failure_threshold: cli.cb_failure_threshold.max(1),
+        success_threshold: cli.cb_success_threshold.max(1),
+        timeout: secs(cli.cb_timeout_duration_secs),
+        window: secs(cli.cb_window_duration_secs),
+    };
     let config = Arc::new(ShardConfig {
         listen,
         max_payload_bytes: cli.max_payload_size,
         request_timeout: Duration::from_secs(cli.request_timeout_secs),
-        connect_timeout: CONNECT_TIMEOUT,
-        header_read_timeout: HEADER_READ_TIMEOUT,
-        keepalive_timeout: KEEPALIVE_TIMEOUT,
+        connect_timeout: secs(cli.connect_timeout_secs),
+        head_timeout: secs(cli.upstream_head_timeout_secs),
+        stream_idle_timeout: secs(cli.stream_idle_timeout_secs),
+        header_read_timeout: secs(cli.client_header_timeout_secs),
+        keepalive_timeout: secs(cli.keepalive_timeout_secs),
+        retry: shards::proxy::retry::RetryConfig {
+            max_attempts: if cli.disable_retries {
+                1
+            } else {
+                cli.retry_max_retries.max(1)
+            },
+            initial_backoff: Duration::from_millis(cli.retry_initial_backoff_ms),
+            max_backoff: Duration::from_millis(cli.retry_max_backoff_ms),
+            multiplier: cli.retry_backoff_multiplier.max(1.0),
+            jitter: cli.retry_jitter_factor.clamp(0.0, 1.0),
+        },
+        breaker: breaker.clone(),
+        admission_slots: share(cli.max_concurrent_requests, shard_count),
+        admission_queue: share(cli.queue_size, shard_count),
+        queue_timeout: secs(cli.queue_timeout_secs),
         policy,
         policy_options: shards::policy::PolicyOptions {
             consistent_hash_load_factor: cli.consistent_hash_load_factor,
@@ -113,6 +131,7 @@ fn run(cli: Cli) -> Result<(), String> {
         policy: policy.name(),
         eviction_interval: Duration::from_secs(cli.eviction_interval_secs),
         max_tree_size: cli.max_tree_size as usize,
+        breaker,
     };
 
     // Signals are taken synchronously by this thread: block them before any other
@@ -211,6 +230,16 @@ fn run(cli: Cli) -> Result<(), String> {
     // Give the log writer a moment to flush the last lines.
     std::thread::sleep(Duration::from_millis(20));
     Ok(())
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// One shard's share of a router-wide limit, rounded up so the shares add up to at
+/// least the limit.
+fn share(total: u64, shards: usize) -> usize {
+    (total as usize).div_ceil(shards.max(1))
 }
 
 fn resolve_listen(host: &str, port: u16) -> Result<SocketAddr, String> {

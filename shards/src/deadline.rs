@@ -5,8 +5,12 @@
 //! three. Here a deadline is a slot in a per-shard vector (reused, so no allocation once
 //! warm) that a sweep task checks every [`DEADLINE_TICK`]. Deadlines are therefore late
 //! by up to one tick, which is nothing against timeouts counted in seconds.
+//!
+//! A request keeps one slot for all its timeouts: the total (`--request-timeout-secs`)
+//! is the slot's limit, and each phase (the answer head, the idle time between stream
+//! events) pulls it earlier with `phase`, which costs a store, not a new timer.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -24,17 +28,34 @@ struct Slot {
 }
 
 /// The deadlines of one shard.
-#[derive(Default)]
 pub struct Deadlines {
     slots: RefCell<Vec<Option<Slot>>>,
     free: RefCell<Vec<u32>>,
+    /// The time of the last sweep: a clock that costs nothing to read, exact to a tick.
+    now: Cell<Instant>,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            slots: RefCell::default(),
+            free: RefCell::default(),
+            now: Cell::new(Instant::now()),
+        }
+    }
 }
 
 impl Deadlines {
+    /// The coarse clock (see `now`).
+    pub fn now(&self) -> Instant {
+        self.now.get()
+    }
+
     /// A deadline `after` from now. With `on_drain`, draining the shard fires it too.
     pub fn start(&self, after: Duration, on_drain: bool) -> Deadline<'_> {
+        let limit = Instant::now() + after;
         let slot = Slot {
-            at: Instant::now() + after,
+            at: limit,
             fired: false,
             on_drain,
             waker: None,
@@ -50,11 +71,16 @@ impl Deadlines {
                 (slots.len() - 1) as u32
             }
         };
-        Deadline { set: self, key }
+        Deadline {
+            set: self,
+            key,
+            limit,
+        }
     }
 
     /// Fires every deadline that has passed; run once per tick.
     pub fn sweep(&self, now: Instant) {
+        self.now.set(now);
         self.fire_where(|s| s.at <= now);
     }
 
@@ -87,9 +113,36 @@ impl Deadlines {
 pub struct Deadline<'a> {
     set: &'a Deadlines,
     key: u32,
+    /// The time it was started for; phases never move it past this.
+    limit: Instant,
 }
 
 impl Deadline<'_> {
+    /// Fires `after` from now (coarse clock) or at the limit, whichever is first, and
+    /// re-arms a deadline that already fired.
+    pub fn phase(&mut self, after: Duration) {
+        let at = (self.set.now() + after).min(self.limit);
+        self.set_at(at);
+    }
+
+    /// Back to the limit alone.
+    pub fn end_phase(&mut self) {
+        let limit = self.limit;
+        self.set_at(limit);
+    }
+
+    /// The limit itself has passed (not just a phase).
+    pub fn limit_passed(&self) -> bool {
+        self.set.now() >= self.limit || Instant::now() >= self.limit
+    }
+
+    fn set_at(&mut self, at: Instant) {
+        if let Some(slot) = self.set.slots.borrow_mut()[self.key as usize].as_mut() {
+            slot.at = at;
+            slot.fired = false;
+        }
+    }
+
     #[cfg(test)]
     pub fn has_fired(&self) -> bool {
         self.set.slots.borrow()[self.key as usize]
@@ -145,5 +198,22 @@ mod tests {
         assert_eq!(d3.key, 0, "slot reused");
         drop((d2, d3));
         assert_eq!(set.active(), 0);
+    }
+
+    #[test]
+    fn phases_pull_the_limit_earlier_and_rearm() {
+        let set = Deadlines::default();
+        let t0 = set.now();
+        let mut d = set.start(Duration::from_secs(10), false);
+        d.phase(Duration::from_secs(1));
+        set.sweep(t0 + Duration::from_secs(2));
+        assert!(d.has_fired() && !d.limit_passed());
+        d.phase(Duration::from_secs(1)); // from the sweep's clock: t0 + 3 s
+        assert!(!d.has_fired());
+        set.sweep(t0 + Duration::from_millis(2500));
+        assert!(!d.has_fired());
+        d.phase(Duration::from_secs(60));
+        set.sweep(t0 + Duration::from_secs(11));
+        assert!(d.has_fired() && d.limit_passed(), "a phase never outlasts the limit");
     }
 }

@@ -21,6 +21,7 @@ pub fn metric_error_type(status: u16) -> &'static str {
         400 | 414 | 431 => "bad_request",
         408 => "request_timeout",
         413 => "payload_too_large",
+        429 => "queue_full",
         502 => "upstream_error",
         503 => "no_worker",
         504 => "upstream_timeout",
@@ -46,6 +47,20 @@ pub fn write_error(out: &mut Vec<u8>, minor: u8, status: u16, message: &str, clo
     }
     encode::end_head(out);
     out.extend_from_slice(body.as_bytes());
+}
+
+/// An SSE error event as vLLM ends a failed stream: `data: {"error": ...}` then
+/// `data: [DONE]`.
+pub fn sse_error_event(status: u16, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({
+        "error": {
+            "object": "error",
+            "message": message,
+            "type": error_type(status),
+            "code": status,
+        }
+    });
+    format!("data: {body}\n\ndata: [DONE]\n\n").into_bytes()
 }
 
 /// Writes a small answer produced by the router (health, admin).

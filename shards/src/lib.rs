@@ -2,6 +2,8 @@
 //! listener, codec, upstream pools and policy state. Shards share nothing on the request
 //! path; they learn about workers from deltas sent by the control core (see `link`).
 
+pub mod admission;
+pub mod breaker;
 pub mod codec;
 pub mod deadline;
 pub mod errors;

@@ -33,6 +33,12 @@ pub enum Delta {
         id: WorkerId,
         healthy: bool,
     },
+    /// The breaker of record for a worker changed (state or failure count).
+    Breaker {
+        id: WorkerId,
+        state: crate::breaker::BreakerState,
+        failures: u32,
+    },
     /// Stop accepting, finish what is in flight, then exit the executor.
     Drain,
     /// Other shards routed these texts to these workers (cache_aware trees). One batch
@@ -74,6 +80,13 @@ pub struct AdminReply {
 pub enum Report {
     /// A connect to this worker was refused or failed during traffic.
     WorkerUnreachable { shard: usize, id: WorkerId },
+    /// A breaker outcome the control core must count (see `breaker`): every failure,
+    /// and successes that reset a count or probe a half-open worker.
+    Outcome {
+        shard: usize,
+        id: WorkerId,
+        success: bool,
+    },
     /// The shard finished draining and its executor is about to exit.
     Drained { shard: usize },
     /// What this shard routed where since its last batch (forwarded to the others).

@@ -86,6 +86,10 @@ pub struct ShardMetrics {
     pub duration: [Histogram; ROUTES.len()],
     /// Time to the first body byte sent to the client: the TTFT for streams.
     pub ttfb: [Histogram; ROUTES.len()],
+    /// Retries (attempts after the first), by route.
+    pub retries: [u64; ROUTES.len()],
+    /// Requests whose every attempt failed, by route.
+    pub retries_exhausted: [u64; ROUTES.len()],
     /// (route, error type) -> count.
     pub errors: HashMap<(usize, &'static str), u64>,
     /// (route, method, status) -> count.
@@ -93,6 +97,8 @@ pub struct ShardMetrics {
     /// Per worker, filled from the shard's `WorkerSet` when the copy is taken.
     pub processed: HashMap<WorkerId, u64>,
     pub in_flight: HashMap<WorkerId, u32>,
+    /// Breaker outcomes per worker: (successes, failures).
+    pub outcomes: HashMap<WorkerId, (u64, u64)>,
     /// Times the policy chose each worker.
     pub decisions: HashMap<WorkerId, u64>,
     /// cache_aware: bytes of the routing tree per worker, and decisions by cache.

@@ -40,10 +40,20 @@ pub struct ShardConfig {
     pub max_payload_bytes: u64,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Time a worker has to send its answer head once the request is out.
+    pub head_timeout: Duration,
+    /// Longest silence from a worker between reads of an answer body.
+    pub stream_idle_timeout: Duration,
     /// Time allowed to receive a whole request head once its first byte arrived.
     pub header_read_timeout: Duration,
     /// Time an idle client keep-alive connection is kept open.
     pub keepalive_timeout: Duration,
+    pub retry: crate::proxy::retry::RetryConfig,
+    pub breaker: crate::breaker::BreakerConfig,
+    /// This shard's share of `--max-concurrent-requests` and `--queue-size`.
+    pub admission_slots: usize,
+    pub admission_queue: usize,
+    pub queue_timeout: Duration,
     pub policy: PolicyKind,
     pub policy_options: crate::policy::PolicyOptions,
     /// Sent to workers as `Authorization: Bearer`.
@@ -78,6 +88,7 @@ pub struct Shard {
     /// cache_aware inserts not yet reported: sent as one batch per deadline tick, so
     /// a request never costs a channel wake-up or a doorbell on the other shards.
     pub pending_inserts: RefCell<Vec<(WorkerId, std::sync::Arc<str>)>>,
+    pub admission: crate::admission::Admission,
 }
 
 impl Shard {
@@ -109,6 +120,37 @@ impl Shard {
 }
 
 impl Shard {
+    /// Counts an attempt's outcome for the worker's breaker. A shard that sees the
+    /// threshold crossed stops routing to the worker at once; the control core hears
+    /// of every outcome that may change the breaker of record.
+    pub fn record_outcome(&self, worker: WorkerId, success: bool) {
+        let mut workers = self.workers.borrow_mut();
+        let Some(w) = workers.get_mut(worker) else {
+            return;
+        };
+        if success {
+            w.outcomes.0 += 1;
+        } else {
+            w.outcomes.1 += 1;
+        }
+        let cfg = &self.config.breaker;
+        if !cfg.enabled {
+            return;
+        }
+        let admitted = w.breaker.admits();
+        let report = w.breaker.record(success, cfg.failure_threshold);
+        if w.breaker.admits() != admitted {
+            workers.refresh_routable();
+        }
+        if report {
+            let _ = self.reports.send(Report::Outcome {
+                shard: self.index,
+                id: worker,
+                success,
+            });
+        }
+    }
+
     /// Reports the cache_aware inserts gathered since the last tick, as one batch.
     pub fn send_inserts(&self) {
         let inserts = std::mem::take(&mut *self.pending_inserts.borrow_mut());
@@ -146,6 +188,7 @@ impl Shard {
             m.processed.insert(w.spec.id, w.processed);
             m.in_flight.insert(w.spec.id, w.in_flight);
             m.decisions.insert(w.spec.id, w.decisions);
+            m.outcomes.insert(w.spec.id, w.outcomes);
         }
         let policy = self.policy.borrow();
         m.tree_sizes = policy.tree_sizes().into_iter().collect();
@@ -220,6 +263,8 @@ async fn run_shard(
             return;
         }
     };
+    let admission =
+        crate::admission::Admission::new(config.admission_slots, config.admission_queue);
     let shard = Rc::new(Shard {
         index,
         policy: RefCell::new(
@@ -239,6 +284,7 @@ async fn run_shard(
         admin: AdminWaiters::default(),
         last_loads: RefCell::new(Vec::new()),
         pending_inserts: RefCell::new(Vec::new()),
+        admission,
     });
     // Deltas queued before the shard started (the initial worker set) apply first.
     while let Ok(d) = link.rx.try_recv() {

@@ -1,5 +1,6 @@
 //! A shard's own view of the workers; changed only by deltas, read by every request.
 
+use crate::breaker::BreakerView;
 use crate::messages::{Delta, WorkerId, WorkerSpec};
 
 /// One worker as this shard sees it.
@@ -14,6 +15,15 @@ pub struct Worker {
     pub remote_load: u32,
     /// Times this shard's policy chose the worker.
     pub decisions: u64,
+    /// This shard's copy of the worker's circuit breaker.
+    pub breaker: BreakerView,
+    /// Breaker outcomes this shard counted: (successes, failures).
+    pub outcomes: (u64, u64),
+    /// Healthy, admitted by its breaker, and not excluded for a retry: the policies
+    /// choose only among these.
+    pub routable: bool,
+    /// A failed attempt of the request being retried went here (see `exclude`).
+    excluded: bool,
 }
 
 impl Worker {
@@ -47,6 +57,10 @@ impl WorkerSet {
                     processed: 0,
                     remote_load: 0,
                     decisions: 0,
+                    breaker: BreakerView::default(),
+                    outcomes: (0, 0),
+                    routable: false,
+                    excluded: false,
                 }),
             },
             Delta::Remove(id) => self.workers.retain(|w| w.spec.id != *id),
@@ -64,14 +78,20 @@ impl WorkerSet {
                 }
                 return; // the routable set is unchanged
             }
+            Delta::Breaker {
+                id,
+                state,
+                failures,
+            } => {
+                if let Some(w) = self.get_mut(*id) {
+                    w.breaker.set(*state, *failures);
+                }
+            }
             Delta::Drain
             | Delta::AdminReply { .. }
             | Delta::CacheInserts(_)
             | Delta::CacheEvict { .. } => return,
         }
-        self.routable = (0..self.workers.len())
-            .filter(|&i| self.workers[i].spec.healthy)
-            .collect();
         self.by_id.iter_mut().for_each(|slot| *slot = 0);
         for (i, w) in self.workers.iter().enumerate() {
             let id = w.spec.id as usize;
@@ -79,6 +99,43 @@ impl WorkerSet {
                 self.by_id.resize(id + 1, 0);
             }
             self.by_id[id] = i as u32 + 1;
+        }
+        self.refresh_routable();
+    }
+
+    /// Recomputes which workers the policies may choose. Runs on deltas and on
+    /// breaker changes seen by this shard, never per request in steady state.
+    pub fn refresh_routable(&mut self) {
+        self.routable.clear();
+        for (i, w) in self.workers.iter_mut().enumerate() {
+            w.routable = w.spec.healthy && w.breaker.admits() && !w.excluded;
+            if w.routable {
+                self.routable.push(i);
+            }
+        }
+    }
+
+    /// Takes `ids` out of the choice for one retry, unless that leaves nothing to
+    /// choose: a retry avoids the workers that just failed only when others can serve.
+    /// Undo with `clear_excluded` before any `.await`.
+    pub fn exclude(&mut self, ids: &[WorkerId]) {
+        let others = self
+            .workers
+            .iter()
+            .any(|w| w.spec.healthy && w.breaker.admits() && !ids.contains(&w.spec.id));
+        if !others {
+            return;
+        }
+        for w in &mut self.workers {
+            w.excluded = ids.contains(&w.spec.id);
+        }
+        self.refresh_routable();
+    }
+
+    pub fn clear_excluded(&mut self) {
+        if self.workers.iter().any(|w| w.excluded) {
+            self.workers.iter_mut().for_each(|w| w.excluded = false);
+            self.refresh_routable();
         }
     }
 

@@ -183,6 +183,7 @@ fn remove(state: &Rc<RefCell<ControlState>>, url: &str) -> Result<(), AdminReply
         return Err(error(404, format!("no worker {url}")));
     }
     for id in ids {
+        s.breakers.forget(id);
         s.broadcast(Delta::Remove(id));
     }
     shards::info!("worker {url} removed through the admin API");

@@ -2,6 +2,7 @@
 //! knows (health, load). Served as text format 0.0.4 on
 //! `--prometheus-host:--prometheus-port/metrics`.
 
+use super::breakers::Breakers;
 use super::registry::Registry;
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
@@ -67,11 +68,13 @@ impl Aggregator {
     }
 
     /// The exposition text.
-    pub fn render(&self, registry: &Registry, policy: &str) -> String {
+    pub fn render(&self, registry: &Registry, policy: &str, breakers: &Breakers) -> String {
         let mut total = ShardMetrics::default();
         for m in self.shards.values() {
             for r in 0..ROUTES.len() {
                 total.requests[r] += m.requests[r];
+                total.retries[r] += m.retries[r];
+                total.retries_exhausted[r] += m.retries_exhausted[r];
                 total.duration[r].merge(&m.duration[r]);
                 total.ttfb[r].merge(&m.ttfb[r]);
             }
@@ -133,6 +136,20 @@ impl Aggregator {
                     )
                 })
                 .collect(),
+        ));
+        families.push(family(
+            "vllm_router_retries_total",
+            "Attempts after the first, by route.",
+            MetricType::COUNTER,
+            routes(&|r| (total.retries[r] > 0).then_some(total.retries[r] as f64)),
+        ));
+        families.push(family(
+            "vllm_router_retries_exhausted_total",
+            "Requests whose every attempt failed, by route.",
+            MetricType::COUNTER,
+            routes(&|r| {
+                (total.retries_exhausted[r] > 0).then_some(total.retries_exhausted[r] as f64)
+            }),
         ));
         let per_worker = |f: &dyn Fn(&super::registry::WorkerEntry) -> f64| {
             registry
@@ -203,6 +220,52 @@ impl Aggregator {
             "1 when the worker is healthy, else 0.",
             MetricType::GAUGE,
             per_worker(&|w| if w.health.healthy { 1.0 } else { 0.0 }),
+        ));
+        families.push(family(
+            "vllm_router_cb_state",
+            "Circuit breaker state per worker: 0 closed, 1 open, 2 half-open.",
+            MetricType::GAUGE,
+            per_worker(&|w| breakers.state(w.spec.id) as u8 as f64),
+        ));
+        let url = |id: WorkerId| {
+            registry
+                .workers
+                .iter()
+                .find(|w| w.spec.id == id)
+                .map(|w| w.spec.url.clone())
+        };
+        families.push(family(
+            "vllm_router_cb_state_transitions_total",
+            "Circuit breaker state changes per worker.",
+            MetricType::COUNTER,
+            breakers
+                .transitions()
+                .filter_map(|((id, from, to), n)| {
+                    let labels = vec![
+                        ("worker", url(*id)?),
+                        ("from", from.to_string()),
+                        ("to", to.to_string()),
+                    ];
+                    Some((labels, *n as f64))
+                })
+                .collect(),
+        ));
+        let mut outcomes = Vec::new();
+        for w in &registry.workers {
+            let (ok, failed) = self.shards.values().fold((0, 0), |(a, b), m| {
+                let (x, y) = m.outcomes.get(&w.spec.id).copied().unwrap_or((0, 0));
+                (a + x, b + y)
+            });
+            for (outcome, n) in [("success", ok), ("failure", failed)] {
+                let labels = vec![("worker", w.spec.url.clone()), ("outcome", outcome.to_string())];
+                outcomes.push((labels, n as f64));
+            }
+        }
+        families.push(family(
+            "vllm_router_cb_outcomes_total",
+            "Attempts counted by the circuit breakers, per worker and outcome (docs/resilience.md).",
+            MetricType::COUNTER,
+            outcomes,
         ));
         families.push(family(
             "vllm_router_active_workers",

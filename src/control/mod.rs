@@ -5,6 +5,7 @@
 //! out) and the report channel (reports in).
 
 pub mod admin;
+pub mod breakers;
 pub mod health;
 pub mod metrics;
 pub mod registry;
@@ -44,6 +45,7 @@ pub struct ControlConfig {
     /// cache_aware: evict every shard's tree down to `max_tree_size` this often.
     pub eviction_interval: Duration,
     pub max_tree_size: usize,
+    pub breaker: shards::breaker::BreakerConfig,
 }
 
 /// What the control core found at start-up.
@@ -64,6 +66,7 @@ pub struct ControlState {
     pub loads_dirty: bool,
     /// Per worker, what its own `/metrics` said at the last scrape.
     pub scraped: std::collections::HashMap<WorkerId, scrape::WorkerLoad>,
+    pub breakers: breakers::Breakers,
 }
 
 impl ControlState {
@@ -83,8 +86,10 @@ impl ControlState {
             "dp_rank": w.spec.dp_rank,
             "kv_cache_usage": self.scraped.get(&w.spec.id).map(|l| l.kv_cache_usage),
             "external_load": self.external_load(w.spec.id),
-            // Circuit breakers are not built yet.
-            "circuit_breaker": null,
+            "circuit_breaker": {
+                "state": self.breakers.state(w.spec.id).name(),
+                "consecutive_failures": self.breakers.failures(w.spec.id),
+            },
         })
     }
 
@@ -220,6 +225,7 @@ impl ControlCore {
             policy: config.policy,
             loads_dirty: false,
             scraped: std::collections::HashMap::new(),
+            breakers: breakers::Breakers::new(config.breaker.clone()),
         }));
 
         match startup_wait(&state, &config).await {
@@ -234,6 +240,9 @@ impl ControlCore {
 
         tokio::task::spawn_local(health_loop(state.clone(), config.clone()));
         tokio::task::spawn_local(load_loop(state.clone()));
+        if config.breaker.enabled {
+            tokio::task::spawn_local(breaker_loop(state.clone()));
+        }
         if matches!(config.policy, "power_of_two" | "cache_aware") {
             tokio::task::spawn_local(scrape_loop(state.clone(), config.probe.timeout));
         }
@@ -382,6 +391,27 @@ async fn load_loop(state: Rc<RefCell<ControlState>>) {
     }
 }
 
+/// Open breakers move to half-open when their time is up.
+async fn breaker_loop(state: Rc<RefCell<ControlState>>) {
+    let mut tick = tokio::time::interval(breakers::BREAKER_TICK);
+    loop {
+        tick.tick().await;
+        let mut s = state.borrow_mut();
+        for (id, delta) in s.breakers.tick(Instant::now()) {
+            shards::info!("circuit breaker of {} is half-open: probing", url_of(&s, id));
+            s.broadcast(delta);
+        }
+    }
+}
+
+fn url_of(s: &ControlState, id: WorkerId) -> String {
+    s.registry
+        .workers
+        .iter()
+        .find(|w| w.spec.id == id)
+        .map_or_else(|| format!("#{id}"), |w| w.spec.url.clone())
+}
+
 /// How often workers' `/metrics` are scraped for load-aware policies.
 const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -507,6 +537,23 @@ fn on_report(state: &Rc<RefCell<ControlState>>, report: Report) {
                 });
             }
         }
+        Report::Outcome { id, success, .. } => {
+            let mut s = state.borrow_mut();
+            let before = s.breakers.state(id);
+            if let Some(delta) = s.breakers.record(id, success, Instant::now()) {
+                let after = s.breakers.state(id);
+                if after != before {
+                    let url = url_of(&s, id);
+                    match after {
+                        shards::breaker::BreakerState::Open => {
+                            shards::warn!("circuit breaker of {url} opened: no traffic for now")
+                        }
+                        _ => shards::info!("circuit breaker of {url} is {}", after.name()),
+                    }
+                }
+                s.broadcast(delta);
+            }
+        }
         Report::Drained { shard } => shards::debug!("shard {shard} drained"),
     }
 }
@@ -575,7 +622,7 @@ async fn serve_metrics(state: Rc<RefCell<ControlState>>, listener: tokio::net::T
                 (
                     "200 OK",
                     "text/plain; version=0.0.4; charset=utf-8",
-                    s.metrics.render(&s.registry, s.policy),
+                    s.metrics.render(&s.registry, s.policy, &s.breakers),
                 )
             } else {
                 (

@@ -143,7 +143,7 @@ impl Policy for CacheAware {
                 .filter_map(|(id, len)| {
                     workers
                         .get(*id)
-                        .filter(|w| w.spec.healthy)
+                        .filter(|w| w.routable)
                         .map(|w| (w, *len))
                 })
                 .min_by(|(a, la), (b, lb)| a.load().cmp(&b.load()).then(lb.cmp(la)));

@@ -175,7 +175,7 @@ impl Policy for ConsistentHash {
         let mut fallback = None;
         for i in 0..self.ring.len() {
             let id = self.ring[(start + i) % self.ring.len()].1;
-            let Some(w) = workers.get(id).filter(|w| w.spec.healthy) else {
+            let Some(w) = workers.get(id).filter(|w| w.routable) else {
                 continue;
             };
             fallback.get_or_insert(id);

@@ -24,6 +24,11 @@ impl Random {
         self.state = x;
         x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
+
+    /// A uniform sample in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
 }
 
 impl Policy for Random {

@@ -1,6 +1,7 @@
-//! One exchange with one worker: lend a connection, send the request, read the answer
+//! One attempt with one worker: lend a connection, send the request, read the answer
 //! head, hand the body to `relay`, and return the connection to the pool if it is
-//! still good.
+//! still good. Whether another attempt follows is `retry`'s call; this module says
+//! what happened (`Attempt`) and what it means for the worker's breaker (`Verdict`).
 
 use super::headers::{
     write_client_head, write_upstream_head, ClientFraming, UpstreamBody, UpstreamTarget,
@@ -13,6 +14,8 @@ use crate::codec::limits::{MAX_RESPONSE_HEAD_BYTES, READ_BUFFER_BYTES};
 use crate::codec::response::ResponseHead;
 use crate::codec::Status;
 use crate::deadline::Deadline;
+use crate::breaker::BreakerState;
+use crate::codec::sse::SseScanner;
 use crate::messages::{Report, WorkerId};
 use crate::pool::{self, Upstream};
 use crate::server::Client;
@@ -35,52 +38,154 @@ pub enum RequestBody<'a> {
     Streamed,
 }
 
+impl RequestBody<'_> {
+    pub fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Replayable { .. })
+    }
+}
+
 /// Why no answer head came back; decides the status the client sees.
 enum Failure {
     Refused(io::Error),
     ConnectTimeout,
     Reset,
     BadResponse(&'static str),
+    /// No answer head within `--upstream-head-timeout-secs`.
+    HeadTimeout,
+    /// The request's own time (`--request-timeout-secs`) ran out.
     Deadline,
     ClientGone,
     /// The client's streamed chunked body was malformed.
     BadRequestBody(&'static str),
 }
 
-/// Counts a request in flight to a worker on this shard, for as long as it lives.
+impl Failure {
+    /// What the failure says about the worker.
+    fn verdict(&self) -> Verdict {
+        match self {
+            Failure::Refused(_)
+            | Failure::ConnectTimeout
+            | Failure::Reset
+            | Failure::BadResponse(_)
+            | Failure::HeadTimeout => Verdict::Failure,
+            Failure::Deadline | Failure::ClientGone | Failure::BadRequestBody(_) => {
+                Verdict::Neutral
+            }
+        }
+    }
+
+    /// Another worker might answer where this one did not.
+    fn retryable(&self) -> bool {
+        self.verdict() == Verdict::Failure
+    }
+}
+
+/// What an attempt says about the worker, for its circuit breaker (see `breaker`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Success,
+    Failure,
+    /// Not the worker's doing (the client left, the request's own time ran out).
+    Neutral,
+    /// A 500: the worker's fault only if another worker then serves the request.
+    Status500,
+}
+
+/// How an attempt ended for the client.
+pub enum AttemptEnd {
+    /// The client got its answer (or left). `keep`: its connection may carry another
+    /// request. `failed`: the answer is a failure a retry was meant for.
+    Answered { keep: bool, failed: bool },
+    /// Nothing reached the client and another worker may do better. The status and
+    /// message are what the client gets if no retry follows.
+    Retry { status: u16, message: String },
+}
+
+/// One attempt's result.
+pub struct Attempt {
+    pub end: AttemptEnd,
+    pub verdict: Verdict,
+}
+
+/// Statuses another worker may answer differently (REFERENCE.md).
+pub fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// 4xx answers are not the worker's failure; 408 and 429 (it is busy) are not proof
+/// of health either.
+fn status_verdict(status: u16) -> Verdict {
+    match status {
+        500 => Verdict::Status500,
+        502..=504 => Verdict::Failure,
+        408 | 429 => Verdict::Neutral,
+        _ => Verdict::Success,
+    }
+}
+
+/// Counts a request in flight to a worker on this shard, for as long as it lives; a
+/// request to a half-open worker also holds one of its probe places.
 struct InFlight<'a> {
     shard: &'a Shard,
     worker: WorkerId,
+    probe: bool,
 }
 
 impl<'a> InFlight<'a> {
     fn start(shard: &'a Shard, worker: WorkerId) -> Self {
-        if let Some(w) = shard.workers.borrow_mut().get_mut(worker) {
+        let mut workers = shard.workers.borrow_mut();
+        let mut probe = false;
+        if let Some(w) = workers.get_mut(worker) {
             w.in_flight += 1;
+            if w.breaker.state == BreakerState::HalfOpen {
+                w.breaker.probes += 1;
+                probe = true;
+            }
         }
-        InFlight { shard, worker }
+        if probe {
+            workers.refresh_routable();
+        }
+        InFlight {
+            shard,
+            worker,
+            probe,
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(w) = self.shard.workers.borrow_mut().get_mut(self.worker) {
+        let mut workers = self.shard.workers.borrow_mut();
+        if let Some(w) = workers.get_mut(self.worker) {
             w.in_flight = w.in_flight.saturating_sub(1);
+            if self.probe {
+                w.breaker.probes = w.breaker.probes.saturating_sub(1);
+            }
+        }
+        if self.probe {
+            workers.refresh_routable();
         }
     }
 }
 
-/// Sends the request in `c.head` with `body` to `worker` and relays the answer.
-/// Returns true when the client connection may carry another request.
+/// Sends the request in `c.head` with `body` to `worker` and relays the answer, unless
+/// it failed before any byte reached the client and `may_retry` allows another try.
 pub async fn forward(
     shard: &Shard,
     c: &mut Client,
     worker: WorkerId,
-    body: RequestBody<'_>,
+    body: &RequestBody<'_>,
     deadline: &mut Deadline<'_>,
-) -> bool {
-    let Some(addr) = write_request(shard, c, worker, &body) else {
-        return c.send_error(503, "worker was removed", false).await;
+    may_retry: bool,
+) -> Attempt {
+    let Some(addr) = write_request(shard, c, worker, body) else {
+        return Attempt {
+            end: AttemptEnd::Retry {
+                status: 503,
+                message: "worker was removed".to_string(),
+            },
+            verdict: Verdict::Neutral,
+        };
     };
     let _in_flight = InFlight::start(shard, worker);
     let mut watch = ClientWatch::new();
@@ -93,7 +198,7 @@ pub async fn forward(
     let mut allow_pool = replayable;
     let mut up = loop {
         let attempt = exchange_head(
-            shard, c, worker, addr, &body, allow_pool, &mut resp, &mut watch, deadline,
+            shard, c, worker, addr, body, allow_pool, &mut resp, &mut watch, deadline,
         )
         .await;
         match attempt {
@@ -111,11 +216,28 @@ pub async fn forward(
                     });
                 }
                 c.resp = resp;
-                return fail(shard, c, worker, failure).await;
+                let verdict = failure.verdict();
+                let retry = may_retry && failure.retryable();
+                let end = fail(shard, c, worker, failure, retry).await;
+                return Attempt { end, verdict };
             }
         }
     };
     c.out.clear();
+    let verdict = status_verdict(resp.status);
+    if may_retry && retryable_status(resp.status) {
+        // Dropping `up` closes it: its body is not worth reading for a reuse.
+        let url = worker_url(shard, worker);
+        let status = resp.status;
+        c.resp = resp;
+        return Attempt {
+            end: AttemptEnd::Retry {
+                status,
+                message: format!("worker {url} answered {status}"),
+            },
+            verdict,
+        };
+    }
 
     let framing = ClientFraming::choose(resp.framing, c.head.minor_version);
     let keep_client = c.head.keep_alive && framing.self_delimiting() && !shard.draining.get();
@@ -133,30 +255,124 @@ pub async fn forward(
         &[(REQUEST_ID_HEADER, id)],
     );
     let mut decoder = BodyDecoder::new(resp.framing);
-    let end = relay_body(c, &mut up, framing, &mut decoder, &mut watch, deadline).await;
+    let mut sse = resp.is_event_stream().then(SseScanner::default);
+    let idle = shard.config.stream_idle_timeout;
+    let end = relay_body(
+        c,
+        &mut up,
+        framing,
+        &mut decoder,
+        sse.as_mut(),
+        &mut watch,
+        deadline,
+        idle,
+    )
+    .await;
     let reusable = resp.keep_alive && decoder.is_done();
     c.resp = resp;
+    let failed = retryable_status(c.outcome.status);
+    let answered = |keep, verdict| Attempt {
+        end: AttemptEnd::Answered { keep, failed },
+        verdict,
+    };
     match end {
         RelayEnd::Complete => {
             if reusable {
                 shard.pool.borrow_mut().give(up, Instant::now());
             }
-            keep_client
+            answered(keep_client, verdict)
         }
         // Dropping `up` closes the worker's socket: vLLM aborts the generation.
         RelayEnd::ClientGone => {
             c.outcome.error = Some("client_gone");
-            false
+            let v = if verdict == Verdict::Failure {
+                Verdict::Failure
+            } else {
+                Verdict::Neutral
+            };
+            answered(false, v)
         }
-        RelayEnd::UpstreamFailed => {
-            c.outcome.error = Some("stream_interrupted");
-            false
-        }
-        RelayEnd::TimedOut => {
-            c.outcome.error = Some("upstream_timeout");
-            false
+        RelayEnd::UpstreamFailed | RelayEnd::TimedOut => {
+            let timed_out = end == RelayEnd::TimedOut;
+            let total = timed_out && deadline.limit_passed();
+            c.outcome.error = Some(if timed_out {
+                "upstream_timeout"
+            } else {
+                "stream_interrupted"
+            });
+            let (status, message) = if total {
+                (504, "the request timed out".to_string())
+            } else if timed_out {
+                (
+                    504,
+                    format!(
+                        "worker {} sent nothing for {}s",
+                        worker_url(shard, worker),
+                        idle.as_secs()
+                    ),
+                )
+            } else {
+                (
+                    502,
+                    format!("worker {} failed mid-answer", worker_url(shard, worker)),
+                )
+            };
+            if let Some(sse) = &sse {
+                end_stream_with_error(c, framing, &decoder, sse, status, &message).await;
+            }
+            let v = if total {
+                Verdict::Neutral
+            } else {
+                Verdict::Failure
+            };
+            answered(false, v)
         }
     }
+}
+
+/// A worker that fails mid-stream: the client has the events so far; give it an SSE
+/// error event in vLLM's shape, `[DONE]` and a proper end of body, so an SDK reports
+/// an error instead of a truncated stream. Only possible between events and between
+/// chunks; otherwise the connection just closes (a client drops a partial event).
+async fn end_stream_with_error(
+    c: &mut Client,
+    framing: ClientFraming,
+    decoder: &BodyDecoder,
+    sse: &SseScanner,
+    status: u16,
+    message: &str,
+) {
+    let between_chunks = match decoder {
+        BodyDecoder::Chunked(d) => d.at_chunk_boundary(),
+        _ => true,
+    };
+    let can_append = matches!(
+        framing,
+        ClientFraming::Chunked
+            | ClientFraming::Rechunk
+            | ClientFraming::Dechunk
+            | ClientFraming::UntilClose
+    );
+    if !(can_append && between_chunks && sse.at_boundary()) {
+        return;
+    }
+    let event = crate::errors::sse_error_event(status, message);
+    c.out.clear();
+    if matches!(framing, ClientFraming::Chunked | ClientFraming::Rechunk) {
+        crate::codec::encode::chunk(&mut c.out, &event);
+        c.out.extend_from_slice(crate::codec::encode::LAST_CHUNK);
+    } else {
+        c.out.extend_from_slice(&event);
+    }
+    let _ = c.flush_out().await;
+}
+
+fn worker_url(shard: &Shard, worker: WorkerId) -> String {
+    shard
+        .workers
+        .borrow()
+        .get(worker)
+        .map_or_else(|| format!("#{worker}"), |w| w.spec.url.clone())
 }
 
 /// Writes the upstream head (and a small replayable body) into `c.out`. None when the
@@ -249,6 +465,8 @@ async fn exchange_head(
             SendError::Upstream(e) => (Failure::Refused(e), false),
         });
     }
+    // The request is out: the worker has `--upstream-head-timeout-secs` to answer.
+    deadline.phase(shard.config.head_timeout);
     loop {
         if !up.rbuf.is_empty() {
             match resp.parse(up.rbuf.filled(), c.head.is_head()) {
@@ -270,7 +488,8 @@ async fn exchange_head(
             }
             Wake::Upstream(Ok(_)) => {}
             Wake::ClientGone => return Err((Failure::ClientGone, false)),
-            Wake::Deadline => return Err((Failure::Deadline, false)),
+            Wake::Deadline if deadline.limit_passed() => return Err((Failure::Deadline, false)),
+            Wake::Deadline => return Err((Failure::HeadTimeout, false)),
         }
     }
 }
@@ -351,13 +570,17 @@ async fn stream_body(
     }
 }
 
-/// Answers the client for an exchange that produced no answer head.
-async fn fail(shard: &Shard, c: &mut Client, worker: WorkerId, failure: Failure) -> bool {
-    let url = shard
-        .workers
-        .borrow()
-        .get(worker)
-        .map_or_else(|| format!("#{worker}"), |w| w.spec.url.clone());
+/// Answers the client for an exchange that produced no answer head, or hands the
+/// answer it would have got to the retry loop.
+async fn fail(
+    shard: &Shard,
+    c: &mut Client,
+    worker: WorkerId,
+    failure: Failure,
+    retry: bool,
+) -> AttemptEnd {
+    let url = worker_url(shard, worker);
+    let failed = failure.retryable();
     let (status, message) = match failure {
         Failure::Refused(e) => (502, format!("worker {url} unreachable: {e}")),
         Failure::ConnectTimeout => (504, format!("timed out connecting to worker {url}")),
@@ -366,11 +589,28 @@ async fn fail(shard: &Shard, c: &mut Client, worker: WorkerId, failure: Failure)
             format!("worker {url} closed the connection before answering"),
         ),
         Failure::BadResponse(m) => (502, format!("{m} ({url})")),
+        Failure::HeadTimeout => (
+            504,
+            format!(
+                "worker {url} did not answer within {}s",
+                shard.config.head_timeout.as_secs()
+            ),
+        ),
         Failure::Deadline => (504, "request timed out waiting for the worker".to_string()),
         Failure::BadRequestBody(m) => (400, m.to_string()),
-        Failure::ClientGone => return false,
+        Failure::ClientGone => {
+            c.outcome.error = Some("client_gone");
+            return AttemptEnd::Answered {
+                keep: false,
+                failed: false,
+            };
+        }
     };
     crate::debug!("shard {}: {} -> {status}: {message}", shard.index, url);
+    if retry {
+        return AttemptEnd::Retry { status, message };
+    }
     // The request body may be half-read (streamed): close after the error.
-    c.send_error(status, &message, false).await
+    let keep = c.send_error(status, &message, false).await;
+    AttemptEnd::Answered { keep, failed }
 }

@@ -2,7 +2,8 @@
 //!
 //! - `route`: which kind of endpoint a path is, and so which routing mode it takes;
 //! - `pipeline`: the three routing modes (head only, JSON body, multi-leg);
-//! - `forward`: one exchange with one worker;
+//! - `retry`: more attempts on other workers, with backoff, before the answer starts;
+//! - `forward`: one attempt with one worker;
 //! - `relay`: the answer's body, from worker to client, event by event;
 //! - `headers`: what is rewritten between the two sides;
 //! - `wait`: racing a worker read against the client leaving and the deadline;
@@ -14,5 +15,6 @@ pub mod pd;
 pub mod pipeline;
 pub mod relay;
 pub mod request_id;
+pub mod retry;
 pub mod route;
 pub mod wait;

@@ -7,8 +7,11 @@
 //! 3. multi-leg: the JSON body is rewritten and sent to two workers in turn (P/D,
 //!    see `pd`; not built yet).
 
-use super::forward::{forward, RequestBody};
+use super::forward::RequestBody;
 use super::request_id::request_id;
+use super::retry::forward_with_retries;
+use super::wait::{watch_client, ClientWatch, Waited};
+use crate::admission::{Admit, Permit};
 use super::route::{classify, RouteKind};
 use crate::codec::body::BodyDecoder;
 use crate::codec::framing::BodyFraming;
@@ -43,6 +46,11 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
         &shard.config.request_id_headers,
         &mut shard.rng.borrow_mut(),
     );
+    // Held until the answer has ended, streams included.
+    let _slot = match admit(shard, c).await {
+        Ok(slot) => slot,
+        Err(keep) => return keep,
+    };
     let mut deadline = shard.deadlines.start(shard.config.request_timeout, false);
     let buffered = classify(c.head.method(), c.head.path()) == RouteKind::Generation
         || shard.policy.borrow().needs_body();
@@ -96,7 +104,7 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
                 bytes: &body,
                 declared,
             };
-            forward(shard, c, worker, req_body, deadline).await
+            forward_with_retries(shard, c, worker, req_body, json.as_ref(), deadline).await
         }
         None => no_worker(c, true).await,
     };
@@ -129,15 +137,46 @@ async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
                 bytes: &body,
                 declared,
             };
-            let keep = forward(shard, c, worker, req_body, deadline).await;
+            let keep = forward_with_retries(shard, c, worker, req_body, None, deadline).await;
             c.body = body;
             keep
         }
-        None => forward(shard, c, worker, RequestBody::Streamed, deadline).await,
+        None => forward_with_retries(shard, c, worker, RequestBody::Streamed, None, deadline).await,
     }
 }
 
-fn pick(shard: &Shard, c: &Client, json: Option<&serde_json::Value>) -> Option<WorkerId> {
+/// Takes an admission slot, queueing for one if need be. Err carries what `handle`
+/// returns when the request was answered instead (429, 408) or the client left.
+async fn admit<'s>(shard: &'s Shard, c: &mut Client) -> Result<Permit<'s>, bool> {
+    let ticket = match shard.admission.admit() {
+        Admit::Now(permit) => return Ok(permit),
+        Admit::Queued(ticket) => ticket,
+        Admit::Full => {
+            let keep = !c.head.has_body();
+            return Err(c
+                .send_error(429, "too many requests: the router's queue is full", keep)
+                .await);
+        }
+    };
+    let mut deadline = shard.deadlines.start(shard.config.queue_timeout, false);
+    let mut watch = ClientWatch::new();
+    match watch_client(ticket, c, &mut watch, &mut deadline).await {
+        Waited::Done(permit) => Ok(permit),
+        Waited::ClientGone => {
+            c.outcome.error = Some("client_gone");
+            Err(false)
+        }
+        Waited::Deadline => {
+            let msg = format!(
+                "request waited {}s in the router's queue",
+                shard.config.queue_timeout.as_secs()
+            );
+            Err(c.send_error(408, &msg, false).await)
+        }
+    }
+}
+
+pub(super) fn pick(shard: &Shard, c: &Client, json: Option<&serde_json::Value>) -> Option<WorkerId> {
     let input = RouteInput {
         head: &c.head,
         json,

@@ -10,11 +10,12 @@ use super::wait::{read_upstream, ClientWatch, Wake};
 use crate::codec::body::BodyDecoder;
 use crate::codec::encode;
 use crate::codec::limits::READ_BUFFER_BYTES;
+use crate::codec::sse::SseScanner;
 use crate::deadline::Deadline;
 use crate::pool::Upstream;
 use crate::server::Client;
 use futures_lite::AsyncWriteExt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How a relayed body ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,22 +29,39 @@ pub enum RelayEnd {
 }
 
 /// Forwards the body. `c.out` may hold the client head; it leaves with the first bytes.
+/// `sse` (event streams) tracks event boundaries; the worker may stay silent for at
+/// most `idle` between reads.
+#[allow(clippy::too_many_arguments)]
 pub async fn relay_body(
     c: &mut Client,
     up: &mut Upstream,
     framing: ClientFraming,
     decoder: &mut BodyDecoder,
+    mut sse: Option<&mut SseScanner>,
     watch: &mut ClientWatch,
     deadline: &mut Deadline<'_>,
+    idle: Duration,
 ) -> RelayEnd {
+    deadline.phase(idle);
     loop {
         if !up.rbuf.is_empty() || decoder.is_done() {
             let input = up.rbuf.filled();
             let out = &mut c.out;
-            let fed = match framing {
-                ClientFraming::Rechunk => decoder.feed(input, |d| encode::chunk(out, d)),
-                ClientFraming::Dechunk => decoder.feed(input, |d| out.extend_from_slice(d)),
-                _ => decoder.feed(input, |_| {}),
+            let fed = match (framing, sse.as_deref_mut()) {
+                (ClientFraming::Rechunk, Some(s)) => decoder.feed(input, |d| {
+                    s.feed(d);
+                    encode::chunk(out, d)
+                }),
+                (ClientFraming::Rechunk, None) => decoder.feed(input, |d| encode::chunk(out, d)),
+                (ClientFraming::Dechunk, Some(s)) => decoder.feed(input, |d| {
+                    s.feed(d);
+                    out.extend_from_slice(d)
+                }),
+                (ClientFraming::Dechunk, None) => decoder.feed(input, |d| out.extend_from_slice(d)),
+                (_, Some(s)) => decoder.feed(input, |d| {
+                    s.feed(d);
+                }),
+                (_, None) => decoder.feed(input, |_| {}),
             };
             let Ok(progress) = fed else {
                 return RelayEnd::UpstreamFailed;
@@ -94,7 +112,7 @@ pub async fn relay_body(
                     RelayEnd::ClientGone
                 };
             }
-            Wake::Upstream(Ok(_)) => {}
+            Wake::Upstream(Ok(_)) => deadline.phase(idle),
             Wake::Upstream(Err(_)) => return RelayEnd::UpstreamFailed,
             Wake::ClientGone => return RelayEnd::ClientGone,
             Wake::Deadline => return RelayEnd::TimedOut,

@@ -79,3 +79,43 @@ pub async fn read_upstream(
         }
     }
 }
+
+/// What ended `watch_client`.
+pub enum Waited<T> {
+    Done(T),
+    ClientGone,
+    Deadline,
+}
+
+/// Awaits `fut` (a backoff pause, a place in the admission queue) while watching the
+/// client and a deadline, so a client that leaves stops waiting at once.
+pub async fn watch_client<T>(
+    fut: impl std::future::Future<Output = T>,
+    c: &mut Client,
+    watch: &mut ClientWatch,
+    deadline: &mut Deadline<'_>,
+) -> Waited<T> {
+    let fut = async { Waited::Done(fut.await) };
+    let client = async {
+        loop {
+            if !watch.enabled {
+                return pending().await;
+            }
+            match c
+                .rbuf
+                .read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES)
+                .await
+            {
+                Ok(0) => return Waited::ClientGone,
+                Ok(_) => {} // body or pipelined bytes: kept for later
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => watch.enabled = false,
+                Err(_) => return Waited::ClientGone,
+            }
+        }
+    };
+    let expired = async {
+        (&mut *deadline).await;
+        Waited::Deadline
+    };
+    or(fut, or(client, expired)).await
+}
