@@ -129,7 +129,10 @@ impl Drop for Ticket<'_> {
         if waiter.granted.get() {
             self.set.release();
         } else {
-            self.set.queue.borrow_mut().retain(|w| !Rc::ptr_eq(w, &waiter));
+            self.set
+                .queue
+                .borrow_mut()
+                .retain(|w| !Rc::ptr_eq(w, &waiter));
         }
     }
 }
@@ -143,7 +146,9 @@ mod tests {
     fn slots_then_queue_then_full() {
         let a = Admission::new(1, 1);
         let Admit::Now(p1) = a.admit() else { panic!() };
-        let Admit::Queued(mut t) = a.admit() else { panic!() };
+        let Admit::Queued(mut t) = a.admit() else {
+            panic!()
+        };
         assert!(matches!(a.admit(), Admit::Full));
         assert_eq!(a.usage(), (1, 1));
         assert!(block_on(poll_once(&mut t)).is_none());
@@ -159,8 +164,12 @@ mod tests {
     fn leaving_the_queue_frees_its_place_and_any_grant() {
         let a = Admission::new(1, 2);
         let Admit::Now(p) = a.admit() else { panic!() };
-        let Admit::Queued(t1) = a.admit() else { panic!() };
-        let Admit::Queued(t2) = a.admit() else { panic!() };
+        let Admit::Queued(t1) = a.admit() else {
+            panic!()
+        };
+        let Admit::Queued(t2) = a.admit() else {
+            panic!()
+        };
         drop(t1); // gave up (timeout)
         assert_eq!(a.usage(), (1, 1));
         drop(p); // grant goes to t2, which is dropped before it looks

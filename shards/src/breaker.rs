@@ -101,7 +101,12 @@ pub type Transition = (BreakerState, BreakerState);
 
 impl Breaker {
     /// Counts one outcome. Returns the transition it caused, if any.
-    pub fn record(&mut self, success: bool, cfg: &BreakerConfig, now: Instant) -> Option<Transition> {
+    pub fn record(
+        &mut self,
+        success: bool,
+        cfg: &BreakerConfig,
+        now: Instant,
+    ) -> Option<Transition> {
         let from = self.state;
         match (self.state, success) {
             (BreakerState::Closed, true) => self.failures = 0,

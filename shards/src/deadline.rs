@@ -214,6 +214,9 @@ mod tests {
         assert!(!d.has_fired());
         d.phase(Duration::from_secs(60));
         set.sweep(t0 + Duration::from_secs(11));
-        assert!(d.has_fired() && d.limit_passed(), "a phase never outlasts the limit");
+        assert!(
+            d.has_fired() && d.limit_passed(),
+            "a phase never outlasts the limit"
+        );
     }
 }

@@ -85,7 +85,9 @@ impl Breakers {
         self.by_worker.get(&id).map_or(0, |b| b.failures)
     }
 
-    pub fn transitions(&self) -> impl Iterator<Item = (&(WorkerId, &'static str, &'static str), &u64)> {
+    pub fn transitions(
+        &self,
+    ) -> impl Iterator<Item = (&(WorkerId, &'static str, &'static str), &u64)> {
         self.transitions.iter()
     }
 

@@ -257,7 +257,10 @@ impl Aggregator {
                 (a + x, b + y)
             });
             for (outcome, n) in [("success", ok), ("failure", failed)] {
-                let labels = vec![("worker", w.spec.url.clone()), ("outcome", outcome.to_string())];
+                let labels = vec![
+                    ("worker", w.spec.url.clone()),
+                    ("outcome", outcome.to_string()),
+                ];
                 outcomes.push((labels, n as f64));
             }
         }

@@ -398,7 +398,10 @@ async fn breaker_loop(state: Rc<RefCell<ControlState>>) {
         tick.tick().await;
         let mut s = state.borrow_mut();
         for (id, delta) in s.breakers.tick(Instant::now()) {
-            shards::info!("circuit breaker of {} is half-open: probing", url_of(&s, id));
+            shards::info!(
+                "circuit breaker of {} is half-open: probing",
+                url_of(&s, id)
+            );
             s.broadcast(delta);
         }
     }

@@ -407,6 +407,26 @@ impl Conn {
     pub fn buffered(&self) -> &[u8] {
         &self.buf
     }
+
+    /// Everything until the server closes the connection, raw.
+    pub fn read_to_close(&mut self) -> Vec<u8> {
+        while self.fill() {}
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// The value of the first sample of `name` whose labels contain every `labels` pair
+/// (`name{a="x"}` style), or None when absent.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .find(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

@@ -129,8 +129,10 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
         "body": v.clone(),
     }));
     let slow = header_u64(c, b"x-mock-slow-headers-ms").unwrap_or(cfg.slow_headers_ms);
-    if slow > 0 {
-        glommio::timer::sleep(Duration::from_millis(slow)).await;
+    if slow > 0 && !pause(c, Duration::from_millis(slow)).await {
+        // The client left before the head: vLLM would abort the request.
+        shared.cancelled.fetch_add(1, Ordering::Relaxed);
+        return false;
     }
     let forced = header_u64(c, b"x-mock-status")
         .map(|s| s as u16)

@@ -140,12 +140,7 @@ impl Policy for CacheAware {
                 .matches
                 .iter()
                 .filter(|(_, len)| *len as f64 > threshold)
-                .filter_map(|(id, len)| {
-                    workers
-                        .get(*id)
-                        .filter(|w| w.routable)
-                        .map(|w| (w, *len))
-                })
+                .filter_map(|(id, len)| workers.get(*id).filter(|w| w.routable).map(|w| (w, *len)))
                 .min_by(|(a, la), (b, lb)| a.load().cmp(&b.load()).then(lb.cmp(la)));
             match best {
                 Some((w, _)) if w.load() < min_load + PILE_UP_SLACK => {

@@ -9,13 +9,13 @@ use super::headers::{
 };
 use super::relay::{relay_body, RelayEnd};
 use super::wait::{read_upstream, ClientWatch, Wake};
+use crate::breaker::BreakerState;
 use crate::codec::body::BodyDecoder;
 use crate::codec::limits::{MAX_RESPONSE_HEAD_BYTES, READ_BUFFER_BYTES};
 use crate::codec::response::ResponseHead;
+use crate::codec::sse::SseScanner;
 use crate::codec::Status;
 use crate::deadline::Deadline;
-use crate::breaker::BreakerState;
-use crate::codec::sse::SseScanner;
 use crate::messages::{Report, WorkerId};
 use crate::pool::{self, Upstream};
 use crate::server::Client;

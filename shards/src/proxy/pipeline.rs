@@ -10,9 +10,9 @@
 use super::forward::RequestBody;
 use super::request_id::request_id;
 use super::retry::forward_with_retries;
+use super::route::{classify, RouteKind};
 use super::wait::{watch_client, ClientWatch, Waited};
 use crate::admission::{Admit, Permit};
-use super::route::{classify, RouteKind};
 use crate::codec::body::BodyDecoder;
 use crate::codec::framing::BodyFraming;
 use crate::codec::limits::READ_BUFFER_BYTES;
@@ -176,7 +176,11 @@ async fn admit<'s>(shard: &'s Shard, c: &mut Client) -> Result<Permit<'s>, bool>
     }
 }
 
-pub(super) fn pick(shard: &Shard, c: &Client, json: Option<&serde_json::Value>) -> Option<WorkerId> {
+pub(super) fn pick(
+    shard: &Shard,
+    c: &Client,
+    json: Option<&serde_json::Value>,
+) -> Option<WorkerId> {
     let input = RouteInput {
         head: &c.head,
         json,
