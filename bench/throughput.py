@@ -59,6 +59,9 @@ def main():
     ap.add_argument("--published", default=os.environ.get("PUBLISHED_ROUTER", ""),
                     help="path of the published vllm-router executable")
     ap.add_argument("--router", default=os.path.join(ROOT, "target/release/vllm-router"))
+    ap.add_argument("--baseline-router", default=None,
+                    help="another vllm-router build measured alongside (A/B of a change)")
+    ap.add_argument("--no-nginx-proxy", action="store_true", help="skip the nginx proxy_pass target")
     ap.add_argument("--rounds", type=int, default=3,
                     help="targets are measured in turn, this many times; the table shows medians")
     ap.add_argument("--pin", action="store_true",
@@ -92,10 +95,18 @@ def main():
                    "--worker-urls", f"http://127.0.0.1:{backend}"], ours, "vllm-router")
         targets.append(("vllm-router (this project)", ours, p.pid))
 
-        ngx = free_port()
-        p = start(proxy_cpu + ["nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
-                                                        WORKERS=args.shards)], ngx, "nginx-proxy")
-        targets.append((f"nginx proxy_pass ({args.shards} workers)", ngx, p.pid))
+        if args.baseline_router:
+            base = free_port()
+            p = start(proxy_cpu + [args.baseline_router, "--port", str(base), "--prometheus-port", str(free_port()),
+                                   "--shards", str(args.shards), "--policy", "round_robin",
+                       "--worker-urls", f"http://127.0.0.1:{backend}"], base, "baseline")
+            targets.append(("vllm-router (baseline build)", base, p.pid))
+
+        if not args.no_nginx_proxy:
+            ngx = free_port()
+            p = start(proxy_cpu + ["nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
+                                                            WORKERS=args.shards)], ngx, "nginx-proxy")
+            targets.append((f"nginx proxy_pass ({args.shards} workers)", ngx, p.pid))
 
         if args.published:
             pub = free_port()
