@@ -132,6 +132,13 @@ impl WorkerSet {
         self.refresh_routable();
     }
 
+    /// Healthy workers, and how many of them their breaker keeps out (for the 503).
+    pub fn unavailable_counts(&self) -> (usize, usize) {
+        let healthy = self.workers.iter().filter(|w| w.spec.healthy);
+        let open = healthy.clone().filter(|w| !w.breaker.admits()).count();
+        (healthy.count(), open)
+    }
+
     pub fn clear_excluded(&mut self) {
         if self.workers.iter().any(|w| w.excluded) {
             self.workers.iter_mut().for_each(|w| w.excluded = false);

@@ -106,7 +106,7 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
             };
             forward_with_retries(shard, c, worker, req_body, json.as_ref(), deadline).await
         }
-        None => no_worker(c, true).await,
+        None => no_worker(shard, c, true).await,
     };
     if body.capacity() <= KEEP_BODY_CAPACITY {
         c.body = body;
@@ -119,7 +119,7 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
 /// request stays replayable; otherwise it streams through.
 async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
     let Some(worker) = pick(shard, c, None) else {
-        return no_worker(c, !c.head.has_body()).await;
+        return no_worker(shard, c, !c.head.has_body()).await;
     };
     let whole = match c.head.framing {
         BodyFraming::Empty => Some(0),
@@ -201,9 +201,17 @@ pub(super) fn pick(
     picked
 }
 
-async fn no_worker(c: &mut Client, body_read: bool) -> bool {
-    c.send_error(503, "no healthy worker is available", body_read)
-        .await
+async fn no_worker(shard: &Shard, c: &mut Client, body_read: bool) -> bool {
+    let (healthy, open) = shard.workers.borrow().unavailable_counts();
+    let msg = if open > 0 {
+        format!(
+            "no worker is available: {open} of {healthy} healthy worker(s) have an open \
+             circuit breaker after repeated failures"
+        )
+    } else {
+        "no healthy worker is available".to_string()
+    };
+    c.send_error(503, &msg, body_read).await
 }
 
 enum BodyError {

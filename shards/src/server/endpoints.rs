@@ -15,7 +15,7 @@ pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<u16> {
     let (status, body): (u16, &[u8]) = match c.head.path() {
         b"/liveness" => (200, br#"{"status":"alive"}"#),
         b"/health" | b"/readiness" if routable > 0 => (200, br#"{"status":"ready"}"#),
-        b"/health" | b"/readiness" => (503, br#"{"status":"no healthy workers"}"#),
+        b"/health" | b"/readiness" => (503, br#"{"status":"no available workers"}"#),
         _ => return None,
     };
     let close = !c.head.keep_alive || c.head.has_body() || shard.draining.get();
