@@ -71,6 +71,10 @@ pub struct Cli {
     // --- workers and policy ---
     #[arg(long, num_args = 0..)]
     pub worker_urls: Vec<String>,
+    /// A file with one worker URL per line, read at start and again on SIGHUP
+    /// (`systemctl reload`); ours.
+    #[arg(long)]
+    pub worker_urls_file: Option<PathBuf>,
     #[arg(long, default_value = "cache_aware", value_parser = POLICIES)]
     pub policy: String,
     #[arg(long, value_parser = POLICIES)]

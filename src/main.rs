@@ -3,6 +3,7 @@
 
 mod cli;
 mod control;
+mod notify;
 mod preflight;
 
 use cli::Cli;
@@ -51,8 +52,19 @@ fn run(cli: Cli) -> Result<(), String> {
     preflight::check_memlock(shard_count)?;
 
     let listen = resolve_listen(&cli.host, cli.port)?;
+    // The worker list file joins the command line's workers.
+    let mut worker_urls = cli.worker_urls.clone();
+    let file_urls = match &cli.worker_urls_file {
+        Some(path) => control::reload::read_worker_file(path)?,
+        None => Vec::new(),
+    };
+    for url in &file_urls {
+        if !worker_urls.iter().any(|u| u.trim_end_matches('/') == url) {
+            worker_urls.push(url.clone());
+        }
+    }
     // A malformed URL is a configuration error: say so before binding anything.
-    for url in &cli.worker_urls {
+    for url in &worker_urls {
         control::registry::parse_worker_url(url)?;
     }
     let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
@@ -114,8 +126,9 @@ fn run(cli: Cli) -> Result<(), String> {
         admin_timeout: health_timeout + ADMIN_MARGIN,
     });
     let prometheus = resolve_listen(&cli.prometheus_host, cli.prometheus_port)?;
+    let notifier = notify::Notifier::from_env().map(Arc::new);
     let control_config = ControlConfig {
-        worker_urls: cli.worker_urls.clone(),
+        worker_urls: worker_urls.clone(),
         dp_size: cli.intra_node_data_parallel_size.max(1),
         probe: ProbeConfig {
             endpoint: cli.health_check_endpoint.clone(),
@@ -132,6 +145,9 @@ fn run(cli: Cli) -> Result<(), String> {
         eviction_interval: Duration::from_secs(cli.eviction_interval_secs),
         max_tree_size: cli.max_tree_size as usize,
         breaker,
+        worker_urls_file: cli.worker_urls_file.clone(),
+        file_urls,
+        notifier: notifier.clone(),
     };
 
     // Signals are taken synchronously by this thread: block them before any other
@@ -139,6 +155,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGINT);
     signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGHUP);
     signals
         .thread_block()
         .map_err(|e| format!("cannot block signals: {e}"))?;
@@ -153,7 +170,7 @@ fn run(cli: Cli) -> Result<(), String> {
         control_ends.push(c);
         shard_ends.push(s);
     }
-    let (command_tx, command_rx) = crossbeam_channel::bounded(1);
+    let (command_tx, command_rx) = crossbeam_channel::bounded(4);
     let (started_tx, started_rx) = crossbeam_channel::bounded(1);
     let control = std::thread::Builder::new()
         .name("control".into())
@@ -167,11 +184,8 @@ fn run(cli: Cli) -> Result<(), String> {
             .run(started_tx)
         })
         .map_err(|e| format!("cannot start the control core: {e}"))?;
-    if !cli.worker_urls.is_empty() {
-        shards::info!(
-            "checking {} worker(s) before serving",
-            cli.worker_urls.len()
-        );
+    if !worker_urls.is_empty() {
+        shards::info!("checking {} worker(s) before serving", worker_urls.len());
     }
     let started = started_rx
         .recv()
@@ -209,7 +223,27 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
 
-    let signal = signals.wait().map_err(|e| format!("sigwait failed: {e}"))?;
+    if let Some(n) = &notifier {
+        let healthy = started.workers.iter().filter(|w| w.1).count();
+        n.send(&format!(
+            "READY=1\nSTATUS=serving; {healthy} of {} worker(s) healthy\nMAINPID={}",
+            started.workers.len(),
+            std::process::id()
+        ));
+    }
+
+    let signal = loop {
+        match signals.wait().map_err(|e| format!("sigwait failed: {e}"))? {
+            Signal::SIGHUP => {
+                shards::info!("SIGHUP received: re-reading the worker list");
+                let _ = command_tx.send(Command::Reload);
+            }
+            other => break other,
+        }
+    };
+    if let Some(n) = &notifier {
+        n.send("STOPPING=1\nSTATUS=draining");
+    }
     let grace = Duration::from_secs(cli.shutdown_grace_period_secs);
     shards::info!(
         "{signal:?} received: draining (grace period {}s)",

@@ -151,28 +151,66 @@ pub async fn handle(state: Rc<RefCell<ControlState>>, req: AdminRequest) -> Admi
 
 /// Probes a new worker, then adds it everywhere. It gets no traffic unless healthy.
 async fn add(state: &Rc<RefCell<ControlState>>, url: &str) -> Result<(), AdminReply> {
+    match add_worker(state, url, true).await {
+        Ok(_) => {
+            shards::info!("worker {url} added through the admin API");
+            Ok(())
+        }
+        Err(AddError::Invalid(e)) => Err(error(400, e)),
+        Err(AddError::Unhealthy(e)) => Err(error(503, e)),
+    }
+}
+
+/// Why a worker was not added.
+#[derive(Debug)]
+pub enum AddError {
+    Invalid(String),
+    Unhealthy(String),
+}
+
+impl std::fmt::Display for AddError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddError::Invalid(e) | AddError::Unhealthy(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Registers a worker and probes it. With `require_healthy` an unhealthy worker is not
+/// added; without, it is added out of rotation until the health checks pass. Returns
+/// whether it is healthy.
+pub async fn add_worker(
+    state: &Rc<RefCell<ControlState>>,
+    url: &str,
+    require_healthy: bool,
+) -> Result<bool, AddError> {
     let (specs, probe_cfg) = {
         let mut s = state.borrow_mut();
-        let specs = s.registry.add(url).map_err(|e| error(400, e))?;
+        let specs = s.registry.add(url).map_err(AddError::Invalid)?;
         (specs, s.probe.clone())
     };
     let first = &specs[0];
-    if let Err(why) = super::health::probe(first.addr, &first.authority, &probe_cfg).await {
-        state.borrow_mut().registry.remove(url);
-        return Err(error(503, format!("worker {url} is not healthy: {why}")));
+    let probe = super::health::probe(first.addr, &first.authority, &probe_cfg).await;
+    if let Err(why) = &probe {
+        if require_healthy {
+            state.borrow_mut().registry.remove(url);
+            return Err(AddError::Unhealthy(format!(
+                "worker {url} is not healthy: {why}"
+            )));
+        }
     }
+    let healthy = probe.is_ok();
     let mut s = state.borrow_mut();
     let base = url.trim_end_matches('/').to_string();
     for w in s.registry.of_base(&base) {
-        w.health = super::health::HealthTracker::new(true);
-        w.spec.healthy = true;
+        w.health = super::health::HealthTracker::new(healthy);
+        w.spec.healthy = healthy;
     }
     for mut spec in specs {
-        spec.healthy = true;
+        spec.healthy = healthy;
         s.broadcast(Delta::Upsert(spec));
     }
-    shards::info!("worker {url} added through the admin API");
-    Ok(())
+    Ok(healthy)
 }
 
 /// Removes a worker everywhere; its in-flight requests finish on the shards.

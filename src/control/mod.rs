@@ -9,6 +9,7 @@ pub mod breakers;
 pub mod health;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod scrape;
 
 use crossbeam_channel::Receiver;
@@ -27,6 +28,8 @@ use tokio::sync::mpsc;
 pub enum Command {
     /// Drain every shard, waiting up to `grace` for in-flight requests.
     Shutdown { grace: Duration },
+    /// Re-read `--worker-urls-file` (SIGHUP).
+    Reload,
 }
 
 /// Settings of the control core.
@@ -46,6 +49,11 @@ pub struct ControlConfig {
     pub eviction_interval: Duration,
     pub max_tree_size: usize,
     pub breaker: shards::breaker::BreakerConfig,
+    /// `--worker-urls-file`, and the URLs it held at start (already in `worker_urls`).
+    pub worker_urls_file: Option<std::path::PathBuf>,
+    pub file_urls: Vec<String>,
+    /// systemd's notify socket, when started with `Type=notify`.
+    pub notifier: Option<std::sync::Arc<crate::notify::Notifier>>,
 }
 
 /// What the control core found at start-up.
@@ -67,6 +75,8 @@ pub struct ControlState {
     /// Per worker, what its own `/metrics` said at the last scrape.
     pub scraped: std::collections::HashMap<WorkerId, scrape::WorkerLoad>,
     pub breakers: breakers::Breakers,
+    /// Base URLs the worker list file owns (see `reload`).
+    pub file_workers: std::collections::BTreeSet<String>,
 }
 
 impl ControlState {
@@ -226,6 +236,7 @@ impl ControlCore {
             loads_dirty: false,
             scraped: std::collections::HashMap::new(),
             breakers: breakers::Breakers::new(config.breaker.clone()),
+            file_workers: config.file_urls.iter().cloned().collect(),
         }));
 
         match startup_wait(&state, &config).await {
@@ -254,12 +265,20 @@ impl ControlCore {
             ));
         }
         tokio::task::spawn_local(serve_metrics(state.clone(), metrics_listener));
+        if let Some(n) = config.notifier.clone() {
+            tokio::task::spawn_local(notify_loop(state.clone(), n));
+        }
 
         while let Some(event) = events.recv().await {
             match event {
                 Event::Report(r) => on_report(&state, r),
                 Event::Command(Command::Shutdown { grace }) => {
                     return drain(&state, &mut events, grace).await;
+                }
+                Event::Command(Command::Reload) => {
+                    let state = state.clone();
+                    let config = config.clone();
+                    tokio::task::spawn_local(async move { reload(&state, &config).await });
                 }
             }
         }
@@ -390,6 +409,63 @@ async fn load_loop(state: Rc<RefCell<ControlState>>) {
         }
     }
 }
+
+/// SIGHUP: re-read the worker list file, telling systemd while it happens.
+async fn reload(state: &Rc<RefCell<ControlState>>, config: &ControlConfig) {
+    let Some(path) = &config.worker_urls_file else {
+        shards::warn!("SIGHUP ignored: there is no --worker-urls-file to re-read");
+        return;
+    };
+    if let Some(n) = &config.notifier {
+        n.send("RELOADING=1");
+    }
+    match reload::apply(state, path).await {
+        Ok((added, removed)) => shards::info!(
+            "reloaded {}: {added} worker(s) added, {removed} removed",
+            path.display()
+        ),
+        Err(e) => shards::error!("reload failed, workers unchanged: {e}"),
+    }
+    if let Some(n) = &config.notifier {
+        n.send(&format!("READY=1\nSTATUS={}", status_line(&state.borrow())));
+    }
+}
+
+/// The `STATUS=` line systemd shows.
+pub fn status_line(s: &ControlState) -> String {
+    format!(
+        "serving; {} of {} worker(s) healthy",
+        s.registry.healthy_count(),
+        s.registry.workers.len()
+    )
+}
+
+/// Watchdog pings (when systemd asked for them) and `STATUS=` updates. The pings come
+/// from the control core's own loop, so a wedged control core stops them.
+async fn notify_loop(state: Rc<RefCell<ControlState>>, n: std::sync::Arc<crate::notify::Notifier>) {
+    let watchdog = crate::notify::watchdog_interval();
+    let every = watchdog.map_or(STATUS_INTERVAL, |w| w.min(STATUS_INTERVAL));
+    let mut tick = tokio::time::interval(every);
+    let mut last = String::new();
+    loop {
+        tick.tick().await;
+        let status = status_line(&state.borrow());
+        let mut msg = String::new();
+        if watchdog.is_some() {
+            msg.push_str("WATCHDOG=1\n");
+        }
+        if status != last {
+            msg.push_str(&format!("STATUS={status}\n"));
+            last = status;
+        }
+        if !msg.is_empty() {
+            n.send(msg.trim_end());
+        }
+    }
+}
+
+/// How often the `STATUS=` line is refreshed.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Open breakers move to half-open when their time is up.
 async fn breaker_loop(state: Rc<RefCell<ControlState>>) {

@@ -1,0 +1,170 @@
+//! Running as a service: systemd's notify protocol, the unit file, and SIGHUP reloads
+//! of the worker list file.
+
+mod common;
+
+use common::*;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vr-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Collects notify datagrams until one contains `needle`.
+fn wait_for(sock: &UnixDatagram, seen: &mut Vec<String>, needle: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            if seen.last().unwrap().contains(needle) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+#[test]
+fn sd_notify_ready_watchdog_stopping() {
+    let dir = temp_dir("notify");
+    let path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let w = mock(&[]);
+    let port = free_port();
+    let mut child = Command::new(router_bin())
+        .args(["--port", &port.to_string()])
+        .args(["--prometheus-port", &free_port().to_string()])
+        .args(["--policy", "round_robin", "--worker-urls", &w.url()])
+        .env("NOTIFY_SOCKET", &path)
+        .env("WATCHDOG_USEC", "400000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    assert!(wait_for(&sock, &mut seen, "READY=1"), "{seen:?}");
+    let ready = seen.last().unwrap().clone();
+    assert!(
+        ready.contains("STATUS=serving; 1 of 1 worker(s) healthy"),
+        "{ready}"
+    );
+    assert!(
+        ready.contains(&format!("MAINPID={}", child.id())),
+        "{ready}"
+    );
+    // READY means it serves.
+    let resp = post_json(port, "/v1/chat/completions", &chat_body("x", 1, false));
+    assert_eq!(resp.status, 200);
+    assert!(wait_for(&sock, &mut seen, "WATCHDOG=1"), "{seen:?}");
+    let pings = Instant::now();
+    assert!(wait_for(&sock, &mut seen, "WATCHDOG=1"), "{seen:?}");
+    assert!(
+        pings.elapsed() < Duration::from_millis(400),
+        "pings at half the interval"
+    );
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_for(&sock, &mut seen, "STOPPING=1"), "{seen:?}");
+    assert!(child.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sighup_applies_an_edited_worker_list_file() {
+    let a = mock(&["--name", "a"]);
+    let b = mock(&["--name", "b"]);
+    let dir = temp_dir("reload");
+    let list = dir.join("workers.txt");
+    std::fs::write(&list, format!("# fleet\n{}\n", a.url())).unwrap();
+    let r = router(
+        &[],
+        &[
+            "--worker-urls-file",
+            list.to_str().unwrap(),
+            "--shards",
+            "2",
+        ],
+    );
+    let served_by = |port| {
+        let resp = post_json(port, "/v1/chat/completions", &chat_body("x", 1, false));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        resp.header("x-mock-worker").unwrap().to_string()
+    };
+    assert_eq!(served_by(r.port), "a");
+    // A keep-alive connection open across the reload keeps working.
+    let mut conn = Conn::open(r.port);
+    conn.post(
+        "/v1/chat/completions",
+        &chat_body("x", 1, false).to_string(),
+    );
+    assert_eq!(conn.read_response(false).status, 200);
+
+    std::fs::write(&list, format!("{}\n\n", b.url())).unwrap();
+    r.signal("HUP");
+    let moved = eventually(Duration::from_secs(5), || {
+        (0..4).all(|_| served_by(r.port) == "b")
+    });
+    assert!(moved, "requests still reach a after the reload");
+    conn.post(
+        "/v1/chat/completions",
+        &chat_body("x", 1, false).to_string(),
+    );
+    let resp = conn.read_response(false);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("x-mock-worker"), Some("b"));
+    let list_json = request(r.port, "GET", "/list_workers", &[], b"").json();
+    assert_eq!(list_json["urls"], serde_json::json!([b.url()]));
+
+    // A bad file changes nothing.
+    std::fs::write(&list, "not a url\n").unwrap();
+    r.signal("HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(served_by(r.port), "b");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let analyze = Command::new("systemd-analyze").arg("--version").output();
+    assert!(
+        analyze.is_ok(),
+        "systemd-analyze is missing: install systemd (apt-get install systemd); .ci/run does"
+    );
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/vllm-router.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("Type=notify"));
+    assert!(unit.contains("WatchdogSec="));
+    assert!(unit.contains("ExecReload="));
+    // verify checks that ExecStart's binary exists: point it at the one just built.
+    let dir = temp_dir("unit");
+    let path = dir.join("vllm-router.service");
+    let unit = unit.replace("/usr/local/bin/vllm-router", router_bin().to_str().unwrap());
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    // Messages about the host's own units are not ours.
+    let ours: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("vllm-router.service"))
+        .collect();
+    assert!(out.status.success() && ours.is_empty(), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
