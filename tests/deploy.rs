@@ -168,3 +168,33 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     assert!(out.status.success() && ours.is_empty(), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn the_grafana_dashboard_uses_only_documented_metrics() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dash = std::fs::read_to_string(format!("{root}/deploy/grafana/vllm-router.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&dash).expect("dashboard is JSON");
+    let docs = std::fs::read_to_string(format!("{root}/docs/metrics.md")).unwrap();
+    let mut names = Vec::new();
+    for panel in v["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("vllm_router_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                names.push(tail[..end].trim_end_matches("_bucket").to_string());
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(names.len() >= 10, "{names:?}");
+    for n in names {
+        assert!(
+            docs.contains(&format!("`{n}`")),
+            "{n} is not in docs/metrics.md"
+        );
+    }
+}

@@ -1,0 +1,56 @@
+//! The Python package: `pip wheel .` builds the router with maturin into a wheel that
+//! puts `vllm-router` on PATH. Building it is a full release build (minutes), so this
+//! runs when `VLLM_ROUTER_TEST_WHEEL=1` (`.ci/run` sets it) and says it skipped
+//! otherwise.
+
+use std::path::Path;
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn the_wheel_installs_a_working_vllm_router_command() {
+    if std::env::var("VLLM_ROUTER_TEST_WHEEL").as_deref() != Ok("1") {
+        eprintln!("skipped: set VLLM_ROUTER_TEST_WHEEL=1 to build and install the wheel");
+        return;
+    }
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dir = std::env::temp_dir().join(format!("vr-wheel-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let dist = dir.join("dist");
+    // Its own target dir, so the wheel build never contends with the test binaries.
+    run(Command::new("python3")
+        .args(["-m", "pip", "wheel", "--no-deps", "-w"])
+        .arg(&dist)
+        .arg(root)
+        .env("CARGO_TARGET_DIR", dir.join("target")));
+    let wheel = std::fs::read_dir(&dist)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .expect("a wheel in dist/");
+    let name = wheel.file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.starts_with("vllm_router-0.1.0-"), "{name}");
+
+    let venv = dir.join("venv");
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv));
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--no-index"])
+        .arg(&wheel));
+    let exe = venv.join("bin/vllm-router");
+    assert!(
+        Path::new(&exe).exists(),
+        "the wheel did not install bin/vllm-router"
+    );
+    let help = run(Command::new(&exe).arg("--help"));
+    assert!(help.contains("--worker-urls"), "{help}");
+    assert!(help.contains("--retry-max-retries"), "{help}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
