@@ -238,9 +238,61 @@ impl Cli {
     }
 }
 
+/// `--prefill URL [BOOTSTRAP_PORT|none]`, repeated, arrives as one flat list; this
+/// pairs each URL with its optional bootstrap port.
+#[allow(dead_code)] // used once P/D routing is wired in (issue 6)
+pub fn prefill_pairs(values: &[String]) -> Result<Vec<(String, Option<u16>)>, String> {
+    let mut out: Vec<(String, Option<u16>)> = Vec::new();
+    let mut can_take_port = false;
+    for v in values {
+        if v.contains("://") {
+            out.push((v.clone(), None));
+            can_take_port = true;
+        } else if can_take_port {
+            can_take_port = false;
+            if v != "none" {
+                let port = v.parse::<u16>().map_err(|_| {
+                    format!(
+                        "--prefill {}: bad bootstrap port {v:?} (a port or none)",
+                        out.last().unwrap().0
+                    )
+                })?;
+                out.last_mut().unwrap().1 = Some(port);
+            }
+        } else {
+            return Err(format!("--prefill: expected a URL, got {v:?}"));
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefill_values_pair_up() {
+        let v: Vec<String> = [
+            "http://p1:8000",
+            "9000",
+            "http://p2:8000",
+            "http://p3:8000",
+            "none",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            prefill_pairs(&v).unwrap(),
+            [
+                ("http://p1:8000".to_string(), Some(9000)),
+                ("http://p2:8000".to_string(), None),
+                ("http://p3:8000".to_string(), None),
+            ]
+        );
+        assert!(prefill_pairs(&["9000".to_string()]).is_err());
+        assert!(prefill_pairs(&["http://p:1".into(), "x".into()]).is_err());
+    }
 
     fn parse(args: &[&str]) -> (Cli, Vec<String>) {
         Cli::parse_from_checked(std::iter::once("vllm-router").chain(args.iter().copied()))
