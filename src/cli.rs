@@ -188,11 +188,6 @@ pub struct Cli {
 /// Giving one on the command line is an error, never silently ignored.
 const NOT_BUILT: &[(&str, &str)] = &[
     ("cors_allowed_origins", "CORS"),
-    ("prefill_policy", "prefill/decode disaggregation"),
-    ("decode_policy", "prefill/decode disaggregation"),
-    ("vllm_pd_disaggregation", "prefill/decode disaggregation"),
-    ("prefill", "prefill/decode disaggregation"),
-    ("decode", "prefill/decode disaggregation"),
     ("vllm_discovery_address", "vLLM ZMQ discovery"),
     ("service_discovery", "Kubernetes service discovery"),
     ("selector", "Kubernetes service discovery"),
@@ -240,7 +235,6 @@ impl Cli {
 
 /// `--prefill URL [BOOTSTRAP_PORT|none]`, repeated, arrives as one flat list; this
 /// pairs each URL with its optional bootstrap port.
-#[allow(dead_code)] // used once P/D routing is wired in (issue 6)
 pub fn prefill_pairs(values: &[String]) -> Result<Vec<(String, Option<u16>)>, String> {
     let mut out: Vec<(String, Option<u16>)> = Vec::new();
     let mut can_take_port = false;
@@ -347,9 +341,9 @@ mod tests {
 
     #[test]
     fn unbuilt_flags_are_reported_only_when_given() {
-        let (_, bad) = parse(&["--prefill-policy", "random", "--policy", "cache_aware"]);
+        let (_, bad) = parse(&["--cors-allowed-origins", "x", "--policy", "cache_aware"]);
         assert_eq!(bad.len(), 1, "{bad:?}");
-        assert!(bad[0].contains("--prefill-policy is not supported yet"));
+        assert!(bad[0].contains("--cors-allowed-origins is not supported yet"));
         let (_, bad) = parse(&["--policy", "random", "--port", "1"]);
         assert!(bad.is_empty());
     }

@@ -63,8 +63,23 @@ fn run(cli: Cli) -> Result<(), String> {
             worker_urls.push(url.clone());
         }
     }
+    // P/D pools.
+    let prefill = cli::prefill_pairs(&cli.prefill)?;
+    let pd = cli.vllm_pd_disaggregation;
+    if pd && (prefill.is_empty() || cli.decode.is_empty()) {
+        return Err(
+            "--vllm-pd-disaggregation needs at least one --prefill URL and one --decode URL".into(),
+        );
+    }
+    if !pd && (cli.prefill_policy.is_some() || cli.decode_policy.is_some()) {
+        return Err("--prefill-policy and --decode-policy need --vllm-pd-disaggregation".into());
+    }
+    if !pd && (!prefill.is_empty() || !cli.decode.is_empty()) {
+        return Err("--prefill and --decode need --vllm-pd-disaggregation".into());
+    }
+    let prefill_urls: Vec<String> = prefill.iter().map(|(u, _)| u.clone()).collect();
     // A malformed URL is a configuration error: say so before binding anything.
-    for url in &worker_urls {
+    for url in worker_urls.iter().chain(&prefill_urls).chain(&cli.decode) {
         control::registry::parse_worker_url(url)?;
     }
     let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
@@ -112,6 +127,14 @@ fn run(cli: Cli) -> Result<(), String> {
         admission_queue: share(cli.queue_size, shard_count),
         queue_timeout: secs(cli.queue_timeout_secs),
         policy,
+        pd: pd.then(|| {
+            let inherit =
+                |p: &Option<String>| p.as_deref().and_then(PolicyKind::parse).unwrap_or(policy);
+            shards::shard::PdConfig {
+                prefill_policy: inherit(&cli.prefill_policy),
+                decode_policy: inherit(&cli.decode_policy),
+            }
+        }),
         policy_options: shards::policy::PolicyOptions {
             consistent_hash_load_factor: cli.consistent_hash_load_factor,
             cache_aware: shards::policy::CacheAwareConfig {
@@ -129,6 +152,8 @@ fn run(cli: Cli) -> Result<(), String> {
     let notifier = notify::Notifier::from_env().map(Arc::new);
     let control_config = ControlConfig {
         worker_urls: worker_urls.clone(),
+        prefill_urls,
+        decode_urls: cli.decode.clone(),
         dp_size: cli.intra_node_data_parallel_size.max(1),
         probe: ProbeConfig {
             endpoint: cli.health_check_endpoint.clone(),

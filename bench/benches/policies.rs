@@ -19,6 +19,7 @@ fn workers(n: u32) -> WorkerSet {
             authority: "10.0.0.1:8000".into(),
             dp_rank: None,
             healthy: true,
+            role: Default::default(),
         }));
     }
     s

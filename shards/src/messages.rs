@@ -20,6 +20,30 @@ pub struct WorkerSpec {
     /// Data-parallel rank sent as `X-data-parallel-rank`, if any.
     pub dp_rank: Option<u32>,
     pub healthy: bool,
+    /// Which pool it serves: regular, or a prefill or decode worker (P/D).
+    pub role: WorkerRole,
+}
+
+/// A worker's pool. Each has its own policy instance; P/D requests take one worker
+/// from each of the prefill and decode pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WorkerRole {
+    #[default]
+    Regular = 0,
+    Prefill = 1,
+    Decode = 2,
+}
+
+impl WorkerRole {
+    pub const ALL: [WorkerRole; 3] = [WorkerRole::Regular, WorkerRole::Prefill, WorkerRole::Decode];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkerRole::Regular => "regular",
+            WorkerRole::Prefill => "prefill",
+            WorkerRole::Decode => "decode",
+        }
+    }
 }
 
 /// A change to a shard's view, sent by the control core.

@@ -97,6 +97,13 @@ pub struct ShardMetrics {
     /// Per worker, filled from the shard's `WorkerSet` when the copy is taken.
     pub processed: HashMap<WorkerId, u64>,
     pub in_flight: HashMap<WorkerId, u32>,
+    /// P/D requests by route, legs per worker, errors by kind, and leg durations.
+    pub pd_requests: [u64; ROUTES.len()],
+    pub pd_prefill: HashMap<WorkerId, u64>,
+    pub pd_decode: HashMap<WorkerId, u64>,
+    pub pd_errors: HashMap<&'static str, u64>,
+    pub pd_prefill_duration: Histogram,
+    pub pd_decode_duration: Histogram,
     /// Breaker outcomes per worker: (successes, failures).
     pub outcomes: HashMap<WorkerId, (u64, u64)>,
     /// Times the policy chose each worker.

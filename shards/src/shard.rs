@@ -2,7 +2,7 @@
 
 use crate::deadline::{Deadlines, DEADLINE_TICK};
 use crate::link::ShardEnd;
-use crate::messages::{Delta, Report, WorkerId};
+use crate::messages::{Delta, Report, WorkerId, WorkerRole};
 use crate::metrics::ShardMetrics;
 use crate::policy::Random;
 use crate::policy::{Policy, PolicyKind};
@@ -55,6 +55,9 @@ pub struct ShardConfig {
     pub admission_queue: usize,
     pub queue_timeout: Duration,
     pub policy: PolicyKind,
+    /// P/D mode (`--vllm-pd-disaggregation`): generation requests take a prefill and a
+    /// decode worker, each chosen by its pool's policy.
+    pub pd: Option<PdConfig>,
     pub policy_options: crate::policy::PolicyOptions,
     /// Sent to workers as `Authorization: Bearer`.
     pub api_key: Option<String>,
@@ -64,13 +67,21 @@ pub struct ShardConfig {
     pub admin_timeout: Duration,
 }
 
+/// `--prefill-policy` and `--decode-policy` (each defaults to `--policy`).
+#[derive(Clone, Debug)]
+pub struct PdConfig {
+    pub prefill_policy: PolicyKind,
+    pub decode_policy: PolicyKind,
+}
+
 /// A shard's state, shared by its tasks through `Rc` (single thread, no locks).
 /// `RefCell` borrows are never held across an `.await`.
 pub struct Shard {
     pub index: usize,
     pub config: Arc<ShardConfig>,
     pub workers: RefCell<WorkerSet>,
-    pub policy: RefCell<Box<dyn Policy>>,
+    /// One policy instance per pool (`WorkerRole` as index).
+    pub policies: [RefCell<Box<dyn Policy>>; 3],
     pub pool: RefCell<Pool>,
     pub reports: Sender<Report>,
     pub draining: Cell<bool>,
@@ -96,13 +107,22 @@ impl Shard {
         match delta {
             Delta::AdminReply { token, reply } => return self.admin.fulfil(*token, reply.clone()),
             Delta::CacheInserts(batch) => {
-                let mut policy = self.policy.borrow_mut();
+                let workers = self.workers.borrow();
                 for (worker, text) in batch.iter() {
-                    policy.remote_insert(*worker, text);
+                    if let Some(w) = workers.get(*worker) {
+                        self.policy(w.spec.role)
+                            .borrow_mut()
+                            .remote_insert(*worker, text);
+                    }
                 }
                 return;
             }
-            Delta::CacheEvict { max } => return self.policy.borrow_mut().evict(*max),
+            Delta::CacheEvict { max } => {
+                for p in &self.policies {
+                    p.borrow_mut().evict(*max);
+                }
+                return;
+            }
             Delta::Remove(id) => self.pool.borrow_mut().forget_worker(*id),
             Delta::Drain => {
                 self.draining.set(true);
@@ -112,14 +132,39 @@ impl Shard {
         }
         self.workers.borrow_mut().apply(delta);
         if matches!(delta, Delta::Upsert(_) | Delta::Remove(_)) {
-            self.policy
-                .borrow_mut()
-                .on_workers_changed(&self.workers.borrow());
+            let mut workers = self.workers.borrow_mut();
+            for role in WorkerRole::ALL {
+                workers.set_view(role);
+                self.policy(role).borrow_mut().on_workers_changed(&workers);
+            }
+            workers.set_view(WorkerRole::Regular);
         }
     }
 }
 
 impl Shard {
+    pub fn policy(&self, role: WorkerRole) -> &RefCell<Box<dyn Policy>> {
+        &self.policies[role as usize]
+    }
+
+    /// The pool non-P/D requests use: the regular one, or the decode pool in P/D mode
+    /// (decode workers are whole vLLM servers: `/v1/models`, transparent paths).
+    pub fn main_role(&self) -> WorkerRole {
+        if self.config.pd.is_some() {
+            WorkerRole::Decode
+        } else {
+            WorkerRole::Regular
+        }
+    }
+
+    /// Can the shard serve: a routable worker in the main pool, and in P/D mode a
+    /// prefill worker too.
+    pub fn ready(&self) -> bool {
+        let workers = self.workers.borrow();
+        workers.routable_in(self.main_role()) > 0
+            && (self.config.pd.is_none() || workers.routable_in(WorkerRole::Prefill) > 0)
+    }
+
     /// Counts an attempt's outcome for the worker's breaker. A shard that sees the
     /// threshold crossed stops routing to the worker at once; the control core hears
     /// of every outcome that may change the breaker of record.
@@ -190,9 +235,13 @@ impl Shard {
             m.decisions.insert(w.spec.id, w.decisions);
             m.outcomes.insert(w.spec.id, w.outcomes);
         }
-        let policy = self.policy.borrow();
-        m.tree_sizes = policy.tree_sizes().into_iter().collect();
-        (m.cache_hits, m.cache_misses) = policy.cache_counts();
+        for p in &self.policies {
+            let policy = p.borrow();
+            m.tree_sizes.extend(policy.tree_sizes());
+            let (hits, misses) = policy.cache_counts();
+            m.cache_hits += hits;
+            m.cache_misses += misses;
+        }
         let _ = self.reports.send(Report::Metrics {
             shard: self.index,
             metrics: Box::new(m),
@@ -267,11 +316,17 @@ async fn run_shard(
         crate::admission::Admission::new(config.admission_slots, config.admission_queue);
     let shard = Rc::new(Shard {
         index,
-        policy: RefCell::new(
-            config
-                .policy
-                .build(index as u64 + 1, &config.policy_options),
-        ),
+        policies: WorkerRole::ALL.map(|role| {
+            let kind = match (&config.pd, role) {
+                (Some(pd), WorkerRole::Prefill) => pd.prefill_policy,
+                (Some(pd), WorkerRole::Decode) => pd.decode_policy,
+                _ => config.policy,
+            };
+            RefCell::new(kind.build(
+                index as u64 + 1 + role as u64 * 1000,
+                &config.policy_options,
+            ))
+        }),
         config,
         workers: RefCell::new(WorkerSet::default()),
         pool: RefCell::new(Pool::default()),

@@ -1,7 +1,7 @@
 //! A shard's own view of the workers; changed only by deltas, read by every request.
 
 use crate::breaker::BreakerView;
-use crate::messages::{Delta, WorkerId, WorkerSpec};
+use crate::messages::{Delta, WorkerId, WorkerRole, WorkerSpec};
 
 /// One worker as this shard sees it.
 #[derive(Debug)]
@@ -37,13 +37,18 @@ impl Worker {
 /// The workers of one shard, in a Vec, with an index by id: ids are small integers
 /// handed out in sequence by the control core, so `by_id[id]` is a direct lookup where
 /// a scan over tens of ~200-byte entries cost tens of nanoseconds per request.
+///
+/// It holds every pool (regular, prefill, decode) so that lookups by id need not know
+/// a worker's role; a policy sees one pool at a time through `view`.
 #[derive(Debug, Default)]
 pub struct WorkerSet {
     workers: Vec<Worker>,
-    /// Indices into `workers` of the ones that may take new requests.
-    routable: Vec<usize>,
+    /// Per pool, indices into `workers` of the ones that may take new requests.
+    routable: [Vec<usize>; 3],
     /// `by_id[id]` is the worker's index in `workers` plus one; 0 when absent.
     by_id: Vec<u32>,
+    /// The pool that `routable*`, `members` and `exclude` speak of.
+    view: WorkerRole,
 }
 
 impl WorkerSet {
@@ -106,13 +111,28 @@ impl WorkerSet {
     /// Recomputes which workers the policies may choose. Runs on deltas and on
     /// breaker changes seen by this shard, never per request in steady state.
     pub fn refresh_routable(&mut self) {
-        self.routable.clear();
+        self.routable.iter_mut().for_each(Vec::clear);
         for (i, w) in self.workers.iter_mut().enumerate() {
             w.routable = w.spec.healthy && w.breaker.admits() && !w.excluded;
             if w.routable {
-                self.routable.push(i);
+                self.routable[w.spec.role as usize].push(i);
             }
         }
+    }
+
+    /// Points the pool-wise accessors at `role`'s pool (policies see one pool).
+    pub fn set_view(&mut self, role: WorkerRole) {
+        self.view = role;
+    }
+
+    pub fn view(&self) -> WorkerRole {
+        self.view
+    }
+
+    /// The workers of the viewed pool, routable or not.
+    pub fn members(&self) -> impl Iterator<Item = &Worker> + '_ {
+        let role = self.view;
+        self.workers.iter().filter(move |w| w.spec.role == role)
     }
 
     /// Takes `ids` out of the choice for one retry, unless that leaves nothing to
@@ -120,8 +140,7 @@ impl WorkerSet {
     /// Undo with `clear_excluded` before any `.await`.
     pub fn exclude(&mut self, ids: &[WorkerId]) {
         let others = self
-            .workers
-            .iter()
+            .members()
             .any(|w| w.spec.healthy && w.breaker.admits() && !ids.contains(&w.spec.id));
         if !others {
             return;
@@ -132,11 +151,15 @@ impl WorkerSet {
         self.refresh_routable();
     }
 
-    /// Healthy workers, and how many of them their breaker keeps out (for the 503).
+    /// Healthy workers of the viewed pool, and how many of them their breaker keeps
+    /// out (for the 503).
     pub fn unavailable_counts(&self) -> (usize, usize) {
-        let healthy = self.workers.iter().filter(|w| w.spec.healthy);
-        let open = healthy.clone().filter(|w| !w.breaker.admits()).count();
-        (healthy.count(), open)
+        let healthy = self.members().filter(|w| w.spec.healthy).count();
+        let open = self
+            .members()
+            .filter(|w| w.spec.healthy && !w.breaker.admits())
+            .count();
+        (healthy, open)
     }
 
     pub fn clear_excluded(&mut self) {
@@ -157,18 +180,25 @@ impl WorkerSet {
         &self.workers
     }
 
-    /// Workers that may take a new request, in a stable order.
+    /// Workers of the viewed pool that may take a new request, in a stable order.
     pub fn routable(&self) -> impl ExactSizeIterator<Item = &Worker> + '_ {
-        self.routable.iter().map(|&i| &self.workers[i])
+        self.routable[self.view as usize]
+            .iter()
+            .map(|&i| &self.workers[i])
     }
 
     pub fn routable_count(&self) -> usize {
-        self.routable.len()
+        self.routable[self.view as usize].len()
     }
 
-    /// The `n`th routable worker.
+    /// Routable workers of a pool, whatever the view.
+    pub fn routable_in(&self, role: WorkerRole) -> usize {
+        self.routable[role as usize].len()
+    }
+
+    /// The `n`th routable worker of the viewed pool.
     pub fn routable_nth(&self, n: usize) -> &Worker {
-        &self.workers[self.routable[n]]
+        &self.workers[self.routable[self.view as usize][n]]
     }
 
     pub fn get(&self, id: WorkerId) -> Option<&Worker> {
@@ -202,6 +232,7 @@ mod tests {
             authority: format!("10.0.0.{id}:8000"),
             dp_rank: None,
             healthy,
+            role: Default::default(),
         }
     }
 

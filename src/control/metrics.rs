@@ -75,6 +75,7 @@ impl Aggregator {
                 total.requests[r] += m.requests[r];
                 total.retries[r] += m.retries[r];
                 total.retries_exhausted[r] += m.retries_exhausted[r];
+                total.pd_requests[r] += m.pd_requests[r];
                 total.duration[r].merge(&m.duration[r]);
                 total.ttfb[r].merge(&m.ttfb[r]);
             }
@@ -84,6 +85,11 @@ impl Aggregator {
             for (k, v) in &m.http {
                 *total.http.entry(*k).or_default() += v;
             }
+            for (k, v) in &m.pd_errors {
+                *total.pd_errors.entry(*k).or_default() += v;
+            }
+            total.pd_prefill_duration.merge(&m.pd_prefill_duration);
+            total.pd_decode_duration.merge(&m.pd_decode_duration);
         }
         let mut families = Vec::new();
         let routes = |pick: &dyn Fn(usize) -> Option<f64>| {
@@ -221,6 +227,68 @@ impl Aggregator {
             MetricType::GAUGE,
             per_worker(&|w| if w.health.healthy { 1.0 } else { 0.0 }),
         ));
+        let pd_workers = |pick: &dyn Fn(&ShardMetrics) -> &HashMap<WorkerId, u64>| {
+            registry
+                .workers
+                .iter()
+                .filter_map(|w| {
+                    let n: u64 = self
+                        .shards
+                        .values()
+                        .map(|m| pick(m).get(&w.spec.id).copied().unwrap_or(0))
+                        .sum();
+                    (n > 0).then(|| (vec![("worker", w.spec.url.clone())], n as f64))
+                })
+                .collect::<Vec<_>>()
+        };
+        families.push(family(
+            "vllm_router_pd_requests_total",
+            "Prefill/decode requests, by route.",
+            MetricType::COUNTER,
+            routes(&|r| (total.pd_requests[r] > 0).then_some(total.pd_requests[r] as f64)),
+        ));
+        families.push(family(
+            "vllm_router_pd_prefill_requests_total",
+            "Prefill legs sent to each worker (retries included).",
+            MetricType::COUNTER,
+            pd_workers(&|m| &m.pd_prefill),
+        ));
+        families.push(family(
+            "vllm_router_pd_decode_requests_total",
+            "Decode legs sent to each worker.",
+            MetricType::COUNTER,
+            pd_workers(&|m| &m.pd_decode),
+        ));
+        let pd_errors: BTreeMap<_, _> = total.pd_errors.iter().collect();
+        families.push(family(
+            "vllm_router_pd_errors_total",
+            "Prefill/decode failures, by kind.",
+            MetricType::COUNTER,
+            pd_errors
+                .into_iter()
+                .map(|(k, v)| (vec![("error_type", k.to_string())], *v as f64))
+                .collect(),
+        ));
+        for (name, help, h) in [
+            (
+                "vllm_router_pd_prefill_duration_seconds",
+                "Time of each prefill leg (one attempt), request sent to answer read.",
+                &total.pd_prefill_duration,
+            ),
+            (
+                "vllm_router_pd_decode_duration_seconds",
+                "Time of each decode leg, retries included, to the end of the answer.",
+                &total.pd_decode_duration,
+            ),
+        ] {
+            if h.count > 0 {
+                let mut f = histograms(name, help, std::iter::once(("all", h)));
+                for m in f.mut_metric().iter_mut() {
+                    m.set_label(Vec::new());
+                }
+                families.push(f);
+            }
+        }
         families.push(family(
             "vllm_router_cb_state",
             "Circuit breaker state per worker: 0 closed, 1 open, 2 half-open.",

@@ -36,6 +36,9 @@ pub enum Command {
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
     pub worker_urls: Vec<String>,
+    /// P/D pools (`--prefill`, `--decode`).
+    pub prefill_urls: Vec<String>,
+    pub decode_urls: Vec<String>,
     pub dp_size: u32,
     pub probe: ProbeConfig,
     pub health_interval: Duration,
@@ -89,6 +92,7 @@ impl ControlState {
     pub fn worker_json(&self, w: &WorkerEntry) -> serde_json::Value {
         serde_json::json!({
             "url": w.spec.url,
+            "role": w.spec.role.name(),
             "address": w.spec.addr.to_string(),
             "healthy": w.health.healthy,
             "load": self.metrics.load(w.spec.id),
@@ -221,10 +225,17 @@ impl ControlCore {
             }
         };
         let mut registry = Registry::new(config.dp_size);
-        for url in &config.worker_urls {
-            if let Err(e) = registry.add(url) {
-                let _ = started.send(Err(e));
-                return false;
+        let pools = [
+            (shards::messages::WorkerRole::Regular, &config.worker_urls),
+            (shards::messages::WorkerRole::Prefill, &config.prefill_urls),
+            (shards::messages::WorkerRole::Decode, &config.decode_urls),
+        ];
+        for (role, urls) in pools {
+            for url in urls {
+                if let Err(e) = registry.add_role(url, role) {
+                    let _ = started.send(Err(e));
+                    return false;
+                }
             }
         }
         let state = Rc::new(RefCell::new(ControlState {

@@ -1,7 +1,7 @@
 //! The worker registry: URLs in, resolved `WorkerSpec`s out. Name resolution happens
 //! here, on the control core, and never in a shard.
 
-use shards::messages::{WorkerId, WorkerSpec};
+use shards::messages::{WorkerId, WorkerRole, WorkerSpec};
 use std::net::{SocketAddr, ToSocketAddrs};
 
 /// A worker URL split into what the router needs.
@@ -79,6 +79,7 @@ pub fn resolve(url: &str, dp_size: u32, next_id: &mut WorkerId) -> Result<Vec<Wo
                 authority: authority.clone(),
                 dp_rank: rank,
                 healthy: true,
+                role: Default::default(),
             }
         })
         .collect())
@@ -145,6 +146,11 @@ impl Registry {
 
     /// Resolves and adds a base URL (one entry per DP rank), unhealthy until probed.
     pub fn add(&mut self, url: &str) -> Result<Vec<WorkerSpec>, String> {
+        self.add_role(url, WorkerRole::Regular)
+    }
+
+    /// As `add`, into a given pool (P/D prefill or decode).
+    pub fn add_role(&mut self, url: &str, role: WorkerRole) -> Result<Vec<WorkerSpec>, String> {
         let base = url.trim_end_matches('/');
         if self.workers.iter().any(|w| w.base_url == base) {
             return Err(format!("worker {base} is already registered"));
@@ -152,6 +158,7 @@ impl Registry {
         let mut specs = resolve(base, self.dp_size, &mut self.next_id)?;
         for s in &mut specs {
             s.healthy = false;
+            s.role = role;
             self.workers.push(WorkerEntry {
                 spec: s.clone(),
                 base_url: base.to_string(),

@@ -142,7 +142,7 @@ impl Policy for ConsistentHash {
 
     fn on_workers_changed(&mut self, workers: &WorkerSet) {
         self.ring.clear();
-        for w in workers.all() {
+        for w in workers.members() {
             for i in 0..VIRTUAL_NODES {
                 let point = xxh3_64(format!("{}#{i}", w.spec.url).as_bytes());
                 self.ring.push((point, w.spec.id));

@@ -114,7 +114,7 @@ pub fn retryable_status(status: u16) -> bool {
 
 /// 4xx answers are not the worker's failure; 408 and 429 (it is busy) are not proof
 /// of health either.
-fn status_verdict(status: u16) -> Verdict {
+pub fn status_verdict(status: u16) -> Verdict {
     match status {
         500 => Verdict::Status500,
         502..=504 => Verdict::Failure,
@@ -613,4 +613,139 @@ async fn fail(
     // The request body may be half-read (streamed): close after the error.
     let keep = c.send_error(status, &message, false).await;
     AttemptEnd::Answered { keep, failed }
+}
+
+/// Largest answer body a buffered leg (P/D prefill) reads: a one-token completion with
+/// transfer params is a few KiB; anything near this is not a prefill answer.
+pub const MAX_BUFFERED_ANSWER_BYTES: usize = 4 * 1024 * 1024;
+
+/// How a buffered exchange ended.
+pub enum Buffered {
+    /// A whole answer (any status).
+    Answer {
+        status: u16,
+        body: Vec<u8>,
+    },
+    /// No usable answer: what the client would be told, and what it says of the worker.
+    Failed {
+        status: u16,
+        message: String,
+        verdict: Verdict,
+        retryable: bool,
+    },
+    ClientGone,
+}
+
+/// One exchange whose answer is read whole instead of relayed (the P/D prefill leg).
+/// Nothing is written to the client.
+pub async fn exchange_buffered(
+    shard: &Shard,
+    c: &mut Client,
+    worker: WorkerId,
+    bytes: &[u8],
+    deadline: &mut Deadline<'_>,
+) -> Buffered {
+    let body = RequestBody::Replayable {
+        bytes,
+        declared: true,
+    };
+    let Some(addr) = write_request(shard, c, worker, &body) else {
+        return Buffered::Failed {
+            status: 503,
+            message: "worker was removed".into(),
+            verdict: Verdict::Neutral,
+            retryable: true,
+        };
+    };
+    let _in_flight = InFlight::start(shard, worker);
+    let mut watch = ClientWatch::new();
+    let mut resp = std::mem::take(&mut c.resp);
+    let mut allow_pool = true;
+    let attempt = loop {
+        let a = exchange_head(
+            shard, c, worker, addr, &body, allow_pool, &mut resp, &mut watch, deadline,
+        )
+        .await;
+        match a {
+            Err((Failure::Reset, true)) if allow_pool => allow_pool = false,
+            other => break other,
+        }
+    };
+    c.out.clear();
+    let mut up = match attempt {
+        Ok(up) => up,
+        Err((Failure::ClientGone, _)) => {
+            c.resp = resp;
+            return Buffered::ClientGone;
+        }
+        Err((failure, _)) => {
+            c.resp = resp;
+            let verdict = failure.verdict();
+            let retryable = failure.retryable();
+            let AttemptEnd::Retry { status, message } = fail(shard, c, worker, failure, true).await
+            else {
+                return Buffered::ClientGone;
+            };
+            return Buffered::Failed {
+                status,
+                message,
+                verdict,
+                retryable,
+            };
+        }
+    };
+    let status = resp.status;
+    let mut decoder = BodyDecoder::new(resp.framing);
+    let mut answer = Vec::new();
+    deadline.phase(shard.config.stream_idle_timeout);
+    let ended = loop {
+        if !up.rbuf.is_empty() || decoder.is_done() {
+            let fed = decoder.feed(up.rbuf.filled(), |d| answer.extend_from_slice(d));
+            let Ok(progress) = fed else {
+                break Err("a malformed answer body");
+            };
+            up.rbuf.consume(progress.consumed);
+            if answer.len() > MAX_BUFFERED_ANSWER_BYTES {
+                break Err("an answer body over the size limit");
+            }
+            if progress.done {
+                break Ok(());
+            }
+        }
+        match read_upstream(&mut up, READ_BUFFER_BYTES, c, &mut watch, deadline).await {
+            Wake::Upstream(Ok(0)) if decoder.complete_at_eof() => break Ok(()),
+            Wake::Upstream(Ok(0)) | Wake::Upstream(Err(_)) => {
+                break Err("a body cut short");
+            }
+            Wake::Upstream(Ok(_)) => deadline.phase(shard.config.stream_idle_timeout),
+            Wake::ClientGone => {
+                c.resp = resp;
+                return Buffered::ClientGone;
+            }
+            Wake::Deadline => break Err("no answer body in time"),
+        }
+    };
+    let reusable = resp.keep_alive && decoder.is_done();
+    c.resp = resp;
+    deadline.end_phase();
+    match ended {
+        Ok(()) => {
+            if reusable {
+                shard.pool.borrow_mut().give(up, Instant::now());
+            }
+            if let Some(w) = shard.workers.borrow_mut().get_mut(worker) {
+                w.processed += 1;
+            }
+            Buffered::Answer {
+                status,
+                body: answer,
+            }
+        }
+        Err(why) => Buffered::Failed {
+            status: 502,
+            message: format!("worker {} sent {why}", worker_url(shard, worker)),
+            verdict: Verdict::Failure,
+            retryable: true,
+        },
+    }
 }

@@ -8,12 +8,263 @@
 //!    `kv_transfer_params` of the prefill answer, verbatim; its answer (JSON or SSE)
 //!    is relayed like any other, with the same pool, deadline and cancellation.
 //!
-//! Both legs carry the same `pd_request_id` as `X-Request-Id`. The flow itself (worker
-//! roles, the two legs and their retries) is not wired in yet: until it is, the CLI
-//! refuses `--vllm-pd-disaggregation` with a "not supported yet" error.
+//! Both legs carry the same `pd_request_id` as `X-Request-Id`.
+//!
+//! Failures: the prefill leg is retried on other prefill workers by the retry rules
+//! (a new request id each time, since it names the prefill worker); when retries run
+//! out the client gets 502 naming the prefill stage, and a prefill answer the request
+//! itself caused (4xx) is passed through. The decode leg is an ordinary
+//! `forward_with_retries` on the decode pool: a failure before its first byte is
+//! retried on another decode worker with the same prefill result (vLLM keeps the
+//! prefilled blocks until a decode pulls them or they time out). Each leg counts for
+//! its worker's breaker; a client that leaves during either leg cancels it.
 
+use super::forward::{
+    exchange_buffered, retryable_status, status_verdict, Buffered, RequestBody, Verdict,
+};
+use super::pipeline::{no_worker, pick};
+use super::retry::{forward_with_retries, set_pd_request_id, Leg, Tried};
+use super::wait::{watch_client, ClientWatch, Waited};
+use crate::deadline::Deadline;
+use crate::messages::{WorkerId, WorkerRole};
 use crate::policy::Random;
+use crate::server::Client;
+use crate::shard::Shard;
 use serde_json::{json, Map, Value};
+use std::time::Instant;
+
+/// Serves one generation request in P/D mode. Returns true when the client
+/// connection may carry another request.
+pub async fn handle(
+    shard: &Shard,
+    c: &mut Client,
+    json: Option<&Value>,
+    deadline: &mut Deadline<'_>,
+) -> bool {
+    let Some(original) = json.and_then(Value::as_object) else {
+        let msg = "a generation request must have a JSON object body";
+        return c.send_error(400, msg, true).await;
+    };
+    let route = crate::metrics::route_index(c.head.path());
+    shard.metrics.borrow_mut().pd_requests[route] += 1;
+    let Some(decode) = pick(shard, c, json, WorkerRole::Decode) else {
+        pd_error(shard, "no_decode_worker");
+        return no_worker(shard, c, true, WorkerRole::Decode).await;
+    };
+    let Some(first) = pick(shard, c, json, WorkerRole::Prefill) else {
+        pd_error(shard, "no_prefill_worker");
+        return no_worker(shard, c, true, WorkerRole::Prefill).await;
+    };
+    let prefill_bytes = serde_json::to_vec(&prefill_body(original)).expect("JSON values serialize");
+    let (params, prefill_addr) =
+        match prefill_leg(shard, c, json, first, decode, &prefill_bytes, deadline).await {
+            Ok(done) => done,
+            Err(keep) => return keep,
+        };
+    let decode_bytes =
+        serde_json::to_vec(&decode_body(original, params)).expect("JSON values serialize");
+    *shard
+        .metrics
+        .borrow_mut()
+        .pd_decode
+        .entry(decode)
+        .or_default() += 1;
+    let started = Instant::now();
+    let body = RequestBody::Replayable {
+        bytes: &decode_bytes,
+        declared: true,
+    };
+    let leg = Leg::Decode {
+        prefill: &prefill_addr,
+    };
+    let keep = forward_with_retries(shard, c, decode, body, json, leg, deadline).await;
+    shard
+        .metrics
+        .borrow_mut()
+        .pd_decode_duration
+        .observe(started.elapsed());
+    if c.outcome.status >= 500 || c.outcome.error.is_some() {
+        pd_error(shard, "decode_failed");
+    }
+    keep
+}
+
+/// The prefill leg with its retries. Ok: the transfer params and the prefill worker's
+/// host:port. Err: the client was answered (or left); the value is `handle`'s.
+async fn prefill_leg(
+    shard: &Shard,
+    c: &mut Client,
+    json: Option<&Value>,
+    first: WorkerId,
+    decode: WorkerId,
+    bytes: &[u8],
+    deadline: &mut Deadline<'_>,
+) -> Result<(Value, String), bool> {
+    let cfg = &shard.config.retry;
+    let attempts = cfg.max_attempts.max(1);
+    let route = crate::metrics::route_index(c.head.path());
+    let mut worker = first;
+    let mut failed = Tried::new();
+    let mut answered_500 = Tried::new();
+    let mut watch = ClientWatch::new();
+    for attempt in 0..attempts {
+        let last = attempt + 1 == attempts;
+        let addr = authority(shard, worker);
+        set_pd_request_id(shard, c, &addr, decode);
+        *shard
+            .metrics
+            .borrow_mut()
+            .pd_prefill
+            .entry(worker)
+            .or_default() += 1;
+        let started = Instant::now();
+        let result = exchange_buffered(shard, c, worker, bytes, deadline).await;
+        shard
+            .metrics
+            .borrow_mut()
+            .pd_prefill_duration
+            .observe(started.elapsed());
+        let (status, message) = match result {
+            Buffered::ClientGone => {
+                c.outcome.error = Some("client_gone");
+                return Err(false);
+            }
+            Buffered::Answer { status, body } if (200..300).contains(&status) => {
+                shard.record_outcome(worker, true);
+                for w in answered_500.iter().filter(|w| **w != worker) {
+                    shard.record_outcome(*w, false);
+                }
+                return match transfer_params(&body) {
+                    Ok(params) => Ok((params, addr)),
+                    Err(e) => {
+                        pd_error(shard, "prefill_no_transfer_params");
+                        let why = match e {
+                            PrefillAnswerError::NotJson => "an answer that is not JSON",
+                            PrefillAnswerError::NoTransferParams => {
+                                "no kv_transfer_params (is it a vLLM NIXL prefill instance?)"
+                            }
+                        };
+                        let msg = format!(
+                            "prefill stage failed: worker {} sent {why}",
+                            url(shard, worker)
+                        );
+                        Err(c.send_error(502, &msg, true).await)
+                    }
+                };
+            }
+            Buffered::Answer { status, body } => {
+                match status_verdict(status) {
+                    Verdict::Failure => shard.record_outcome(worker, false),
+                    Verdict::Status500 => answered_500.push(worker),
+                    _ => {}
+                }
+                if !retryable_status(status) {
+                    // The request's own fault (a 4xx): the client sees vLLM's answer.
+                    pd_error(shard, "prefill_rejected");
+                    return Err(pass_through(c, status, &body).await);
+                }
+                (
+                    status,
+                    format!("worker {} answered {status}", url(shard, worker)),
+                )
+            }
+            Buffered::Failed {
+                status,
+                message,
+                verdict,
+                retryable,
+            } => {
+                if verdict == Verdict::Failure {
+                    shard.record_outcome(worker, false);
+                }
+                if !retryable {
+                    pd_error(shard, "prefill_failed");
+                    let msg = format!("prefill stage failed: {message}");
+                    return Err(c.send_error(status, &msg, true).await);
+                }
+                (status, message)
+            }
+        };
+        if last {
+            if attempt > 0 {
+                shard.metrics.borrow_mut().retries_exhausted[route] += 1;
+            }
+            pd_error(shard, "prefill_failed");
+            let msg = format!("prefill stage failed after {attempts} attempt(s): {message}");
+            let _ = status;
+            return Err(c.send_error(502, &msg, true).await);
+        }
+        failed.push(worker);
+        shard.metrics.borrow_mut().retries[route] += 1;
+        let pause = cfg.backoff(attempt, shard.rng.borrow_mut().unit());
+        match watch_client(glommio::timer::sleep(pause), c, &mut watch, deadline).await {
+            Waited::Done(()) => {}
+            Waited::ClientGone => {
+                c.outcome.error = Some("client_gone");
+                return Err(false);
+            }
+            Waited::Deadline => return Err(c.send_error(504, "the request timed out", true).await),
+        }
+        {
+            let mut workers = shard.workers.borrow_mut();
+            workers.set_view(WorkerRole::Prefill);
+            workers.exclude(&failed);
+        }
+        let next = pick(shard, c, json, WorkerRole::Prefill);
+        shard.workers.borrow_mut().clear_excluded();
+        match next {
+            Some(w) => worker = w,
+            None => {
+                pd_error(shard, "prefill_failed");
+                let msg = format!("prefill stage failed: {message}");
+                return Err(c.send_error(502, &msg, true).await);
+            }
+        }
+    }
+    unreachable!("the last attempt always returns")
+}
+
+/// A worker's own error answer, passed to the client as it came.
+async fn pass_through(c: &mut Client, status: u16, body: &[u8]) -> bool {
+    c.outcome.status = status;
+    c.outcome.first_byte.get_or_insert_with(Instant::now);
+    c.out.clear();
+    let keep = c.head.keep_alive;
+    crate::errors::write_answer(
+        &mut c.out,
+        c.head.minor_version,
+        status,
+        "application/json",
+        body,
+        !keep,
+    );
+    c.flush_out().await.is_ok() && keep
+}
+
+fn pd_error(shard: &Shard, kind: &'static str) {
+    *shard
+        .metrics
+        .borrow_mut()
+        .pd_errors
+        .entry(kind)
+        .or_default() += 1;
+}
+
+fn authority(shard: &Shard, worker: WorkerId) -> String {
+    shard
+        .workers
+        .borrow()
+        .get(worker)
+        .map_or_else(String::new, |w| w.spec.authority.clone())
+}
+
+fn url(shard: &Shard, worker: WorkerId) -> String {
+    shard
+        .workers
+        .borrow()
+        .get(worker)
+        .map_or_else(|| format!("#{worker}"), |w| w.spec.url.clone())
+}
 
 /// The body of the prefill leg: the original request generating one token, not
 /// streamed, with vLLM asked to keep the KV cache for a remote decode.

@@ -9,7 +9,7 @@
 
 use super::forward::RequestBody;
 use super::request_id::request_id;
-use super::retry::forward_with_retries;
+use super::retry::{forward_with_retries, Leg};
 use super::route::{classify, RouteKind};
 use super::wait::{watch_client, ClientWatch, Waited};
 use crate::admission::{Admit, Permit};
@@ -17,7 +17,7 @@ use crate::codec::body::BodyDecoder;
 use crate::codec::framing::BodyFraming;
 use crate::codec::limits::READ_BUFFER_BYTES;
 use crate::deadline::Deadline;
-use crate::messages::WorkerId;
+use crate::messages::{WorkerId, WorkerRole};
 use crate::policy::RouteInput;
 use crate::server::Client;
 use crate::shard::Shard;
@@ -53,7 +53,7 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
     };
     let mut deadline = shard.deadlines.start(shard.config.request_timeout, false);
     let buffered = classify(c.head.method(), c.head.path()) == RouteKind::Generation
-        || shard.policy.borrow().needs_body();
+        || shard.policy(shard.main_role()).borrow().needs_body();
     if buffered {
         handle_buffered(shard, c, &mut deadline).await
     } else {
@@ -82,7 +82,10 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
     }
     let body = std::mem::take(&mut c.body);
     let generation = classify(c.head.method(), c.head.path()) == RouteKind::Generation;
-    let json = if shard.policy.borrow().needs_body() && !body.is_empty() {
+    let role = shard.main_role();
+    let pd = generation && shard.config.pd.is_some();
+    let needs_json = pd || shard.policy(role).borrow().needs_body();
+    let json = if needs_json && !body.is_empty() {
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(v) => Some(v),
             // A generation request must be JSON; other paths may carry anything.
@@ -97,16 +100,21 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
     } else {
         None
     };
-    let keep = match pick(shard, c, json.as_ref()) {
-        Some(worker) => {
-            let declared = c.head.has_body();
-            let req_body = RequestBody::Replayable {
-                bytes: &body,
-                declared,
-            };
-            forward_with_retries(shard, c, worker, req_body, json.as_ref(), deadline).await
+    let keep = if pd {
+        super::pd::handle(shard, c, json.as_ref(), deadline).await
+    } else {
+        match pick(shard, c, json.as_ref(), role) {
+            Some(worker) => {
+                let declared = c.head.has_body();
+                let req_body = RequestBody::Replayable {
+                    bytes: &body,
+                    declared,
+                };
+                let leg = Leg::Single { role };
+                forward_with_retries(shard, c, worker, req_body, json.as_ref(), leg, deadline).await
+            }
+            None => no_worker(shard, c, true, role).await,
         }
-        None => no_worker(shard, c, true).await,
     };
     if body.capacity() <= KEEP_BODY_CAPACITY {
         c.body = body;
@@ -118,8 +126,10 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
 /// Mode 1. A body that already sits whole in the read buffer is copied out so the
 /// request stays replayable; otherwise it streams through.
 async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
-    let Some(worker) = pick(shard, c, None) else {
-        return no_worker(shard, c, !c.head.has_body()).await;
+    let role = shard.main_role();
+    let leg = Leg::Single { role };
+    let Some(worker) = pick(shard, c, None, role) else {
+        return no_worker(shard, c, !c.head.has_body(), role).await;
     };
     let whole = match c.head.framing {
         BodyFraming::Empty => Some(0),
@@ -137,11 +147,13 @@ async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
                 bytes: &body,
                 declared,
             };
-            let keep = forward_with_retries(shard, c, worker, req_body, None, deadline).await;
+            let keep = forward_with_retries(shard, c, worker, req_body, None, leg, deadline).await;
             c.body = body;
             keep
         }
-        None => forward_with_retries(shard, c, worker, RequestBody::Streamed, None, deadline).await,
+        None => {
+            forward_with_retries(shard, c, worker, RequestBody::Streamed, None, leg, deadline).await
+        }
     }
 }
 
@@ -180,14 +192,17 @@ pub(super) fn pick(
     shard: &Shard,
     c: &Client,
     json: Option<&serde_json::Value>,
+    role: WorkerRole,
 ) -> Option<WorkerId> {
     let input = RouteInput {
         head: &c.head,
         json,
     };
     let (picked, insert) = {
-        let mut policy = shard.policy.borrow_mut();
-        let picked = policy.pick(&shard.workers.borrow(), &input);
+        let mut policy = shard.policy(role).borrow_mut();
+        let mut workers = shard.workers.borrow_mut();
+        workers.set_view(role);
+        let picked = policy.pick(&workers, &input);
         (picked, policy.take_insert())
     };
     if let Some(insert) = insert {
@@ -201,15 +216,29 @@ pub(super) fn pick(
     picked
 }
 
-async fn no_worker(shard: &Shard, c: &mut Client, body_read: bool) -> bool {
-    let (healthy, open) = shard.workers.borrow().unavailable_counts();
+pub(super) async fn no_worker(
+    shard: &Shard,
+    c: &mut Client,
+    body_read: bool,
+    role: WorkerRole,
+) -> bool {
+    let (healthy, open) = {
+        let mut workers = shard.workers.borrow_mut();
+        workers.set_view(role);
+        workers.unavailable_counts()
+    };
+    let pool = match role {
+        WorkerRole::Regular => "",
+        WorkerRole::Prefill => "prefill ",
+        WorkerRole::Decode => "decode ",
+    };
     let msg = if open > 0 {
         format!(
-            "no worker is available: {open} of {healthy} healthy worker(s) have an open \
-             circuit breaker after repeated failures"
+            "no {pool}worker is available: {open} of {healthy} healthy {pool}worker(s) \
+             have an open circuit breaker after repeated failures"
         )
     } else {
-        "no healthy worker is available".to_string()
+        format!("no healthy {pool}worker is available")
     };
     c.send_error(503, &msg, body_read).await
 }

@@ -14,7 +14,7 @@
 use super::forward::{forward, AttemptEnd, RequestBody, Verdict};
 use super::wait::{watch_client, ClientWatch, Waited};
 use crate::deadline::Deadline;
-use crate::messages::WorkerId;
+use crate::messages::{WorkerId, WorkerRole};
 use crate::server::Client;
 use crate::shard::Shard;
 use smallvec::SmallVec;
@@ -57,7 +57,27 @@ impl RetryConfig {
 }
 
 /// Workers one request tried; more than four attempts spill to the heap.
-type Tried = SmallVec<[WorkerId; 4]>;
+pub type Tried = SmallVec<[WorkerId; 4]>;
+
+/// Which request the attempts carry.
+#[derive(Clone, Copy)]
+pub enum Leg<'a> {
+    /// An ordinary request to a worker of `role`'s pool.
+    Single { role: WorkerRole },
+    /// The decode leg of a P/D request: each attempt's request id names the prefill
+    /// worker (`prefill`, host:port) and the decode worker it goes to; the first
+    /// attempt keeps the id the prefill leg carried.
+    Decode { prefill: &'a str },
+}
+
+impl Leg<'_> {
+    fn role(&self) -> WorkerRole {
+        match self {
+            Leg::Single { role } => *role,
+            Leg::Decode { .. } => WorkerRole::Decode,
+        }
+    }
+}
 
 /// Forwards the request to `first`, and retries as the rules above allow. Returns true
 /// when the client connection may carry another request.
@@ -67,9 +87,11 @@ pub async fn forward_with_retries(
     first: WorkerId,
     body: RequestBody<'_>,
     json: Option<&serde_json::Value>,
+    leg: Leg<'_>,
     deadline: &mut Deadline<'_>,
 ) -> bool {
     let cfg = &shard.config.retry;
+    let role = leg.role();
     let attempts = if body.replayable() {
         cfg.max_attempts.max(1)
     } else {
@@ -82,6 +104,13 @@ pub async fn forward_with_retries(
     let mut watch = ClientWatch::new();
     for attempt in 0..attempts {
         let last = attempt + 1 == attempts;
+        if let Leg::Decode { prefill } = leg {
+            if attempt > 0 {
+                // Another decode worker: the id must name it (the first attempt's id is
+                // the one the prefill leg already carried).
+                set_pd_request_id(shard, c, prefill, worker);
+            }
+        }
         let result = forward(shard, c, worker, &body, deadline, !last).await;
         match result.verdict {
             Verdict::Success => {
@@ -121,8 +150,12 @@ pub async fn forward_with_retries(
             Waited::Deadline => return c.send_error(504, "the request timed out", false).await,
         }
         let next = {
-            shard.workers.borrow_mut().exclude(&failed);
-            let next = super::pipeline::pick(shard, c, json);
+            {
+                let mut workers = shard.workers.borrow_mut();
+                workers.set_view(role);
+                workers.exclude(&failed);
+            }
+            let next = super::pipeline::pick(shard, c, json, role);
             shard.workers.borrow_mut().clear_excluded();
             next
         };
@@ -133,6 +166,17 @@ pub async fn forward_with_retries(
         }
     }
     unreachable!("the last attempt always returns")
+}
+
+/// A P/D request's id names both of its workers (vLLM's connector reads them).
+pub fn set_pd_request_id(shard: &Shard, c: &mut Client, prefill: &str, decode: WorkerId) {
+    let workers = shard.workers.borrow();
+    let decode = workers
+        .get(decode)
+        .map_or("", |w| w.spec.authority.as_str());
+    let id = super::pd::pd_request_id(prefill, decode, &mut shard.rng.borrow_mut());
+    c.request_id.clear();
+    c.request_id.extend_from_slice(id.as_bytes());
 }
 
 #[cfg(test)]

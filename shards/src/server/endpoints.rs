@@ -11,10 +11,10 @@ pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<u16> {
     if method != b"GET" && method != b"HEAD" {
         return None;
     }
-    let routable = shard.workers.borrow().routable_count();
+    let ready = shard.ready();
     let (status, body): (u16, &[u8]) = match c.head.path() {
         b"/liveness" => (200, br#"{"status":"alive"}"#),
-        b"/health" | b"/readiness" if routable > 0 => (200, br#"{"status":"ready"}"#),
+        b"/health" | b"/readiness" if ready => (200, br#"{"status":"ready"}"#),
         b"/health" | b"/readiness" => (503, br#"{"status":"no available workers"}"#),
         _ => return None,
     };
