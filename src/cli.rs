@@ -188,7 +188,6 @@ pub struct Cli {
 /// Giving one on the command line is an error, never silently ignored.
 const NOT_BUILT: &[(&str, &str)] = &[
     ("cors_allowed_origins", "CORS"),
-    ("vllm_discovery_address", "vLLM ZMQ discovery"),
     ("service_discovery", "Kubernetes service discovery"),
     ("selector", "Kubernetes service discovery"),
     ("service_discovery_port", "Kubernetes service discovery"),

@@ -66,10 +66,16 @@ fn run(cli: Cli) -> Result<(), String> {
     // P/D pools.
     let prefill = cli::prefill_pairs(&cli.prefill)?;
     let pd = cli.vllm_pd_disaggregation;
-    if pd && (prefill.is_empty() || cli.decode.is_empty()) {
+    let discovery = cli.vllm_discovery_address.clone();
+    if pd && discovery.is_none() && (prefill.is_empty() || cli.decode.is_empty()) {
         return Err(
-            "--vllm-pd-disaggregation needs at least one --prefill URL and one --decode URL".into(),
+            "--vllm-pd-disaggregation needs at least one --prefill URL and one \
+                    --decode URL, or --vllm-discovery-address"
+                .into(),
         );
+    }
+    if !pd && discovery.is_some() {
+        return Err("--vllm-discovery-address needs --vllm-pd-disaggregation".into());
     }
     if !pd && (cli.prefill_policy.is_some() || cli.decode_policy.is_some()) {
         return Err("--prefill-policy and --decode-policy need --vllm-pd-disaggregation".into());
@@ -154,6 +160,7 @@ fn run(cli: Cli) -> Result<(), String> {
         worker_urls: worker_urls.clone(),
         prefill_urls,
         decode_urls: cli.decode.clone(),
+        discovery_address: discovery,
         dp_size: cli.intra_node_data_parallel_size.max(1),
         probe: ProbeConfig {
             endpoint: cli.health_check_endpoint.clone(),

@@ -27,10 +27,10 @@ fn unbuilt_features_are_refused_not_ignored() {
         "{text}"
     );
     assert!(text.contains("--selector is not supported yet"), "{text}");
-    let (code, text) = run(&["--vllm-discovery-address", "0.0.0.0:30001"]);
+    let (code, text) = run(&["--cors-allowed-origins", "https://a.example"]);
     assert_ne!(code, 0);
     assert!(
-        text.contains("--vllm-discovery-address is not supported yet"),
+        text.contains("--cors-allowed-origins is not supported yet"),
         "{text}"
     );
 }

@@ -20,6 +20,7 @@ fn workers(n: u32) -> WorkerSet {
             dp_rank: None,
             healthy: true,
             role: Default::default(),
+            pd_address: None,
         }));
     }
     s

@@ -22,6 +22,16 @@ pub struct WorkerSpec {
     pub healthy: bool,
     /// Which pool it serves: regular, or a prefill or decode worker (P/D).
     pub role: WorkerRole,
+    /// The address P/D request ids name this worker by, when it is not `authority`:
+    /// the ZMQ address a vLLM NCCL instance announced in its heartbeats.
+    pub pd_address: Option<String>,
+}
+
+impl WorkerSpec {
+    /// How P/D request ids name this worker.
+    pub fn pd_peer(&self) -> &str {
+        self.pd_address.as_deref().unwrap_or(&self.authority)
+    }
 }
 
 /// A worker's pool. Each has its own policy instance; P/D requests take one worker

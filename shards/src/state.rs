@@ -233,6 +233,7 @@ mod tests {
             dp_rank: None,
             healthy,
             role: Default::default(),
+            pd_address: None,
         }
     }
 

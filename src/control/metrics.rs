@@ -68,7 +68,13 @@ impl Aggregator {
     }
 
     /// The exposition text.
-    pub fn render(&self, registry: &Registry, policy: &str, breakers: &Breakers) -> String {
+    pub fn render(
+        &self,
+        registry: &Registry,
+        policy: &str,
+        breakers: &Breakers,
+        discovery_updates: u64,
+    ) -> String {
         let mut total = ShardMetrics::default();
         for m in self.shards.values() {
             for r in 0..ROUTES.len() {
@@ -337,6 +343,12 @@ impl Aggregator {
             "Attempts counted by the circuit breakers, per worker and outcome (docs/resilience.md).",
             MetricType::COUNTER,
             outcomes,
+        ));
+        families.push(family(
+            "vllm_router_discovery_updates_total",
+            "Workers added or removed by discovery.",
+            MetricType::COUNTER,
+            vec![(vec![], discovery_updates as f64)],
         ));
         families.push(family(
             "vllm_router_active_workers",

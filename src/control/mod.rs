@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod registry;
 pub mod reload;
 pub mod scrape;
+pub mod zmq_discovery;
 
 use crossbeam_channel::Receiver;
 use health::ProbeConfig;
@@ -36,6 +37,8 @@ pub enum Command {
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
     pub worker_urls: Vec<String>,
+    /// `--vllm-discovery-address`: vLLM NCCL instances announce themselves here.
+    pub discovery_address: Option<String>,
     /// P/D pools (`--prefill`, `--decode`).
     pub prefill_urls: Vec<String>,
     pub decode_urls: Vec<String>,
@@ -80,6 +83,8 @@ pub struct ControlState {
     pub breakers: breakers::Breakers,
     /// Base URLs the worker list file owns (see `reload`).
     pub file_workers: std::collections::BTreeSet<String>,
+    /// Workers added or removed by discovery (`discovery_updates_total`).
+    pub discovery_updates: u64,
 }
 
 impl ControlState {
@@ -224,6 +229,16 @@ impl ControlCore {
                 return false;
             }
         };
+        let discovery = match &config.discovery_address {
+            Some(address) => match zmq_discovery::bind(address).await {
+                Ok(socket) => Some(socket),
+                Err(e) => {
+                    let _ = started.send(Err(e));
+                    return false;
+                }
+            },
+            None => None,
+        };
         let mut registry = Registry::new(config.dp_size);
         let pools = [
             (shards::messages::WorkerRole::Regular, &config.worker_urls),
@@ -248,6 +263,7 @@ impl ControlCore {
             scraped: std::collections::HashMap::new(),
             breakers: breakers::Breakers::new(config.breaker.clone()),
             file_workers: config.file_urls.iter().cloned().collect(),
+            discovery_updates: 0,
         }));
 
         match startup_wait(&state, &config).await {
@@ -262,6 +278,9 @@ impl ControlCore {
 
         tokio::task::spawn_local(health_loop(state.clone(), config.clone()));
         tokio::task::spawn_local(load_loop(state.clone()));
+        if let Some(socket) = discovery {
+            tokio::task::spawn_local(zmq_discovery::run(state.clone(), socket));
+        }
         if config.breaker.enabled {
             tokio::task::spawn_local(breaker_loop(state.clone()));
         }
@@ -712,7 +731,8 @@ async fn serve_metrics(state: Rc<RefCell<ControlState>>, listener: tokio::net::T
                 (
                     "200 OK",
                     "text/plain; version=0.0.4; charset=utf-8",
-                    s.metrics.render(&s.registry, s.policy, &s.breakers),
+                    s.metrics
+                        .render(&s.registry, s.policy, &s.breakers, s.discovery_updates),
                 )
             } else {
                 (

@@ -80,6 +80,7 @@ pub fn resolve(url: &str, dp_size: u32, next_id: &mut WorkerId) -> Result<Vec<Wo
                 dp_rank: rank,
                 healthy: true,
                 role: Default::default(),
+                pd_address: None,
             }
         })
         .collect())

@@ -255,7 +255,7 @@ fn authority(shard: &Shard, worker: WorkerId) -> String {
         .workers
         .borrow()
         .get(worker)
-        .map_or_else(String::new, |w| w.spec.authority.clone())
+        .map_or_else(String::new, |w| w.spec.pd_peer().to_string())
 }
 
 fn url(shard: &Shard, worker: WorkerId) -> String {

@@ -171,9 +171,7 @@ pub async fn forward_with_retries(
 /// A P/D request's id names both of its workers (vLLM's connector reads them).
 pub fn set_pd_request_id(shard: &Shard, c: &mut Client, prefill: &str, decode: WorkerId) {
     let workers = shard.workers.borrow();
-    let decode = workers
-        .get(decode)
-        .map_or("", |w| w.spec.authority.as_str());
+    let decode = workers.get(decode).map_or("", |w| w.spec.pd_peer());
     let id = super::pd::pd_request_id(prefill, decode, &mut shard.rng.borrow_mut());
     c.request_id.clear();
     c.request_id.extend_from_slice(id.as_bytes());
