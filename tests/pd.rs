@@ -390,3 +390,41 @@ fn discovered_instances_join_then_expire_after_their_last_heartbeat() {
         metric(&r.metrics(), "vllm_router_discovery_updates_total", &[]) == Some(4.0)
     }));
 }
+
+#[test]
+fn a_failing_decode_worker_is_retried_on_another_with_the_same_prefill() {
+    let p = mock(&["--name", "p"]);
+    let bad = mock(&["--name", "bad", "--fail-status", "503"]);
+    let good = mock(&["--name", "good"]);
+    let r = pd_router(
+        &[&p],
+        &[&bad, &good],
+        &[
+            "--retry-initial-backoff-ms",
+            "5",
+            "--policy",
+            "round_robin",
+            "--shards",
+            "1",
+        ],
+    );
+    for _ in 0..4 {
+        let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 2, true));
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-mock-worker"), Some("good"));
+    }
+    // The prefill ran once per request: decode retries reuse its result.
+    assert_eq!(recent(&p).len(), 4);
+    assert!(
+        !recent(&bad).is_empty(),
+        "round robin never tried the failing decode worker"
+    );
+    // The retried leg's id names the decode worker it went to.
+    for req in recent(&good) {
+        let id = req["headers"]["x-request-id"].as_str().unwrap();
+        assert!(
+            id.contains(&format!("___decode_addr_127.0.0.1:{}_", good.port)),
+            "{id}"
+        );
+    }
+}
