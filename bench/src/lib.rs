@@ -1,3 +1,4 @@
 //! Benchmarking harness and the mock vLLM worker used by tests and benchmarks.
 
+pub mod loadgen;
 pub mod mock;

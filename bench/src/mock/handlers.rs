@@ -201,6 +201,7 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
             tokens,
             prompt_tokens,
             include_usage,
+            timestamps: c.head.header(b"x-mock-timestamps").is_some(),
         };
         stream_tokens(shared, c, &shape, prefill_us, delay).await
     } else {
@@ -265,6 +266,9 @@ struct StreamShape<'a> {
     tokens: u64,
     prompt_tokens: u64,
     include_usage: bool,
+    /// Stamp each event with `mock_sent_us` (wall clock, microseconds) so a client on
+    /// the same host can time each event's delivery (`x-mock-timestamps` header).
+    timestamps: bool,
 }
 
 /// Streams `tokens` SSE events. Returns false if the client left (or a fault dropped
@@ -284,6 +288,7 @@ async fn stream_tokens(
         tokens,
         prompt_tokens,
         include_usage,
+        timestamps,
     } = *shape;
     c.out.clear();
     encode::status_line(&mut c.out, 1, 200, b"OK");
@@ -312,13 +317,19 @@ async fn stream_tokens(
         }
         let last = i + 1 == tokens;
         let finish = if last { json!("length") } else { Value::Null };
-        let event = if chat {
+        let mut event = if chat {
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                    "choices": [{"index": 0, "delta": {"content": token}, "logprobs": null, "finish_reason": finish}]})
         } else {
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
                    "choices": [{"index": 0, "text": token, "logprobs": null, "finish_reason": finish}]})
         };
+        if timestamps {
+            let us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
+            event["mock_sent_us"] = json!(us);
+        }
         if !send_event(c, &event.to_string()).await {
             return false;
         }
