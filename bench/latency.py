@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Streaming latency through each proxy at a moderate rate: direct to a mock worker,
+this router, nginx proxy_pass (proxy_buffering off) and the published router, all in
+one interleaved vllm-router-bench run. The mock stamps each SSE event
+(`x-mock-timestamps`), so the table also shows each event's delivery delay.
+
+    python3 bench/latency.py [--published PATH] [--rate R] [--duration S]
+"""
+import argparse, os, subprocess, sys, tempfile
+sys.path.insert(0, os.path.dirname(__file__))
+from benchlib import free_port, wait_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target/release")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--published", default=os.environ.get("PUBLISHED_ROUTER", ""))
+    ap.add_argument("--rate", type=float, default=50.0, help="requests/s per target")
+    ap.add_argument("--duration", type=float, default=20.0)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--token-delay-us", type=int, default=10000)
+    ap.add_argument("--out", default=os.path.join(ROOT, "target/bench-latency"))
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    run = tempfile.mkdtemp(prefix="vr-lat-")
+    procs = []
+
+    def start(cmd, port, name, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"), **kw)
+        procs.append(p); wait_port(port, p, name); return p
+
+    try:
+        worker = free_port()
+        # The worker gets CPU 1; the proxies share CPU 0 (one at a time is loaded).
+        start(["taskset", "-c", "1", os.path.join(REL, "mock-vllm"), "--port", str(worker),
+               "--token-delay-us", str(args.token_delay_us), "--threads", "1"], worker, "mock")
+        targets = [f"direct=http://127.0.0.1:{worker}"]
+        ours = free_port()
+        start(["taskset", "-c", "0", os.path.join(REL, "vllm-router"), "--port", str(ours),
+               "--prometheus-port", str(free_port()), "--shards", "1", "--policy", "round_robin",
+               "--worker-urls", f"http://127.0.0.1:{worker}"], ours, "router")
+        targets.append(f"router=http://127.0.0.1:{ours}")
+        ngx = free_port()
+        conf = open(os.path.join(ROOT, "bench/nginx/proxy.conf")).read()
+        conf = conf.replace("__BACKEND_PORT__", str(worker)).replace("__PROXY_PORT__", str(ngx)).replace("__WORKERS__", "1")
+        path = os.path.join(run, "proxy.conf"); open(path, "w").write(conf)
+        start(["taskset", "-c", "0", "nginx", "-p", run, "-c", path], ngx, "nginx")
+        targets.append(f"nginx=http://127.0.0.1:{ngx}")
+        if args.published:
+            pub = free_port()
+            start(["taskset", "-c", "0", args.published, "--port", str(pub), "--prometheus-port", str(free_port()),
+                   "--policy", "round_robin", "--worker-urls", f"http://127.0.0.1:{worker}"],
+                  pub, "published", start_new_session=True)
+            targets.append(f"published=http://127.0.0.1:{pub}")
+        cmd = [os.path.join(REL, "vllm-router-bench"), "--rate", str(args.rate), "--duration", str(args.duration),
+               "--warmup", "3", "--stream", "--max-tokens", str(args.tokens), "--prompt-words", "64-256",
+               "--header", "x-mock-timestamps: 1",
+               "--json", os.path.join(args.out, "latency.json"), "--svg", os.path.join(args.out, "latency.svg")]
+        for t in targets:
+            cmd += ["--target", t]
+        print(" ".join(cmd[1:]), flush=True)
+        subprocess.run(["taskset", "-c", "1"] + cmd, check=True)
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, 9) if p.pid and os.getpgid(p.pid) == p.pid else p.kill()
+            except Exception:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
