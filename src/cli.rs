@@ -186,18 +186,7 @@ pub struct Cli {
 
 /// Flags accepted for compatibility whose feature this build does not have yet.
 /// Giving one on the command line is an error, never silently ignored.
-const NOT_BUILT: &[(&str, &str)] = &[
-    ("cors_allowed_origins", "CORS"),
-    ("service_discovery", "Kubernetes service discovery"),
-    ("selector", "Kubernetes service discovery"),
-    ("service_discovery_port", "Kubernetes service discovery"),
-    (
-        "service_discovery_namespace",
-        "Kubernetes service discovery",
-    ),
-    ("prefill_selector", "Kubernetes service discovery"),
-    ("decode_selector", "Kubernetes service discovery"),
-];
+const NOT_BUILT: &[(&str, &str)] = &[("cors_allowed_origins", "CORS")];
 
 impl Cli {
     /// Parses the process arguments; exits with clap's message on a malformed line.

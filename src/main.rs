@@ -67,10 +67,14 @@ fn run(cli: Cli) -> Result<(), String> {
     let prefill = cli::prefill_pairs(&cli.prefill)?;
     let pd = cli.vllm_pd_disaggregation;
     let discovery = cli.vllm_discovery_address.clone();
-    if pd && discovery.is_none() && (prefill.is_empty() || cli.decode.is_empty()) {
+    if pd
+        && discovery.is_none()
+        && !cli.service_discovery
+        && (prefill.is_empty() || cli.decode.is_empty())
+    {
         return Err(
             "--vllm-pd-disaggregation needs at least one --prefill URL and one \
-                    --decode URL, or --vllm-discovery-address"
+                    --decode URL, --vllm-discovery-address, or --service-discovery"
                 .into(),
         );
     }
@@ -84,6 +88,7 @@ fn run(cli: Cli) -> Result<(), String> {
         return Err("--prefill and --decode need --vllm-pd-disaggregation".into());
     }
     let prefill_urls: Vec<String> = prefill.iter().map(|(u, _)| u.clone()).collect();
+    let k8s = k8s_config(&cli, pd)?;
     // A malformed URL is a configuration error: say so before binding anything.
     for url in worker_urls.iter().chain(&prefill_urls).chain(&cli.decode) {
         control::registry::parse_worker_url(url)?;
@@ -161,6 +166,7 @@ fn run(cli: Cli) -> Result<(), String> {
         prefill_urls,
         decode_urls: cli.decode.clone(),
         discovery_address: discovery,
+        k8s,
         dp_size: cli.intra_node_data_parallel_size.max(1),
         probe: ProbeConfig {
             endpoint: cli.health_check_endpoint.clone(),
@@ -296,6 +302,67 @@ fn run(cli: Cli) -> Result<(), String> {
     // Give the log writer a moment to flush the last lines.
     std::thread::sleep(Duration::from_millis(20));
     Ok(())
+}
+
+/// `--service-discovery` and its selectors, checked.
+fn k8s_config(cli: &Cli, pd: bool) -> Result<Option<control::k8s_discovery::K8sConfig>, String> {
+    use control::k8s_discovery::{K8sConfig, Watch};
+    use shards::messages::WorkerRole;
+    let given = !cli.selector.is_empty()
+        || !cli.prefill_selector.is_empty()
+        || !cli.decode_selector.is_empty()
+        || cli.service_discovery_namespace.is_some();
+    if !cli.service_discovery {
+        if given {
+            return Err("--selector, --prefill-selector, --decode-selector and \
+                        --service-discovery-namespace need --service-discovery"
+                .into());
+        }
+        return Ok(None);
+    }
+    for s in cli
+        .selector
+        .iter()
+        .chain(&cli.prefill_selector)
+        .chain(&cli.decode_selector)
+    {
+        let ok = s.split_once('=').is_some_and(|(k, _)| !k.is_empty());
+        if !ok {
+            return Err(format!("bad selector {s:?}: expected key=value"));
+        }
+    }
+    let watches = if pd {
+        if cli.prefill_selector.is_empty() || cli.decode_selector.is_empty() {
+            return Err("--service-discovery with --vllm-pd-disaggregation needs \
+                        --prefill-selector and --decode-selector"
+                .into());
+        }
+        vec![
+            Watch {
+                role: WorkerRole::Prefill,
+                selector: cli.prefill_selector.clone(),
+            },
+            Watch {
+                role: WorkerRole::Decode,
+                selector: cli.decode_selector.clone(),
+            },
+        ]
+    } else {
+        if cli.selector.is_empty() {
+            return Err(
+                "--service-discovery needs --selector k=v (the worker pods' labels)".into(),
+            );
+        }
+        vec![Watch {
+            role: WorkerRole::Regular,
+            selector: cli.selector.clone(),
+        }]
+    };
+    Ok(Some(K8sConfig {
+        watches,
+        namespace: cli.service_discovery_namespace.clone(),
+        port: cli.service_discovery_port,
+    }))
 }
 
 fn secs(n: u64) -> Duration {

@@ -198,3 +198,47 @@ fn the_grafana_dashboard_uses_only_documented_metrics() {
         );
     }
 }
+
+#[test]
+fn the_kubernetes_deployment_passes_only_flags_the_router_has() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let deployment =
+        std::fs::read_to_string(format!("{root}/deploy/kubernetes/deployment.yaml")).unwrap();
+    let help = String::from_utf8(
+        Command::new(router_bin())
+            .arg("--help")
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let mut flags = 0;
+    for word in deployment.split(|c: char| c.is_whitespace() || c == '=') {
+        if let Some(flag) = word.strip_prefix("--") {
+            assert!(
+                help.contains(&format!("--{flag}")),
+                "--{flag} is not a router flag"
+            );
+            flags += 1;
+        }
+    }
+    assert!(flags >= 6, "{flags}");
+    assert!(deployment.contains("localhostProfile: seccomp-io-uring.json"));
+    let rbac = std::fs::read_to_string(format!("{root}/deploy/kubernetes/rbac.yaml")).unwrap();
+    assert!(
+        rbac.contains(r#"verbs: ["get", "list", "watch"]"#),
+        "least RBAC: {rbac}"
+    );
+    let profile: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/kubernetes/seccomp-io-uring.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let denied = profile["syscalls"][0]["names"].as_array().unwrap();
+    assert!(
+        !denied
+            .iter()
+            .any(|n| n.as_str().unwrap().starts_with("io_uring")),
+        "the profile must allow io_uring"
+    );
+}

@@ -73,7 +73,7 @@ impl Aggregator {
         registry: &Registry,
         policy: &str,
         breakers: &Breakers,
-        discovery_updates: u64,
+        discovery: [u64; 3],
     ) -> String {
         let mut total = ShardMetrics::default();
         for m in self.shards.values() {
@@ -344,12 +344,30 @@ impl Aggregator {
             MetricType::COUNTER,
             outcomes,
         ));
-        families.push(family(
-            "vllm_router_discovery_updates_total",
-            "Workers added or removed by discovery.",
-            MetricType::COUNTER,
-            vec![(vec![], discovery_updates as f64)],
-        ));
+        for (name, help, n) in [
+            (
+                "vllm_router_discovery_updates_total",
+                "Workers added or removed by discovery (Kubernetes or vLLM ZMQ).",
+                discovery[0],
+            ),
+            (
+                "vllm_router_discovery_workers_added_total",
+                "Workers discovery added.",
+                discovery[1],
+            ),
+            (
+                "vllm_router_discovery_workers_removed_total",
+                "Workers discovery removed (deleted, not ready, expired, IP changed).",
+                discovery[2],
+            ),
+        ] {
+            families.push(family(
+                name,
+                help,
+                MetricType::COUNTER,
+                vec![(vec![], n as f64)],
+            ));
+        }
         families.push(family(
             "vllm_router_active_workers",
             "Workers currently healthy.",

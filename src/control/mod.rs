@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod breakers;
 pub mod health;
+pub mod k8s_discovery;
 pub mod metrics;
 pub mod registry;
 pub mod reload;
@@ -37,6 +38,8 @@ pub enum Command {
 #[derive(Clone, Debug)]
 pub struct ControlConfig {
     pub worker_urls: Vec<String>,
+    /// `--service-discovery`: pods watched through the Kubernetes API.
+    pub k8s: Option<k8s_discovery::K8sConfig>,
     /// `--vllm-discovery-address`: vLLM NCCL instances announce themselves here.
     pub discovery_address: Option<String>,
     /// P/D pools (`--prefill`, `--decode`).
@@ -83,8 +86,10 @@ pub struct ControlState {
     pub breakers: breakers::Breakers,
     /// Base URLs the worker list file owns (see `reload`).
     pub file_workers: std::collections::BTreeSet<String>,
-    /// Workers added or removed by discovery (`discovery_updates_total`).
+    /// Workers added or removed by discovery (`discovery_updates_total`), and each.
     pub discovery_updates: u64,
+    pub discovery_added: u64,
+    pub discovery_removed: u64,
 }
 
 impl ControlState {
@@ -264,6 +269,8 @@ impl ControlCore {
             breakers: breakers::Breakers::new(config.breaker.clone()),
             file_workers: config.file_urls.iter().cloned().collect(),
             discovery_updates: 0,
+            discovery_added: 0,
+            discovery_removed: 0,
         }));
 
         match startup_wait(&state, &config).await {
@@ -278,6 +285,9 @@ impl ControlCore {
 
         tokio::task::spawn_local(health_loop(state.clone(), config.clone()));
         tokio::task::spawn_local(load_loop(state.clone()));
+        if let Some(k8s) = config.k8s.clone() {
+            tokio::task::spawn_local(k8s_discovery::run(state.clone(), k8s));
+        }
         if let Some(socket) = discovery {
             tokio::task::spawn_local(zmq_discovery::run(state.clone(), socket));
         }
@@ -731,8 +741,12 @@ async fn serve_metrics(state: Rc<RefCell<ControlState>>, listener: tokio::net::T
                 (
                     "200 OK",
                     "text/plain; version=0.0.4; charset=utf-8",
-                    s.metrics
-                        .render(&s.registry, s.policy, &s.breakers, s.discovery_updates),
+                    s.metrics.render(
+                        &s.registry,
+                        s.policy,
+                        &s.breakers,
+                        [s.discovery_updates, s.discovery_added, s.discovery_removed],
+                    ),
                 )
             } else {
                 (

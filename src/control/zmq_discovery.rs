@@ -123,6 +123,7 @@ fn heartbeat(
         s.broadcast(Delta::Upsert(spec));
     }
     s.discovery_updates += 1;
+    s.discovery_added += 1;
     shards::info!(
         "discovery: {} worker {url} joined (zmq {})",
         hb.role.name(),
@@ -153,6 +154,7 @@ fn expire(state: &Rc<RefCell<ControlState>>, known: &mut HashMap<String, Instanc
             s.broadcast(Delta::Remove(id));
         }
         s.discovery_updates += 1;
+        s.discovery_removed += 1;
         shards::info!("discovery: worker http://{address} expired (no heartbeat for 5s)");
     }
 }
