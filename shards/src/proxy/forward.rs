@@ -367,7 +367,7 @@ async fn end_stream_with_error(
     let _ = c.flush_out().await;
 }
 
-fn worker_url(shard: &Shard, worker: WorkerId) -> String {
+pub(super) fn worker_url(shard: &Shard, worker: WorkerId) -> String {
     shard
         .workers
         .borrow()

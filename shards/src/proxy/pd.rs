@@ -20,11 +20,13 @@
 //! its worker's breaker; a client that leaves during either leg cancels it.
 
 use super::forward::{
-    exchange_buffered, retryable_status, status_verdict, Buffered, RequestBody, Verdict,
+    exchange_buffered, retryable_status, status_verdict, worker_url, Buffered, RequestBody, Verdict,
 };
 use super::pipeline::{no_worker, pick};
-use super::retry::{forward_with_retries, set_pd_request_id, Leg, Tried};
-use super::wait::{watch_client, ClientWatch, Waited};
+use super::retry::{
+    forward_with_retries, pause_and_choose, record_verdict, set_pd_request_id, Leg, Next, Tried,
+};
+use super::wait::ClientWatch;
 use crate::deadline::Deadline;
 use crate::messages::{WorkerId, WorkerRole};
 use crate::policy::Random;
@@ -130,10 +132,7 @@ async fn prefill_leg(
                 return Err(false);
             }
             Buffered::Answer { status, body } if (200..300).contains(&status) => {
-                shard.record_outcome(worker, true);
-                for w in answered_500.iter().filter(|w| **w != worker) {
-                    shard.record_outcome(*w, false);
-                }
+                record_verdict(shard, worker, Verdict::Success, &mut answered_500);
                 return match transfer_params(&body) {
                     Ok(params) => Ok((params, addr)),
                     Err(e) => {
@@ -146,18 +145,15 @@ async fn prefill_leg(
                         };
                         let msg = format!(
                             "prefill stage failed: worker {} sent {why}",
-                            url(shard, worker)
+                            worker_url(shard, worker)
                         );
                         Err(c.send_error(502, &msg, true).await)
                     }
                 };
             }
             Buffered::Answer { status, body } => {
-                match status_verdict(status) {
-                    Verdict::Failure => shard.record_outcome(worker, false),
-                    Verdict::Status500 => answered_500.push(worker),
-                    _ => {}
-                }
+                // A 2xx was handled above; a 408/429 is neutral.
+                record_verdict(shard, worker, status_verdict(status), &mut answered_500);
                 if !retryable_status(status) {
                     // The request's own fault (a 4xx): the client sees vLLM's answer.
                     pd_error(shard, "prefill_rejected");
@@ -165,7 +161,7 @@ async fn prefill_leg(
                 }
                 (
                     status,
-                    format!("worker {} answered {status}", url(shard, worker)),
+                    format!("worker {} answered {status}", worker_url(shard, worker)),
                 )
             }
             Buffered::Failed {
@@ -174,9 +170,7 @@ async fn prefill_leg(
                 verdict,
                 retryable,
             } => {
-                if verdict == Verdict::Failure {
-                    shard.record_outcome(worker, false);
-                }
+                record_verdict(shard, worker, verdict, &mut answered_500);
                 if !retryable {
                     pd_error(shard, "prefill_failed");
                     let msg = format!("prefill stage failed: {message}");
@@ -195,26 +189,21 @@ async fn prefill_leg(
             return Err(c.send_error(502, &msg, true).await);
         }
         failed.push(worker);
-        shard.metrics.borrow_mut().retries[route] += 1;
-        let pause = cfg.backoff(attempt, shard.rng.borrow_mut().unit());
-        match watch_client(glommio::timer::sleep(pause), c, &mut watch, deadline).await {
-            Waited::Done(()) => {}
-            Waited::ClientGone => {
-                c.outcome.error = Some("client_gone");
-                return Err(false);
-            }
-            Waited::Deadline => return Err(c.send_error(504, "the request timed out", true).await),
-        }
-        {
-            let mut workers = shard.workers.borrow_mut();
-            workers.set_view(WorkerRole::Prefill);
-            workers.exclude(&failed);
-        }
-        let next = pick(shard, c, json, WorkerRole::Prefill);
-        shard.workers.borrow_mut().clear_excluded();
-        match next {
-            Some(w) => worker = w,
-            None => {
+        let next = pause_and_choose(
+            shard,
+            c,
+            json,
+            WorkerRole::Prefill,
+            attempt,
+            &failed,
+            &mut watch,
+            deadline,
+        );
+        match next.await {
+            Next::Worker(w) => worker = w,
+            Next::ClientGone => return Err(false),
+            Next::TimedOut => return Err(c.send_error(504, "the request timed out", true).await),
+            Next::NoWorker => {
                 pd_error(shard, "prefill_failed");
                 let msg = format!("prefill stage failed: {message}");
                 return Err(c.send_error(502, &msg, true).await);
@@ -256,14 +245,6 @@ fn authority(shard: &Shard, worker: WorkerId) -> String {
         .borrow()
         .get(worker)
         .map_or_else(String::new, |w| w.spec.pd_peer().to_string())
-}
-
-fn url(shard: &Shard, worker: WorkerId) -> String {
-    shard
-        .workers
-        .borrow()
-        .get(worker)
-        .map_or_else(|| format!("#{worker}"), |w| w.spec.url.clone())
 }
 
 /// The body of the prefill leg: the original request generating one token, not

@@ -47,22 +47,17 @@ pub async fn relay_body(
         if !up.rbuf.is_empty() || decoder.is_done() {
             let input = up.rbuf.filled();
             let out = &mut c.out;
-            let fed = match (framing, sse.as_deref_mut()) {
-                (ClientFraming::Rechunk, Some(s)) => decoder.feed(input, |d| {
+            let mut sse = sse.as_deref_mut();
+            let fed = decoder.feed(input, |d| {
+                if let Some(s) = sse.as_deref_mut() {
                     s.feed(d);
-                    encode::chunk(out, d)
-                }),
-                (ClientFraming::Rechunk, None) => decoder.feed(input, |d| encode::chunk(out, d)),
-                (ClientFraming::Dechunk, Some(s)) => decoder.feed(input, |d| {
-                    s.feed(d);
-                    out.extend_from_slice(d)
-                }),
-                (ClientFraming::Dechunk, None) => decoder.feed(input, |d| out.extend_from_slice(d)),
-                (_, Some(s)) => decoder.feed(input, |d| {
-                    s.feed(d);
-                }),
-                (_, None) => decoder.feed(input, |_| {}),
-            };
+                }
+                match framing {
+                    ClientFraming::Rechunk => encode::chunk(out, d),
+                    ClientFraming::Dechunk => out.extend_from_slice(d),
+                    _ => {} // raw framings are written from `input` below
+                }
+            });
             let Ok(progress) = fed else {
                 return RelayEnd::UpstreamFailed;
             };

@@ -112,19 +112,7 @@ pub async fn forward_with_retries(
             }
         }
         let result = forward(shard, c, worker, &body, deadline, !last).await;
-        match result.verdict {
-            Verdict::Success => {
-                shard.record_outcome(worker, true);
-                // Another worker served what these answered 500 to: theirs was the
-                // failure, not the request's.
-                for w in answered_500.iter().filter(|w| **w != worker) {
-                    shard.record_outcome(*w, false);
-                }
-            }
-            Verdict::Failure => shard.record_outcome(worker, false),
-            Verdict::Status500 => answered_500.push(worker),
-            Verdict::Neutral => {}
-        }
+        record_verdict(shard, worker, result.verdict, &mut answered_500);
         let (status, message) = match result.end {
             AttemptEnd::Answered { keep, failed } => {
                 if failed && last && attempt > 0 {
@@ -138,34 +126,85 @@ pub async fn forward_with_retries(
             return c.send_error(status, &message, false).await;
         }
         failed.push(worker);
-        shard.metrics.borrow_mut().retries[route] += 1;
-        let pause = cfg.backoff(attempt, shard.rng.borrow_mut().unit());
-        deadline.end_phase();
-        match watch_client(glommio::timer::sleep(pause), c, &mut watch, deadline).await {
-            Waited::Done(()) => {}
-            Waited::ClientGone => {
-                c.outcome.error = Some("client_gone");
-                return false;
-            }
-            Waited::Deadline => return c.send_error(504, "the request timed out", false).await,
-        }
-        let next = {
-            {
-                let mut workers = shard.workers.borrow_mut();
-                workers.set_view(role);
-                workers.exclude(&failed);
-            }
-            let next = super::pipeline::pick(shard, c, json, role);
-            shard.workers.borrow_mut().clear_excluded();
-            next
-        };
-        match next {
-            Some(w) => worker = w,
+        let next = pause_and_choose(shard, c, json, role, attempt, &failed, &mut watch, deadline);
+        match next.await {
+            Next::Worker(w) => worker = w,
+            Next::ClientGone => return false,
+            Next::TimedOut => return c.send_error(504, "the request timed out", false).await,
             // Nothing left to try: the client gets the last failure.
-            None => return c.send_error(status, &message, false).await,
+            Next::NoWorker => return c.send_error(status, &message, false).await,
         }
     }
     unreachable!("the last attempt always returns")
+}
+
+/// Counts one attempt's verdict for the breakers. A 500 is held in `answered_500`
+/// until the request succeeds elsewhere: only then was it the worker's failure.
+pub fn record_verdict(shard: &Shard, worker: WorkerId, verdict: Verdict, answered_500: &mut Tried) {
+    match verdict {
+        Verdict::Success => {
+            shard.record_outcome(worker, true);
+            // Another worker served what these answered 500 to: theirs was the
+            // failure, not the request's.
+            for w in answered_500.iter().filter(|w| **w != worker) {
+                shard.record_outcome(*w, false);
+            }
+        }
+        Verdict::Failure => shard.record_outcome(worker, false),
+        Verdict::Status500 => answered_500.push(worker),
+        Verdict::Neutral => {}
+    }
+}
+
+/// What `pause_and_choose` came to.
+pub enum Next {
+    Worker(WorkerId),
+    /// The client left during the pause.
+    ClientGone,
+    /// The request's own time ran out during the pause.
+    TimedOut,
+    /// No routable worker in the pool.
+    NoWorker,
+}
+
+/// Between two attempts: count the retry, pause for the backoff of retry number
+/// `attempt` (watching the client and the request's deadline), then ask `role`'s
+/// policy again with the workers in `failed` taken out of the choice.
+#[allow(clippy::too_many_arguments)]
+pub async fn pause_and_choose(
+    shard: &Shard,
+    c: &mut Client,
+    json: Option<&serde_json::Value>,
+    role: WorkerRole,
+    attempt: u32,
+    failed: &[WorkerId],
+    watch: &mut ClientWatch,
+    deadline: &mut Deadline<'_>,
+) -> Next {
+    let route = crate::metrics::route_index(c.head.path());
+    shard.metrics.borrow_mut().retries[route] += 1;
+    let pause = shard
+        .config
+        .retry
+        .backoff(attempt, shard.rng.borrow_mut().unit());
+    // A phase (head or idle timeout) of the failed attempt must not cut the pause.
+    deadline.end_phase();
+    match watch_client(glommio::timer::sleep(pause), c, watch, deadline).await {
+        Waited::Done(()) => {}
+        Waited::ClientGone => {
+            c.outcome.error = Some("client_gone");
+            return Next::ClientGone;
+        }
+        Waited::Deadline => return Next::TimedOut,
+    }
+    {
+        let mut workers = shard.workers.borrow_mut();
+        workers.set_view(role);
+        workers.exclude(failed);
+    }
+    let next = super::pipeline::pick(shard, c, json, role);
+    shard.workers.borrow_mut().clear_excluded();
+    next.map_or(Next::NoWorker, Next::Worker)
 }
 
 /// A P/D request's id names both of its workers (vLLM's connector reads them).

@@ -48,34 +48,35 @@ pub async fn read_upstream(
     watch: &mut ClientWatch,
     deadline: &mut Deadline<'_>,
 ) -> Wake {
+    let upstream = async { Wake::Upstream(up.rbuf.read_from(&mut up.stream, max).await) };
+    let client = async {
+        client_leaves(c, watch).await;
+        Wake::ClientGone
+    };
+    let expired = async {
+        (&mut *deadline).await;
+        Wake::Deadline
+    };
+    or(upstream, or(client, expired)).await
+}
+
+/// Reads the client socket until it closes or fails. Bytes it sends meanwhile (a body,
+/// pipelined requests) stay in its buffer; once that buffer is full the socket is left
+/// alone (a write to a gone client still fails later), and this never returns.
+async fn client_leaves(c: &mut Client, watch: &mut ClientWatch) {
     loop {
-        let upstream = async { Some(Wake::Upstream(up.rbuf.read_from(&mut up.stream, max).await)) };
-        let client = async {
-            if !watch.enabled {
-                return pending().await;
-            }
-            match c
-                .rbuf
-                .read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES)
-                .await
-            {
-                Ok(0) => Some(Wake::ClientGone),
-                Ok(_) => None, // pipelined bytes: keep them, keep waiting
-                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                    // Its buffer is full of pipelined requests: stop reading it; a
-                    // write to a gone client still fails later.
-                    watch.enabled = false;
-                    None
-                }
-                Err(_) => Some(Wake::ClientGone),
-            }
-        };
-        let expired = async {
-            (&mut *deadline).await;
-            Some(Wake::Deadline)
-        };
-        if let Some(w) = or(upstream, or(client, expired)).await {
-            return w;
+        if !watch.enabled {
+            return pending().await;
+        }
+        match c
+            .rbuf
+            .read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES)
+            .await
+        {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => watch.enabled = false,
+            Err(_) => return,
         }
     }
 }
@@ -97,21 +98,8 @@ pub async fn watch_client<T>(
 ) -> Waited<T> {
     let fut = async { Waited::Done(fut.await) };
     let client = async {
-        loop {
-            if !watch.enabled {
-                return pending().await;
-            }
-            match c
-                .rbuf
-                .read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES)
-                .await
-            {
-                Ok(0) => return Waited::ClientGone,
-                Ok(_) => {} // body or pipelined bytes: kept for later
-                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => watch.enabled = false,
-                Err(_) => return Waited::ClientGone,
-            }
-        }
+        client_leaves(c, watch).await;
+        Waited::ClientGone
     };
     let expired = async {
         (&mut *deadline).await;
