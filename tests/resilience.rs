@@ -299,11 +299,11 @@ fn stream_idle_timeout_cuts_a_hung_stream_with_an_error_event() {
     let r = router(&[&w], &["--stream-idle-timeout-secs", "1"]);
     let mut c = Conn::open(r.port);
     let body = chat_body("hi", 3, true).to_string();
-    let raw = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nx-mock-token-delay-us: 5000000\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    c.post_with_headers(
+        "/v1/chat/completions",
+        &[("x-mock-token-delay-us", "5000000")],
+        &body,
     );
-    c.send(raw.as_bytes());
     let start = Instant::now();
     let resp = c.read_response(false);
     assert_eq!(resp.status, 200);
@@ -359,11 +359,11 @@ fn hold_a_slot(port: u16, secs: u64) -> Conn {
     let mut c = Conn::open(port);
     let body = chat_body("hold", 2, true).to_string();
     let delay = (secs * 1_000_000).to_string();
-    let raw = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nx-mock-token-delay-us: {delay}\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    c.post_with_headers(
+        "/v1/chat/completions",
+        &[("x-mock-token-delay-us", &delay)],
+        &body,
     );
-    c.send(raw.as_bytes());
     assert_eq!(c.read_head(false).status, 200);
     c
 }
@@ -493,11 +493,11 @@ fn in_flight_count_is_zero_within_a_second_of_a_client_abort() {
     // While waiting for the answer head.
     let mut c = Conn::open(r.port);
     let body = chat_body("x", 1, false).to_string();
-    let raw = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nx-mock-slow-headers-ms: 30000\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
+    c.post_with_headers(
+        "/v1/chat/completions",
+        &[("x-mock-slow-headers-ms", "30000")],
+        &body,
     );
-    c.send(raw.as_bytes());
     assert!(eventually(Duration::from_secs(2), || load(&r) == Some(1.0)));
     drop(c);
     let left = Instant::now();

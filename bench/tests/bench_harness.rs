@@ -1,37 +1,10 @@
 //! vllm-router-bench against a real mock worker: open loop keeps its schedule while the
 //! target stalls (no coordinated omission), SSE events are timed, outputs are written.
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn mock(args: &[&str]) -> (Kill, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new(env!("CARGO_BIN_EXE_mock-vllm"))
-        .args(["--port", &port.to_string()])
-        .args(args)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mock did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (Kill(child), port)
-}
+use std::process::Command;
+use support::mock;
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let dir = std::env::temp_dir().join(format!("vr-bench-{}-{}", std::process::id(), args.len()));

@@ -1,10 +1,10 @@
 //! The mock worker answers like vLLM. (This test also makes `cargo test --workspace`
 //! build the `mock-vllm` binary that the router's tests start.)
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 fn get(port: u16, raw: &str) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -16,21 +16,7 @@ fn get(port: u16, raw: &str) -> String {
 
 #[test]
 fn serves_health_models_metrics_and_prefill_role() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mock-vllm"))
-        .args(["--port", &port.to_string()])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mock did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let (_mock, port) = support::mock(&[]);
     assert!(
         get(port, "GET /health HTTP/1.1\r\nconnection: close\r\n\r\n").starts_with("HTTP/1.1 200")
     );
@@ -58,6 +44,4 @@ fn serves_health_models_metrics_and_prefill_role() {
         metrics.contains("vllm:prefix_cache_hits_total{model_name=\"mock-model\"} 16"),
         "{metrics}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -259,10 +259,16 @@ impl Conn {
 
     /// Sends `POST path` with `body` and a Content-Length (HTTP/1.1).
     pub fn post(&mut self, path: &str, body: &str) {
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        );
+        self.post_with_headers(path, &[], body);
+    }
+
+    /// Sends a POST with extra header fields (the mock's `x-mock-*` controls).
+    pub fn post_with_headers(&mut self, path: &str, headers: &[(&str, &str)], body: &str) {
+        let mut head = format!("POST {path} HTTP/1.1\r\nhost: x\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
         self.send(&[head.as_bytes(), body.as_bytes()].concat());
     }
 
