@@ -18,7 +18,8 @@
 //! per 50 ms tick, reported to the control core, which forwards it to the other shards.
 
 use super::radix_tree::RadixTree;
-use super::{text::request_text, Policy, PolicyKind, RouteInput};
+use super::text::{request_text, BodyFields};
+use super::{Policy, PolicyKind, RouteInput};
 use crate::messages::WorkerId;
 use crate::state::{Worker, WorkerSet};
 use std::sync::Arc;
@@ -122,7 +123,7 @@ impl Policy for CacheAware {
         let min_id = min_w.spec.id;
         self.text.clear();
         if let Some(body) = input.json {
-            request_text(body, &mut self.text);
+            request_text(&BodyFields::of(body), &mut self.text);
         }
         let text_len = floor_boundary(&self.text, MAX_ROUTING_TEXT_BYTES);
         if text_len == 0 {

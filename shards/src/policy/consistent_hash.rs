@@ -7,7 +7,9 @@
 //! holds more than F times the mean load is skipped too ("consistent hashing with
 //! bounded loads"), so one hot session cannot saturate a worker while others idle.
 
-use super::{text::request_text, Policy, PolicyKind, RouteInput};
+use super::text::{request_text, BodyFields};
+use super::text_key::{TextKey, TextKeyBuffers};
+use super::{Policy, PolicyKind, RouteInput};
 use crate::codec::eq_ignore_case;
 use crate::messages::WorkerId;
 use crate::state::WorkerSet;
@@ -26,57 +28,6 @@ const KEY_HEADERS: [&[u8]; 6] = [
     b"x-trace-id",
 ];
 
-/// Bytes taken from each end of the request text for a key when no header or field
-/// names a session. Equal texts get equal keys; conversations that share a long system
-/// prompt still differ in their tail (the latest messages) and length, so they spread.
-/// Hashing all of a 4.6 KB text took 0.5 us, more than a decision's 200 ns budget.
-const TEXT_KEY_EDGE_BYTES: usize = 512;
-
-/// The text's pieces, borrowed from the body; hashed by their first and last
-/// [`TEXT_KEY_EDGE_BYTES`] and the total length.
-#[derive(Default)]
-struct TextKey<'a> {
-    pieces: smallvec::SmallVec<[&'a [u8]; 16]>,
-    /// Pieces rendered as text (rare: numbers in a prompt list).
-    owned: Vec<String>,
-    len: usize,
-}
-
-impl<'a> super::text::TextSink<'a> for TextKey<'a> {
-    fn push_str(&mut self, s: &'a str) {
-        self.pieces.push(s.as_bytes());
-        self.len += s.len();
-    }
-    fn push_owned(&mut self, s: String) {
-        self.len += s.len();
-        self.owned.push(s);
-    }
-}
-
-impl TextKey<'_> {
-    fn finish(self) -> u64 {
-        let n = TEXT_KEY_EDGE_BYTES;
-        let mut buf = [0u8; 2 * TEXT_KEY_EDGE_BYTES];
-        let mut used = 0;
-        let mut offset = 0; // position of the current piece in the whole text
-        let tail_from = self.len.saturating_sub(n).max(n.min(self.len));
-        let owned = self.owned.iter().map(|s| s.as_bytes());
-        for piece in self.pieces.iter().copied().chain(owned) {
-            let end = offset + piece.len();
-            // Bytes of this piece in [0, n) or in [tail_from, len).
-            for (lo, hi) in [(0, n.min(self.len)), (tail_from, self.len)] {
-                let (a, b) = (lo.max(offset), hi.min(end));
-                if a < b {
-                    buf[used..used + (b - a)].copy_from_slice(&piece[a - offset..b - offset]);
-                    used += b - a;
-                }
-            }
-            offset = end;
-        }
-        xxhash_rust::xxh3::xxh3_64_with_seed(&buf[..used], self.len as u64)
-    }
-}
-
 /// The ring is searched from a bucket of this many top bits of the key: a few
 /// comparisons in a cache line or two instead of a binary search over 160 x workers.
 const BUCKET_BITS: u32 = 12;
@@ -87,6 +38,8 @@ pub struct ConsistentHash {
     /// `buckets[b]`: index of the first ring point whose top bits are >= b.
     buckets: Vec<u32>,
     load_factor: Option<f64>,
+    /// Where a text key's bytes are gathered.
+    text_key: TextKeyBuffers,
 }
 
 impl ConsistentHash {
@@ -95,6 +48,7 @@ impl ConsistentHash {
             ring: Vec::new(),
             buckets: Vec::new(),
             load_factor,
+            text_key: TextKeyBuffers::default(),
         }
     }
 
@@ -110,24 +64,31 @@ impl ConsistentHash {
             }
         }
         if let Some(body) = input.json {
-            let fields = [
-                body.get("session_params").and_then(|p| p.get("session_id")),
-                body.get("user"),
-                body.get("session_id"),
-                body.get("user_id"),
-            ];
-            for f in fields.into_iter().flatten() {
-                match f {
-                    Value::String(s) if !s.is_empty() => return xxh3_64(s.as_bytes()),
-                    Value::Number(n) => return xxh3_64(n.to_string().as_bytes()),
-                    _ => {}
-                }
+            let body = BodyFields::of(body);
+            let session = body.session_params.and_then(|p| p.get("session_id"));
+            // Chained rather than an array of candidates: the array was stored and
+            // reloaded wider than written (a store-forwarding stall per decision).
+            if let Some(key) = field_key(session)
+                .or_else(|| field_key(body.user))
+                .or_else(|| field_key(body.session_id))
+                .or_else(|| field_key(body.user_id))
+            {
+                return key;
             }
-            let mut key = TextKey::default();
-            request_text(body, &mut key);
+            let mut key = TextKey::new(&mut self.text_key);
+            request_text(&body, &mut key);
             return key.finish();
         }
         xxh3_64(input.head.target())
+    }
+}
+
+/// The key of a body field that names a session: a non-empty string or a number.
+fn field_key(field: Option<&Value>) -> Option<u64> {
+    match field? {
+        Value::String(s) if !s.is_empty() => Some(xxh3_64(s.as_bytes())),
+        Value::Number(n) => Some(xxh3_64(n.to_string().as_bytes())),
+        _ => None,
     }
 }
 
@@ -173,8 +134,10 @@ impl Policy for ConsistentHash {
         );
         let start = lo + self.ring[lo..hi].partition_point(|(p, _)| *p < key);
         let mut fallback = None;
-        for i in 0..self.ring.len() {
-            let id = self.ring[(start + i) % self.ring.len()].1;
+        let len = self.ring.len();
+        for i in 0..len {
+            let at = start + i;
+            let id = self.ring[if at < len { at } else { at - len }].1;
             let Some(w) = workers.get(id).filter(|w| w.routable) else {
                 continue;
             };
@@ -270,38 +233,5 @@ mod tests {
         let home = pick_for(&mut p, &s, "hot");
         s.get_mut(home).unwrap().in_flight = 10;
         assert_ne!(pick_for(&mut p, &s, "hot"), home);
-    }
-}
-
-#[cfg(test)]
-mod text_key_tests {
-    use super::super::text::TextSink;
-    use super::*;
-
-    fn key_of(parts: &[&str]) -> u64 {
-        let mut k = TextKey::default();
-        for p in parts {
-            k.push_str(p);
-        }
-        k.finish()
-    }
-
-    #[test]
-    fn equal_texts_equal_keys_however_split() {
-        let text: String = (0..3000)
-            .map(|i| char::from(b'a' + (i % 26) as u8))
-            .collect();
-        let whole = key_of(&[&text]);
-        for split in [1, 511, 512, 513, 1500, 2999] {
-            assert_eq!(
-                key_of(&[&text[..split], &text[split..]]),
-                whole,
-                "split {split}"
-            );
-        }
-        let mut other = text.clone();
-        other.replace_range(2500..2501, "Z"); // differs only in the tail
-        assert_ne!(key_of(&[&other]), whole);
-        assert_ne!(key_of(&[&text[..2999]]), whole);
     }
 }

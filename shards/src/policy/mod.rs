@@ -7,6 +7,7 @@ mod radix_tree;
 mod random;
 mod round_robin;
 pub mod text;
+mod text_key;
 
 pub use cache_aware::{CacheAware, CacheAwareConfig};
 

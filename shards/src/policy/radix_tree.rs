@@ -8,7 +8,6 @@
 
 use crate::messages::WorkerId;
 use smallvec::SmallVec;
-use std::collections::HashMap;
 
 struct Node {
     label: Vec<u8>,
@@ -24,8 +23,10 @@ const ROOT: usize = 0;
 pub struct RadixTree {
     nodes: Vec<Node>,
     free: Vec<usize>,
-    /// Bytes of edge labels each worker holds (its share of the tree).
-    sizes: HashMap<WorkerId, usize>,
+    /// Bytes of edge labels each worker holds (its share of the tree), indexed by
+    /// worker id (small integers handed out in sequence); `None` for a worker the
+    /// tree does not know. A hash map here was a sixth of a decision.
+    sizes: Vec<Option<usize>>,
     tick: u64,
 }
 
@@ -39,14 +40,30 @@ impl Default for RadixTree {
                 tenants: SmallVec::new(),
             }],
             free: Vec::new(),
-            sizes: HashMap::new(),
+            sizes: Vec::new(),
             tick: 0,
         }
     }
 }
 
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+    // Eight bytes a step: byte by byte was 2.5 us of a 4.8 us decision on a 4 KiB
+    // prompt. The first differing byte is the lowest set byte of the XOR.
+    let n = a.len().min(b.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = u64::from_le_bytes(a[i..i + 8].try_into().unwrap());
+        let y = u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        if x != y {
+            return i + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    i + a[i..n]
+        .iter()
+        .zip(&b[i..n])
+        .take_while(|(x, y)| x == y)
+        .count()
 }
 
 impl RadixTree {
@@ -77,7 +94,11 @@ impl RadixTree {
             Some(t) => t.1 = tick,
             None => {
                 n.tenants.push((worker, tick));
-                *self.sizes.entry(worker).or_default() += n.label.len();
+                let w = worker as usize;
+                if self.sizes.len() <= w {
+                    self.sizes.resize(w + 1, None);
+                }
+                *self.sizes[w].get_or_insert(0) += n.label.len();
             }
         }
     }
@@ -163,17 +184,23 @@ impl RadixTree {
 
     /// Bytes held per worker.
     pub fn sizes(&self) -> impl Iterator<Item = (WorkerId, usize)> + '_ {
-        self.sizes.iter().map(|(w, s)| (*w, *s))
+        (self.sizes.iter().enumerate()).filter_map(|(w, s)| Some((w as WorkerId, (*s)?)))
     }
 
     pub fn size_of(&self, worker: WorkerId) -> usize {
-        self.sizes.get(&worker).copied().unwrap_or(0)
+        self.sizes
+            .get(worker as usize)
+            .copied()
+            .flatten()
+            .unwrap_or(0)
     }
 
     /// Removes a worker from every node.
     pub fn remove_worker(&mut self, worker: WorkerId) {
         self.evict(worker, 0);
-        self.sizes.remove(&worker);
+        if let Some(s) = self.sizes.get_mut(worker as usize) {
+            *s = None;
+        }
     }
 
     /// Drops `worker`'s least recently used leaves until it holds at most `max` bytes.
@@ -208,7 +235,7 @@ impl RadixTree {
     fn drop_tenant(&mut self, i: usize, worker: WorkerId) {
         let n = &mut self.nodes[i];
         n.tenants.retain(|(w, _)| *w != worker);
-        if let Some(s) = self.sizes.get_mut(&worker) {
+        if let Some(Some(s)) = self.sizes.get_mut(worker as usize) {
             *s -= n.label.len();
         }
         if n.tenants.is_empty() && n.children.is_empty() {
@@ -236,6 +263,19 @@ mod tests {
         t.matches(text.as_bytes(), &mut out);
         out.sort();
         out
+    }
+
+    #[test]
+    fn common_prefix_at_every_position() {
+        let a: Vec<u8> = (0..40).collect();
+        for at in 0..40 {
+            let mut b = a.clone();
+            b[at] = 255;
+            assert_eq!(common_prefix(&a, &b), at);
+            assert_eq!(common_prefix(&a[..at], &a), at);
+        }
+        assert_eq!(common_prefix(&a, &a), 40);
+        assert_eq!(common_prefix(b"", b"x"), 0);
     }
 
     #[test]

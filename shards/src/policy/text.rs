@@ -3,31 +3,97 @@
 
 use serde_json::Value;
 
-/// Where the text goes, piece by piece: a `String` (cache_aware keeps it) or a list of
-/// borrowed pieces (consistent_hash only hashes parts of it, so nothing is copied).
+/// The top-level body fields the policies read, found in one pass over the object.
+/// A lookup per field walks the map's keys again each time; with seven names that
+/// was a third of a consistent_hash decision.
+#[derive(Default)]
+pub struct BodyFields<'a> {
+    pub messages: Option<&'a Value>,
+    pub prompt: Option<&'a Value>,
+    pub input: Option<&'a Value>,
+    pub session_params: Option<&'a Value>,
+    pub user: Option<&'a Value>,
+    pub session_id: Option<&'a Value>,
+    pub user_id: Option<&'a Value>,
+}
+
+impl<'a> BodyFields<'a> {
+    pub fn of(body: &'a Value) -> Self {
+        let mut f = BodyFields::default();
+        let Some(object) = body.as_object() else {
+            return f;
+        };
+        for (name, value) in object {
+            let slot = match name.as_str() {
+                "messages" => &mut f.messages,
+                "prompt" => &mut f.prompt,
+                "input" => &mut f.input,
+                "session_params" => &mut f.session_params,
+                "user" => &mut f.user,
+                "session_id" => &mut f.session_id,
+                "user_id" => &mut f.user_id,
+                _ => continue,
+            };
+            *slot = Some(value);
+        }
+        f
+    }
+}
+
+/// Where the text goes, piece by piece: a `String` (cache_aware keeps it) or the
+/// consistent-hash key (it keeps only the edges of the text, mostly borrowed).
 pub trait TextSink<'a> {
     fn push_str(&mut self, s: &'a str);
-    /// A piece that does not live in the body (a number rendered as text).
-    fn push_owned(&mut self, s: String);
+    /// A piece rendered for the moment (a token id of a prompt): the sink copies
+    /// what it keeps.
+    fn push_rendered(&mut self, s: &str);
 }
 
 impl<'a> TextSink<'a> for String {
     fn push_str(&mut self, s: &'a str) {
         String::push_str(self, s)
     }
-    fn push_owned(&mut self, s: String) {
-        String::push_str(self, &s)
+    fn push_rendered(&mut self, s: &str) {
+        String::push_str(self, s)
+    }
+}
+
+/// A prompt or input value: a string, token ids, or lists of either (a batch).
+/// Each token id is followed by a space, so `[1, 23]` and `[12, 3]` differ and a
+/// token prefix is a text prefix.
+fn push_value<'a>(value: &'a Value, out: &mut impl TextSink<'a>) {
+    match value {
+        Value::String(s) => out.push_str(s),
+        Value::Array(items) => items.iter().for_each(|i| push_value(i, out)),
+        Value::Number(n) => {
+            use std::io::Write;
+            // Rendered on the stack: a prompt of 4,000 token ids makes no allocation.
+            let mut buf = [0u8; 40];
+            let mut rest = &mut buf[..];
+            let _ = write!(rest, "{n} ");
+            let used = 40 - rest.len();
+            out.push_rendered(std::str::from_utf8(&buf[..used]).unwrap_or_default());
+        }
+        other => out.push_rendered(&other.to_string()),
     }
 }
 
 /// Appends the text of a chat or completion body to `out`. Message content may be a
 /// string or a list of parts (OpenAI's multimodal form); text parts are used.
-pub fn request_text<'a>(body: &'a Value, out: &mut impl TextSink<'a>) {
-    if let Some(messages) = body.get("messages").and_then(Value::as_array) {
+pub fn request_text<'a>(body: &BodyFields<'a>, out: &mut impl TextSink<'a>) {
+    if let Some(messages) = body.messages.and_then(Value::as_array) {
         for m in messages {
-            out.push_str(m.get("role").and_then(Value::as_str).unwrap_or(""));
+            let (mut role, mut content) = (None, None);
+            for (name, value) in m.as_object().into_iter().flatten() {
+                match name.as_str() {
+                    "role" => role = value.as_str(),
+                    "content" => content = Some(value),
+                    _ => {}
+                }
+            }
+            out.push_str(role.unwrap_or(""));
             out.push_str(": ");
-            match m.get("content") {
+            match content {
                 Some(Value::String(t)) => out.push_str(t),
                 Some(Value::Array(parts)) => {
                     for p in parts {
@@ -40,24 +106,8 @@ pub fn request_text<'a>(body: &'a Value, out: &mut impl TextSink<'a>) {
             }
             out.push_str("\n");
         }
-    } else if let Some(prompt) = body.get("prompt") {
-        match prompt {
-            Value::String(p) => out.push_str(p),
-            Value::Array(items) => {
-                for i in items {
-                    match i {
-                        Value::String(s) => out.push_str(s),
-                        other => out.push_owned(other.to_string()),
-                    }
-                }
-            }
-            other => out.push_owned(other.to_string()),
-        }
-    } else if let Some(input) = body.get("input") {
-        match input {
-            Value::String(s) => out.push_str(s),
-            other => out.push_owned(other.to_string()),
-        }
+    } else if let Some(prompt) = body.prompt.or(body.input) {
+        push_value(prompt, out);
     }
 }
 
@@ -72,10 +122,19 @@ mod tests {
         )
         .unwrap();
         let mut s = String::new();
-        request_text(&v, &mut s);
+        request_text(&BodyFields::of(&v), &mut s);
         assert_eq!(s, "system: be brief\nuser: hi\n");
         let mut s = String::new();
-        request_text(&serde_json::json!({"prompt": "once upon"}), &mut s);
+        request_text(
+            &BodyFields::of(&serde_json::json!({"prompt": "once upon"})),
+            &mut s,
+        );
         assert_eq!(s, "once upon");
+        let mut s = String::new();
+        request_text(
+            &BodyFields::of(&serde_json::json!({"prompt": [[1, 23], [12, 3]]})),
+            &mut s,
+        );
+        assert_eq!(s, "1 23 12 3 ");
     }
 }
