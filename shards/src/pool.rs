@@ -23,7 +23,9 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// A connection idle for less than this is reused without the liveness peek. Under
 /// load connections come back within microseconds and the peek would be a fifth of
 /// the proxy's syscalls; a worker that died inside this window is caught by the
-/// retry on a fresh connection (see `forward`).
+/// retry on a fresh connection (see `forward`). Idle time is measured on the shard's
+/// coarse clock (`Deadlines::now`, one deadline tick), so "less than this" means
+/// "returned within the same tick"; no clock read per request.
 pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(50);
 
 /// Idle connections kept per worker per shard. More than the busiest burst needs;

@@ -23,7 +23,6 @@ use crate::shard::Shard;
 use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
 use std::io;
-use std::time::Instant;
 
 /// Bodies up to this size are copied behind the head and sent in one write; larger
 /// ones go in a second write instead of being copied (glommio has no writev).
@@ -278,7 +277,7 @@ pub async fn forward(
     match end {
         RelayEnd::Complete => {
             if reusable {
-                shard.pool.borrow_mut().give(up, Instant::now());
+                shard.pool.borrow_mut().give(up, shard.deadlines.now());
             }
             answered(keep_client, verdict)
         }
@@ -426,7 +425,7 @@ async fn exchange_head(
     deadline: &mut Deadline<'_>,
 ) -> Result<Upstream, (Failure, bool)> {
     let pooled = if allow_pool {
-        shard.pool.borrow_mut().take(worker, Instant::now())
+        shard.pool.borrow_mut().take(worker, shard.deadlines.now())
     } else {
         None
     };
@@ -731,7 +730,7 @@ pub async fn exchange_buffered(
     match ended {
         Ok(()) => {
             if reusable {
-                shard.pool.borrow_mut().give(up, Instant::now());
+                shard.pool.borrow_mut().give(up, shard.deadlines.now());
             }
             if let Some(w) = shard.workers.borrow_mut().get_mut(worker) {
                 w.processed += 1;

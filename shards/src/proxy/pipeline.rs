@@ -23,6 +23,7 @@ use crate::server::Client;
 use crate::shard::Shard;
 use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
+use std::time::Instant;
 
 /// A buffered body larger than this is freed after its request instead of being kept
 /// for the connection's next one.
@@ -47,11 +48,13 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
         &mut shard.rng.borrow_mut(),
     );
     // Held until the answer has ended, streams included.
-    let _slot = match admit(shard, c).await {
-        Ok(slot) => slot,
+    let (_slot, admitted) = match admit(shard, c).await {
+        Ok(admitted) => admitted,
         Err(keep) => return keep,
     };
-    let mut deadline = shard.deadlines.start(shard.config.request_timeout, false);
+    let mut deadline = shard
+        .deadlines
+        .start_at(admitted, shard.config.request_timeout, false);
     let buffered = classify(c.head.method(), c.head.path()) == RouteKind::Generation
         || shard.policy(shard.main_role()).borrow().needs_body();
     if buffered {
@@ -157,11 +160,12 @@ async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
     }
 }
 
-/// Takes an admission slot, queueing for one if need be. Err carries what `handle`
+/// Takes an admission slot, queueing for one if need be, and says when it was
+/// granted (the request timeout counts from there). Err carries what `handle`
 /// returns when the request was answered instead (429, 408) or the client left.
-async fn admit<'s>(shard: &'s Shard, c: &mut Client) -> Result<Permit<'s>, bool> {
+async fn admit<'s>(shard: &'s Shard, c: &mut Client) -> Result<(Permit<'s>, Instant), bool> {
     let ticket = match shard.admission.admit() {
-        Admit::Now(permit) => return Ok(permit),
+        Admit::Now(permit) => return Ok((permit, c.started)),
         Admit::Queued(ticket) => ticket,
         Admit::Full => {
             let keep = !c.head.has_body();
@@ -173,7 +177,7 @@ async fn admit<'s>(shard: &'s Shard, c: &mut Client) -> Result<Permit<'s>, bool>
     let mut deadline = shard.deadlines.start(shard.config.queue_timeout, false);
     let mut watch = ClientWatch::new();
     match watch_client(ticket, c, &mut watch, &mut deadline).await {
-        Waited::Done(permit) => Ok(permit),
+        Waited::Done(permit) => Ok((permit, Instant::now())),
         Waited::ClientGone => {
             c.outcome.error = Some("client_gone");
             Err(false)

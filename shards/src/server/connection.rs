@@ -32,6 +32,12 @@ pub struct Client {
     pub request_id: Vec<u8>,
     /// What the current request produced, for metrics and the debug access log.
     pub outcome: Outcome,
+    /// When the current request's head was complete (its clock for metrics and the
+    /// request timeout: one clock read serves both).
+    pub started: Instant,
+    /// When the connection last became idle (accepted, or an answer ended): the
+    /// keep-alive timeout counts from here.
+    idle_since: Instant,
 }
 
 /// The observable result of one request.
@@ -79,6 +85,7 @@ enum HeadRead {
 }
 
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let accepted = Instant::now();
     let mut c = Client {
         stream,
         rbuf: ReadBuf::with_capacity(READ_BUFFER_BYTES),
@@ -88,6 +95,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         resp: ResponseHead::default(),
         request_id: Vec::new(),
         outcome: Outcome::default(),
+        started: accepted,
+        idle_since: accepted,
     };
     loop {
         match read_head(&shard, &mut c).await {
@@ -111,7 +120,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 break;
             }
         }
-        let started = Instant::now();
+        c.started = Instant::now();
         c.outcome = Outcome::default();
         let keep = if let Some(status) = endpoints::local_answer(&shard, &mut c) {
             c.outcome.status = status;
@@ -122,7 +131,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         } else {
             crate::proxy::pipeline::handle(&shard, &mut c).await
         };
-        record(&shard, &c, started);
+        c.idle_since = record(&shard, &c);
         if !keep || shard.draining.get() {
             break;
         }
@@ -131,7 +140,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 /// Adds the finished request to the shard's metrics; one debug line per request.
-fn record(shard: &Shard, c: &Client, started: Instant) {
+/// Returns the time it ended.
+fn record(shard: &Shard, c: &Client) -> Instant {
+    let started = c.started;
     let now = Instant::now();
     let duration = now.duration_since(started);
     let route = crate::metrics::route_index(c.head.path());
@@ -154,6 +165,7 @@ fn record(shard: &Shard, c: &Client, started: Instant) {
         duration,
         String::from_utf8_lossy(&c.request_id)
     );
+    now
 }
 
 /// Reads until a whole head is buffered and parsed into `c.head`. The idle wait for
@@ -178,7 +190,9 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
         let idle = c.rbuf.is_empty();
         let timer = deadline.get_or_insert_with(|| {
             if idle {
-                shard.deadlines.start(cfg.keepalive_timeout, true)
+                shard
+                    .deadlines
+                    .start_at(c.idle_since, cfg.keepalive_timeout, true)
             } else {
                 shard.deadlines.start(cfg.header_read_timeout, false)
             }
