@@ -1325,7 +1325,12 @@ impl LocalExecutor {
         loop {
             self.reactor.sys.install_eventfd();
             if self.need_preempt() {
-                break;
+                // vllm-router patch 6: preempted before any queue ran, with
+                // queues still runnable. Upstream reported "nothing ran" here,
+                // and the caller then parked with runnable tasks until the next
+                // I/O event. A preemption timer kept armed across passes can
+                // fire at this point, so report the pending work.
+                return ran || !self.queues.borrow().active_executors.is_empty();
             }
             if !self.run_one_task_queue() {
                 return false;
@@ -1333,7 +1338,6 @@ impl LocalExecutor {
                 ran = true;
             }
         }
-        ran
     }
 
     fn run_one_task_queue(&self) -> bool {

@@ -1246,6 +1246,9 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
+    // vllm-router patch 6: the duration the latency timeout was armed with when
+    // it is a preemption timer (None for a user timer armed before sleeping).
+    latency_preemption_armed_for: Cell<Option<Duration>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
 
     link_fd: RawFd,
@@ -1377,6 +1380,7 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
+            latency_preemption_armed_for: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             blocking_thread,
             link_fd,
@@ -1838,13 +1842,31 @@ impl Reactor {
         // consume all events from the rings
         consume_rings!(into &mut woke; lat_ring, poll_ring, main_ring);
 
-        // Cancel the old timer regardless of whether we can sleep:
-        // if we won't sleep, we will register the new timer with its new
-        // value.
+        // vllm-router patch 6: while busy (a preempt timer is wanted), keep the
+        // preemption timer already in the kernel if it has not fired and fires
+        // no later than a fresh one would. Upstream cancels and re-arms it on
+        // every pass (a TIMEOUT, an ASYNC_CANCEL and two ring entries per pass
+        // of a busy proxy). Preemption then comes at most `preempt` after the
+        // timer was armed, never later than upstream's.
         //
-        // But if we will sleep, there might be a timer registered that needs
-        // to be removed otherwise we'll wake up when it expires.
-        drop(self.latency_preemption_timeout_src.take());
+        // Otherwise cancel the old timer: if we will sleep, there might be a
+        // timer registered that needs to be removed otherwise we'll wake up
+        // when it expires.
+        let kept_preemption_timer = match (
+            preempt_timer(),
+            self.latency_preemption_timeout_src.take(),
+            self.latency_preemption_armed_for.take(),
+        ) {
+            (Some(preempt), Some(src), Some(armed_for))
+                if armed_for <= preempt && src.result().is_none() =>
+            {
+                Some((src, armed_for))
+            }
+            (_, old, _) => {
+                drop(old);
+                None
+            }
+        };
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
         // up sleeping.
@@ -1904,9 +1926,15 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
-            self.latency_preemption_timeout_src
-                .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-            flush_rings!(lat_ring, main_ring)?;
+            if let Some((src, armed_for)) = kept_preemption_timer {
+                self.latency_preemption_timeout_src.set(Some(src));
+                self.latency_preemption_armed_for.set(Some(armed_for));
+            } else {
+                self.latency_preemption_timeout_src
+                    .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
+                self.latency_preemption_armed_for.set(Some(preempt));
+                flush_rings!(lat_ring, main_ring)?;
+            }
         }
 
         // A Note about `need_preempt`:
