@@ -1845,9 +1845,10 @@ impl Reactor {
         // vllm-router patch 6: while busy (a preempt timer is wanted), keep the
         // preemption timer already in the kernel if it has not fired and fires
         // no later than a fresh one would. Upstream cancels and re-arms it on
-        // every pass (a TIMEOUT, an ASYNC_CANCEL and two ring entries per pass
-        // of a busy proxy). Preemption then comes at most `preempt` after the
-        // timer was armed, never later than upstream's.
+        // every pass (a TIMEOUT, an ASYNC_CANCEL and an `io_uring_enter` on the
+        // latency ring, every few requests in a busy proxy). Preemption then
+        // comes at most `preempt` after the timer was armed, never later than
+        // upstream's.
         //
         // Otherwise cancel the old timer: if we will sleep, there might be a
         // timer registered that needs to be removed otherwise we'll wake up
