@@ -433,6 +433,19 @@ impl Reactor {
         source
     }
 
+    /// A read-readiness poll that stays armed: each time data or EOF arrives it
+    /// completes again, until the source is dropped (vllm-router).
+    pub(crate) fn poll_read_ready_multishot(&self, fd: RawFd) -> Source {
+        let source = self.new_source(fd, SourceType::PollAdd, None);
+        // POLLRDHUP: a completion that also saw the peer's FIN says so, because no
+        // further wakeup will come for it (see `NonBufferedStream::poll_read_multishot`).
+        self.sys.poll_ready_multishot(
+            &source,
+            common_flags() | read_flags() | PollFlags::from_bits_retain(libc::POLLRDHUP),
+        );
+        source
+    }
+
     pub(crate) fn poll_write_ready(&self, fd: RawFd) -> Source {
         let source = self.new_source(fd, SourceType::PollAdd, None);
         self.sys

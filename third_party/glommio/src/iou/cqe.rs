@@ -209,5 +209,7 @@ bitflags::bitflags! {
     #[derive(Debug, Clone, Copy)]
     pub struct CompletionFlags: u32 {
         const BUFFER_SHIFT    = 1 << 0;
+        /// The request stays in the kernel and completes again (multishot; vllm-router).
+        const MORE            = 1 << 1;
     }
 }

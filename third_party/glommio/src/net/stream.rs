@@ -229,7 +229,77 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     fn init(&mut self) {
         let reactor = self.reactor.upgrade().unwrap();
         let stream_fd = self.stream.as_raw_fd();
-        self.source_rx = Some(reactor.poll_read_ready(stream_fd));
+        self.source_rx = Some(if sys::multishot_poll_supported() {
+            reactor.poll_read_ready_multishot(stream_fd)
+        } else {
+            reactor.poll_read_ready(stream_fd)
+        });
+    }
+
+    /// Waits for the next readiness event of the read poll, arming a multishot
+    /// one if there is none (first use, or the kernel ended the last one).
+    fn wait_for_next_read_event(&mut self, reactor: &Reactor) {
+        match &self.source_rx {
+            Some(source) if source.is_armed() => source.clear_result(),
+            _ => {
+                let fd = self.stream.as_raw_fd();
+                self.source_rx = Some(reactor.poll_read_ready_multishot(fd));
+            }
+        }
+    }
+
+    /// Whether the last completion of the read poll reported FIN, hangup or error.
+    fn read_event_saw_hangup(&self) -> bool {
+        // Raw bits: nix's `PollFlags` has no POLLRDHUP and would drop it.
+        let hangup = (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) as usize;
+        match self.source_rx.as_ref().and_then(|source| source.result()) {
+            Some(Ok(mask)) => mask & hangup != 0,
+            _ => false,
+        }
+    }
+
+    /// `poll_read` with one poll armed per connection for its whole life
+    /// (vllm-router). Upstream arms a one-shot poll after every read that drains the
+    /// socket: a proxy pays that arming, and its teardown at completion, twice per
+    /// request. A multishot poll completes again each time data or EOF arrives, so a
+    /// completion since the last drain means "try recv"; none means "wait".
+    fn poll_read_multishot(
+        &mut self,
+        cx: &Context<'_>,
+        buf: &mut [u8],
+        reactor: &Reactor,
+    ) -> Poll<io::Result<usize>> {
+        let maybe_ready = match &self.source_rx {
+            None => true,
+            Some(source) => source.result().is_some() || !source.is_armed(),
+        };
+        if maybe_ready {
+            match super::yolo_recv(self.stream.as_raw_fd(), buf) {
+                Some(Ok(n)) => {
+                    self.read_timeout.cancel_timer(reactor);
+                    // A short read drained the socket's data, so wait for the next
+                    // event; but not when the peer's FIN is already in (its wakeup
+                    // was folded into the event just consumed, and EOF stays readable
+                    // with no further one), nor after a full buffer (more may wait).
+                    if n > 0 && n < buf.len() && !self.read_event_saw_hangup() {
+                        self.wait_for_next_read_event(reactor);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Some(Err(err)) => {
+                    self.read_timeout.cancel_timer(reactor);
+                    self.source_rx.take();
+                    return Poll::Ready(Err(err));
+                }
+                None => self.wait_for_next_read_event(reactor),
+            }
+        }
+
+        poll_err!(self.read_timeout.check(reactor));
+        let source = self.source_rx.as_ref().unwrap();
+        source.add_waiter_single(cx.waker());
+        self.read_timeout.maybe_set_timer(reactor, cx.waker());
+        Poll::Pending
     }
 
     pub(crate) fn try_peek(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
@@ -260,6 +330,9 @@ impl<S: AsRawFd> NonBufferedStream<S> {
     ) -> Poll<io::Result<usize>> {
         let reactor = self.reactor.upgrade().unwrap();
         let reactor = reactor.as_ref();
+        if sys::multishot_poll_supported() {
+            return self.poll_read_multishot(cx, buf, reactor);
+        }
 
         let no_pending_poll = self
             .source_rx

@@ -264,6 +264,18 @@ impl Source {
         ret
     }
 
+    /// Forgets the last completion, so `result` waits for the next one of a
+    /// multishot request (vllm-router).
+    pub(crate) fn clear_result(&self) {
+        self.inner.borrow_mut().wakers.result = None;
+    }
+
+    /// Whether the request is queued or in the kernel: false once its last
+    /// completion has been consumed (vllm-router).
+    pub(crate) fn is_armed(&self) -> bool {
+        self.inner.borrow().enqueued.is_some()
+    }
+
     // adds a single waiter to the list, replacing any waiter that may already
     // exist. Should be used for single streams that map a future 1:1 to their I/O
     // source

@@ -53,10 +53,39 @@ use smallvec::SmallVec;
 
 const MSG_ZEROCOPY: i32 = 0x4000000;
 
+/// `sqe.len` flag of a poll that stays armed (Linux 5.13).
+const IORING_POLL_ADD_MULTI: u32 = 1 << 0;
+
+/// Whether this kernel has multishot poll (5.13, with `IORING_FEAT_RSRC_TAGS`).
+/// Older kernels reject the flag with EINVAL, so streams then use one-shot polls.
+pub(crate) fn multishot_poll_supported() -> bool {
+    lazy_static! {
+        static ref SUPPORTED: bool = kernel_at_least(5, 13);
+    }
+    *SUPPORTED
+}
+
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut uts) } != 0 {
+        return false;
+    }
+    let release = unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) };
+    let mut parts = release
+        .to_str()
+        .unwrap_or("")
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let have = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    have >= (major, minor)
+}
+
 #[allow(dead_code)]
 #[derive(Debug)]
 enum UringOpDescriptor {
     PollAdd(PollFlags),
+    /// A poll that stays armed and completes once per readiness event (vllm-router).
+    PollAddMulti(PollFlags),
     PollRemove(*const u8),
     Cancel(u64),
     Write(*const u8, usize, u64),
@@ -274,6 +303,10 @@ fn fill_sqe<F>(
         match op.args {
             UringOpDescriptor::PollAdd(events) => {
                 sqe.prep_poll_add(op.fd, events);
+            }
+            UringOpDescriptor::PollAddMulti(events) => {
+                sqe.prep_poll_add(op.fd, events);
+                sqe.raw_mut().len = IORING_POLL_ADD_MULTI;
             }
             UringOpDescriptor::PollRemove(to_remove) => {
                 user_data = 0;
@@ -548,7 +581,7 @@ fn process_one_event<F, R>(
     try_process: F,
     post_process: R,
     source_map: Rc<RefCell<SourceMap>>,
-) -> Option<bool>
+) -> Option<(bool, bool)>
 where
     F: FnOnce(Ref<'_, InnerSource>) -> Option<()>,
     R: FnOnce(RefMut<'_, InnerSource>, io::Result<usize>) -> io::Result<usize>,
@@ -556,12 +589,19 @@ where
     if let Some(value) = cqe {
         // No user data is `POLL_REMOVE` or `CANCEL`, we won't process.
         if value.user_data() == 0 {
-            return Some(false);
+            return Some((false, true));
         }
 
-        let src = source_map
-            .borrow_mut()
-            .consume_source(from_user_data(value.user_data()));
+        // A multishot request that will complete again keeps its source (and its
+        // place in the kernel count); only its last completion consumes it.
+        let more = value.flags().contains(iou::cqe::CompletionFlags::MORE);
+        let src = if more {
+            source_map.borrow()[from_user_data(value.user_data())].clone()
+        } else {
+            source_map
+                .borrow_mut()
+                .consume_source(from_user_data(value.user_data()))
+        };
 
         let result = value.result();
 
@@ -572,7 +612,7 @@ where
             inner_source.wakers.result = res;
             woke = inner_source.wakers.wake_waiters();
         }
-        return Some(woke);
+        return Some((woke, !more));
     }
     None
 }
@@ -858,9 +898,11 @@ impl UringCommon for PollRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, last)| {
+            if last {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -1205,9 +1247,11 @@ impl UringCommon for SleepableRing {
             },
             source_map,
         )
-        .map(|x| {
-            self.in_kernel -= 1;
-            x
+        .map(|(woke, last)| {
+            if last {
+                self.in_kernel -= 1;
+            }
+            woke
         })
     }
 
@@ -1473,7 +1517,16 @@ impl Reactor {
     }
 
     pub(crate) fn poll_ready(&self, source: &Source, flags: PollFlags) {
-        let op = UringOpDescriptor::PollAdd(flags);
+        self.queue_poll(source, UringOpDescriptor::PollAdd(flags));
+    }
+
+    /// A poll that completes on every readiness event until the source is dropped;
+    /// see [`multishot_poll_supported`].
+    pub(crate) fn poll_ready_multishot(&self, source: &Source, flags: PollFlags) {
+        self.queue_poll(source, UringOpDescriptor::PollAddMulti(flags));
+    }
+
+    fn queue_poll(&self, source: &Source, op: UringOpDescriptor) {
         queue_request_into_ring(
             &mut *self.ring_for_source(source),
             source,
