@@ -1134,6 +1134,18 @@ impl LocalExecutor {
                 io_requirements,
             ),
         );
+        self.update_throughput_preemption();
+    }
+
+    /// vllm-router patch 8: the throughput-preemption timer is armed only while
+    /// there is more than one task queue to be fair between. With one, I/O is
+    /// still polled whenever the queue runs dry, and at the latest when the
+    /// latency-preemption timer (`preempt_timer`) fires.
+    fn update_throughput_preemption(&self) {
+        let queues = self.queues.borrow().available_executors.len();
+        self.reactor
+            .sys
+            .set_throughput_preemption_wanted(queues > 1);
     }
 
     fn new(
@@ -1232,6 +1244,7 @@ impl LocalExecutor {
             .borrow_mut()
             .available_executors
             .insert(index, tq);
+        self.update_throughput_preemption();
         TaskQueueHandle { index }
     }
 
@@ -1249,6 +1262,8 @@ impl LocalExecutor {
             }
 
             entry.remove();
+            drop(queues);
+            self.update_throughput_preemption();
             return Ok(());
         }
         Err(GlommioError::queue_not_found(handle.index))

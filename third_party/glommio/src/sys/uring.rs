@@ -1294,6 +1294,8 @@ pub(crate) struct Reactor {
     // it is a preemption timer (None for a user timer armed before sleeping).
     latency_preemption_armed_for: Cell<Option<Duration>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
+    /// vllm-router patch 8: whether `wait` arms the throughput-preemption timer.
+    throughput_preemption_wanted: Cell<bool>,
 
     link_fd: RawFd,
 
@@ -1426,6 +1428,7 @@ impl Reactor {
             latency_preemption_timeout_src: Cell::new(None),
             latency_preemption_armed_for: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
+            throughput_preemption_wanted: Cell::new(true),
             blocking_thread,
             link_fd,
             notifier,
@@ -1923,13 +1926,13 @@ impl Reactor {
         };
 
         // Schedule the throughput-based timeout immediately: it won't matter if we end
-        // up sleeping.
-        self.throughput_preemption_timeout_src.replace(Some(
-            main_ring.prepare_throughput_preemption_timer(
-                self.ring_depth() as u32,
-                self.eventfd_src.raw(),
-            ),
-        ));
+        // up sleeping. vllm-router patch 8: not when it is not wanted (one task
+        // queue); replacing the old one cancels it either way.
+        let throughput_timer = self.throughput_preemption_wanted.get().then(|| {
+            main_ring
+                .prepare_throughput_preemption_timer(self.ring_depth() as u32, self.eventfd_src.raw())
+        });
+        self.throughput_preemption_timeout_src.replace(throughput_timer);
 
         // This will only dispatch if we run out of sqes. Which means until
         // flush_rings! nothing is really send to the kernel...
@@ -1999,6 +2002,15 @@ impl Reactor {
         // need_preempt() should be false at this point. As soon as the next event
         // in the preempt ring completes, though, then it will be true.
         Ok(should_sleep)
+    }
+
+    /// Whether `wait` arms the throughput-preemption timer (vllm-router patch 8).
+    /// The executor wants it only with more than one task queue: its firing
+    /// preempts the running queue in favour of another, and with one queue it
+    /// would only interrupt that queue to come back to it, for a TIMEOUT, a
+    /// linked eventfd WRITE and an ASYNC_CANCEL submitted on every loop pass.
+    pub(crate) fn set_throughput_preemption_wanted(&self, wanted: bool) {
+        self.throughput_preemption_wanted.set(wanted);
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
