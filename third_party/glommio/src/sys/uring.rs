@@ -56,8 +56,9 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 /// `sqe.len` flag of a poll that stays armed (Linux 5.13).
 const IORING_POLL_ADD_MULTI: u32 = 1 << 0;
 
-/// Whether this kernel has multishot poll (5.13, with `IORING_FEAT_RSRC_TAGS`).
-/// Older kernels reject the flag with EINVAL, so streams then use one-shot polls.
+/// Whether this kernel has multishot poll (Linux 5.13), judged from its release
+/// number: older kernels reject the flag with EINVAL, so streams then use one-shot
+/// polls (as does a kernel that reports an older release but backports io_uring).
 pub(crate) fn multishot_poll_supported() -> bool {
     lazy_static! {
         static ref SUPPORTED: bool = kernel_at_least(5, 13);
