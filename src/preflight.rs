@@ -6,7 +6,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 /// Locked memory one glommio executor needs: its registered I/O buffers plus its three
 /// rings. Measured with `ulimit -l`; see docs/architecture.md.
-pub const MEMLOCK_PER_SHARD: u64 = shards::shard::SHARD_IO_MEMORY as u64 + 512 * 1024;
+pub const MEMLOCK_PER_SHARD: u64 = shards::SHARD_IO_MEMORY as u64 + 512 * 1024;
 
 /// Probes io_uring with a real `io_uring_setup`. Container runtimes' default seccomp
 /// profiles and `kernel.io_uring_disabled` make it fail with EPERM or ENOSYS.

@@ -4,15 +4,15 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use shards::codec::request::RequestHead;
-use shards::messages::{Delta, WorkerSpec};
+use shards::messages::{WorkerRole, WorkerSpec};
 use shards::policy::{PolicyKind, PolicyOptions, RouteInput};
-use shards::state::WorkerSet;
+use shards::WorkerSet;
 use std::hint::black_box;
 
 fn workers(n: u32) -> WorkerSet {
     let mut s = WorkerSet::default();
     for id in 0..n {
-        s.apply(&Delta::Upsert(WorkerSpec {
+        s.upsert(&WorkerSpec {
             id,
             url: format!("http://10.0.{}.{}:8000", id / 250, id % 250),
             addr: "127.0.0.1:8000".parse().unwrap(),
@@ -21,7 +21,7 @@ fn workers(n: u32) -> WorkerSet {
             healthy: true,
             role: Default::default(),
             pd_address: None,
-        }));
+        });
     }
     s
 }
@@ -49,7 +49,7 @@ fn bench_policies(c: &mut Criterion) {
         PolicyKind::CacheAware,
     ] {
         let mut policy = kind.build(1, &PolicyOptions::default());
-        policy.on_workers_changed(&set);
+        policy.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
         let mut i = 0;
         c.bench_function(&format!("{}/64 workers/4 KiB prompt", kind.name()), |b| {
             b.iter(|| {
@@ -58,7 +58,7 @@ fn bench_policies(c: &mut Criterion) {
                     head: &head,
                     json: Some(&bodies[i]),
                 };
-                let picked = policy.pick(&set, &input);
+                let picked = policy.pick(&set.view(WorkerRole::Regular, &[]), &input);
                 black_box(policy.take_insert());
                 black_box(picked)
             })
@@ -77,11 +77,11 @@ fn bench_consistent_hash_text_key(c: &mut Criterion) {
         {"role": "user", "content": "why? ".repeat(200)},
     ]});
     let mut policy = PolicyKind::ConsistentHash.build(1, &PolicyOptions::default());
-    policy.on_workers_changed(&set);
+    policy.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
     c.bench_function("consistent_hash/64 workers/4 KiB prompt, text key", |b| {
         b.iter(|| {
             black_box(policy.pick(
-                &set,
+                &set.view(WorkerRole::Regular, &[]),
                 &RouteInput {
                     head: &head,
                     json: Some(&body),

@@ -137,6 +137,17 @@ impl Deadline<'_> {
         self.set_at(limit);
     }
 
+    /// Runs `fut` until it completes (Some) or this deadline fires first (None): the
+    /// one way every wait on the request path is bounded.
+    pub async fn bound<T>(&mut self, fut: impl Future<Output = T>) -> Option<T> {
+        let done = async { Some(fut.await) };
+        let expired = async {
+            (&mut *self).await;
+            None
+        };
+        futures_lite::future::or(done, expired).await
+    }
+
     /// The limit itself has passed (not just a phase).
     pub fn limit_passed(&self) -> bool {
         self.set.now() >= self.limit || Instant::now() >= self.limit

@@ -1,22 +1,40 @@
 //! The data plane of vllm-router: one glommio executor per core, each with its own
 //! listener, codec, upstream pools and policy state. Shards share nothing on the request
 //! path; they learn about workers from deltas sent by the control core (see `link`).
+//!
+//! The front door: a `ShardConfig` and `spawn_shard` start a shard; `link` and
+//! `messages` are all the control core and a shard say to each other. The codec, the
+//! policies, the breaker and the metrics types are public because the control core,
+//! the mock worker, the benchmarks and the fuzzers use them too; everything on the
+//! request path stays inside.
 
-pub mod admission;
 pub mod breaker;
 pub mod codec;
-pub mod deadline;
-pub mod errors;
-pub mod io;
 pub mod link;
 pub mod log;
 pub mod messages;
 pub mod metrics;
 pub mod policy;
-pub mod pool;
-pub mod proxy;
-pub mod server;
-pub mod shard;
-pub mod state;
 
-pub use shard::{spawn_shard, ShardConfig};
+mod admin_waiters;
+mod admission;
+mod client;
+mod config;
+mod deadline;
+mod errors;
+mod io;
+mod pool;
+mod proxy;
+mod request_body;
+mod run;
+mod server;
+mod shard;
+mod state;
+mod worker;
+
+pub use config::{PdConfig, RetryConfig, ShardConfig};
+pub use errors::error_type;
+pub use io::ReadBuf;
+pub use proxy::DEFAULT_REQUEST_ID_HEADERS;
+pub use run::{spawn_shard, SHARD_IO_MEMORY};
+pub use state::WorkerSet;

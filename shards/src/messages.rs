@@ -3,58 +3,7 @@
 //! Deltas flow out (control -> every shard), reports flow back (shard -> control),
 //! both over crossbeam channels. A shard drains its deltas between requests.
 
-use std::net::SocketAddr;
-
-/// Stable id the control core gives a worker; shards key pools and loads by it.
-pub type WorkerId = u32;
-
-/// A worker as a shard needs it: already resolved, so a shard never looks up a name.
-#[derive(Clone, Debug)]
-pub struct WorkerSpec {
-    pub id: WorkerId,
-    /// The URL users know it by, with `@rank` for data-parallel ranks.
-    pub url: String,
-    pub addr: SocketAddr,
-    /// `host:port` for the Host header upstream.
-    pub authority: String,
-    /// Data-parallel rank sent as `X-data-parallel-rank`, if any.
-    pub dp_rank: Option<u32>,
-    pub healthy: bool,
-    /// Which pool it serves: regular, or a prefill or decode worker (P/D).
-    pub role: WorkerRole,
-    /// The address P/D request ids name this worker by, when it is not `authority`:
-    /// the ZMQ address a vLLM NCCL instance announced in its heartbeats.
-    pub pd_address: Option<String>,
-}
-
-impl WorkerSpec {
-    /// How P/D request ids name this worker.
-    pub fn pd_peer(&self) -> &str {
-        self.pd_address.as_deref().unwrap_or(&self.authority)
-    }
-}
-
-/// A worker's pool. Each has its own policy instance; P/D requests take one worker
-/// from each of the prefill and decode pools.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum WorkerRole {
-    #[default]
-    Regular = 0,
-    Prefill = 1,
-    Decode = 2,
-}
-
-impl WorkerRole {
-    pub const ALL: [WorkerRole; 3] = [WorkerRole::Regular, WorkerRole::Prefill, WorkerRole::Decode];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            WorkerRole::Regular => "regular",
-            WorkerRole::Prefill => "prefill",
-            WorkerRole::Decode => "decode",
-        }
-    }
-}
+pub use crate::worker::{WorkerId, WorkerRole, WorkerSpec};
 
 /// A change to a shard's view, sent by the control core.
 #[derive(Clone, Debug)]

@@ -2,7 +2,7 @@
 //! atomics. A copy goes to the control core once a second (`Report::Metrics`); the
 //! control core sums the shards and serves Prometheus text.
 
-use crate::messages::WorkerId;
+use crate::worker::WorkerId;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -112,6 +112,8 @@ pub struct ShardMetrics {
     pub tree_sizes: HashMap<WorkerId, usize>,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// Requests waiting in this shard's admission queue when the copy was taken.
+    pub queued: u64,
 }
 
 /// What one finished request adds.
@@ -124,7 +126,52 @@ pub struct RequestRecord<'a> {
     pub ttfb: Option<Duration>,
 }
 
+/// Adds `from`'s counts into `into`, key by key.
+fn add_all<K: Copy + Eq + std::hash::Hash, V: Copy + std::ops::AddAssign + Default>(
+    into: &mut HashMap<K, V>,
+    from: &HashMap<K, V>,
+) {
+    for (k, v) in from {
+        *into.entry(*k).or_default() += *v;
+    }
+}
+
 impl ShardMetrics {
+    /// Adds another shard's counts: the router-wide totals are the merge of every
+    /// shard's copy. Tree sizes keep the largest shard's (each shard holds a full tree).
+    pub fn merge(&mut self, other: &ShardMetrics) {
+        for r in 0..ROUTES.len() {
+            self.requests[r] += other.requests[r];
+            self.retries[r] += other.retries[r];
+            self.retries_exhausted[r] += other.retries_exhausted[r];
+            self.pd_requests[r] += other.pd_requests[r];
+            self.duration[r].merge(&other.duration[r]);
+            self.ttfb[r].merge(&other.ttfb[r]);
+        }
+        add_all(&mut self.errors, &other.errors);
+        add_all(&mut self.http, &other.http);
+        add_all(&mut self.processed, &other.processed);
+        add_all(&mut self.in_flight, &other.in_flight);
+        add_all(&mut self.pd_prefill, &other.pd_prefill);
+        add_all(&mut self.pd_decode, &other.pd_decode);
+        add_all(&mut self.pd_errors, &other.pd_errors);
+        add_all(&mut self.decisions, &other.decisions);
+        for (k, (ok, failed)) in &other.outcomes {
+            let e = self.outcomes.entry(*k).or_default();
+            e.0 += ok;
+            e.1 += failed;
+        }
+        for (k, v) in &other.tree_sizes {
+            let e = self.tree_sizes.entry(*k).or_default();
+            *e = (*e).max(*v);
+        }
+        self.pd_prefill_duration.merge(&other.pd_prefill_duration);
+        self.pd_decode_duration.merge(&other.pd_decode_duration);
+        self.cache_hits += other.cache_hits;
+        self.cache_misses += other.cache_misses;
+        self.queued += other.queued;
+    }
+
     pub fn record(&mut self, r: &RequestRecord<'_>) {
         self.requests[r.route] += 1;
         self.duration[r.route].observe(r.duration);

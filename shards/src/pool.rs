@@ -6,8 +6,9 @@
 //! or stray bytes from the worker are noticed before a request is written into it.
 
 use crate::codec::limits::READ_BUFFER_BYTES;
+use crate::codec::response::ResponseHead;
 use crate::io::ReadBuf;
-use crate::messages::WorkerId;
+use crate::worker::WorkerId;
 use glommio::net::TcpStream;
 use std::collections::HashMap;
 use std::io;
@@ -33,10 +34,12 @@ pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(50);
 pub const POOL_MAX_IDLE_PER_WORKER: usize = 256;
 
 /// A connection to a worker with its own read buffer (bytes past one response stay
-/// with the connection).
+/// with the connection) and the head of its current answer (reused, like the buffer,
+/// for as long as the connection lives).
 pub struct Upstream {
     pub stream: TcpStream,
     pub rbuf: ReadBuf,
+    pub head: ResponseHead,
     pub worker: WorkerId,
     /// Taken from the pool rather than freshly connected: a failure before any answer
     /// byte may be the worker's keep-alive close racing our write.
@@ -119,6 +122,7 @@ pub async fn connect(
     Ok(Upstream {
         stream,
         rbuf: ReadBuf::with_capacity(READ_BUFFER_BYTES),
+        head: ResponseHead::default(),
         worker,
         reused: false,
     })

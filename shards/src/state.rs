@@ -1,7 +1,9 @@
-//! A shard's own view of the workers; changed only by deltas, read by every request.
+//! A shard's own view of the workers; changed only by deltas (through `Shard::apply`),
+//! read by every request.
 
-use crate::breaker::BreakerView;
-use crate::messages::{Delta, WorkerId, WorkerRole, WorkerSpec};
+use crate::breaker::{BreakerState, BreakerView};
+use crate::worker::{WorkerId, WorkerRole, WorkerSpec};
+use smallvec::SmallVec;
 
 /// One worker as this shard sees it.
 #[derive(Debug)]
@@ -19,11 +21,9 @@ pub struct Worker {
     pub breaker: BreakerView,
     /// Breaker outcomes this shard counted: (successes, failures).
     pub outcomes: (u64, u64),
-    /// Healthy, admitted by its breaker, and not excluded for a retry: the policies
-    /// choose only among these.
+    /// Healthy and admitted by its breaker: the policies choose only among these
+    /// (less a retry's excluded workers, see `PoolView`).
     pub routable: bool,
-    /// A failed attempt of the request being retried went here (see `exclude`).
-    excluded: bool,
 }
 
 impl Worker {
@@ -39,7 +39,7 @@ impl Worker {
 /// a scan over tens of ~200-byte entries cost tens of nanoseconds per request.
 ///
 /// It holds every pool (regular, prefill, decode) so that lookups by id need not know
-/// a worker's role; a policy sees one pool at a time through `view`.
+/// a worker's role; a policy sees one pool at a time through a `PoolView`.
 #[derive(Debug, Default)]
 pub struct WorkerSet {
     workers: Vec<Worker>,
@@ -47,56 +47,59 @@ pub struct WorkerSet {
     routable: [Vec<usize>; 3],
     /// `by_id[id]` is the worker's index in `workers` plus one; 0 when absent.
     by_id: Vec<u32>,
-    /// The pool that `routable*`, `members` and `exclude` speak of.
-    view: WorkerRole,
 }
 
 impl WorkerSet {
-    pub fn apply(&mut self, delta: &Delta) {
-        match delta {
-            Delta::Upsert(spec) => match self.get_mut(spec.id) {
-                Some(w) => w.spec = spec.clone(),
-                None => self.workers.push(Worker {
-                    spec: spec.clone(),
-                    in_flight: 0,
-                    processed: 0,
-                    remote_load: 0,
-                    decisions: 0,
-                    breaker: BreakerView::default(),
-                    outcomes: (0, 0),
-                    routable: false,
-                    excluded: false,
-                }),
-            },
-            Delta::Remove(id) => self.workers.retain(|w| w.spec.id != *id),
-            Delta::Health { id, healthy } => {
-                if let Some(w) = self.get_mut(*id) {
-                    w.spec.healthy = *healthy;
-                }
-            }
-            Delta::Loads(loads) => {
-                for w in &mut self.workers {
-                    w.remote_load = loads
-                        .iter()
-                        .find(|(id, _)| *id == w.spec.id)
-                        .map_or(0, |(_, l)| *l);
-                }
-                return; // the routable set is unchanged
-            }
-            Delta::Breaker {
-                id,
-                state,
-                failures,
-            } => {
-                if let Some(w) = self.get_mut(*id) {
-                    w.breaker.set(*state, *failures);
-                }
-            }
-            Delta::Drain
-            | Delta::AdminReply { .. }
-            | Delta::CacheInserts(_)
-            | Delta::CacheEvict { .. } => return,
+    /// Adds a worker, or replaces the spec of the one with the same id.
+    pub fn upsert(&mut self, spec: &WorkerSpec) {
+        match self.get_mut(spec.id) {
+            Some(w) => w.spec = spec.clone(),
+            None => self.workers.push(Worker {
+                spec: spec.clone(),
+                in_flight: 0,
+                processed: 0,
+                remote_load: 0,
+                decisions: 0,
+                breaker: BreakerView::default(),
+                outcomes: (0, 0),
+                routable: false,
+            }),
         }
+        self.reindex();
+    }
+
+    pub fn remove(&mut self, id: WorkerId) {
+        self.workers.retain(|w| w.spec.id != id);
+        self.reindex();
+    }
+
+    pub fn set_health(&mut self, id: WorkerId, healthy: bool) {
+        if let Some(w) = self.get_mut(id) {
+            w.spec.healthy = healthy;
+            self.refresh_routable();
+        }
+    }
+
+    /// The breaker of record changed (the control core's view).
+    pub fn set_breaker(&mut self, id: WorkerId, state: BreakerState, failures: u32) {
+        if let Some(w) = self.get_mut(id) {
+            w.breaker.set(state, failures);
+            self.refresh_routable();
+        }
+    }
+
+    /// What the other shards (and other clients) have in flight; absent means 0. The
+    /// routable set does not change.
+    pub fn set_remote_loads(&mut self, loads: &[(WorkerId, u32)]) {
+        for w in &mut self.workers {
+            w.remote_load = loads
+                .iter()
+                .find(|(id, _)| *id == w.spec.id)
+                .map_or(0, |(_, l)| *l);
+        }
+    }
+
+    fn reindex(&mut self) {
         self.by_id.iter_mut().for_each(|slot| *slot = 0);
         for (i, w) in self.workers.iter().enumerate() {
             let id = w.spec.id as usize;
@@ -113,60 +116,38 @@ impl WorkerSet {
     pub fn refresh_routable(&mut self) {
         self.routable.iter_mut().for_each(Vec::clear);
         for (i, w) in self.workers.iter_mut().enumerate() {
-            w.routable = w.spec.healthy && w.breaker.admits() && !w.excluded;
+            w.routable = w.spec.healthy && w.breaker.admits();
             if w.routable {
                 self.routable[w.spec.role as usize].push(i);
             }
         }
     }
 
-    /// Points the pool-wise accessors at `role`'s pool (policies see one pool).
-    pub fn set_view(&mut self, role: WorkerRole) {
-        self.view = role;
-    }
-
-    pub fn view(&self) -> WorkerRole {
-        self.view
-    }
-
-    /// The workers of the viewed pool, routable or not.
-    pub fn members(&self) -> impl Iterator<Item = &Worker> + '_ {
-        let role = self.view;
-        self.workers.iter().filter(move |w| w.spec.role == role)
-    }
-
-    /// Takes `ids` out of the choice for one retry, unless that leaves nothing to
-    /// choose: a retry avoids the workers that just failed only when others can serve.
-    /// Undo with `clear_excluded` before any `.await`.
-    pub fn exclude(&mut self, ids: &[WorkerId]) {
-        let others = self
-            .members()
-            .any(|w| w.spec.healthy && w.breaker.admits() && !ids.contains(&w.spec.id));
-        if !others {
-            return;
+    /// `role`'s pool as a policy sees it. `excluded` (the workers a retried request
+    /// already failed on) is taken out of the choice, unless that leaves nothing to
+    /// choose: a retry avoids them only when others can serve.
+    pub fn view<'a>(&'a self, role: WorkerRole, excluded: &'a [WorkerId]) -> PoolView<'a> {
+        let all = &self.routable[role as usize];
+        let kept = |&&i: &&usize| !excluded.contains(&self.workers[i].spec.id);
+        if excluded.is_empty() || !all.iter().any(|i| kept(&i)) {
+            return PoolView {
+                set: self,
+                role,
+                routable: Positions::All(all),
+                excluded: &[],
+            };
         }
-        for w in &mut self.workers {
-            w.excluded = ids.contains(&w.spec.id);
+        PoolView {
+            set: self,
+            role,
+            routable: Positions::Kept(all.iter().filter(kept).copied().collect()),
+            excluded,
         }
-        self.refresh_routable();
     }
 
-    /// Healthy workers of the viewed pool, and how many of them their breaker keeps
-    /// out (for the 503).
-    pub fn unavailable_counts(&self) -> (usize, usize) {
-        let healthy = self.members().filter(|w| w.spec.healthy).count();
-        let open = self
-            .members()
-            .filter(|w| w.spec.healthy && !w.breaker.admits())
-            .count();
-        (healthy, open)
-    }
-
-    pub fn clear_excluded(&mut self) {
-        if self.workers.iter().any(|w| w.excluded) {
-            self.workers.iter_mut().for_each(|w| w.excluded = false);
-            self.refresh_routable();
-        }
+    /// Routable workers of a pool.
+    pub fn routable_in(&self, role: WorkerRole) -> usize {
+        self.routable[role as usize].len()
     }
 
     fn index_of(&self, id: WorkerId) -> Option<usize> {
@@ -180,27 +161,6 @@ impl WorkerSet {
         &self.workers
     }
 
-    /// Workers of the viewed pool that may take a new request, in a stable order.
-    pub fn routable(&self) -> impl ExactSizeIterator<Item = &Worker> + '_ {
-        self.routable[self.view as usize]
-            .iter()
-            .map(|&i| &self.workers[i])
-    }
-
-    pub fn routable_count(&self) -> usize {
-        self.routable[self.view as usize].len()
-    }
-
-    /// Routable workers of a pool, whatever the view.
-    pub fn routable_in(&self, role: WorkerRole) -> usize {
-        self.routable[role as usize].len()
-    }
-
-    /// The `n`th routable worker of the viewed pool.
-    pub fn routable_nth(&self, n: usize) -> &Worker {
-        &self.workers[self.routable[self.view as usize][n]]
-    }
-
     pub fn get(&self, id: WorkerId) -> Option<&Worker> {
         self.index_of(id).map(|i| &self.workers[i])
     }
@@ -210,12 +170,86 @@ impl WorkerSet {
     }
 }
 
+/// Positions in `WorkerSet::workers` a view may choose from.
+enum Positions<'a> {
+    /// The pool's routable list as it stands (no exclusion: every first attempt).
+    All(&'a [usize]),
+    /// Less a retry's excluded workers.
+    Kept(SmallVec<[usize; 8]>),
+}
+
+/// One pool of a `WorkerSet`, borrowed for one decision. What a policy may choose
+/// from is fixed when the view is made, so nothing has to be undone afterwards.
+pub struct PoolView<'a> {
+    set: &'a WorkerSet,
+    role: WorkerRole,
+    routable: Positions<'a>,
+    /// The workers taken out of this choice (empty unless a retry's exclusion holds).
+    excluded: &'a [WorkerId],
+}
+
+impl<'a> PoolView<'a> {
+    pub fn role(&self) -> WorkerRole {
+        self.role
+    }
+
+    fn positions(&self) -> &[usize] {
+        match &self.routable {
+            Positions::All(p) => p,
+            Positions::Kept(p) => p,
+        }
+    }
+
+    /// The pool's workers, routable or not.
+    pub fn members(&self) -> impl Iterator<Item = &'a Worker> + 'a {
+        let role = self.role;
+        self.set.workers.iter().filter(move |w| w.spec.role == role)
+    }
+
+    /// Workers that may take the request, in a stable order.
+    pub fn routable(&self) -> impl ExactSizeIterator<Item = &'a Worker> + '_ {
+        let workers = &self.set.workers;
+        self.positions().iter().map(move |&i| &workers[i])
+    }
+
+    pub fn routable_count(&self) -> usize {
+        self.positions().len()
+    }
+
+    /// The `n`th routable worker.
+    pub fn routable_nth(&self, n: usize) -> &'a Worker {
+        &self.set.workers[self.positions()[n]]
+    }
+
+    /// The worker with this id when it may take the request.
+    pub fn routable_get(&self, id: WorkerId) -> Option<&'a Worker> {
+        let w = self.set.get(id)?;
+        (w.routable && w.spec.role == self.role && !self.excluded.contains(&id)).then_some(w)
+    }
+
+    /// Any worker by id, whatever its pool or state.
+    pub fn get(&self, id: WorkerId) -> Option<&'a Worker> {
+        self.set.get(id)
+    }
+
+    /// Healthy workers of the pool, and how many of them their breaker keeps out
+    /// (for the 503).
+    pub fn unavailable_counts(&self) -> (usize, usize) {
+        let healthy = self.members().filter(|w| w.spec.healthy).count();
+        let open = self
+            .members()
+            .filter(|w| w.spec.healthy && !w.breaker.admits())
+            .count();
+        (healthy, open)
+    }
+}
+
 /// `n` healthy workers `http://10.0.0.{id}:8000`, for policy tests.
 #[cfg(test)]
 pub fn test_workers(n: u32) -> WorkerSet {
     let mut s = WorkerSet::default();
     for id in 0..n {
-        s.apply(&Delta::Upsert(tests::spec(id, true)));
+        s.upsert(&tests::spec(id, true));
     }
     s
 }
@@ -240,17 +274,33 @@ mod tests {
     #[test]
     fn deltas_change_routable_set() {
         let mut s = WorkerSet::default();
-        s.apply(&Delta::Upsert(spec(1, true)));
-        s.apply(&Delta::Upsert(spec(2, true)));
-        s.apply(&Delta::Upsert(spec(3, false)));
-        assert_eq!(s.routable_count(), 2);
-        s.apply(&Delta::Health {
-            id: 1,
-            healthy: false,
-        });
-        assert_eq!(s.routable().map(|w| w.spec.id).collect::<Vec<_>>(), vec![2]);
-        s.apply(&Delta::Remove(2));
-        assert_eq!(s.routable_count(), 0);
+        s.upsert(&spec(1, true));
+        s.upsert(&spec(2, true));
+        s.upsert(&spec(3, false));
+        assert_eq!(s.view(WorkerRole::Regular, &[]).routable_count(), 2);
+        s.set_health(1, false);
+        let ids = |s: &WorkerSet| {
+            let v = s.view(WorkerRole::Regular, &[]);
+            v.routable().map(|w| w.spec.id).collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&s), vec![2]);
+        s.remove(2);
+        assert_eq!(s.view(WorkerRole::Regular, &[]).routable_count(), 0);
         assert_eq!(s.all().len(), 2);
+    }
+
+    #[test]
+    fn a_retry_avoids_failed_workers_only_when_others_can_serve() {
+        let s = test_workers(3);
+        let v = s.view(WorkerRole::Regular, &[0, 1]);
+        assert_eq!(v.routable().map(|w| w.spec.id).collect::<Vec<_>>(), vec![2]);
+        assert!(v.routable_get(0).is_none() && v.routable_get(2).is_some());
+        let v = s.view(WorkerRole::Regular, &[0, 1, 2]);
+        assert_eq!(
+            v.routable_count(),
+            3,
+            "nothing else can serve: keep them all"
+        );
+        assert_eq!(s.view(WorkerRole::Prefill, &[]).routable_count(), 0);
     }
 }

@@ -4,7 +4,7 @@
 
 use super::ControlState;
 use serde_json::{json, Value};
-use shards::messages::{AdminReply, AdminRequest, Delta};
+use shards::messages::{AdminReply, AdminRequest, WorkerRole};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -27,7 +27,7 @@ fn text_reply(status: u16, body: String) -> AdminReply {
 fn error(status: u16, message: String) -> AdminReply {
     json_reply(
         status,
-        json!({"error": {"message": message, "type": shards::errors::error_type(status), "code": status}}),
+        json!({"error": {"message": message, "type": shards::error_type(status), "code": status}}),
     )
 }
 
@@ -176,53 +176,46 @@ impl std::fmt::Display for AddError {
     }
 }
 
-/// Registers a worker and probes it. With `require_healthy` an unhealthy worker is not
-/// added; without, it is added out of rotation until the health checks pass. Returns
-/// whether it is healthy.
+/// Probes a worker, then adds it everywhere. With `require_healthy` an unhealthy
+/// worker is not added; without, it is added out of rotation until the health checks
+/// pass. Returns whether it is healthy.
 pub async fn add_worker(
     state: &Rc<RefCell<ControlState>>,
     url: &str,
     require_healthy: bool,
 ) -> Result<bool, AddError> {
-    let (specs, probe_cfg) = {
-        let mut s = state.borrow_mut();
-        let specs = s.registry.add(url).map_err(AddError::Invalid)?;
-        (specs, s.probe.clone())
+    let probe_cfg = {
+        let s = state.borrow();
+        if s.registry.contains(url) {
+            let base = url.trim_end_matches('/');
+            return Err(AddError::Invalid(format!(
+                "worker {base} is already registered"
+            )));
+        }
+        s.probe.clone()
     };
-    let first = &specs[0];
-    let probe = super::health::probe(first.addr, &first.authority, &probe_cfg).await;
+    // Resolved here, on the control core: the probe needs the address.
+    let target = super::registry::resolve(url, 1, &mut 0).map_err(AddError::Invalid)?;
+    let probe = super::health::probe(target[0].addr, &target[0].authority, &probe_cfg).await;
     if let Err(why) = &probe {
         if require_healthy {
-            state.borrow_mut().registry.remove(url);
             return Err(AddError::Unhealthy(format!(
                 "worker {url} is not healthy: {why}"
             )));
         }
     }
     let healthy = probe.is_ok();
-    let mut s = state.borrow_mut();
-    let base = url.trim_end_matches('/').to_string();
-    for w in s.registry.of_base(&base) {
-        w.health = super::health::HealthTracker::new(healthy);
-        w.spec.healthy = healthy;
-    }
-    for mut spec in specs {
-        spec.healthy = healthy;
-        s.broadcast(Delta::Upsert(spec));
-    }
+    state
+        .borrow_mut()
+        .add_worker(url, WorkerRole::Regular, healthy, None)
+        .map_err(AddError::Invalid)?;
     Ok(healthy)
 }
 
 /// Removes a worker everywhere; its in-flight requests finish on the shards.
 fn remove(state: &Rc<RefCell<ControlState>>, url: &str) -> Result<(), AdminReply> {
-    let mut s = state.borrow_mut();
-    let ids = s.registry.remove(url);
-    if ids.is_empty() {
+    if state.borrow_mut().remove_worker(url).is_empty() {
         return Err(error(404, format!("no worker {url}")));
-    }
-    for id in ids {
-        s.breakers.forget(id);
-        s.broadcast(Delta::Remove(id));
     }
     shards::info!("worker {url} removed through the admin API");
     Ok(())

@@ -2,12 +2,9 @@
 //! core's tokio runtime. Any 2xx is healthy; a refused connection, a timeout or any
 //! other status is not.
 
-use shards::codec::response::ResponseHead;
-use shards::codec::Status;
+use super::http::{get, Get};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How to probe; shared by every worker.
 #[derive(Clone, Debug)]
@@ -19,50 +16,17 @@ pub struct ProbeConfig {
 
 /// One probe. Ok on a 2xx answer head.
 pub async fn probe(addr: SocketAddr, authority: &str, cfg: &ProbeConfig) -> Result<(), String> {
-    match tokio::time::timeout(cfg.timeout, probe_inner(addr, authority, cfg)).await {
-        Ok(r) => r,
+    let req = Get {
+        addr,
+        authority,
+        path: &cfg.endpoint,
+        api_key: cfg.api_key.as_deref(),
+    };
+    match tokio::time::timeout(cfg.timeout, get(&req, None)).await {
+        Ok(Ok((status, _))) if (200..300).contains(&status) => Ok(()),
+        Ok(Ok((status, _))) => Err(format!("answered {status}")),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
-    }
-}
-
-async fn probe_inner(addr: SocketAddr, authority: &str, cfg: &ProbeConfig) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let _ = stream.set_nodelay(true);
-    let mut req = format!(
-        "GET {} HTTP/1.1\r\nhost: {authority}\r\nuser-agent: vllm-router-health\r\nconnection: close\r\n",
-        cfg.endpoint
-    );
-    if let Some(key) = &cfg.api_key {
-        req.push_str(&format!("authorization: Bearer {key}\r\n"));
-    }
-    req.push_str("\r\n");
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(1024);
-    let mut head = ResponseHead::default();
-    loop {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("closed before answering".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        match head.parse(&buf, false) {
-            Ok(Status::Complete(_)) if head.is_interim() => {
-                buf.clear();
-            }
-            Ok(Status::Complete(_)) => {
-                return if (200..300).contains(&head.status) {
-                    Ok(())
-                } else {
-                    Err(format!("answered {}", head.status))
-                };
-            }
-            Ok(Status::Partial) => {}
-            Err(e) => return Err(e.0.to_string()),
-        }
     }
 }
 

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
-use shards::messages::{Delta, WorkerId, WorkerRole};
+use shards::messages::WorkerRole;
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -92,7 +92,6 @@ pub async fn run(state: Rc<RefCell<ControlState>>, cfg: K8sConfig) {
 /// One pod tracked as a worker.
 struct Tracked {
     url: String,
-    ids: Vec<WorkerId>,
 }
 
 async fn watch_pool(state: Rc<RefCell<ControlState>>, api: Api<Pod>, w: Watch, port: u16) {
@@ -183,23 +182,13 @@ fn add(
     pod: &Pod,
 ) {
     let mut s = state.borrow_mut();
-    let specs = match s.registry.add_role(&url, role) {
-        Ok(specs) => specs,
+    // Kubernetes says it is ready; our health checks take over from here.
+    match s.add_worker(&url, role, true, None) {
+        Ok(_) => {}
         Err(e) => {
             shards::warn!("service discovery: pod {k}: {e}");
             return;
         }
-    };
-    for w in s.registry.of_base(&url) {
-        // Kubernetes says it is ready; our health checks take over from here.
-        w.health = super::health::HealthTracker::new(true);
-        w.spec.healthy = true;
-    }
-    let mut ids = Vec::new();
-    for mut spec in specs {
-        spec.healthy = true;
-        ids.push(spec.id);
-        s.broadcast(Delta::Upsert(spec));
     }
     s.discovery_updates += 1;
     s.discovery_added += 1;
@@ -214,7 +203,7 @@ fn add(
         "service discovery: pod {k} joined as {} worker {url}{bootstrap}",
         role.name()
     );
-    tracked.insert(k, Tracked { url, ids });
+    tracked.insert(k, Tracked { url });
 }
 
 fn remove(
@@ -227,11 +216,7 @@ fn remove(
         return;
     };
     let mut s = state.borrow_mut();
-    s.registry.remove(&t.url);
-    for id in t.ids {
-        s.breakers.forget(id);
-        s.broadcast(Delta::Remove(id));
-    }
+    s.remove_worker(&t.url);
     s.discovery_updates += 1;
     s.discovery_removed += 1;
     shards::info!("service discovery: pod {k} left ({why}): {}", t.url);

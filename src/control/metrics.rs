@@ -3,13 +3,13 @@
 //! `--prometheus-host:--prometheus-port/metrics`.
 
 use super::breakers::Breakers;
+use super::exposition::{family, histograms, Sample};
 use super::registry::Registry;
-use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
-};
+use super::registry::WorkerEntry;
+use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 use shards::messages::WorkerId;
-use shards::metrics::{ShardMetrics, LATENCY_BUCKETS, METHODS, ROUTES};
+use shards::metrics::{ShardMetrics, METHODS, ROUTES};
 use std::collections::{BTreeMap, HashMap};
 
 /// The last copy of each shard's counters and in-flight counts.
@@ -53,13 +53,6 @@ impl Aggregator {
         sum.into_iter().filter(|(_, n)| *n > 0).collect()
     }
 
-    pub fn decisions(&self, id: WorkerId) -> u64 {
-        self.shards
-            .values()
-            .map(|m| m.decisions.get(&id).copied().unwrap_or(0))
-            .sum()
-    }
-
     pub fn processed(&self, id: WorkerId) -> u64 {
         self.shards
             .values()
@@ -68,312 +61,16 @@ impl Aggregator {
     }
 
     /// The exposition text.
-    pub fn render(
-        &self,
-        registry: &Registry,
-        policy: &str,
-        breakers: &Breakers,
-        discovery: [u64; 3],
-    ) -> String {
+    pub fn render(&self, view: &ControlView<'_>) -> String {
         let mut total = ShardMetrics::default();
         for m in self.shards.values() {
-            for r in 0..ROUTES.len() {
-                total.requests[r] += m.requests[r];
-                total.retries[r] += m.retries[r];
-                total.retries_exhausted[r] += m.retries_exhausted[r];
-                total.pd_requests[r] += m.pd_requests[r];
-                total.duration[r].merge(&m.duration[r]);
-                total.ttfb[r].merge(&m.ttfb[r]);
-            }
-            for (k, v) in &m.errors {
-                *total.errors.entry(*k).or_default() += v;
-            }
-            for (k, v) in &m.http {
-                *total.http.entry(*k).or_default() += v;
-            }
-            for (k, v) in &m.pd_errors {
-                *total.pd_errors.entry(*k).or_default() += v;
-            }
-            total.pd_prefill_duration.merge(&m.pd_prefill_duration);
-            total.pd_decode_duration.merge(&m.pd_decode_duration);
+            total.merge(m);
         }
-        let mut families = Vec::new();
-        let routes = |pick: &dyn Fn(usize) -> Option<f64>| {
-            (0..ROUTES.len())
-                .filter_map(|r| pick(r).map(|v| (vec![("route", ROUTES[r].to_string())], v)))
-                .collect::<Vec<_>>()
-        };
-        families.push(family(
-            "vllm_router_requests_total",
-            "Requests received, by route.",
-            MetricType::COUNTER,
-            routes(&|r| (total.requests[r] > 0).then_some(total.requests[r] as f64)),
-        ));
-        families.push(histograms(
-            "vllm_router_request_duration_seconds",
-            "Time from request head to the end of the answer, by route.",
-            (0..ROUTES.len())
-                .filter(|&r| total.duration[r].count > 0)
-                .map(|r| (ROUTES[r], &total.duration[r])),
-        ));
-        families.push(histograms(
-            "vllm_router_time_to_first_byte_seconds",
-            "Time from request head to the first answer body byte sent to the client (time to first token for streams), by route.",
-            (0..ROUTES.len()).filter(|&r| total.ttfb[r].count > 0).map(|r| (ROUTES[r], &total.ttfb[r])),
-        ));
-        let errors: BTreeMap<_, _> = total.errors.iter().collect();
-        families.push(family(
-            "vllm_router_request_errors_total",
-            "Requests the router answered with an error or could not finish, by route and error type.",
-            MetricType::COUNTER,
-            errors
-                .into_iter()
-                .map(|((r, e), v)| (vec![("route", ROUTES[*r].to_string()), ("error_type", e.to_string())], *v as f64))
-                .collect(),
-        ));
-        let http: BTreeMap<_, _> = total.http.iter().collect();
-        families.push(family(
-            "vllm_router_http_requests_total",
-            "Answers sent, by route, method and status code.",
-            MetricType::COUNTER,
-            http.into_iter()
-                .map(|((r, m, s), v)| {
-                    (
-                        vec![
-                            ("route", ROUTES[*r].to_string()),
-                            ("method", METHODS[*m].to_string()),
-                            ("status_code", s.to_string()),
-                        ],
-                        *v as f64,
-                    )
-                })
-                .collect(),
-        ));
-        families.push(family(
-            "vllm_router_retries_total",
-            "Attempts after the first, by route.",
-            MetricType::COUNTER,
-            routes(&|r| (total.retries[r] > 0).then_some(total.retries[r] as f64)),
-        ));
-        families.push(family(
-            "vllm_router_retries_exhausted_total",
-            "Requests whose every attempt failed, by route.",
-            MetricType::COUNTER,
-            routes(&|r| {
-                (total.retries_exhausted[r] > 0).then_some(total.retries_exhausted[r] as f64)
-            }),
-        ));
-        let per_worker = |f: &dyn Fn(&super::registry::WorkerEntry) -> f64| {
-            registry
-                .workers
-                .iter()
-                .map(|w| (vec![("worker", w.spec.url.clone())], f(w)))
-                .collect::<Vec<_>>()
-        };
-        families.push(family(
-            "vllm_router_processed_requests_total",
-            "Requests sent to each worker that got an answer.",
-            MetricType::COUNTER,
-            per_worker(&|w| self.processed(w.spec.id) as f64),
-        ));
-        families.push(family(
-            "vllm_router_policy_decisions_total",
-            "Times the policy chose each worker.",
-            MetricType::COUNTER,
-            registry
-                .workers
-                .iter()
-                .map(|w| {
-                    let labels = vec![
-                        ("policy", policy.to_string()),
-                        ("worker", w.spec.url.clone()),
-                    ];
-                    (labels, self.decisions(w.spec.id) as f64)
-                })
-                .collect(),
-        ));
-        let hits: u64 = self.shards.values().map(|m| m.cache_hits).sum();
-        let misses: u64 = self.shards.values().map(|m| m.cache_misses).sum();
-        if policy == "cache_aware" {
-            families.push(family(
-                "vllm_router_cache_hits_total",
-                "cache_aware decisions that followed a cached prefix.",
-                MetricType::COUNTER,
-                vec![(vec![], hits as f64)],
-            ));
-            families.push(family(
-                "vllm_router_cache_misses_total",
-                "cache_aware decisions that went to the least loaded worker.",
-                MetricType::COUNTER,
-                vec![(vec![], misses as f64)],
-            ));
-            families.push(family(
-                "vllm_router_tree_size",
-                "Bytes of request text the routing tree holds per worker (largest shard).",
-                MetricType::GAUGE,
-                per_worker(&|w| {
-                    self.shards
-                        .values()
-                        .filter_map(|m| m.tree_sizes.get(&w.spec.id))
-                        .max()
-                        .copied()
-                        .unwrap_or(0) as f64
-                }),
-            ));
-        }
-        families.push(family(
-            "vllm_router_worker_load",
-            "Requests in flight from this router to each worker, all shards.",
-            MetricType::GAUGE,
-            per_worker(&|w| self.load(w.spec.id) as f64),
-        ));
-        families.push(family(
-            "vllm_router_worker_health",
-            "1 when the worker is healthy, else 0.",
-            MetricType::GAUGE,
-            per_worker(&|w| if w.health.healthy { 1.0 } else { 0.0 }),
-        ));
-        let pd_workers = |pick: &dyn Fn(&ShardMetrics) -> &HashMap<WorkerId, u64>| {
-            registry
-                .workers
-                .iter()
-                .filter_map(|w| {
-                    let n: u64 = self
-                        .shards
-                        .values()
-                        .map(|m| pick(m).get(&w.spec.id).copied().unwrap_or(0))
-                        .sum();
-                    (n > 0).then(|| (vec![("worker", w.spec.url.clone())], n as f64))
-                })
-                .collect::<Vec<_>>()
-        };
-        families.push(family(
-            "vllm_router_pd_requests_total",
-            "Prefill/decode requests, by route.",
-            MetricType::COUNTER,
-            routes(&|r| (total.pd_requests[r] > 0).then_some(total.pd_requests[r] as f64)),
-        ));
-        families.push(family(
-            "vllm_router_pd_prefill_requests_total",
-            "Prefill legs sent to each worker (retries included).",
-            MetricType::COUNTER,
-            pd_workers(&|m| &m.pd_prefill),
-        ));
-        families.push(family(
-            "vllm_router_pd_decode_requests_total",
-            "Decode legs sent to each worker.",
-            MetricType::COUNTER,
-            pd_workers(&|m| &m.pd_decode),
-        ));
-        let pd_errors: BTreeMap<_, _> = total.pd_errors.iter().collect();
-        families.push(family(
-            "vllm_router_pd_errors_total",
-            "Prefill/decode failures, by kind.",
-            MetricType::COUNTER,
-            pd_errors
-                .into_iter()
-                .map(|(k, v)| (vec![("error_type", k.to_string())], *v as f64))
-                .collect(),
-        ));
-        for (name, help, h) in [
-            (
-                "vllm_router_pd_prefill_duration_seconds",
-                "Time of each prefill leg (one attempt), request sent to answer read.",
-                &total.pd_prefill_duration,
-            ),
-            (
-                "vllm_router_pd_decode_duration_seconds",
-                "Time of each decode leg, retries included, to the end of the answer.",
-                &total.pd_decode_duration,
-            ),
-        ] {
-            if h.count > 0 {
-                let mut f = histograms(name, help, std::iter::once(("all", h)));
-                for m in f.mut_metric().iter_mut() {
-                    m.set_label(Vec::new());
-                }
-                families.push(f);
-            }
-        }
-        families.push(family(
-            "vllm_router_cb_state",
-            "Circuit breaker state per worker: 0 closed, 1 open, 2 half-open.",
-            MetricType::GAUGE,
-            per_worker(&|w| breakers.state(w.spec.id) as u8 as f64),
-        ));
-        let url = |id: WorkerId| {
-            registry
-                .workers
-                .iter()
-                .find(|w| w.spec.id == id)
-                .map(|w| w.spec.url.clone())
-        };
-        families.push(family(
-            "vllm_router_cb_state_transitions_total",
-            "Circuit breaker state changes per worker.",
-            MetricType::COUNTER,
-            breakers
-                .transitions()
-                .filter_map(|((id, from, to), n)| {
-                    let labels = vec![
-                        ("worker", url(*id)?),
-                        ("from", from.to_string()),
-                        ("to", to.to_string()),
-                    ];
-                    Some((labels, *n as f64))
-                })
-                .collect(),
-        ));
-        let mut outcomes = Vec::new();
-        for w in &registry.workers {
-            let (ok, failed) = self.shards.values().fold((0, 0), |(a, b), m| {
-                let (x, y) = m.outcomes.get(&w.spec.id).copied().unwrap_or((0, 0));
-                (a + x, b + y)
-            });
-            for (outcome, n) in [("success", ok), ("failure", failed)] {
-                let labels = vec![
-                    ("worker", w.spec.url.clone()),
-                    ("outcome", outcome.to_string()),
-                ];
-                outcomes.push((labels, n as f64));
-            }
-        }
-        families.push(family(
-            "vllm_router_cb_outcomes_total",
-            "Attempts counted by the circuit breakers, per worker and outcome (docs/resilience.md).",
-            MetricType::COUNTER,
-            outcomes,
-        ));
-        for (name, help, n) in [
-            (
-                "vllm_router_discovery_updates_total",
-                "Workers added or removed by discovery (Kubernetes or vLLM ZMQ).",
-                discovery[0],
-            ),
-            (
-                "vllm_router_discovery_workers_added_total",
-                "Workers discovery added.",
-                discovery[1],
-            ),
-            (
-                "vllm_router_discovery_workers_removed_total",
-                "Workers discovery removed (deleted, not ready, expired, IP changed).",
-                discovery[2],
-            ),
-        ] {
-            families.push(family(
-                name,
-                help,
-                MetricType::COUNTER,
-                vec![(vec![], n as f64)],
-            ));
-        }
-        families.push(family(
-            "vllm_router_active_workers",
-            "Workers currently healthy.",
-            MetricType::GAUGE,
-            vec![(vec![], registry.healthy_count() as f64)],
-        ));
+        let mut families = request_families(&total);
+        families.extend(worker_families(&total, self, view));
+        families.extend(pd_families(&total, view.registry));
+        families.extend(breaker_families(&total, view));
+        families.extend(control_families(&total, view));
         families.retain(|f| !f.get_metric().is_empty());
         let mut out = Vec::new();
         TextEncoder::new()
@@ -383,78 +80,325 @@ impl Aggregator {
     }
 }
 
-/// Label pairs sorted by name, as the prometheus crate orders them for its own
-/// collectors.
-fn labels(mut pairs: Vec<(&str, String)>) -> Vec<LabelPair> {
-    pairs.sort_by(|a, b| a.0.cmp(b.0));
-    pairs
-        .into_iter()
-        .map(|(n, v)| {
-            let mut l = LabelPair::default();
-            l.set_name(n.to_string());
-            l.set_value(v);
-            l
-        })
+/// What the control core knows beside the shards' counters.
+pub struct ControlView<'a> {
+    pub registry: &'a Registry,
+    pub policy: &'a str,
+    pub breakers: &'a Breakers,
+    /// Discovery updates, workers added, workers removed.
+    pub discovery: [u64; 3],
+}
+
+/// One sample per route with a non-zero count.
+fn by_route(counts: &[u64; ROUTES.len()]) -> Vec<Sample<'static>> {
+    (0..ROUTES.len())
+        .filter(|&r| counts[r] > 0)
+        .map(|r| (vec![("route", ROUTES[r].to_string())], counts[r] as f64))
         .collect()
 }
 
-fn family(
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    samples: Vec<(Vec<(&str, String)>, f64)>,
-) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(name.to_string());
-    f.set_help(help.to_string());
-    f.set_field_type(kind);
-    for (l, v) in samples {
-        let mut m = Metric::default();
-        m.set_label(labels(l));
-        if kind == MetricType::COUNTER {
-            let mut c = Counter::default();
-            c.set_value(v);
-            m.set_counter(c);
-        } else {
-            let mut g = Gauge::default();
-            g.set_value(v);
-            m.set_gauge(g);
-        }
-        f.mut_metric().push(m);
-    }
-    f
+/// One sample per registered worker.
+fn per_worker(registry: &Registry, f: impl Fn(&WorkerEntry) -> f64) -> Vec<Sample<'static>> {
+    registry
+        .workers
+        .iter()
+        .map(|w| (vec![("worker", w.spec.url.clone())], f(w)))
+        .collect()
 }
 
-fn histograms<'a>(
-    name: &str,
-    help: &str,
-    rows: impl Iterator<Item = (&'a str, &'a shards::metrics::Histogram)>,
-) -> MetricFamily {
-    let mut f = MetricFamily::default();
-    f.set_name(name.to_string());
-    f.set_help(help.to_string());
-    f.set_field_type(MetricType::HISTOGRAM);
-    for (route, h) in rows {
-        let mut m = Metric::default();
-        m.set_label(labels(vec![("route", route.to_string())]));
-        let mut hist = Histogram::default();
-        let mut cumulative = 0;
-        let buckets = LATENCY_BUCKETS
-            .iter()
-            .zip(h.counts.iter())
-            .map(|(&bound, &n)| {
-                cumulative += n;
-                let mut b = Bucket::default();
-                b.set_upper_bound(bound);
-                b.set_cumulative_count(cumulative);
-                b
+fn count_of<K: Eq + std::hash::Hash>(map: &HashMap<K, u64>, k: &K) -> u64 {
+    map.get(k).copied().unwrap_or(0)
+}
+
+fn request_families(total: &ShardMetrics) -> Vec<MetricFamily> {
+    let mut families = Vec::new();
+    families.push(family(
+        "vllm_router_requests_total",
+        "Requests received, by route.",
+        MetricType::COUNTER,
+        by_route(&total.requests),
+    ));
+    families.push(histograms(
+        "vllm_router_request_duration_seconds",
+        "Time from request head to the end of the answer, by route.",
+        (0..ROUTES.len())
+            .filter(|&r| total.duration[r].count > 0)
+            .map(|r| (ROUTES[r], &total.duration[r])),
+    ));
+    families.push(histograms(
+        "vllm_router_time_to_first_byte_seconds",
+        "Time from request head to the first answer body byte sent to the client (time to first token for streams), by route.",
+        (0..ROUTES.len()).filter(|&r| total.ttfb[r].count > 0).map(|r| (ROUTES[r], &total.ttfb[r])),
+    ));
+    let errors: BTreeMap<_, _> = total.errors.iter().collect();
+    families.push(family(
+        "vllm_router_request_errors_total",
+        "Requests the router answered with an error or could not finish, by route and error type.",
+        MetricType::COUNTER,
+        errors
+            .into_iter()
+            .map(|((r, e), v)| {
+                (
+                    vec![
+                        ("route", ROUTES[*r].to_string()),
+                        ("error_type", e.to_string()),
+                    ],
+                    *v as f64,
+                )
             })
-            .collect();
-        hist.set_bucket(buckets);
-        hist.set_sample_count(h.count);
-        hist.set_sample_sum(h.sum);
-        m.set_histogram(hist);
-        f.mut_metric().push(m);
+            .collect(),
+    ));
+    let http: BTreeMap<_, _> = total.http.iter().collect();
+    families.push(family(
+        "vllm_router_http_requests_total",
+        "Answers sent, by route, method and status code.",
+        MetricType::COUNTER,
+        http.into_iter()
+            .map(|((r, m, s), v)| {
+                (
+                    vec![
+                        ("route", ROUTES[*r].to_string()),
+                        ("method", METHODS[*m].to_string()),
+                        ("status_code", s.to_string()),
+                    ],
+                    *v as f64,
+                )
+            })
+            .collect(),
+    ));
+    families.push(family(
+        "vllm_router_retries_total",
+        "Attempts after the first, by route.",
+        MetricType::COUNTER,
+        by_route(&total.retries),
+    ));
+    families.push(family(
+        "vllm_router_retries_exhausted_total",
+        "Requests whose every attempt failed, by route.",
+        MetricType::COUNTER,
+        by_route(&total.retries_exhausted),
+    ));
+    families
+}
+
+fn worker_families(
+    total: &ShardMetrics,
+    loads: &Aggregator,
+    view: &ControlView<'_>,
+) -> Vec<MetricFamily> {
+    let (registry, policy) = (view.registry, view.policy);
+    let mut families = Vec::new();
+    families.push(family(
+        "vllm_router_processed_requests_total",
+        "Requests sent to each worker that got an answer.",
+        MetricType::COUNTER,
+        per_worker(registry, |w| count_of(&total.processed, &w.spec.id) as f64),
+    ));
+    families.push(family(
+        "vllm_router_policy_decisions_total",
+        "Times the policy chose each worker.",
+        MetricType::COUNTER,
+        registry
+            .workers
+            .iter()
+            .map(|w| {
+                let labels = vec![
+                    ("policy", policy.to_string()),
+                    ("worker", w.spec.url.clone()),
+                ];
+                (labels, count_of(&total.decisions, &w.spec.id) as f64)
+            })
+            .collect(),
+    ));
+    if policy == "cache_aware" {
+        families.push(family(
+            "vllm_router_cache_hits_total",
+            "cache_aware decisions that followed a cached prefix.",
+            MetricType::COUNTER,
+            vec![(vec![], total.cache_hits as f64)],
+        ));
+        families.push(family(
+            "vllm_router_cache_misses_total",
+            "cache_aware decisions that went to the least loaded worker.",
+            MetricType::COUNTER,
+            vec![(vec![], total.cache_misses as f64)],
+        ));
+        families.push(family(
+            "vllm_router_tree_size",
+            "Bytes of request text the routing tree holds per worker (largest shard).",
+            MetricType::GAUGE,
+            per_worker(registry, |w| {
+                total.tree_sizes.get(&w.spec.id).copied().unwrap_or(0) as f64
+            }),
+        ));
     }
-    f
+    families.push(family(
+        "vllm_router_worker_load",
+        "Requests in flight from this router to each worker, all shards.",
+        MetricType::GAUGE,
+        per_worker(registry, |w| loads.load(w.spec.id) as f64),
+    ));
+    families.push(family(
+        "vllm_router_worker_health",
+        "1 when the worker is healthy, else 0.",
+        MetricType::GAUGE,
+        per_worker(registry, |w| if w.health.healthy { 1.0 } else { 0.0 }),
+    ));
+    families
+}
+
+fn pd_families(total: &ShardMetrics, registry: &Registry) -> Vec<MetricFamily> {
+    let pd_workers = |counts: &HashMap<WorkerId, u64>| {
+        registry
+            .workers
+            .iter()
+            .filter_map(|w| {
+                let n = count_of(counts, &w.spec.id);
+                (n > 0).then(|| (vec![("worker", w.spec.url.clone())], n as f64))
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut families = Vec::new();
+    families.push(family(
+        "vllm_router_pd_requests_total",
+        "Prefill/decode requests, by route.",
+        MetricType::COUNTER,
+        by_route(&total.pd_requests),
+    ));
+    families.push(family(
+        "vllm_router_pd_prefill_requests_total",
+        "Prefill legs sent to each worker (retries included).",
+        MetricType::COUNTER,
+        pd_workers(&total.pd_prefill),
+    ));
+    families.push(family(
+        "vllm_router_pd_decode_requests_total",
+        "Decode legs sent to each worker.",
+        MetricType::COUNTER,
+        pd_workers(&total.pd_decode),
+    ));
+    let pd_errors: BTreeMap<_, _> = total.pd_errors.iter().collect();
+    families.push(family(
+        "vllm_router_pd_errors_total",
+        "Prefill/decode failures, by kind.",
+        MetricType::COUNTER,
+        pd_errors
+            .into_iter()
+            .map(|(k, v)| (vec![("error_type", k.to_string())], *v as f64))
+            .collect(),
+    ));
+    for (name, help, h) in [
+        (
+            "vllm_router_pd_prefill_duration_seconds",
+            "Time of each prefill leg (one attempt), request sent to answer read.",
+            &total.pd_prefill_duration,
+        ),
+        (
+            "vllm_router_pd_decode_duration_seconds",
+            "Time of each decode leg, retries included, to the end of the answer.",
+            &total.pd_decode_duration,
+        ),
+    ] {
+        if h.count > 0 {
+            let mut f = histograms(name, help, std::iter::once(("all", h)));
+            for m in f.mut_metric().iter_mut() {
+                m.set_label(Vec::new());
+            }
+            families.push(f);
+        }
+    }
+    families
+}
+
+fn breaker_families(total: &ShardMetrics, view: &ControlView<'_>) -> Vec<MetricFamily> {
+    let (registry, breakers) = (view.registry, view.breakers);
+    let mut families = Vec::new();
+    families.push(family(
+        "vllm_router_cb_state",
+        "Circuit breaker state per worker: 0 closed, 1 open, 2 half-open.",
+        MetricType::GAUGE,
+        per_worker(registry, |w| breakers.state(w.spec.id) as u8 as f64),
+    ));
+    let url = |id: WorkerId| {
+        registry
+            .workers
+            .iter()
+            .find(|w| w.spec.id == id)
+            .map(|w| w.spec.url.clone())
+    };
+    families.push(family(
+        "vllm_router_cb_state_transitions_total",
+        "Circuit breaker state changes per worker.",
+        MetricType::COUNTER,
+        breakers
+            .transitions()
+            .filter_map(|((id, from, to), n)| {
+                let labels = vec![
+                    ("worker", url(*id)?),
+                    ("from", from.to_string()),
+                    ("to", to.to_string()),
+                ];
+                Some((labels, *n as f64))
+            })
+            .collect(),
+    ));
+    let mut outcomes = Vec::new();
+    for w in &registry.workers {
+        let (ok, failed) = total.outcomes.get(&w.spec.id).copied().unwrap_or((0, 0));
+        for (outcome, n) in [("success", ok), ("failure", failed)] {
+            let labels = vec![
+                ("worker", w.spec.url.clone()),
+                ("outcome", outcome.to_string()),
+            ];
+            outcomes.push((labels, n as f64));
+        }
+    }
+    families.push(family(
+        "vllm_router_cb_outcomes_total",
+        "Attempts counted by the circuit breakers, per worker and outcome (docs/resilience.md).",
+        MetricType::COUNTER,
+        outcomes,
+    ));
+    families
+}
+
+fn control_families(total: &ShardMetrics, view: &ControlView<'_>) -> Vec<MetricFamily> {
+    let mut families = Vec::new();
+    for (name, help, n) in [
+        (
+            "vllm_router_discovery_updates_total",
+            "Workers added or removed by discovery (Kubernetes or vLLM ZMQ).",
+            view.discovery[0],
+        ),
+        (
+            "vllm_router_discovery_workers_added_total",
+            "Workers discovery added.",
+            view.discovery[1],
+        ),
+        (
+            "vllm_router_discovery_workers_removed_total",
+            "Workers discovery removed (deleted, not ready, expired, IP changed).",
+            view.discovery[2],
+        ),
+    ] {
+        families.push(family(
+            name,
+            help,
+            MetricType::COUNTER,
+            vec![(vec![], n as f64)],
+        ));
+    }
+    families.push(family(
+        "vllm_router_active_workers",
+        "Workers currently healthy.",
+        MetricType::GAUGE,
+        vec![(vec![], view.registry.healthy_count() as f64)],
+    ));
+    families.push(family(
+        "vllm_router_queued_requests",
+        "Requests waiting in the admission queue, all shards (sampled once a second).",
+        MetricType::GAUGE,
+        vec![(vec![], total.queued as f64)],
+    ));
+    families
 }

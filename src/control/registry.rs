@@ -145,12 +145,8 @@ impl Registry {
         }
     }
 
-    /// Resolves and adds a base URL (one entry per DP rank), unhealthy until probed.
-    pub fn add(&mut self, url: &str) -> Result<Vec<WorkerSpec>, String> {
-        self.add_role(url, WorkerRole::Regular)
-    }
-
-    /// As `add`, into a given pool (P/D prefill or decode).
+    /// Resolves and adds a base URL to `role`'s pool (one entry per DP rank),
+    /// unhealthy until probed.
     pub fn add_role(&mut self, url: &str, role: WorkerRole) -> Result<Vec<WorkerSpec>, String> {
         let base = url.trim_end_matches('/');
         if self.workers.iter().any(|w| w.base_url == base) {
@@ -181,6 +177,12 @@ impl Registry {
             !hit
         });
         ids
+    }
+
+    /// A worker of this base URL is registered.
+    pub fn contains(&self, url: &str) -> bool {
+        let base = url.trim_end_matches('/');
+        self.workers.iter().any(|w| w.base_url == base)
     }
 
     /// Distinct base URLs with what a probe needs.

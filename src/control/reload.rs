@@ -6,8 +6,7 @@
 //! workers only on the command line or added through the admin API are left alone.
 //! No client connection is touched.
 
-use super::ControlState;
-use shards::messages::Delta;
+use super::{ControlConfig, ControlState};
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -32,6 +31,30 @@ pub fn read_worker_file(path: &Path) -> Result<Vec<String>, String> {
         }
     }
     Ok(urls)
+}
+
+/// SIGHUP: re-read the worker list file, telling systemd while it happens.
+pub async fn on_sighup(state: &Rc<RefCell<ControlState>>, config: &ControlConfig) {
+    let Some(path) = &config.worker_urls_file else {
+        shards::warn!("SIGHUP ignored: there is no --worker-urls-file to re-read");
+        return;
+    };
+    if let Some(n) = &config.notifier {
+        n.send("RELOADING=1");
+    }
+    match apply(state, path).await {
+        Ok((added, removed)) => shards::info!(
+            "reloaded {}: {added} worker(s) added, {removed} removed",
+            path.display()
+        ),
+        Err(e) => shards::error!("reload failed, workers unchanged: {e}"),
+    }
+    if let Some(n) = &config.notifier {
+        n.send(&format!(
+            "READY=1\nSTATUS={}",
+            super::status::status_line(&state.borrow())
+        ));
+    }
 }
 
 /// Applies the file's current list; returns (added, removed).
@@ -65,10 +88,7 @@ pub async fn apply(
     }
     for url in &to_remove {
         let mut s = state.borrow_mut();
-        for id in s.registry.remove(url) {
-            s.breakers.forget(id);
-            s.broadcast(Delta::Remove(id));
-        }
+        s.remove_worker(url);
         s.file_workers.remove(url);
         shards::info!("worker {url} removed: no longer in the worker list file");
     }

@@ -4,12 +4,13 @@
 //! clients show up there; the difference to our own in-flight count is added to every
 //! shard's load view. A worker without `/metrics` simply adds nothing.
 
-use shards::codec::response::ResponseHead;
-use shards::codec::Status;
+use super::http::{get, Get};
+use super::state::ControlState;
+use shards::messages::WorkerId;
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// What one scrape found.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -23,37 +24,17 @@ pub struct WorkerLoad {
 const MAX_METRICS_BYTES: usize = 4 * 1024 * 1024;
 
 pub async fn scrape(addr: SocketAddr, authority: &str, timeout: Duration) -> Option<WorkerLoad> {
-    tokio::time::timeout(timeout, scrape_inner(addr, authority))
-        .await
-        .ok()
-        .flatten()
-}
-
-async fn scrape_inner(addr: SocketAddr, authority: &str) -> Option<WorkerLoad> {
-    let mut s = TcpStream::connect(addr).await.ok()?;
-    let req = format!("GET /metrics HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let n = s.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > MAX_METRICS_BYTES {
-            return None;
-        }
-    }
-    let mut head = ResponseHead::default();
-    let Ok(Status::Complete(n)) = head.parse(&buf, false) else {
-        return None;
+    let req = Get {
+        addr,
+        authority,
+        path: "/metrics",
+        api_key: None,
     };
-    if head.status != 200 {
-        return None;
+    let answer = tokio::time::timeout(timeout, get(&req, Some(MAX_METRICS_BYTES))).await;
+    match answer {
+        Ok(Ok((200, body))) => Some(parse(&String::from_utf8_lossy(&body))),
+        _ => None,
     }
-    // Chunked bodies only add hex size lines between the metric lines we look for.
-    Some(parse(&String::from_utf8_lossy(&buf[n..])))
 }
 
 /// Sums the series over their labels (one line per model or engine).
@@ -79,6 +60,56 @@ pub fn parse(text: &str) -> WorkerLoad {
         }
     }
     load
+}
+
+/// How often workers' `/metrics` are scraped for load-aware policies.
+const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn scrape_loop(state: Rc<RefCell<ControlState>>, timeout: Duration) {
+    let mut tick = tokio::time::interval(SCRAPE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let targets: Vec<(WorkerId, SocketAddr, String, Option<u32>)> = state
+            .borrow()
+            .registry
+            .workers
+            .iter()
+            .filter(|w| w.health.healthy)
+            .map(|w| {
+                (
+                    w.spec.id,
+                    w.spec.addr,
+                    w.spec.authority.clone(),
+                    w.spec.dp_rank,
+                )
+            })
+            .collect();
+        let mut tasks = Vec::new();
+        for (id, addr, authority, rank) in targets {
+            // DP ranks share one server (and one /metrics): count it on rank 0 only.
+            if rank.unwrap_or(0) != 0 {
+                continue;
+            }
+            tasks.push(tokio::task::spawn_local(async move {
+                (id, scrape(addr, &authority, timeout).await)
+            }));
+        }
+        for t in tasks {
+            if let Ok((id, found)) = t.await {
+                let mut s = state.borrow_mut();
+                match found {
+                    Some(load) => {
+                        if s.scraped.insert(id, load) != Some(load) {
+                            s.loads_dirty = true;
+                        }
+                    }
+                    None => {
+                        s.scraped.remove(&id);
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

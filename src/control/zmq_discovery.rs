@@ -9,7 +9,7 @@
 //! workers by their ZMQ address. Static `--prefill`/`--decode` workers are unaffected.
 
 use super::ControlState;
-use shards::messages::{Delta, WorkerId, WorkerRole};
+use shards::messages::WorkerRole;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -56,7 +56,6 @@ pub fn parse_heartbeat(payload: &[u8]) -> Result<Heartbeat, String> {
 
 /// An instance known from heartbeats.
 struct Instance {
-    ids: Vec<WorkerId>,
     last_seen: Instant,
 }
 
@@ -101,26 +100,13 @@ fn heartbeat(
     }
     let url = format!("http://{}", hb.http_address);
     let mut s = state.borrow_mut();
-    let specs = match s.registry.add_role(&url, hb.role) {
-        Ok(specs) => specs,
+    // A heartbeat is a sign of life; the health checks take over from here.
+    match s.add_worker(&url, hb.role, true, Some(&hb.zmq_address)) {
+        Ok(_) => {}
         Err(e) => {
             shards::warn!("discovery: {} {e}", hb.http_address);
             return;
         }
-    };
-    let base = url.trim_end_matches('/').to_string();
-    for w in s.registry.of_base(&base) {
-        // A heartbeat is a sign of life; the health checks take over from here.
-        w.health = super::health::HealthTracker::new(true);
-        w.spec.healthy = true;
-        w.spec.pd_address = Some(hb.zmq_address.clone());
-    }
-    let mut ids = Vec::new();
-    for mut spec in specs {
-        spec.healthy = true;
-        spec.pd_address = Some(hb.zmq_address.clone());
-        ids.push(spec.id);
-        s.broadcast(Delta::Upsert(spec));
     }
     s.discovery_updates += 1;
     s.discovery_added += 1;
@@ -132,7 +118,6 @@ fn heartbeat(
     known.insert(
         hb.http_address,
         Instance {
-            ids,
             last_seen: Instant::now(),
         },
     );
@@ -146,13 +131,9 @@ fn expire(state: &Rc<RefCell<ControlState>>, known: &mut HashMap<String, Instanc
         .map(|(a, _)| a.clone())
         .collect();
     for address in gone {
-        let instance = known.remove(&address).expect("listed above");
+        known.remove(&address);
         let mut s = state.borrow_mut();
-        s.registry.remove(&format!("http://{address}"));
-        for id in instance.ids {
-            s.breakers.forget(id);
-            s.broadcast(Delta::Remove(id));
-        }
+        s.remove_worker(&format!("http://{address}"));
         s.discovery_updates += 1;
         s.discovery_removed += 1;
         shards::info!("discovery: worker http://{address} expired (no heartbeat for 5s)");

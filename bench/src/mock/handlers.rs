@@ -1,6 +1,6 @@
 //! What the mock answers, path by path.
 
-use super::server::{Conn, Shared};
+use super::state::{Conn, Shared};
 use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
 use serde_json::{json, Value};

@@ -7,5 +7,6 @@ pub mod cache;
 pub mod config;
 pub mod handlers;
 pub mod server;
+pub mod state;
 
 pub use config::MockConfig;

@@ -20,8 +20,8 @@
 use super::radix_tree::RadixTree;
 use super::text::{request_text, BodyFields};
 use super::{Policy, PolicyKind, RouteInput};
-use crate::messages::WorkerId;
-use crate::state::{Worker, WorkerSet};
+use crate::state::{PoolView, Worker};
+use crate::worker::WorkerId;
 use std::sync::Arc;
 
 /// How much of a request's text is used for routing. A prefix this long already tells
@@ -100,7 +100,7 @@ impl Policy for CacheAware {
         true
     }
 
-    fn on_workers_changed(&mut self, workers: &WorkerSet) {
+    fn on_workers_changed(&mut self, workers: &PoolView<'_>) {
         let known: Vec<WorkerId> = self.tree.sizes().map(|(w, _)| w).collect();
         for w in known {
             if workers.get(w).is_none() {
@@ -109,7 +109,7 @@ impl Policy for CacheAware {
         }
     }
 
-    fn pick(&mut self, workers: &WorkerSet, input: &RouteInput<'_>) -> Option<WorkerId> {
+    fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
         let n = workers.routable_count();
         if n == 0 {
             return None;
@@ -141,7 +141,7 @@ impl Policy for CacheAware {
                 .matches
                 .iter()
                 .filter(|(_, len)| *len as f64 > threshold)
-                .filter_map(|(id, len)| workers.get(*id).filter(|w| w.routable).map(|w| (w, *len)))
+                .filter_map(|(id, len)| workers.routable_get(*id).map(|w| (w, *len)))
                 .min_by(|(a, la), (b, lb)| a.load().cmp(&b.load()).then(lb.cmp(la)));
             match best {
                 Some((w, _)) if w.load() < min_load + PILE_UP_SLACK => {
@@ -194,8 +194,9 @@ impl Policy for CacheAware {
 mod tests {
     use super::*;
     use crate::codec::request::RequestHead;
+    use crate::worker::WorkerRole;
 
-    fn set(n: u32) -> WorkerSet {
+    fn set(n: u32) -> crate::state::WorkerSet {
         crate::state::test_workers(n)
     }
 
@@ -208,11 +209,11 @@ mod tests {
         }
     }
 
-    fn pick(p: &mut CacheAware, s: &WorkerSet, prompt: &str) -> WorkerId {
+    fn pick(p: &mut CacheAware, s: &crate::state::WorkerSet, prompt: &str) -> WorkerId {
         let h = RequestHead::default();
         let body = serde_json::json!({ "prompt": prompt });
         p.pick(
-            s,
+            &s.view(WorkerRole::Regular, &[]),
             &RouteInput {
                 head: &h,
                 json: Some(&body),

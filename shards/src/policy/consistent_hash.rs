@@ -11,8 +11,8 @@ use super::text::{request_text, BodyFields};
 use super::text_key::{TextKey, TextKeyBuffers};
 use super::{Policy, PolicyKind, RouteInput};
 use crate::codec::eq_ignore_case;
-use crate::messages::WorkerId;
-use crate::state::WorkerSet;
+use crate::state::PoolView;
+use crate::worker::WorkerId;
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -101,7 +101,7 @@ impl Policy for ConsistentHash {
         true
     }
 
-    fn on_workers_changed(&mut self, workers: &WorkerSet) {
+    fn on_workers_changed(&mut self, workers: &PoolView<'_>) {
         self.ring.clear();
         for w in workers.members() {
             for i in 0..VIRTUAL_NODES {
@@ -116,7 +116,7 @@ impl Policy for ConsistentHash {
             .collect();
     }
 
-    fn pick(&mut self, workers: &WorkerSet, input: &RouteInput<'_>) -> Option<WorkerId> {
+    fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
         if self.ring.is_empty() || workers.routable_count() == 0 {
             return None;
         }
@@ -138,7 +138,7 @@ impl Policy for ConsistentHash {
         for i in 0..len {
             let at = start + i;
             let id = self.ring[if at < len { at } else { at - len }].1;
-            let Some(w) = workers.get(id).filter(|w| w.routable) else {
+            let Some(w) = workers.routable_get(id) else {
                 continue;
             };
             fallback.get_or_insert(id);
@@ -155,13 +155,13 @@ impl Policy for ConsistentHash {
 mod tests {
     use super::*;
     use crate::codec::request::RequestHead;
-    use crate::messages::Delta;
+    use crate::worker::WorkerRole;
 
-    fn set(n: u32) -> WorkerSet {
+    fn set(n: u32) -> crate::state::WorkerSet {
         crate::state::test_workers(n)
     }
 
-    fn pick_for(p: &mut ConsistentHash, s: &WorkerSet, session: &str) -> WorkerId {
+    fn pick_for(p: &mut ConsistentHash, s: &crate::state::WorkerSet, session: &str) -> WorkerId {
         let mut h = RequestHead::default();
         h.parse(
             format!("POST /v1/chat/completions HTTP/1.1\r\nX-Session-Id: {session}\r\n\r\n")
@@ -169,7 +169,7 @@ mod tests {
         )
         .unwrap();
         p.pick(
-            s,
+            &s.view(WorkerRole::Regular, &[]),
             &RouteInput {
                 head: &h,
                 json: None,
@@ -182,15 +182,15 @@ mod tests {
     fn only_the_removed_workers_keys_move() {
         let mut s = set(4);
         let mut p = ConsistentHash::new(None);
-        p.on_workers_changed(&s);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
         let before: Vec<_> = (0..400)
             .map(|i| pick_for(&mut p, &s, &format!("s{i}")))
             .collect();
         let mut counts = [0; 4];
         before.iter().for_each(|&w| counts[w as usize] += 1);
         assert!(counts.iter().all(|&c| c > 50), "{counts:?}");
-        s.apply(&Delta::Remove(2));
-        p.on_workers_changed(&s);
+        s.remove(2);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
         for (i, &was) in before.iter().enumerate() {
             let now = pick_for(&mut p, &s, &format!("s{i}"));
             if was != 2 {
@@ -205,15 +205,12 @@ mod tests {
     fn unhealthy_worker_keys_spread_along_the_ring() {
         let mut s = set(4);
         let mut p = ConsistentHash::new(None);
-        p.on_workers_changed(&s);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
         let keys: Vec<String> = (0..400)
             .map(|i| format!("k{i}"))
             .filter(|k| pick_for(&mut p, &s, k) == 1)
             .collect();
-        s.apply(&Delta::Health {
-            id: 1,
-            healthy: false,
-        });
+        s.set_health(1, false);
         let mut moved_to = std::collections::HashSet::new();
         for k in &keys {
             moved_to.insert(pick_for(&mut p, &s, k));
@@ -229,7 +226,7 @@ mod tests {
     fn bounded_load_moves_a_hot_key_on() {
         let mut s = set(3);
         let mut p = ConsistentHash::new(Some(1.25));
-        p.on_workers_changed(&s);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
         let home = pick_for(&mut p, &s, "hot");
         s.get_mut(home).unwrap().in_flight = 10;
         assert_ne!(pick_for(&mut p, &s, "hot"), home);

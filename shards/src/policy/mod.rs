@@ -17,8 +17,8 @@ pub use random::Random;
 pub use round_robin::RoundRobin;
 
 use crate::codec::request::RequestHead;
-use crate::messages::WorkerId;
-use crate::state::WorkerSet;
+use crate::state::PoolView;
+use crate::worker::WorkerId;
 
 /// The policy names of the published router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,10 +103,10 @@ pub trait Policy {
     }
 
     /// The worker set changed (added or removed workers).
-    fn on_workers_changed(&mut self, _workers: &WorkerSet) {}
+    fn on_workers_changed(&mut self, _workers: &PoolView<'_>) {}
 
     /// A routable worker for the request, or None when there is none.
-    fn pick(&mut self, workers: &WorkerSet, input: &RouteInput<'_>) -> Option<WorkerId>;
+    fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId>;
 
     /// What the last `pick` learned and the other shards should too (cache_aware).
     fn take_insert(&mut self) -> Option<(WorkerId, std::sync::Arc<str>)> {

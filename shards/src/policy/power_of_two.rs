@@ -4,8 +4,8 @@
 //! control core's last view (rebroadcast every 50 ms when it changes).
 
 use super::{Policy, PolicyKind, Random, RouteInput};
-use crate::messages::WorkerId;
-use crate::state::WorkerSet;
+use crate::state::PoolView;
+use crate::worker::WorkerId;
 
 pub struct PowerOfTwo {
     rng: Random,
@@ -24,7 +24,7 @@ impl Policy for PowerOfTwo {
         PolicyKind::PowerOfTwo
     }
 
-    fn pick(&mut self, workers: &WorkerSet, _: &RouteInput<'_>) -> Option<WorkerId> {
+    fn pick(&mut self, workers: &PoolView<'_>, _: &RouteInput<'_>) -> Option<WorkerId> {
         let n = workers.routable_count();
         match n {
             0 => None,
@@ -50,6 +50,7 @@ impl Policy for PowerOfTwo {
 mod tests {
     use super::*;
     use crate::codec::request::RequestHead;
+    use crate::worker::WorkerRole;
 
     #[test]
     fn avoids_the_loaded_worker() {
@@ -60,7 +61,7 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(
                 p.pick(
-                    &s,
+                    &s.view(WorkerRole::Regular, &[]),
                     &RouteInput {
                         head: &h,
                         json: None

@@ -6,7 +6,7 @@
 //! Texts are bytes, edges are byte strings; a node's tenants always include its
 //! children's, so the tenants of the deepest node reached hold the longest prefix.
 
-use crate::messages::WorkerId;
+use crate::worker::WorkerId;
 use smallvec::SmallVec;
 
 struct Node {

@@ -1,6 +1,6 @@
 use super::{Policy, PolicyKind, RouteInput};
-use crate::messages::WorkerId;
-use crate::state::WorkerSet;
+use crate::state::PoolView;
+use crate::worker::WorkerId;
 
 /// Uniform choice over routable workers, from a per-shard xorshift generator (no
 /// shared RNG, no syscalls).
@@ -36,7 +36,7 @@ impl Policy for Random {
         PolicyKind::Random
     }
 
-    fn pick(&mut self, workers: &WorkerSet, _: &RouteInput<'_>) -> Option<WorkerId> {
+    fn pick(&mut self, workers: &PoolView<'_>, _: &RouteInput<'_>) -> Option<WorkerId> {
         let n = workers.routable_count();
         if n == 0 {
             return None;

@@ -1,6 +1,6 @@
 use super::{Policy, PolicyKind, RouteInput};
-use crate::messages::WorkerId;
-use crate::state::WorkerSet;
+use crate::state::PoolView;
+use crate::worker::WorkerId;
 
 /// Next routable worker in turn. The counter is per shard: requests of one client
 /// connection rotate exactly, and shards start at different offsets.
@@ -19,7 +19,7 @@ impl Policy for RoundRobin {
         PolicyKind::RoundRobin
     }
 
-    fn pick(&mut self, workers: &WorkerSet, _: &RouteInput<'_>) -> Option<WorkerId> {
+    fn pick(&mut self, workers: &PoolView<'_>, _: &RouteInput<'_>) -> Option<WorkerId> {
         let n = workers.routable_count();
         if n == 0 {
             return None;

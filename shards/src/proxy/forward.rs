@@ -1,287 +1,161 @@
-//! One attempt with one worker: lend a connection, send the request, read the answer
-//! head, hand the body to `relay`, and return the connection to the pool if it is
-//! still good. Whether another attempt follows is `retry`'s call; this module says
-//! what happened (`Attempt`) and what it means for the worker's breaker (`Verdict`).
+//! The relayed leg: attempts whose answer is relayed to the client as it arrives (every
+//! regular request, and the decode leg of a P/D request). `attempts` decides whether
+//! another attempt follows; this module says what one attempt did.
 
-use super::headers::{
-    write_client_head, write_upstream_head, ClientFraming, UpstreamBody, UpstreamTarget,
-    REQUEST_ID_HEADER,
-};
+use super::attempts::{drive, Attempt, Driven, Leg, Step};
+use super::exchange::{Exchange, RequestBody};
+use super::failure::{retryable_status, status_verdict, Failure, Verdict};
+use super::headers::{write_client_head, ClientFraming, REQUEST_ID_HEADER};
 use super::relay::{relay_body, RelayEnd};
-use super::wait::{read_upstream, ClientWatch, Wake};
-use crate::breaker::BreakerState;
+use super::request_id::set_pd_request_id;
+use super::wait::ClientWatch;
+use crate::client::Client;
 use crate::codec::body::BodyDecoder;
-use crate::codec::limits::{MAX_RESPONSE_HEAD_BYTES, READ_BUFFER_BYTES};
-use crate::codec::response::ResponseHead;
 use crate::codec::sse::SseScanner;
-use crate::codec::Status;
 use crate::deadline::Deadline;
-use crate::messages::{Report, WorkerId};
-use crate::pool::{self, Upstream};
-use crate::server::Client;
 use crate::shard::Shard;
-use futures_lite::future::or;
-use futures_lite::AsyncWriteExt;
-use std::io;
+use crate::worker::{WorkerId, WorkerRole};
 
-/// Bodies up to this size are copied behind the head and sent in one write; larger
-/// ones go in a second write instead of being copied (glommio has no writev).
-const COALESCE_BODY_BYTES: usize = 64 * 1024;
-
-/// The request body as the pipeline holds it.
-pub enum RequestBody<'a> {
-    /// Fully read (or empty): can be sent again on a fresh connection. `declared`
-    /// is false when the client sent no body at all.
-    Replayable { bytes: &'a [u8], declared: bool },
-    /// Still arriving from the client: streamed through in the client's own framing.
-    Streamed,
+/// A leg whose answer goes to the client.
+pub struct Relayed<'a> {
+    pub body: RequestBody<'a>,
+    pub role: WorkerRole,
+    /// The decode leg of a P/D request: each attempt's request id names the prefill
+    /// worker (host:port) and the decode worker it goes to; the first attempt keeps the
+    /// id the prefill leg carried.
+    pub prefill: Option<&'a str>,
 }
 
-impl RequestBody<'_> {
-    pub fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Replayable { .. })
+impl Leg for Relayed<'_> {
+    /// Whether the client connection may carry another request.
+    type Output = bool;
+
+    fn role(&self) -> WorkerRole {
+        self.role
     }
-}
 
-/// Why no answer head came back; decides the status the client sees.
-enum Failure {
-    Refused(io::Error),
-    ConnectTimeout,
-    Reset,
-    BadResponse(&'static str),
-    /// No answer head within `--upstream-head-timeout-secs`.
-    HeadTimeout,
-    /// The request's own time (`--request-timeout-secs`) ran out.
-    Deadline,
-    ClientGone,
-    /// The client's streamed chunked body was malformed.
-    BadRequestBody(&'static str),
-}
-
-impl Failure {
-    /// What the failure says about the worker.
-    fn verdict(&self) -> Verdict {
-        match self {
-            Failure::Refused(_)
-            | Failure::ConnectTimeout
-            | Failure::Reset
-            | Failure::BadResponse(_)
-            | Failure::HeadTimeout => Verdict::Failure,
-            Failure::Deadline | Failure::ClientGone | Failure::BadRequestBody(_) => {
-                Verdict::Neutral
-            }
+    fn attempts(&self, shard: &Shard) -> u32 {
+        if self.body.replayable() {
+            shard.config.retry.max_attempts
+        } else {
+            1
         }
     }
 
-    /// Another worker might answer where this one did not.
-    fn retryable(&self) -> bool {
-        self.verdict() == Verdict::Failure
+    async fn attempt(
+        &mut self,
+        shard: &Shard,
+        c: &mut Client,
+        worker: WorkerId,
+        n: u32,
+        last: bool,
+        deadline: &mut Deadline<'_>,
+    ) -> Attempt<bool> {
+        if let (Some(prefill), true) = (self.prefill, n > 0) {
+            set_pd_request_id(shard, c, prefill, worker);
+        }
+        forward(shard, c, worker, &self.body, deadline, !last).await
     }
 }
 
-/// What an attempt says about the worker, for its circuit breaker (see `breaker`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Success,
-    Failure,
-    /// Not the worker's doing (the client left, the request's own time ran out).
-    Neutral,
-    /// A 500: the worker's fault only if another worker then serves the request.
-    Status500,
-}
-
-/// How an attempt ended for the client.
-pub enum AttemptEnd {
-    /// The client got its answer (or left). `keep`: its connection may carry another
-    /// request. `failed`: the answer is a failure a retry was meant for.
-    Answered { keep: bool, failed: bool },
-    /// Nothing reached the client and another worker may do better. The status and
-    /// message are what the client gets if no retry follows.
-    Retry { status: u16, message: String },
-}
-
-/// One attempt's result.
-pub struct Attempt {
-    pub end: AttemptEnd,
-    pub verdict: Verdict,
-}
-
-/// Statuses another worker may answer differently (REFERENCE.md).
-pub fn retryable_status(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
-}
-
-/// 4xx answers are not the worker's failure; 408 and 429 (it is busy) are not proof
-/// of health either.
-pub fn status_verdict(status: u16) -> Verdict {
-    match status {
-        500 => Verdict::Status500,
-        502..=504 => Verdict::Failure,
-        408 | 429 => Verdict::Neutral,
-        _ => Verdict::Success,
+/// Runs a relayed leg from `first` with its retries. Returns true when the client
+/// connection may carry another request.
+pub async fn forward_with_retries(
+    shard: &Shard,
+    c: &mut Client,
+    first: WorkerId,
+    mut leg: Relayed<'_>,
+    json: Option<&serde_json::Value>,
+    deadline: &mut Deadline<'_>,
+) -> bool {
+    match drive(shard, c, &mut leg, first, json, deadline).await {
+        Driven::Done(keep) => keep,
+        Driven::Exhausted { status, message } | Driven::NoWorker { status, message } => {
+            c.send_error(status, &message, false).await
+        }
+        Driven::ClientGone => false,
+        Driven::TimedOut => c.send_error(504, "the request timed out", false).await,
     }
 }
 
-/// Counts a request in flight to a worker on this shard, for as long as it lives; a
-/// request to a half-open worker also holds one of its probe places.
-struct InFlight<'a> {
-    shard: &'a Shard,
-    worker: WorkerId,
-    probe: bool,
-}
-
-impl<'a> InFlight<'a> {
-    fn start(shard: &'a Shard, worker: WorkerId) -> Self {
-        let mut workers = shard.workers.borrow_mut();
-        let mut probe = false;
-        if let Some(w) = workers.get_mut(worker) {
-            w.in_flight += 1;
-            if w.breaker.state == BreakerState::HalfOpen {
-                w.breaker.probes += 1;
-                probe = true;
-            }
-        }
-        if probe {
-            workers.refresh_routable();
-        }
-        InFlight {
-            shard,
-            worker,
-            probe,
-        }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        let mut workers = self.shard.workers.borrow_mut();
-        if let Some(w) = workers.get_mut(self.worker) {
-            w.in_flight = w.in_flight.saturating_sub(1);
-            if self.probe {
-                w.breaker.probes = w.breaker.probes.saturating_sub(1);
-            }
-        }
-        if self.probe {
-            workers.refresh_routable();
-        }
-    }
-}
-
-/// Sends the request in `c.head` with `body` to `worker` and relays the answer, unless
-/// it failed before any byte reached the client and `may_retry` allows another try.
-pub async fn forward(
+/// One attempt: the request to `worker`, its answer relayed, unless it failed before
+/// any byte reached the client and `may_retry` allows another try.
+async fn forward(
     shard: &Shard,
     c: &mut Client,
     worker: WorkerId,
     body: &RequestBody<'_>,
     deadline: &mut Deadline<'_>,
     may_retry: bool,
-) -> Attempt {
-    let Some(addr) = write_request(shard, c, worker, body) else {
-        return Attempt {
-            end: AttemptEnd::Retry {
-                status: 503,
-                message: "worker was removed".to_string(),
-            },
-            verdict: Verdict::Neutral,
-        };
-    };
-    let _in_flight = InFlight::start(shard, worker);
+) -> Attempt<bool> {
     let mut watch = ClientWatch::new();
-    let replayable = matches!(body, RequestBody::Replayable { .. });
-    let mut resp = std::mem::take(&mut c.resp);
-
-    // A pooled connection may have been closed by the worker just as we wrote to it;
-    // that failure shows before any answer byte and is retried once on a fresh
-    // connection. Only a replayable body allows it.
-    let mut allow_pool = replayable;
-    let mut up = loop {
-        let attempt = exchange_head(
-            shard, c, worker, addr, body, allow_pool, &mut resp, &mut watch, deadline,
-        )
-        .await;
-        match attempt {
-            Ok(up) => break up,
-            Err((Failure::Reset, true)) if allow_pool => allow_pool = false,
-            Err((failure, reused)) => {
-                if matches!(failure, Failure::Refused(_))
-                    || (matches!(failure, Failure::Reset) && !reused)
-                {
-                    // Refused, or cut before answering on a fresh connection: ask the
-                    // control core to probe the worker now.
-                    let _ = shard.reports.try_send(Report::WorkerUnreachable {
-                        shard: shard.index,
-                        id: worker,
-                    });
-                }
-                c.resp = resp;
-                let verdict = failure.verdict();
-                let retry = may_retry && failure.retryable();
-                let end = fail(shard, c, worker, failure, retry).await;
-                return Attempt { end, verdict };
-            }
-        }
+    let exchange = match Exchange::open(shard, c, worker, body, &mut watch, deadline).await {
+        Ok(exchange) => exchange,
+        Err(failure) => return fail(shard, c, worker, failure, may_retry).await,
     };
-    c.out.clear();
-    let verdict = status_verdict(resp.status);
-    if may_retry && retryable_status(resp.status) {
-        // Dropping `up` closes it: its body is not worth reading for a reuse.
-        let url = worker_url(shard, worker);
-        let status = resp.status;
-        c.resp = resp;
+    let status = exchange.head().status;
+    let verdict = status_verdict(status);
+    if may_retry && retryable_status(status) {
+        // Dropping the exchange closes it: its body is not worth reading for a reuse.
+        let message = format!("worker {} answered {status}", shard.worker_url(worker));
         return Attempt {
-            end: AttemptEnd::Retry {
-                status,
-                message: format!("worker {url} answered {status}"),
-            },
+            step: Step::Retry { status, message },
             verdict,
         };
     }
+    relay_answer(shard, c, exchange, &mut watch, deadline, verdict).await
+}
 
+/// Writes the answer head for the client and relays the body.
+async fn relay_answer(
+    shard: &Shard,
+    c: &mut Client,
+    mut exchange: Exchange<'_>,
+    watch: &mut ClientWatch,
+    deadline: &mut Deadline<'_>,
+    verdict: Verdict,
+) -> Attempt<bool> {
+    let worker = exchange.worker;
+    let resp = exchange.head();
+    let status = resp.status;
     let framing = ClientFraming::choose(resp.framing, c.head.minor_version);
     let keep_client = c.head.keep_alive && framing.self_delimiting() && !shard.draining.get();
-    c.outcome.status = resp.status;
+    c.outcome.status = status;
     if let Some(w) = shard.workers.borrow_mut().get_mut(worker) {
         w.processed += 1;
     }
     let id: &[u8] = &c.request_id;
-    write_client_head(
-        &mut c.out,
-        &resp,
-        &c.head,
-        framing,
-        keep_client,
-        &[(REQUEST_ID_HEADER, id)],
-    );
+    let extra = [(REQUEST_ID_HEADER, id)];
+    write_client_head(&mut c.out, resp, &c.head, framing, keep_client, &extra);
     let mut decoder = BodyDecoder::new(resp.framing);
     let mut sse = resp.is_event_stream().then(SseScanner::default);
     let idle = shard.config.stream_idle_timeout;
+    let up = &mut exchange.conn;
     let end = relay_body(
         c,
-        &mut up,
+        up,
         framing,
         &mut decoder,
         sse.as_mut(),
-        &mut watch,
+        watch,
         deadline,
         idle,
     )
     .await;
-    let reusable = resp.keep_alive && decoder.is_done();
-    c.resp = resp;
-    let failed = retryable_status(c.outcome.status);
-    let answered = |keep, verdict| Attempt {
-        end: AttemptEnd::Answered { keep, failed },
+    let failed = retryable_status(status);
+    let done = |keep, verdict| Attempt {
+        step: Step::Done {
+            value: keep,
+            failed,
+        },
         verdict,
     };
     match end {
         RelayEnd::Complete => {
-            if reusable {
-                shard.pool.borrow_mut().give(up, shard.deadlines.now());
-            }
-            answered(keep_client, verdict)
+            exchange.finish(&decoder);
+            done(keep_client, verdict)
         }
-        // Dropping `up` closes the worker's socket: vLLM aborts the generation.
+        // Dropping the exchange closes the worker's socket: vLLM aborts the generation.
         RelayEnd::ClientGone => {
             c.outcome.error = Some("client_gone");
             let v = if verdict == Verdict::Failure {
@@ -289,7 +163,7 @@ pub async fn forward(
             } else {
                 Verdict::Neutral
             };
-            answered(false, v)
+            done(false, v)
         }
         RelayEnd::UpstreamFailed | RelayEnd::TimedOut => {
             let timed_out = end == RelayEnd::TimedOut;
@@ -299,32 +173,26 @@ pub async fn forward(
             } else {
                 "stream_interrupted"
             });
+            let url = shard.worker_url(worker);
             let (status, message) = if total {
                 (504, "the request timed out".to_string())
             } else if timed_out {
-                (
-                    504,
-                    format!(
-                        "worker {} sent nothing for {}s",
-                        worker_url(shard, worker),
-                        idle.as_secs()
-                    ),
-                )
+                let secs = idle.as_secs();
+                (504, format!("worker {url} sent nothing for {secs}s"))
             } else {
-                (
-                    502,
-                    format!("worker {} failed mid-answer", worker_url(shard, worker)),
-                )
+                (502, format!("worker {url} failed mid-answer"))
             };
             if let Some(sse) = &sse {
                 end_stream_with_error(c, framing, &decoder, sse, status, &message).await;
             }
-            let v = if total {
-                Verdict::Neutral
-            } else {
-                Verdict::Failure
-            };
-            answered(false, v)
+            done(
+                false,
+                if total {
+                    Verdict::Neutral
+                } else {
+                    Verdict::Failure
+                },
+            )
         }
     }
 }
@@ -366,385 +234,44 @@ async fn end_stream_with_error(
     let _ = c.flush_out().await;
 }
 
-pub(super) fn worker_url(shard: &Shard, worker: WorkerId) -> String {
-    shard
-        .workers
-        .borrow()
-        .get(worker)
-        .map_or_else(|| format!("#{worker}"), |w| w.spec.url.clone())
-}
-
-/// Writes the upstream head (and a small replayable body) into `c.out`. None when the
-/// worker disappeared between the policy's choice and now.
-fn write_request(
-    shard: &Shard,
-    c: &mut Client,
-    worker: WorkerId,
-    body: &RequestBody<'_>,
-) -> Option<std::net::SocketAddr> {
-    let workers = shard.workers.borrow();
-    let w = workers.get(worker)?;
-    let target = UpstreamTarget {
-        authority: w.spec.authority.as_bytes(),
-        dp_rank: w.spec.dp_rank,
-        api_key: shard.config.api_key.as_deref(),
-        request_id: &c.request_id,
-    };
-    let framing = match body {
-        RequestBody::Replayable {
-            declared: false, ..
-        } => UpstreamBody::None,
-        RequestBody::Replayable { bytes, .. } => UpstreamBody::Length(bytes.len() as u64),
-        RequestBody::Streamed => match c.head.framing {
-            crate::codec::framing::BodyFraming::Length(n) => UpstreamBody::Length(n),
-            _ => UpstreamBody::Chunked,
-        },
-    };
-    c.out.clear();
-    write_upstream_head(&mut c.out, &c.head, &target, framing);
-    if let RequestBody::Replayable { bytes, .. } = body {
-        if bytes.len() <= COALESCE_BODY_BYTES {
-            c.out.extend_from_slice(bytes);
-        }
-    }
-    Some(w.spec.addr)
-}
-
-/// One attempt: connection, request, answer head. On error, the bool says whether the
-/// connection came from the pool and failed before any answer byte.
-#[allow(clippy::too_many_arguments)]
-async fn exchange_head(
-    shard: &Shard,
-    c: &mut Client,
-    worker: WorkerId,
-    addr: std::net::SocketAddr,
-    body: &RequestBody<'_>,
-    allow_pool: bool,
-    resp: &mut ResponseHead,
-    watch: &mut ClientWatch,
-    deadline: &mut Deadline<'_>,
-) -> Result<Upstream, (Failure, bool)> {
-    let pooled = if allow_pool {
-        shard.pool.borrow_mut().take(worker, shard.deadlines.now())
-    } else {
-        None
-    };
-    let mut up = match pooled {
-        Some(up) => up,
-        None => {
-            let connect = async {
-                Some(
-                    match pool::connect(worker, addr, shard.config.connect_timeout).await {
-                        Ok(up) => Ok(up),
-                        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-                            Err(Failure::ConnectTimeout)
-                        }
-                        Err(e) => Err(Failure::Refused(e)),
-                    },
-                )
-            };
-            let expired = async {
-                (&mut *deadline).await;
-                None
-            };
-            match or(connect, expired).await {
-                Some(Ok(up)) => up,
-                Some(Err(f)) => return Err((f, false)),
-                None => return Err((Failure::Deadline, false)),
-            }
-        }
-    };
-    let reused = up.reused;
-    if let Err(e) = send_request(c, &mut up, body, deadline).await {
-        return Err(match e {
-            SendError::Client => (Failure::ClientGone, false),
-            SendError::Deadline => (Failure::Deadline, false),
-            SendError::BadBody(m) => (Failure::BadRequestBody(m), false),
-            SendError::Upstream(_) if reused => (Failure::Reset, true),
-            SendError::Upstream(e) => (Failure::Refused(e), false),
-        });
-    }
-    // The request is out: the worker has `--upstream-head-timeout-secs` to answer.
-    deadline.phase(shard.config.head_timeout);
-    loop {
-        if !up.rbuf.is_empty() {
-            match resp.parse(up.rbuf.filled(), c.head.is_head()) {
-                Ok(Status::Complete(n)) => {
-                    up.rbuf.consume(n);
-                    if resp.is_interim() {
-                        continue;
-                    }
-                    return Ok(up);
-                }
-                Ok(Status::Partial) => {}
-                Err(e) => return Err((Failure::BadResponse(e.0), false)),
-            }
-        }
-        let got_bytes = !up.rbuf.is_empty();
-        match read_upstream(&mut up, MAX_RESPONSE_HEAD_BYTES + 1, c, watch, deadline).await {
-            Wake::Upstream(Ok(0)) | Wake::Upstream(Err(_)) => {
-                return Err((Failure::Reset, reused && !got_bytes));
-            }
-            Wake::Upstream(Ok(_)) => {}
-            Wake::ClientGone => return Err((Failure::ClientGone, false)),
-            Wake::Deadline if deadline.limit_passed() => return Err((Failure::Deadline, false)),
-            Wake::Deadline => return Err((Failure::HeadTimeout, false)),
-        }
-    }
-}
-
-/// Which side broke while the request was being sent.
-enum SendError {
-    Upstream(io::Error),
-    Client,
-    Deadline,
-    BadBody(&'static str),
-}
-
-/// Sends what `write_request` staged in `c.out`, then the rest of the body.
-async fn send_request(
-    c: &mut Client,
-    up: &mut Upstream,
-    body: &RequestBody<'_>,
-    deadline: &mut Deadline<'_>,
-) -> Result<(), SendError> {
-    up.stream
-        .write_all(&c.out)
-        .await
-        .map_err(SendError::Upstream)?;
-    match body {
-        RequestBody::Replayable { bytes, .. } => {
-            if bytes.len() > COALESCE_BODY_BYTES {
-                up.stream
-                    .write_all(bytes)
-                    .await
-                    .map_err(SendError::Upstream)?;
-            }
-            Ok(())
-        }
-        RequestBody::Streamed => stream_body(c, up, deadline).await,
-    }
-}
-
-/// Streams the client's body to the worker in its own framing, verbatim.
-async fn stream_body(
-    c: &mut Client,
-    up: &mut Upstream,
-    deadline: &mut Deadline<'_>,
-) -> Result<(), SendError> {
-    let mut decoder = BodyDecoder::new(c.head.framing);
-    let mut sent_continue = false;
-    loop {
-        if !c.rbuf.is_empty() {
-            let input = c.rbuf.filled();
-            let progress = decoder
-                .feed(input, |_| {})
-                .map_err(|e| SendError::BadBody(e.0))?;
-            up.stream
-                .write_all(&input[..progress.consumed])
-                .await
-                .map_err(SendError::Upstream)?;
-            c.rbuf.consume(progress.consumed);
-            if progress.done {
-                return Ok(());
-            }
-        }
-        if c.head.expect_continue && !sent_continue {
-            sent_continue = true;
-            c.stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .map_err(|_| SendError::Client)?;
-        }
-        let read = async { Some(c.rbuf.read_from(&mut c.stream, READ_BUFFER_BYTES).await) };
-        let expired = async {
-            (&mut *deadline).await;
-            None
-        };
-        match or(read, expired).await {
-            Some(Ok(0)) | Some(Err(_)) => return Err(SendError::Client),
-            Some(Ok(_)) => {}
-            None => return Err(SendError::Deadline),
-        }
-    }
-}
-
-/// Answers the client for an exchange that produced no answer head, or hands the
-/// answer it would have got to the retry loop.
+/// An exchange that produced no answer head: the client gets the error now, or the
+/// driver gets it for another try.
 async fn fail(
     shard: &Shard,
     c: &mut Client,
     worker: WorkerId,
     failure: Failure,
-    retry: bool,
-) -> AttemptEnd {
-    let url = worker_url(shard, worker);
+    may_retry: bool,
+) -> Attempt<bool> {
+    let verdict = failure.verdict();
     let failed = failure.retryable();
-    let (status, message) = match failure {
-        Failure::Refused(e) => (502, format!("worker {url} unreachable: {e}")),
-        Failure::ConnectTimeout => (504, format!("timed out connecting to worker {url}")),
-        Failure::Reset => (
-            502,
-            format!("worker {url} closed the connection before answering"),
-        ),
-        Failure::BadResponse(m) => (502, format!("{m} ({url})")),
-        Failure::HeadTimeout => (
-            504,
-            format!(
-                "worker {url} did not answer within {}s",
-                shard.config.head_timeout.as_secs()
-            ),
-        ),
-        Failure::Deadline => (504, "request timed out waiting for the worker".to_string()),
-        Failure::BadRequestBody(m) => (400, m.to_string()),
-        Failure::ClientGone => {
-            c.outcome.error = Some("client_gone");
-            return AttemptEnd::Answered {
-                keep: false,
-                failed: false,
-            };
-        }
+    let Some((status, message)) = describe(shard, worker, &failure) else {
+        c.outcome.error = Some("client_gone");
+        let step = Step::Done {
+            value: false,
+            failed: false,
+        };
+        return Attempt { step, verdict };
     };
-    crate::debug!("shard {}: {} -> {status}: {message}", shard.index, url);
-    if retry {
-        return AttemptEnd::Retry { status, message };
+    // Removed is retried even on the last attempt: the driver answers for it.
+    if (may_retry && failed) || matches!(failure, Failure::Removed) {
+        let step = Step::Retry { status, message };
+        return Attempt { step, verdict };
     }
     // The request body may be half-read (streamed): close after the error.
     let keep = c.send_error(status, &message, false).await;
-    AttemptEnd::Answered { keep, failed }
+    let step = Step::Done {
+        value: keep,
+        failed,
+    };
+    Attempt { step, verdict }
 }
 
-/// Largest answer body a buffered leg (P/D prefill) reads: a one-token completion with
-/// transfer params is a few KiB; anything near this is not a prefill answer.
-pub const MAX_BUFFERED_ANSWER_BYTES: usize = 4 * 1024 * 1024;
-
-/// How a buffered exchange ended.
-pub enum Buffered {
-    /// A whole answer (any status).
-    Answer {
-        status: u16,
-        body: Vec<u8>,
-    },
-    /// No usable answer: what the client would be told, and what it says of the worker.
-    Failed {
-        status: u16,
-        message: String,
-        verdict: Verdict,
-        retryable: bool,
-    },
-    ClientGone,
-}
-
-/// One exchange whose answer is read whole instead of relayed (the P/D prefill leg).
-/// Nothing is written to the client.
-pub async fn exchange_buffered(
-    shard: &Shard,
-    c: &mut Client,
-    worker: WorkerId,
-    bytes: &[u8],
-    deadline: &mut Deadline<'_>,
-) -> Buffered {
-    let body = RequestBody::Replayable {
-        bytes,
-        declared: true,
-    };
-    let Some(addr) = write_request(shard, c, worker, &body) else {
-        return Buffered::Failed {
-            status: 503,
-            message: "worker was removed".into(),
-            verdict: Verdict::Neutral,
-            retryable: true,
-        };
-    };
-    let _in_flight = InFlight::start(shard, worker);
-    let mut watch = ClientWatch::new();
-    let mut resp = std::mem::take(&mut c.resp);
-    let mut allow_pool = true;
-    let attempt = loop {
-        let a = exchange_head(
-            shard, c, worker, addr, &body, allow_pool, &mut resp, &mut watch, deadline,
-        )
-        .await;
-        match a {
-            Err((Failure::Reset, true)) if allow_pool => allow_pool = false,
-            other => break other,
-        }
-    };
-    c.out.clear();
-    let mut up = match attempt {
-        Ok(up) => up,
-        Err((Failure::ClientGone, _)) => {
-            c.resp = resp;
-            return Buffered::ClientGone;
-        }
-        Err((failure, _)) => {
-            c.resp = resp;
-            let verdict = failure.verdict();
-            let retryable = failure.retryable();
-            let AttemptEnd::Retry { status, message } = fail(shard, c, worker, failure, true).await
-            else {
-                return Buffered::ClientGone;
-            };
-            return Buffered::Failed {
-                status,
-                message,
-                verdict,
-                retryable,
-            };
-        }
-    };
-    let status = resp.status;
-    let mut decoder = BodyDecoder::new(resp.framing);
-    let mut answer = Vec::new();
-    deadline.phase(shard.config.stream_idle_timeout);
-    let ended = loop {
-        if !up.rbuf.is_empty() || decoder.is_done() {
-            let fed = decoder.feed(up.rbuf.filled(), |d| answer.extend_from_slice(d));
-            let Ok(progress) = fed else {
-                break Err("a malformed answer body");
-            };
-            up.rbuf.consume(progress.consumed);
-            if answer.len() > MAX_BUFFERED_ANSWER_BYTES {
-                break Err("an answer body over the size limit");
-            }
-            if progress.done {
-                break Ok(());
-            }
-        }
-        match read_upstream(&mut up, READ_BUFFER_BYTES, c, &mut watch, deadline).await {
-            Wake::Upstream(Ok(0)) if decoder.complete_at_eof() => break Ok(()),
-            Wake::Upstream(Ok(0)) | Wake::Upstream(Err(_)) => {
-                break Err("a body cut short");
-            }
-            Wake::Upstream(Ok(_)) => deadline.phase(shard.config.stream_idle_timeout),
-            Wake::ClientGone => {
-                c.resp = resp;
-                return Buffered::ClientGone;
-            }
-            Wake::Deadline => break Err("no answer body in time"),
-        }
-    };
-    let reusable = resp.keep_alive && decoder.is_done();
-    c.resp = resp;
-    deadline.end_phase();
-    match ended {
-        Ok(()) => {
-            if reusable {
-                shard.pool.borrow_mut().give(up, shard.deadlines.now());
-            }
-            if let Some(w) = shard.workers.borrow_mut().get_mut(worker) {
-                w.processed += 1;
-            }
-            Buffered::Answer {
-                status,
-                body: answer,
-            }
-        }
-        Err(why) => Buffered::Failed {
-            status: 502,
-            message: format!("worker {} sent {why}", worker_url(shard, worker)),
-            verdict: Verdict::Failure,
-            retryable: true,
-        },
-    }
+/// The client's status and message for a failure (None: the client left), logged at
+/// debug.
+pub fn describe(shard: &Shard, worker: WorkerId, failure: &Failure) -> Option<(u16, String)> {
+    let url = shard.worker_url(worker);
+    let (status, message) = failure.answer(&url, shard.config.head_timeout)?;
+    crate::debug!("shard {}: {url} -> {status}: {message}", shard.index);
+    Some((status, message))
 }

@@ -2,19 +2,31 @@
 //!
 //! - `route`: which kind of endpoint a path is, and so which routing mode it takes;
 //! - `pipeline`: the three routing modes (head only, JSON body, multi-leg);
-//! - `retry`: more attempts on other workers, with backoff, before the answer starts;
-//! - `forward`: one attempt with one worker;
+//! - `choose`: asking a pool's policy for a worker;
+//! - `attempts`: the one attempt driver: more attempts on other workers, with backoff,
+//!   before the answer starts, for every leg;
+//! - `exchange`: one exchange with one worker, up to the answer head;
+//! - `failure`: what went wrong, for the client and for the breaker;
+//! - `forward`: the relayed leg (an attempt whose answer goes to the client);
+//! - `buffered`: an exchange whose answer is read whole (the P/D prefill leg);
 //! - `relay`: the answer's body, from worker to client, event by event;
 //! - `headers`: what is rewritten between the two sides;
+//! - `request_id`: the id a request carries, P/D ids included;
 //! - `wait`: racing a worker read against the client leaving and the deadline;
 //! - `pd`: the prefill/decode flow (mode 3).
 
-pub mod forward;
-pub mod headers;
-pub mod pd;
+mod attempts;
+mod buffered;
+mod choose;
+mod exchange;
+mod failure;
+mod forward;
+mod headers;
+mod pd;
 pub mod pipeline;
-pub mod relay;
-pub mod request_id;
-pub mod retry;
-pub mod route;
-pub mod wait;
+mod relay;
+mod request_id;
+mod route;
+mod wait;
+
+pub use request_id::DEFAULT_REQUEST_ID_HEADERS;

@@ -19,19 +19,17 @@
 //! prefilled blocks until a decode pulls them or they time out). Each leg counts for
 //! its worker's breaker; a client that leaves during either leg cancels it.
 
-use super::forward::{
-    exchange_buffered, retryable_status, status_verdict, worker_url, Buffered, RequestBody, Verdict,
-};
-use super::pipeline::{no_worker, pick};
-use super::retry::{
-    forward_with_retries, pause_and_choose, record_verdict, set_pd_request_id, Leg, Next, Tried,
-};
-use super::wait::ClientWatch;
+use super::attempts::{drive, Attempt, Driven, Leg, Step};
+use super::buffered::{exchange_buffered, Buffered};
+use super::choose::{no_worker, pick};
+use super::exchange::RequestBody;
+use super::failure::{retryable_status, status_verdict, Verdict};
+use super::forward::{forward_with_retries, Relayed};
+use super::request_id::set_pd_request_id;
+use crate::client::Client;
 use crate::deadline::Deadline;
-use crate::messages::{WorkerId, WorkerRole};
-use crate::policy::Random;
-use crate::server::Client;
 use crate::shard::Shard;
+use crate::worker::{WorkerId, WorkerRole};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
@@ -49,20 +47,36 @@ pub async fn handle(
     };
     let route = crate::metrics::route_index(c.head.path());
     shard.metrics.borrow_mut().pd_requests[route] += 1;
-    let Some(decode) = pick(shard, c, json, WorkerRole::Decode) else {
+    let Some(decode) = pick(shard, &c.head, json, WorkerRole::Decode, &[]) else {
         pd_error(shard, "no_decode_worker");
         return no_worker(shard, c, true, WorkerRole::Decode).await;
     };
-    let Some(first) = pick(shard, c, json, WorkerRole::Prefill) else {
+    let Some(first) = pick(shard, &c.head, json, WorkerRole::Prefill, &[]) else {
         pd_error(shard, "no_prefill_worker");
         return no_worker(shard, c, true, WorkerRole::Prefill).await;
     };
     let prefill_bytes = serde_json::to_vec(&prefill_body(original)).expect("JSON values serialize");
-    let (params, prefill_addr) =
-        match prefill_leg(shard, c, json, first, decode, &prefill_bytes, deadline).await {
-            Ok(done) => done,
-            Err(keep) => return keep,
-        };
+    let mut prefill = Prefill {
+        bytes: &prefill_bytes,
+        decode,
+    };
+    let (params, prefill_addr) = match drive(shard, c, &mut prefill, first, json, deadline).await {
+        Driven::Done(Ok(done)) => done,
+        Driven::Done(Err(keep)) => return keep,
+        Driven::Exhausted { message, .. } => {
+            pd_error(shard, "prefill_failed");
+            let attempts = prefill.attempts(shard);
+            let msg = format!("prefill stage failed after {attempts} attempt(s): {message}");
+            return c.send_error(502, &msg, true).await;
+        }
+        Driven::NoWorker { message, .. } => {
+            pd_error(shard, "prefill_failed");
+            let msg = format!("prefill stage failed: {message}");
+            return c.send_error(502, &msg, true).await;
+        }
+        Driven::ClientGone => return false,
+        Driven::TimedOut => return c.send_error(504, "the request timed out", true).await,
+    };
     let decode_bytes =
         serde_json::to_vec(&decode_body(original, params)).expect("JSON values serialize");
     *shard
@@ -72,14 +86,15 @@ pub async fn handle(
         .entry(decode)
         .or_default() += 1;
     let started = Instant::now();
-    let body = RequestBody::Replayable {
-        bytes: &decode_bytes,
-        declared: true,
+    let leg = Relayed {
+        body: RequestBody::Replayable {
+            bytes: &decode_bytes,
+            declared: true,
+        },
+        role: WorkerRole::Decode,
+        prefill: Some(&prefill_addr),
     };
-    let leg = Leg::Decode {
-        prefill: &prefill_addr,
-    };
-    let keep = forward_with_retries(shard, c, decode, body, json, leg, deadline).await;
+    let keep = forward_with_retries(shard, c, decode, leg, json, deadline).await;
     shard
         .metrics
         .borrow_mut()
@@ -91,28 +106,36 @@ pub async fn handle(
     keep
 }
 
-/// The prefill leg with its retries. Ok: the transfer params and the prefill worker's
-/// host:port. Err: the client was answered (or left); the value is `handle`'s.
-async fn prefill_leg(
-    shard: &Shard,
-    c: &mut Client,
-    json: Option<&Value>,
-    first: WorkerId,
+/// The prefill leg: its answer is read whole for the transfer params. Done(Ok): the
+/// params and the prefill worker's host:port. Done(Err): the client was answered (or
+/// left); the value is `handle`'s.
+struct Prefill<'a> {
+    bytes: &'a [u8],
     decode: WorkerId,
-    bytes: &[u8],
-    deadline: &mut Deadline<'_>,
-) -> Result<(Value, String), bool> {
-    let cfg = &shard.config.retry;
-    let attempts = cfg.max_attempts.max(1);
-    let route = crate::metrics::route_index(c.head.path());
-    let mut worker = first;
-    let mut failed = Tried::new();
-    let mut answered_500 = Tried::new();
-    let mut watch = ClientWatch::new();
-    for attempt in 0..attempts {
-        let last = attempt + 1 == attempts;
+}
+
+impl Leg for Prefill<'_> {
+    type Output = Result<(Value, String), bool>;
+
+    fn role(&self) -> WorkerRole {
+        WorkerRole::Prefill
+    }
+
+    fn attempts(&self, shard: &Shard) -> u32 {
+        shard.config.retry.max_attempts
+    }
+
+    async fn attempt(
+        &mut self,
+        shard: &Shard,
+        c: &mut Client,
+        worker: WorkerId,
+        _n: u32,
+        _last: bool,
+        deadline: &mut Deadline<'_>,
+    ) -> Attempt<Self::Output> {
         let addr = authority(shard, worker);
-        set_pd_request_id(shard, c, &addr, decode);
+        set_pd_request_id(shard, c, &addr, self.decode);
         *shard
             .metrics
             .borrow_mut()
@@ -120,49 +143,53 @@ async fn prefill_leg(
             .entry(worker)
             .or_default() += 1;
         let started = Instant::now();
-        let result = exchange_buffered(shard, c, worker, bytes, deadline).await;
+        let result = exchange_buffered(shard, c, worker, self.bytes, deadline).await;
         shard
             .metrics
             .borrow_mut()
             .pd_prefill_duration
             .observe(started.elapsed());
-        let (status, message) = match result {
+        let answered = |value, verdict| Attempt {
+            step: Step::Done {
+                value: Err(value),
+                failed: false,
+            },
+            verdict,
+        };
+        let retry = |status, message, verdict| Attempt {
+            step: Step::Retry { status, message },
+            verdict,
+        };
+        match result {
             Buffered::ClientGone => {
                 c.outcome.error = Some("client_gone");
-                return Err(false);
+                answered(false, Verdict::Neutral)
             }
             Buffered::Answer { status, body } if (200..300).contains(&status) => {
-                record_verdict(shard, worker, Verdict::Success, &mut answered_500);
-                return match transfer_params(&body) {
-                    Ok(params) => Ok((params, addr)),
-                    Err(e) => {
-                        pd_error(shard, "prefill_no_transfer_params");
-                        let why = match e {
-                            PrefillAnswerError::NotJson => "an answer that is not JSON",
-                            PrefillAnswerError::NoTransferParams => {
-                                "no kv_transfer_params (is it a vLLM NIXL prefill instance?)"
-                            }
-                        };
-                        let msg = format!(
-                            "prefill stage failed: worker {} sent {why}",
-                            worker_url(shard, worker)
-                        );
-                        Err(c.send_error(502, &msg, true).await)
-                    }
+                let step = match transfer_params(&body) {
+                    Ok(params) => Step::Done {
+                        value: Ok((params, addr)),
+                        failed: false,
+                    },
+                    Err(e) => Step::Done {
+                        value: Err(no_params(shard, c, worker, e).await),
+                        failed: false,
+                    },
                 };
+                Attempt {
+                    step,
+                    verdict: Verdict::Success,
+                }
             }
             Buffered::Answer { status, body } => {
-                // A 2xx was handled above; a 408/429 is neutral.
-                record_verdict(shard, worker, status_verdict(status), &mut answered_500);
+                let verdict = status_verdict(status);
                 if !retryable_status(status) {
                     // The request's own fault (a 4xx): the client sees vLLM's answer.
                     pd_error(shard, "prefill_rejected");
-                    return Err(pass_through(c, status, &body).await);
+                    return answered(pass_through(c, status, &body).await, verdict);
                 }
-                (
-                    status,
-                    format!("worker {} answered {status}", worker_url(shard, worker)),
-                )
+                let message = format!("worker {} answered {status}", shard.worker_url(worker));
+                retry(status, message, verdict)
             }
             Buffered::Failed {
                 status,
@@ -170,47 +197,29 @@ async fn prefill_leg(
                 verdict,
                 retryable,
             } => {
-                record_verdict(shard, worker, verdict, &mut answered_500);
-                if !retryable {
-                    pd_error(shard, "prefill_failed");
-                    let msg = format!("prefill stage failed: {message}");
-                    return Err(c.send_error(status, &msg, true).await);
+                if retryable {
+                    return retry(status, message, verdict);
                 }
-                (status, message)
-            }
-        };
-        if last {
-            if attempt > 0 {
-                shard.metrics.borrow_mut().retries_exhausted[route] += 1;
-            }
-            pd_error(shard, "prefill_failed");
-            let msg = format!("prefill stage failed after {attempts} attempt(s): {message}");
-            let _ = status;
-            return Err(c.send_error(502, &msg, true).await);
-        }
-        failed.push(worker);
-        let next = pause_and_choose(
-            shard,
-            c,
-            json,
-            WorkerRole::Prefill,
-            attempt,
-            &failed,
-            &mut watch,
-            deadline,
-        );
-        match next.await {
-            Next::Worker(w) => worker = w,
-            Next::ClientGone => return Err(false),
-            Next::TimedOut => return Err(c.send_error(504, "the request timed out", true).await),
-            Next::NoWorker => {
                 pd_error(shard, "prefill_failed");
                 let msg = format!("prefill stage failed: {message}");
-                return Err(c.send_error(502, &msg, true).await);
+                answered(c.send_error(status, &msg, true).await, verdict)
             }
         }
     }
-    unreachable!("the last attempt always returns")
+}
+
+/// A 2xx prefill answer that cannot feed a decode leg: 502 naming the worker.
+async fn no_params(shard: &Shard, c: &mut Client, worker: WorkerId, e: PrefillAnswerError) -> bool {
+    pd_error(shard, "prefill_no_transfer_params");
+    let why = match e {
+        PrefillAnswerError::NotJson => "an answer that is not JSON",
+        PrefillAnswerError::NoTransferParams => {
+            "no kv_transfer_params (is it a vLLM NIXL prefill instance?)"
+        }
+    };
+    let url = shard.worker_url(worker);
+    let msg = format!("prefill stage failed: worker {url} sent {why}");
+    c.send_error(502, &msg, true).await
 }
 
 /// A worker's own error answer, passed to the client as it came.
@@ -300,16 +309,6 @@ pub fn decode_body(original: &Map<String, Value>, params: Value) -> Map<String, 
     body
 }
 
-/// `___prefill_addr_{P}___decode_addr_{D}_{32 hex}`: vLLM's NIXL connector reads the
-/// peers' addresses from the request id.
-pub fn pd_request_id(prefill: &str, decode: &str, rng: &mut Random) -> String {
-    format!(
-        "___prefill_addr_{prefill}___decode_addr_{decode}_{:016x}{:016x}",
-        rng.next_u64(),
-        rng.next_u64()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,20 +361,5 @@ mod tests {
             Err(PrefillAnswerError::NoTransferParams)
         );
         assert_eq!(transfer_params(b"<html>"), Err(PrefillAnswerError::NotJson));
-    }
-
-    #[test]
-    fn request_id_names_both_peers() {
-        let mut rng = Random::new(7);
-        let id = pd_request_id("10.0.0.1:8000", "10.0.0.2:8000", &mut rng);
-        let rest = id
-            .strip_prefix("___prefill_addr_10.0.0.1:8000___decode_addr_10.0.0.2:8000_")
-            .unwrap();
-        assert_eq!(rest.len(), 32);
-        assert!(rest.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert_ne!(
-            id,
-            pd_request_id("10.0.0.1:8000", "10.0.0.2:8000", &mut rng)
-        );
     }
 }

@@ -5,24 +5,20 @@
 //! 2. JSON body: the body is read whole (up to `--max-payload-size`), parsed once if
 //!    the policy reads it, and kept for replay (generation paths);
 //! 3. multi-leg: the JSON body is rewritten and sent to two workers in turn (P/D,
-//!    see `pd`; not built yet).
+//!    see `pd`).
 
-use super::forward::RequestBody;
+use super::choose::{no_worker, pick};
+use super::exchange::RequestBody;
+use super::forward::{forward_with_retries, Relayed};
 use super::request_id::request_id;
-use super::retry::{forward_with_retries, Leg};
 use super::route::{classify, RouteKind};
 use super::wait::{watch_client, ClientWatch, Waited};
 use crate::admission::{Admit, Permit};
-use crate::codec::body::BodyDecoder;
+use crate::client::Client;
 use crate::codec::framing::BodyFraming;
-use crate::codec::limits::READ_BUFFER_BYTES;
 use crate::deadline::Deadline;
-use crate::messages::{WorkerId, WorkerRole};
-use crate::policy::RouteInput;
-use crate::server::Client;
+use crate::request_body::{read_body, BodyError};
 use crate::shard::Shard;
-use futures_lite::future::or;
-use futures_lite::AsyncWriteExt;
 use std::time::Instant;
 
 /// A buffered body larger than this is freed after its request instead of being kept
@@ -66,7 +62,10 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
 
 /// Mode 2.
 async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
-    match read_body(c, shard.config.max_payload_bytes, deadline).await {
+    let mut body = std::mem::take(&mut c.body);
+    let read = read_body(c, &mut body, shard.config.max_payload_bytes, deadline).await;
+    c.body = body;
+    match read {
         Ok(()) => {}
         Err(BodyError::TooLarge) => {
             let msg = format!(
@@ -106,15 +105,18 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
     let keep = if pd {
         super::pd::handle(shard, c, json.as_ref(), deadline).await
     } else {
-        match pick(shard, c, json.as_ref(), role) {
+        match pick(shard, &c.head, json.as_ref(), role, &[]) {
             Some(worker) => {
                 let declared = c.head.has_body();
-                let req_body = RequestBody::Replayable {
-                    bytes: &body,
-                    declared,
+                let leg = Relayed {
+                    body: RequestBody::Replayable {
+                        bytes: &body,
+                        declared,
+                    },
+                    role,
+                    prefill: None,
                 };
-                let leg = Leg::Single { role };
-                forward_with_retries(shard, c, worker, req_body, json.as_ref(), leg, deadline).await
+                forward_with_retries(shard, c, worker, leg, json.as_ref(), deadline).await
             }
             None => no_worker(shard, c, true, role).await,
         }
@@ -130,8 +132,7 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
 /// request stays replayable; otherwise it streams through.
 async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
     let role = shard.main_role();
-    let leg = Leg::Single { role };
-    let Some(worker) = pick(shard, c, None, role) else {
+    let Some(worker) = pick(shard, &c.head, None, role, &[]) else {
         return no_worker(shard, c, !c.head.has_body(), role).await;
     };
     let whole = match c.head.framing {
@@ -145,17 +146,25 @@ async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
             body.clear();
             body.extend_from_slice(&c.rbuf.filled()[..n]);
             c.rbuf.consume(n);
-            let declared = c.head.has_body();
-            let req_body = RequestBody::Replayable {
-                bytes: &body,
-                declared,
+            let leg = Relayed {
+                body: RequestBody::Replayable {
+                    bytes: &body,
+                    declared: c.head.has_body(),
+                },
+                role,
+                prefill: None,
             };
-            let keep = forward_with_retries(shard, c, worker, req_body, None, leg, deadline).await;
+            let keep = forward_with_retries(shard, c, worker, leg, None, deadline).await;
             c.body = body;
             keep
         }
         None => {
-            forward_with_retries(shard, c, worker, RequestBody::Streamed, None, leg, deadline).await
+            let leg = Relayed {
+                body: RequestBody::Streamed,
+                role,
+                prefill: None,
+            };
+            forward_with_retries(shard, c, worker, leg, None, deadline).await
         }
     }
 }
@@ -188,111 +197,6 @@ async fn admit<'s>(shard: &'s Shard, c: &mut Client) -> Result<(Permit<'s>, Inst
                 shard.config.queue_timeout.as_secs()
             );
             Err(c.send_error(408, &msg, false).await)
-        }
-    }
-}
-
-pub(super) fn pick(
-    shard: &Shard,
-    c: &Client,
-    json: Option<&serde_json::Value>,
-    role: WorkerRole,
-) -> Option<WorkerId> {
-    let input = RouteInput {
-        head: &c.head,
-        json,
-    };
-    let (picked, insert) = {
-        let mut policy = shard.policy(role).borrow_mut();
-        let mut workers = shard.workers.borrow_mut();
-        workers.set_view(role);
-        let picked = policy.pick(&workers, &input);
-        (picked, policy.take_insert())
-    };
-    if let Some(insert) = insert {
-        shard.pending_inserts.borrow_mut().push(insert);
-    }
-    if let Some(id) = picked {
-        if let Some(w) = shard.workers.borrow_mut().get_mut(id) {
-            w.decisions += 1;
-        }
-    }
-    picked
-}
-
-pub(super) async fn no_worker(
-    shard: &Shard,
-    c: &mut Client,
-    body_read: bool,
-    role: WorkerRole,
-) -> bool {
-    let (healthy, open) = {
-        let mut workers = shard.workers.borrow_mut();
-        workers.set_view(role);
-        workers.unavailable_counts()
-    };
-    let pool = match role {
-        WorkerRole::Regular => "",
-        WorkerRole::Prefill => "prefill ",
-        WorkerRole::Decode => "decode ",
-    };
-    let msg = if open > 0 {
-        format!(
-            "no {pool}worker is available: {open} of {healthy} healthy {pool}worker(s) \
-             have an open circuit breaker after repeated failures"
-        )
-    } else {
-        format!("no healthy {pool}worker is available")
-    };
-    c.send_error(503, &msg, body_read).await
-}
-
-enum BodyError {
-    TooLarge,
-    Malformed(&'static str),
-    TimedOut,
-    Closed,
-}
-
-/// Reads the whole body into `c.body` (chunked bodies are decoded), sending
-/// `100 Continue` first when the client asked for it.
-async fn read_body(c: &mut Client, max: u64, deadline: &mut Deadline<'_>) -> Result<(), BodyError> {
-    c.body.clear();
-    let mut decoder = BodyDecoder::new(c.head.framing);
-    if let BodyFraming::Length(n) = c.head.framing {
-        c.body.reserve(n as usize);
-    }
-    let mut sent_continue = false;
-    loop {
-        if !c.rbuf.is_empty() || decoder.is_done() {
-            let body = &mut c.body;
-            let progress = decoder
-                .feed(c.rbuf.filled(), |d| body.extend_from_slice(d))
-                .map_err(|e| BodyError::Malformed(e.0))?;
-            c.rbuf.consume(progress.consumed);
-            if c.body.len() as u64 > max {
-                return Err(BodyError::TooLarge);
-            }
-            if progress.done {
-                return Ok(());
-            }
-        }
-        if c.head.expect_continue && !sent_continue {
-            sent_continue = true;
-            c.stream
-                .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                .await
-                .map_err(|_| BodyError::Closed)?;
-        }
-        let read = async { Some(c.rbuf.read_from(&mut c.stream, READ_BUFFER_BYTES).await) };
-        let expired = async {
-            (&mut *deadline).await;
-            None
-        };
-        match or(read, expired).await {
-            Some(Ok(0)) | Some(Err(_)) => return Err(BodyError::Closed),
-            Some(Ok(_)) => {}
-            None => return Err(BodyError::TimedOut),
         }
     }
 }

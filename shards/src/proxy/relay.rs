@@ -7,13 +7,13 @@
 
 use super::headers::ClientFraming;
 use super::wait::{read_upstream, ClientWatch, Wake};
+use crate::client::Client;
 use crate::codec::body::BodyDecoder;
 use crate::codec::encode;
 use crate::codec::limits::READ_BUFFER_BYTES;
 use crate::codec::sse::SseScanner;
 use crate::deadline::Deadline;
 use crate::pool::Upstream;
-use crate::server::Client;
 use futures_lite::AsyncWriteExt;
 use std::time::{Duration, Instant};
 

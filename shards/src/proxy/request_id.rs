@@ -1,9 +1,12 @@
-//! Request ids (REFERENCE.md): the first configured header the client sent, else a
+//! Request ids (docs/cli.md, `--request-id-headers`): the first configured header the client sent, else a
 //! generated id shaped like OpenAI's (`chatcmpl-`, `cmpl-` or `req-` plus 24
 //! alphanumerics). Sent to the worker as `x-request-id` and echoed to the client.
 
+use crate::client::Client;
 use crate::codec::request::RequestHead;
 use crate::policy::Random;
+use crate::shard::Shard;
+use crate::worker::WorkerId;
 
 /// The headers looked at when `--request-id-headers` is not given.
 pub const DEFAULT_REQUEST_ID_HEADERS: &[&str] = &[
@@ -47,6 +50,25 @@ pub fn request_id(out: &mut Vec<u8>, head: &RequestHead, headers: &[String], rng
     }
 }
 
+/// A P/D request's id names both of its workers (vLLM's connector reads them).
+pub fn set_pd_request_id(shard: &Shard, c: &mut Client, prefill: &str, decode: WorkerId) {
+    let workers = shard.workers.borrow();
+    let decode = workers.get(decode).map_or("", |w| w.spec.pd_peer());
+    let id = pd_request_id(prefill, decode, &mut shard.rng.borrow_mut());
+    c.request_id.clear();
+    c.request_id.extend_from_slice(id.as_bytes());
+}
+
+/// `___prefill_addr_{P}___decode_addr_{D}_{32 hex}`: vLLM's NIXL connector reads the
+/// peers' addresses from the request id.
+pub fn pd_request_id(prefill: &str, decode: &str, rng: &mut Random) -> String {
+    format!(
+        "___prefill_addr_{prefill}___decode_addr_{decode}_{:016x}{:016x}",
+        rng.next_u64(),
+        rng.next_u64()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +107,20 @@ mod tests {
         let h = head(b"GET /v1/models HTTP/1.1\r\n\r\n");
         request_id(&mut a, &h, &[], &mut rng);
         assert!(a.starts_with(b"req-"));
+    }
+
+    #[test]
+    fn request_id_names_both_peers() {
+        let mut rng = Random::new(7);
+        let id = pd_request_id("10.0.0.1:8000", "10.0.0.2:8000", &mut rng);
+        let rest = id
+            .strip_prefix("___prefill_addr_10.0.0.1:8000___decode_addr_10.0.0.2:8000_")
+            .unwrap();
+        assert_eq!(rest.len(), 32);
+        assert!(rest.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(
+            id,
+            pd_request_id("10.0.0.1:8000", "10.0.0.2:8000", &mut rng)
+        );
     }
 }

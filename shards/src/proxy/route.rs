@@ -29,22 +29,6 @@ pub fn classify(method: &[u8], path: &[u8]) -> RouteKind {
     }
 }
 
-/// The metric label for a path: known routes by name, everything else as "other" so a
-/// client cannot blow up label cardinality.
-pub fn route_label(path: &[u8]) -> &'static str {
-    match path {
-        b"/v1/chat/completions" => "/v1/chat/completions",
-        b"/v1/completions" => "/v1/completions",
-        b"/v1/embeddings" => "/v1/embeddings",
-        b"/v1/responses" => "/v1/responses",
-        b"/v1/rerank" => "/v1/rerank",
-        b"/rerank" => "/rerank",
-        b"/generate" => "/generate",
-        b"/v1/models" => "/v1/models",
-        _ => "other",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,6 +47,5 @@ mod tests {
             classify(b"POST", b"/v1/chat/completions/x"),
             RouteKind::Passthrough
         );
-        assert_eq!(route_label(b"/anything"), "other");
     }
 }

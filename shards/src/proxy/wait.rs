@@ -5,10 +5,10 @@
 //! closed and vLLM aborts the generation instead of computing for nobody. Bytes the
 //! client sends meanwhile (a pipelined next request) are kept in its buffer.
 
+use crate::client::Client;
 use crate::codec::limits::MAX_REQUEST_HEAD_BYTES;
 use crate::deadline::Deadline;
 use crate::pool::Upstream;
-use crate::server::Client;
 use futures_lite::future::{or, pending};
 use std::io;
 

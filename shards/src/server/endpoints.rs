@@ -1,6 +1,6 @@
 //! Endpoints the shard answers from its own state, without a worker or the control core.
 
-use super::Client;
+use crate::client::Client;
 use crate::errors::write_answer;
 use crate::shard::Shard;
 

@@ -4,9 +4,6 @@ mod admin;
 mod connection;
 mod endpoints;
 
-pub use admin::AdminWaiters;
-pub use connection::{Client, Outcome};
-
 use crate::shard::Shard;
 use futures_lite::FutureExt;
 use glommio::net::TcpListener;

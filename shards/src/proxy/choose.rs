@@ -1,0 +1,53 @@
+//! Asking a pool's policy for a worker, and the 503 a client gets when there is none.
+
+use crate::client::Client;
+use crate::codec::request::RequestHead;
+use crate::policy::RouteInput;
+use crate::shard::Shard;
+use crate::worker::{WorkerId, WorkerRole};
+
+/// A routable worker of `role`'s pool for the request, leaving out `excluded` (the
+/// workers a retried request failed on) when others can serve.
+pub fn pick(
+    shard: &Shard,
+    head: &RequestHead,
+    json: Option<&serde_json::Value>,
+    role: WorkerRole,
+    excluded: &[WorkerId],
+) -> Option<WorkerId> {
+    let input = RouteInput { head, json };
+    let (picked, insert) = {
+        let mut policy = shard.policy(role).borrow_mut();
+        let workers = shard.workers.borrow();
+        let picked = policy.pick(&workers.view(role, excluded), &input);
+        (picked, policy.take_insert())
+    };
+    if let Some(insert) = insert {
+        shard.pending_inserts.borrow_mut().push(insert);
+    }
+    if let Some(id) = picked {
+        if let Some(w) = shard.workers.borrow_mut().get_mut(id) {
+            w.decisions += 1;
+        }
+    }
+    picked
+}
+
+/// Answers 503 for a pool without a routable worker, saying whether breakers are why.
+pub async fn no_worker(shard: &Shard, c: &mut Client, body_read: bool, role: WorkerRole) -> bool {
+    let (healthy, open) = shard.workers.borrow().view(role, &[]).unavailable_counts();
+    let pool = match role {
+        WorkerRole::Regular => "",
+        WorkerRole::Prefill => "prefill ",
+        WorkerRole::Decode => "decode ",
+    };
+    let msg = if open > 0 {
+        format!(
+            "no {pool}worker is available: {open} of {healthy} healthy {pool}worker(s) \
+             have an open circuit breaker after repeated failures"
+        )
+    } else {
+        format!("no healthy {pool}worker is available")
+    };
+    c.send_error(503, &msg, body_read).await
+}

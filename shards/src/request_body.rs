@@ -1,0 +1,85 @@
+//! Reading a request body from the client, bounded by the request's deadline. Every
+//! reader of client bodies uses this: the buffered pipeline, the admin API and the
+//! streamed upload to a worker.
+
+use crate::client::Client;
+use crate::codec::body::BodyDecoder;
+use crate::codec::framing::BodyFraming;
+use crate::codec::limits::READ_BUFFER_BYTES;
+use crate::deadline::Deadline;
+use futures_lite::AsyncWriteExt;
+
+/// The interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Why a body could not be read.
+pub enum BodyError {
+    TooLarge,
+    Malformed(&'static str),
+    TimedOut,
+    /// The client closed or failed.
+    Closed,
+}
+
+/// Waits for more body bytes in the client's read buffer.
+///
+/// RFC 9110 §10.1.1: "A server that receives a 100-continue expectation in an HTTP/1.1
+/// request [...] ought to send an immediate 100 (Continue) response if it intends to
+/// process the content"; it goes out before the first wait, once.
+#[derive(Default)]
+pub struct BodyWait {
+    sent_continue: bool,
+}
+
+impl BodyWait {
+    pub async fn more(
+        &mut self,
+        c: &mut Client,
+        deadline: &mut Deadline<'_>,
+    ) -> Result<(), BodyError> {
+        if c.head.expect_continue && !self.sent_continue {
+            self.sent_continue = true;
+            c.stream
+                .write_all(CONTINUE)
+                .await
+                .map_err(|_| BodyError::Closed)?;
+        }
+        let read = c.rbuf.read_from(&mut c.stream, READ_BUFFER_BYTES);
+        match deadline.bound(read).await {
+            Some(Ok(0)) | Some(Err(_)) => Err(BodyError::Closed),
+            Some(Ok(_)) => Ok(()),
+            None => Err(BodyError::TimedOut),
+        }
+    }
+}
+
+/// Reads the whole body into `out` (cleared first; chunked bodies are decoded), at
+/// most `max` bytes.
+pub async fn read_body(
+    c: &mut Client,
+    out: &mut Vec<u8>,
+    max: u64,
+    deadline: &mut Deadline<'_>,
+) -> Result<(), BodyError> {
+    out.clear();
+    let mut decoder = BodyDecoder::new(c.head.framing);
+    if let BodyFraming::Length(n) = c.head.framing {
+        out.reserve(n.min(max) as usize);
+    }
+    let mut wait = BodyWait::default();
+    loop {
+        if !c.rbuf.is_empty() || decoder.is_done() {
+            let progress = decoder
+                .feed(c.rbuf.filled(), |d| out.extend_from_slice(d))
+                .map_err(|e| BodyError::Malformed(e.0))?;
+            c.rbuf.consume(progress.consumed);
+            if out.len() as u64 > max {
+                return Err(BodyError::TooLarge);
+            }
+            if progress.done {
+                return Ok(());
+            }
+        }
+        wait.more(c, deadline).await?;
+    }
+}

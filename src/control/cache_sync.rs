@@ -1,0 +1,29 @@
+//! cache_aware's routing trees across shards: inserts forwarded from the shard that
+//! routed to every other, and the periodic eviction.
+
+use super::state::ControlState;
+use shards::messages::{Delta, WorkerId};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One shard's batch of inserts goes to every other shard (one shared copy).
+pub fn forward_inserts(s: &ControlState, from: usize, inserts: Vec<(WorkerId, Arc<str>)>) {
+    let batch = Arc::new(inserts);
+    for (i, link) in s.links.iter().enumerate() {
+        if i != from {
+            link.send(Delta::CacheInserts(batch.clone()));
+        }
+    }
+}
+
+/// Periodic LRU eviction of the shards' cache_aware trees, by delta.
+pub async fn eviction_loop(state: Rc<RefCell<ControlState>>, every: Duration, max: usize) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        state.borrow().broadcast(Delta::CacheEvict { max });
+    }
+}

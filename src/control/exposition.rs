@@ -1,0 +1,81 @@
+//! Prometheus families built by hand from summed shard counters (the shards count in
+//! plain integers; the prometheus crate only encodes the text format here).
+
+use prometheus::proto::{
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+};
+use shards::metrics::LATENCY_BUCKETS;
+
+/// One sample: its labels and value.
+pub type Sample<'a> = (Vec<(&'a str, String)>, f64);
+
+/// Label pairs sorted by name, as the prometheus crate orders them for its own
+/// collectors.
+pub fn labels(mut pairs: Vec<(&str, String)>) -> Vec<LabelPair> {
+    pairs.sort_by(|a, b| a.0.cmp(b.0));
+    pairs
+        .into_iter()
+        .map(|(n, v)| {
+            let mut l = LabelPair::default();
+            l.set_name(n.to_string());
+            l.set_value(v);
+            l
+        })
+        .collect()
+}
+
+pub fn family(name: &str, help: &str, kind: MetricType, samples: Vec<Sample<'_>>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(kind);
+    for (l, v) in samples {
+        let mut m = Metric::default();
+        m.set_label(labels(l));
+        if kind == MetricType::COUNTER {
+            let mut c = Counter::default();
+            c.set_value(v);
+            m.set_counter(c);
+        } else {
+            let mut g = Gauge::default();
+            g.set_value(v);
+            m.set_gauge(g);
+        }
+        f.mut_metric().push(m);
+    }
+    f
+}
+
+pub fn histograms<'a>(
+    name: &str,
+    help: &str,
+    rows: impl Iterator<Item = (&'a str, &'a shards::metrics::Histogram)>,
+) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(MetricType::HISTOGRAM);
+    for (route, h) in rows {
+        let mut m = Metric::default();
+        m.set_label(labels(vec![("route", route.to_string())]));
+        let mut hist = Histogram::default();
+        let mut cumulative = 0;
+        let buckets = LATENCY_BUCKETS
+            .iter()
+            .zip(h.counts.iter())
+            .map(|(&bound, &n)| {
+                cumulative += n;
+                let mut b = Bucket::default();
+                b.set_upper_bound(bound);
+                b.set_cumulative_count(cumulative);
+                b
+            })
+            .collect();
+        hist.set_bucket(buckets);
+        hist.set_sample_count(h.count);
+        hist.set_sample_sum(h.sum);
+        m.set_histogram(hist);
+        f.mut_metric().push(m);
+    }
+    f
+}

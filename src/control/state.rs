@@ -1,0 +1,128 @@
+//! The control core's state: the worker registry of record and everything its tasks
+//! share (one thread: `Rc<RefCell>`), with the one way workers join and leave.
+
+use super::breakers::Breakers;
+use super::health::{HealthTracker, ProbeConfig};
+use super::metrics::Aggregator;
+use super::registry::{Registry, WorkerEntry};
+use super::scrape::WorkerLoad;
+use shards::link::ControlEnd;
+use shards::messages::{Delta, WorkerId, WorkerRole};
+use shards::policy::PolicyKind;
+use std::collections::{BTreeSet, HashMap};
+
+/// Everything the control core's tasks share (one thread: `Rc<RefCell>`).
+pub struct ControlState {
+    pub links: Vec<ControlEnd>,
+    pub registry: Registry,
+    pub metrics: Aggregator,
+    pub probe: ProbeConfig,
+    /// The policy, for `policy_decisions_total`.
+    pub policy: PolicyKind,
+    /// A shard reported new in-flight counts since the last load broadcast.
+    pub loads_dirty: bool,
+    /// Per worker, what its own `/metrics` said at the last scrape.
+    pub scraped: HashMap<WorkerId, WorkerLoad>,
+    pub breakers: Breakers,
+    /// Base URLs the worker list file owns (see `reload`).
+    pub file_workers: BTreeSet<String>,
+    /// Workers added or removed by discovery (`discovery_updates_total`), and each.
+    pub discovery_updates: u64,
+    pub discovery_added: u64,
+    pub discovery_removed: u64,
+}
+
+impl ControlState {
+    pub fn broadcast(&self, delta: Delta) {
+        for link in &self.links {
+            link.send(delta.clone());
+        }
+    }
+
+    pub fn worker_json(&self, w: &WorkerEntry) -> serde_json::Value {
+        serde_json::json!({
+            "url": w.spec.url,
+            "role": w.spec.role.name(),
+            "address": w.spec.addr.to_string(),
+            "healthy": w.health.healthy,
+            "load": self.metrics.load(w.spec.id),
+            "processed_requests": self.metrics.processed(w.spec.id),
+            "dp_rank": w.spec.dp_rank,
+            "kv_cache_usage": self.scraped.get(&w.spec.id).map(|l| l.kv_cache_usage),
+            "external_load": self.external_load(w.spec.id),
+            "circuit_breaker": {
+                "state": self.breakers.state(w.spec.id).name(),
+                "consecutive_failures": self.breakers.failures(w.spec.id),
+            },
+        })
+    }
+
+    /// Requests a worker has that did not come from this router (other routers,
+    /// direct clients), from its last scrape.
+    pub fn external_load(&self, id: WorkerId) -> u32 {
+        let Some(s) = self.scraped.get(&id) else {
+            return 0;
+        };
+        let ours = self.metrics.load(id) as f64;
+        (s.running + s.waiting - ours).max(0.0) as u32
+    }
+
+    /// Sets the health of every rank of `base` and tells the shards.
+    pub fn set_health(&mut self, base: &str, healthy: bool) {
+        let mut ids: Vec<WorkerId> = Vec::new();
+        for w in self.registry.of_base(base) {
+            w.spec.healthy = healthy;
+            ids.push(w.spec.id);
+        }
+        for id in ids {
+            self.broadcast(Delta::Health { id, healthy });
+        }
+    }
+
+    /// The URL users know a worker by (`#id` once it was removed).
+    pub fn url_of(&self, id: WorkerId) -> String {
+        self.registry
+            .workers
+            .iter()
+            .find(|w| w.spec.id == id)
+            .map_or_else(|| format!("#{id}"), |w| w.spec.url.clone())
+    }
+
+    /// Registers a base URL in `role`'s pool (one worker per data-parallel rank) with
+    /// the health it is known to have, and tells the shards. Every way a worker joins
+    /// (command line, admin API, Kubernetes, vLLM discovery, the worker list file)
+    /// comes through here.
+    pub fn add_worker(
+        &mut self,
+        url: &str,
+        role: WorkerRole,
+        healthy: bool,
+        pd_address: Option<&str>,
+    ) -> Result<Vec<WorkerId>, String> {
+        self.registry.add_role(url, role)?;
+        let base = url.trim_end_matches('/').to_string();
+        let mut specs = Vec::new();
+        for w in self.registry.of_base(&base) {
+            w.health = HealthTracker::new(healthy);
+            w.spec.healthy = healthy;
+            w.spec.pd_address = pd_address.map(str::to_string);
+            specs.push(w.spec.clone());
+        }
+        let ids = specs.iter().map(|s| s.id).collect();
+        for spec in specs {
+            self.broadcast(Delta::Upsert(spec));
+        }
+        Ok(ids)
+    }
+
+    /// Removes a base URL (every rank) or one `url@rank` everywhere; in-flight
+    /// requests finish on the shards. Returns the removed ids (none: no such worker).
+    pub fn remove_worker(&mut self, url: &str) -> Vec<WorkerId> {
+        let ids = self.registry.remove(url);
+        for &id in &ids {
+            self.breakers.forget(id);
+            self.broadcast(Delta::Remove(id));
+        }
+        ids
+    }
+}
