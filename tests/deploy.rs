@@ -125,10 +125,20 @@ fn sighup_applies_an_edited_worker_list_file() {
     let list_json = request(r.port, "GET", "/list_workers", &[], b"").json();
     assert_eq!(list_json["urls"], serde_json::json!([b.url()]));
 
-    // A bad file changes nothing.
+    // A bad file changes nothing: once the router has refused it, b still serves.
     std::fs::write(&list, "not a url\n").unwrap();
     r.signal("HUP");
-    std::thread::sleep(Duration::from_millis(500));
+    let refused = || {
+        metric(
+            &r.metrics(),
+            "vllm_router_config_reloads_total",
+            &[("result", "refused")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || refused() == Some(1.0)),
+        "the bad file was never refused"
+    );
     assert_eq!(served_by(r.port), "b");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -126,12 +126,20 @@ fn pods_join_and_leave_with_their_lifecycle_and_an_api_restart() {
 
     // Not ready, then ready.
     api.put(pod("default", "b", &vllm, "127.0.0.3", false));
-    std::thread::sleep(Duration::from_millis(500));
+    // A ready marker pod after it: once the marker is a worker, the router has seen
+    // b's event too (a watch delivers in order).
+    api.put(pod("default", "marker", &vllm, "127.0.0.4", true));
+    wait_workers(&r, &[url(2), url(4)]);
+    api.delete("default", "marker");
     assert_eq!(
-        workers(&r),
+        workers(&r)
+            .into_iter()
+            .filter(|u| *u != url(4))
+            .collect::<Vec<_>>(),
         [url(2)],
         "a pod that is not ready is not a worker"
     );
+    wait_workers(&r, &[url(2)]);
     api.put(pod("default", "b", &vllm, "127.0.0.3", true));
     wait_workers(&r, &[url(2), url(3)]);
 
@@ -175,12 +183,13 @@ fn pods_join_and_leave_with_their_lifecycle_and_an_api_restart() {
         &json!({"prompt": "x", "max_tokens": 1}),
     );
     assert_eq!(resp.header("x-mock-worker"), Some("b"));
-    // Added: a, b, a at its new IP, a again after terminating, b after the restart.
-    // Removed: a not ready, b deleted, a terminating, a deleted during the outage.
+    // Added: a, the marker, b, a at its new IP, a again after terminating, b after
+    // the restart. Removed: the marker, a not ready, b deleted, a terminating, a
+    // deleted during the outage.
     let counted = eventually(Duration::from_secs(3), || {
         let m = r.metrics();
-        metric(&m, "vllm_router_discovery_workers_added_total", &[]) == Some(5.0)
-            && metric(&m, "vllm_router_discovery_workers_removed_total", &[]) == Some(4.0)
+        metric(&m, "vllm_router_discovery_workers_added_total", &[]) == Some(6.0)
+            && metric(&m, "vllm_router_discovery_workers_removed_total", &[]) == Some(5.0)
     });
     assert!(counted, "{}", r.metrics());
     let _ = std::fs::remove_dir_all(dir);

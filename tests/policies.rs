@@ -247,8 +247,17 @@ fn power_of_two_sees_load_from_other_clients_through_worker_metrics() {
                 .any(|w| w["external_load"] == 6)
         }
     ));
-    // The shards get the view on the next load broadcast (every 50 ms).
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    // The shards get the view on the next load broadcast (every 50 ms): once eight
+    // requests in a row went to the idle worker (1 in 256 by chance), they have it.
+    let idle_in_a_row = |n| {
+        (0..n).all(|_| {
+            let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 1, false));
+            worker_of(&resp) == "idle"
+        })
+    };
+    assert!(eventually(std::time::Duration::from_secs(4), || {
+        idle_in_a_row(8)
+    }));
     for _ in 0..10 {
         let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 1, false));
         assert_eq!(worker_of(&resp), "idle");
@@ -274,8 +283,14 @@ fn cache_aware_shards_share_what_they_learn() {
         home = worker_of(&c.read_response(false));
     }
     let system = "Shared system prompt number 2 about routing. ".repeat(40);
-    // Inserts reach the other shard within a tick (50 ms) plus the control core's hop.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Inserts reach the other shard within a tick (50 ms) plus the control core's hop:
+    // wait until it has applied all three (the shards' counters arrive once a second).
+    let shared = || metric(&r.metrics(), "vllm_router_cache_shared_inserts_total", &[]);
+    assert!(
+        eventually(std::time::Duration::from_secs(10), || shared() >= Some(3.0)),
+        "the other shard never learned the prefixes: {:?}",
+        shared()
+    );
     // New connections land on both shards (SO_REUSEPORT); all must know the prefix.
     for q in 0..12 {
         let resp = post_json(

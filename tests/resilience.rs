@@ -393,7 +393,7 @@ fn admission_answers_429_when_the_queue_is_full_and_408_after_the_queue_timeout(
             (chat(port, &[]), start.elapsed())
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_queued(&r, 1);
     let full = chat(r.port, &[]);
     assert_eq!(full.status, 429, "{}", full.text());
     assert_eq!(full.json()["error"]["type"], "rate_limit_error");
@@ -425,7 +425,7 @@ fn a_queued_request_goes_out_when_a_slot_frees() {
         let port = r.port;
         move || chat(port, &[])
     });
-    std::thread::sleep(Duration::from_millis(300));
+    wait_queued(&r, 1);
     assert_eq!(generation_requests(&w), 1, "still queued");
     drop(holder); // the client leaves: the slot frees
     assert_eq!(queued.join().unwrap().status, 200);
@@ -452,15 +452,15 @@ fn a_client_leaving_while_queued_never_reaches_the_worker() {
             "/v1/chat/completions",
             &chat_body("x", 1, false).to_string(),
         );
-        std::thread::sleep(Duration::from_millis(200));
+        wait_queued(&r, 1);
     } // leaves while queued
-    std::thread::sleep(Duration::from_millis(200));
+    wait_queued(&r, 0);
     // Its queue place is free again: this one queues instead of getting 429.
     let next = std::thread::spawn({
         let port = r.port;
         move || chat(port, &[])
     });
-    std::thread::sleep(Duration::from_millis(200));
+    wait_queued(&r, 1);
     drop(holder);
     assert_eq!(next.join().unwrap().status, 200);
     assert_eq!(
@@ -560,4 +560,15 @@ fn a_worker_dying_mid_json_answer_closes_the_body_short() {
     let body = c.read_to_close();
     assert!(body.len() < declared, "{} of {declared}", body.len());
     let _ = std::io::stdout().flush();
+}
+
+/// Waits until the router's admission queues hold `n` requests, as its
+/// `vllm_router_queued_requests` gauge says (sampled once a second).
+fn wait_queued(r: &Router, n: u32) {
+    let queued = || metric(&r.metrics(), "vllm_router_queued_requests", &[]);
+    assert!(
+        eventually(Duration::from_secs(10), || queued() == Some(f64::from(n))),
+        "the queue never held {n} request(s): {:?}",
+        queued()
+    );
 }

@@ -112,6 +112,8 @@ pub struct ShardMetrics {
     pub tree_sizes: HashMap<WorkerId, usize>,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// cache_aware decisions of other shards this shard applied to its trees.
+    pub shared_inserts: u64,
     /// Requests waiting in this shard's admission queue when the copy was taken.
     pub queued: u64,
 }
@@ -169,6 +171,7 @@ impl ShardMetrics {
         self.pd_decode_duration.merge(&other.pd_decode_duration);
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
+        self.shared_inserts += other.shared_inserts;
         self.queued += other.queued;
     }
 

@@ -49,6 +49,7 @@ impl Shard {
         match delta {
             Delta::AdminReply { token, reply } => self.admin.fulfil(*token, reply.clone()),
             Delta::CacheInserts(batch) => {
+                self.metrics.borrow_mut().shared_inserts += batch.len() as u64;
                 let workers = self.workers.borrow();
                 for (worker, text) in batch.iter() {
                     if let Some(w) = workers.get(*worker) {

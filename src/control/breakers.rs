@@ -2,12 +2,9 @@
 //! (`Report::Outcome`); every change of a breaker's state or failure count goes back
 //! to all shards as `Delta::Breaker` at once, so they agree within milliseconds.
 
-use super::state::ControlState;
 use shards::breaker::{Breaker, BreakerConfig, BreakerState, Transition};
 use shards::messages::{Delta, WorkerId};
-use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
 use std::time::Instant;
 
 /// How often open breakers are checked for their move to half-open.
@@ -97,18 +94,5 @@ impl Breakers {
     pub fn forget(&mut self, id: WorkerId) {
         self.by_worker.remove(&id);
         self.transitions.retain(|(w, _, _), _| *w != id);
-    }
-}
-
-/// Open breakers move to half-open when their time is up.
-pub async fn breaker_loop(state: Rc<RefCell<ControlState>>) {
-    let mut tick = tokio::time::interval(BREAKER_TICK);
-    loop {
-        tick.tick().await;
-        let mut s = state.borrow_mut();
-        for (id, delta) in s.breakers.tick(Instant::now()) {
-            shards::info!("circuit breaker of {} is half-open: probing", s.url_of(id));
-            s.broadcast(delta);
-        }
     }
 }

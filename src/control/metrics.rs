@@ -87,6 +87,8 @@ pub struct ControlView<'a> {
     pub breakers: &'a Breakers,
     /// Discovery updates, workers added, workers removed.
     pub discovery: [u64; 3],
+    /// Worker list file reloads: applied, refused.
+    pub reloads: [u64; 2],
 }
 
 /// One sample per route with a non-zero count.
@@ -222,6 +224,12 @@ fn worker_families(
             "cache_aware decisions that went to the least loaded worker.",
             MetricType::COUNTER,
             vec![(vec![], total.cache_misses as f64)],
+        ));
+        families.push(family(
+            "vllm_router_cache_shared_inserts_total",
+            "cache_aware decisions one shard learned from the others (each shard counts what it applied).",
+            MetricType::COUNTER,
+            vec![(vec![], total.shared_inserts as f64)],
         ));
         families.push(family(
             "vllm_router_tree_size",
@@ -393,6 +401,15 @@ fn control_families(total: &ShardMetrics, view: &ControlView<'_>) -> Vec<MetricF
         "Workers currently healthy.",
         MetricType::GAUGE,
         vec![(vec![], view.registry.healthy_count() as f64)],
+    ));
+    families.push(family(
+        "vllm_router_config_reloads_total",
+        "Worker list file reloads (SIGHUP), by result: applied, or refused as invalid.",
+        MetricType::COUNTER,
+        [("applied", view.reloads[0]), ("refused", view.reloads[1])]
+            .into_iter()
+            .map(|(result, n)| (vec![("result", result.to_string())], n as f64))
+            .collect(),
     ));
     families.push(family(
         "vllm_router_queued_requests",

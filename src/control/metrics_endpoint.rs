@@ -50,6 +50,7 @@ fn answer(state: &Rc<RefCell<ControlState>>, req: &Request<Incoming>) -> Respons
                 policy: s.policy.name(),
                 breakers: &s.breakers,
                 discovery: [s.discovery_updates, s.discovery_added, s.discovery_removed],
+                reloads: s.reloads,
             });
             (
                 StatusCode::OK,

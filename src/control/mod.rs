@@ -5,6 +5,7 @@
 //! out) and the report channel (reports in).
 
 pub mod admin;
+mod breaker_loop;
 pub mod breakers;
 mod cache_sync;
 mod checks;
@@ -190,6 +191,7 @@ fn initial_state(
         discovery_updates: 0,
         discovery_added: 0,
         discovery_removed: 0,
+        reloads: [0, 0],
     })
 }
 
@@ -205,13 +207,13 @@ fn spawn_loops(state: &Rc<RefCell<ControlState>>, config: &ControlConfig, bound:
         spawn_local(zmq_discovery::run(state.clone(), socket));
     }
     if config.breaker.enabled {
-        spawn_local(breakers::breaker_loop(state.clone()));
+        spawn_local(breaker_loop::breaker_loop(state.clone()));
     }
     if matches!(
         config.policy,
         PolicyKind::PowerOfTwo | PolicyKind::CacheAware
     ) {
-        spawn_local(scrape::scrape_loop(state.clone(), config.probe.timeout));
+        spawn_local(loads::scrape_loop(state.clone(), config.probe.timeout));
     }
     if config.policy == PolicyKind::CacheAware {
         let (every, max) = (config.eviction_interval, config.max_tree_size);

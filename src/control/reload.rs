@@ -43,11 +43,17 @@ pub async fn on_sighup(state: &Rc<RefCell<ControlState>>, config: &ControlConfig
         n.send("RELOADING=1");
     }
     match apply(state, path).await {
-        Ok((added, removed)) => shards::info!(
-            "reloaded {}: {added} worker(s) added, {removed} removed",
-            path.display()
-        ),
-        Err(e) => shards::error!("reload failed, workers unchanged: {e}"),
+        Ok((added, removed)) => {
+            state.borrow_mut().reloads[0] += 1;
+            shards::info!(
+                "reloaded {}: {added} worker(s) added, {removed} removed",
+                path.display()
+            )
+        }
+        Err(e) => {
+            state.borrow_mut().reloads[1] += 1;
+            shards::error!("reload failed, workers unchanged: {e}")
+        }
     }
     if let Some(n) = &config.notifier {
         n.send(&format!(

@@ -5,11 +5,7 @@
 //! shard's load view. A worker without `/metrics` simply adds nothing.
 
 use super::http::{get, Get};
-use super::state::ControlState;
-use shards::messages::WorkerId;
-use std::cell::RefCell;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
 /// What one scrape found.
@@ -60,56 +56,6 @@ pub fn parse(text: &str) -> WorkerLoad {
         }
     }
     load
-}
-
-/// How often workers' `/metrics` are scraped for load-aware policies.
-const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
-
-pub async fn scrape_loop(state: Rc<RefCell<ControlState>>, timeout: Duration) {
-    let mut tick = tokio::time::interval(SCRAPE_INTERVAL);
-    loop {
-        tick.tick().await;
-        let targets: Vec<(WorkerId, SocketAddr, String, Option<u32>)> = state
-            .borrow()
-            .registry
-            .workers
-            .iter()
-            .filter(|w| w.health.healthy)
-            .map(|w| {
-                (
-                    w.spec.id,
-                    w.spec.addr,
-                    w.spec.authority.clone(),
-                    w.spec.dp_rank,
-                )
-            })
-            .collect();
-        let mut tasks = Vec::new();
-        for (id, addr, authority, rank) in targets {
-            // DP ranks share one server (and one /metrics): count it on rank 0 only.
-            if rank.unwrap_or(0) != 0 {
-                continue;
-            }
-            tasks.push(tokio::task::spawn_local(async move {
-                (id, scrape(addr, &authority, timeout).await)
-            }));
-        }
-        for t in tasks {
-            if let Ok((id, found)) = t.await {
-                let mut s = state.borrow_mut();
-                match found {
-                    Some(load) => {
-                        if s.scraped.insert(id, load) != Some(load) {
-                            s.loads_dirty = true;
-                        }
-                    }
-                    None => {
-                        s.scraped.remove(&id);
-                    }
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,8 @@ pub struct ControlState {
     pub discovery_updates: u64,
     pub discovery_added: u64,
     pub discovery_removed: u64,
+    /// Worker list file reloads (SIGHUP): applied, and refused as invalid.
+    pub reloads: [u64; 2],
 }
 
 impl ControlState {
