@@ -45,14 +45,10 @@ fn run(cli: Cli) -> Result<(), String> {
     preflight::check_memlock(shard_count)?;
 
     let settings = settings::Settings::from_cli(&cli, shard_count)?;
-    let (listen, prometheus, policy) = (
-        settings.shard.listen,
-        settings.control.prometheus,
-        settings.shard.policy,
-    );
+    let (listen, policy) = (settings.shard.listen, settings.shard.policy);
     let worker_urls = settings.control.worker_urls.clone();
     let notifier = settings.control.notifier.clone();
-    let (config, control_config) = (settings.shard, settings.control);
+    let (config, control_config, reserved) = (settings.shard, settings.control, settings.reserved);
 
     // Signals are taken synchronously by this thread: block them before any other
     // thread starts so every thread inherits the mask.
@@ -101,6 +97,8 @@ fn run(cli: Cli) -> Result<(), String> {
         let thread = shards::spawn_shard(index, cpu, config.clone(), shard_end, report_tx.clone())?;
         threads.push(thread);
     }
+    drop(reserved); // every shard holds the port now
+    let prometheus = started.metrics;
 
     let cpu_list: Vec<String> = cpus
         .iter()

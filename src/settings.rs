@@ -17,12 +17,16 @@ const ADMIN_MARGIN: Duration = Duration::from_secs(5);
 pub struct Settings {
     pub shard: Arc<ShardConfig>,
     pub control: ControlConfig,
+    /// The listen port when `--port 0` chose it: drop once the shards are bound.
+    pub reserved: shards::Reserved,
 }
 
 impl Settings {
     /// Checks and translates the flags for `shard_count` shards.
     pub fn from_cli(cli: &Cli, shard_count: usize) -> Result<Settings, String> {
-        let listen = resolve_listen(&cli.host, cli.port)?;
+        // Port 0: one port for every shard, held until they are bound.
+        let reserved = shards::reserve_port(resolve_listen(&cli.host, cli.port)?)?;
+        let listen = reserved.addr;
         // The worker list file joins the command line's workers.
         let mut worker_urls = cli.worker_urls.clone();
         let file_urls = match &cli.worker_urls_file {
@@ -153,6 +157,8 @@ impl Settings {
             startup_timeout: Duration::from_secs(cli.worker_startup_timeout_secs),
             startup_interval: Duration::from_secs(cli.worker_startup_check_interval.max(1)),
             prometheus,
+            listen,
+            shards: shard_count,
             policy,
             eviction_interval: Duration::from_secs(cli.eviction_interval_secs),
             max_tree_size: cli.max_tree_size as usize,
@@ -164,6 +170,7 @@ impl Settings {
         Ok(Settings {
             shard,
             control: control_config,
+            reserved,
         })
     }
 }

@@ -24,10 +24,9 @@ fn unbuilt_features_are_refused_not_ignored() {
 
 #[test]
 fn bad_worker_url_is_one_clear_line() {
-    let port = free_port().to_string();
     let (code, text) = run(&[
         "--port",
-        &port,
+        "0",
         "--policy",
         "random",
         "--worker-urls",
@@ -41,22 +40,20 @@ fn bad_worker_url_is_one_clear_line() {
 fn port_in_use_is_reported() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let metrics = free_port().to_string();
     let (code, text) = run(&[
         "--port",
         &port,
         "--prometheus-port",
-        &metrics,
+        "0",
         "--policy",
         "random",
     ]);
     assert_ne!(code, 0);
     assert!(text.contains("cannot listen on"), "{text}");
     // The metrics port is checked too.
-    let other = free_port().to_string();
     let (code, text) = run(&[
         "--port",
-        &other,
+        "0",
         "--prometheus-port",
         &port,
         "--policy",
@@ -106,8 +103,8 @@ fn docs_cli_lists_every_flag() {
 fn run_with(hook: fn() -> std::io::Result<()>) -> (i32, String) {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(router_bin());
-    cmd.args(["--policy", "random", "--port", &free_port().to_string()])
-        .args(["--prometheus-port", &free_port().to_string()]);
+    cmd.args(["--policy", "random", "--port", "0"])
+        .args(["--prometheus-port", "0"]);
     // SAFETY: the hooks only make async-signal-safe syscalls.
     unsafe { cmd.pre_exec(hook) };
     let out = cmd.output().unwrap();

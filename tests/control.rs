@@ -286,8 +286,8 @@ fn request_ids_are_propagated_and_echoed() {
 fn startup_fails_clearly_when_no_worker_becomes_healthy() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let out = std::process::Command::new(router_bin())
-        .args(["--policy", "random", "--port", &free_port().to_string()])
-        .args(["--prometheus-port", &free_port().to_string()])
+        .args(["--policy", "random", "--port", "0"])
+        .args(["--prometheus-port", "0"])
         .args(["--worker-urls", &dead])
         .args([
             "--worker-startup-timeout-secs",
@@ -332,4 +332,22 @@ fn a_removed_worker_finishes_its_streams_and_gets_no_new_requests() {
     }
     c.read_until(b"data: [DONE]");
     assert_eq!(mock_stats(gone)["cancelled"], 0);
+}
+
+#[test]
+fn port_zero_is_chosen_once_and_reported() {
+    // The harness starts every router with --port 0 --prometheus-port 0 and learns the
+    // ports from the start-up line; the admin API says the same, and both shards
+    // share the one port (requests over many connections all succeed).
+    let w = mock(&[]);
+    let r = router(&[&w], &["--shards", "2"]);
+    let info = request(r.port, "GET", "/router_info", &[], b"").json();
+    assert_eq!(info["listen"], format!("127.0.0.1:{}", r.port));
+    assert_eq!(info["metrics"], format!("127.0.0.1:{}", r.metrics_port));
+    assert_eq!(info["shards"], 2);
+    for _ in 0..8 {
+        let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 1, false));
+        assert_eq!(resp.status, 200);
+    }
+    assert!(r.metrics().contains("vllm_router_requests_total"));
 }

@@ -39,16 +39,15 @@ fn sd_notify_ready_watchdog_stopping() {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let w = mock(&[]);
-    let port = free_port();
     let mut child = Command::new(router_bin())
-        .args(["--port", &port.to_string()])
-        .args(["--prometheus-port", &free_port().to_string()])
+        .args(["--port", "0", "--prometheus-port", "0"])
         .args(["--policy", "round_robin", "--worker-urls", &w.url()])
         .env("NOTIFY_SOCKET", &path)
         .env("WATCHDOG_USEC", "400000")
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let log = StderrLog::start(&mut child);
     let mut seen = Vec::new();
     assert!(wait_for(&sock, &mut seen, "READY=1"), "{seen:?}");
     let ready = seen.last().unwrap().clone();
@@ -60,7 +59,15 @@ fn sd_notify_ready_watchdog_stopping() {
         ready.contains(&format!("MAINPID={}", child.id())),
         "{ready}"
     );
-    // READY means it serves.
+    // READY means it serves (on the port its start-up line names).
+    let line = log.wait_for("listening on http://", &mut child, "vllm-router");
+    let addr = line.split("listening on http://").nth(1).unwrap();
+    let port: u16 = addr[..addr.find(' ').unwrap()]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let resp = post_json(port, "/v1/chat/completions", &chat_body("x", 1, false));
     assert_eq!(resp.status, 200);
     assert!(wait_for(&sock, &mut seen, "WATCHDOG=1"), "{seen:?}");

@@ -29,48 +29,28 @@ fn mock_at(last: u8, port: u16, name: &str) -> Proc {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    Proc { child, port }
+    Proc {
+        child,
+        port,
+        log: None,
+    }
 }
 
 fn router_with_kubeconfig(api: &ApiServer, args: &[&str]) -> (Router, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("vr-k8s-{}-{}", std::process::id(), api.port));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = api.kubeconfig(&dir);
-    let port = free_port();
-    let metrics_port = free_port();
-    let child = Command::new(router_bin())
-        .args([
-            "--port",
-            &port.to_string(),
-            "--prometheus-port",
-            &metrics_port.to_string(),
-        ])
-        .args([
-            "--policy",
-            "round_robin",
-            "--shards",
-            "2",
-            "--service-discovery",
-        ])
-        .args(args)
-        .env("KUBECONFIG", &kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "router did not start");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    (
-        Router {
-            proc: Proc { child, port },
-            port,
-            metrics_port,
-        },
-        dir,
-    )
+    let mut cmd = Command::new(router_bin());
+    cmd.args([
+        "--policy",
+        "round_robin",
+        "--shards",
+        "2",
+        "--service-discovery",
+    ])
+    .args(args)
+    .env("KUBECONFIG", &kubeconfig);
+    (start_router(cmd), dir)
 }
 
 fn workers(r: &Router) -> Vec<String> {

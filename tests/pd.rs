@@ -271,9 +271,14 @@ fn a_failing_prefill_worker_is_retried_on_another_and_named_when_all_fail() {
 fn pd_needs_both_pools() {
     let p = mock(&[]);
     let out = std::process::Command::new(router_bin())
-        .args(["--vllm-pd-disaggregation", "--prefill", &p.url(), "--port"])
-        .arg(free_port().to_string())
-        .args(["--prometheus-port", &free_port().to_string()])
+        .args([
+            "--vllm-pd-disaggregation",
+            "--prefill",
+            &p.url(),
+            "--port",
+            "0",
+        ])
+        .args(["--prometheus-port", "0"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -1,6 +1,7 @@
 //! The admin API, answered by the control core for whichever shard received the call:
-//! `POST /add_worker?url=`, `POST /remove_worker?url=`, `GET /list_workers`, and the
-//! REST forms `GET/POST /workers`, `GET/DELETE /workers/{url}`.
+//! `POST /add_worker?url=`, `POST /remove_worker?url=`, `GET /list_workers`, the
+//! REST forms `GET/POST /workers`, `GET/DELETE /workers/{url}`, and `GET /router_info`
+//! (where this router listens: the ports `--port 0` and `--prometheus-port 0` chose).
 
 use super::ControlState;
 use serde_json::{json, Value};
@@ -81,6 +82,19 @@ pub async fn handle(state: Rc<RefCell<ControlState>>, req: AdminRequest) -> Admi
             },
             None => error(400, "missing ?url= parameter".into()),
         },
+        ("GET", "/router_info") => {
+            let s = state.borrow();
+            json_reply(
+                200,
+                json!({
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "listen": s.listen.to_string(),
+                    "metrics": s.metrics_addr.to_string(),
+                    "shards": s.shard_count,
+                    "policy": s.policy.name(),
+                }),
+            )
+        }
         ("GET", "/list_workers") => {
             let s = state.borrow();
             let urls: Vec<&str> = s

@@ -41,7 +41,10 @@ pub async fn startup_wait(
                 .into_iter()
                 .map(|(base, r)| (base, r.is_ok(), r.err()))
                 .collect();
-            return Ok(Started { workers });
+            return Ok(Started {
+                workers,
+                metrics: config.prometheus,
+            });
         }
         if Instant::now() + config.startup_interval > deadline {
             let why: Vec<String> = results

@@ -34,6 +34,9 @@ pub struct ControlConfig {
     pub startup_timeout: Duration,
     pub startup_interval: Duration,
     pub prometheus: SocketAddr,
+    /// Where the shards listen (the chosen port for `--port 0`), for `/router_info`.
+    pub listen: SocketAddr,
+    pub shards: usize,
     pub policy: PolicyKind,
     /// cache_aware: evict every shard's tree down to `max_tree_size` this often.
     pub eviction_interval: Duration,
@@ -50,4 +53,6 @@ pub struct ControlConfig {
 pub struct Started {
     /// (url, healthy, why not) per worker.
     pub workers: Vec<(String, bool, Option<String>)>,
+    /// Where `/metrics` is served (the port the kernel chose for `--prometheus-port 0`).
+    pub metrics: SocketAddr,
 }

@@ -75,8 +75,14 @@ impl ControlCore {
             config,
         } = self;
         let mut events = bridge(reports, commands);
+        let mut config = config;
         let bound = match bind(&config).await {
-            Ok(bound) => bound,
+            Ok(bound) => {
+                if let Ok(addr) = bound.metrics.local_addr() {
+                    config.prometheus = addr; // the chosen port for --prometheus-port 0
+                }
+                bound
+            }
             Err(e) => {
                 let _ = started.send(Err(e));
                 return false;
@@ -179,6 +185,9 @@ fn initial_state(
         }
     }
     Ok(ControlState {
+        listen: config.listen,
+        metrics_addr: config.prometheus,
+        shard_count: config.shards,
         links,
         registry,
         metrics: metrics::Aggregator::default(),

@@ -13,6 +13,10 @@ use std::collections::{BTreeSet, HashMap};
 
 /// Everything the control core's tasks share (one thread: `Rc<RefCell>`).
 pub struct ControlState {
+    /// Where the router serves, for `/router_info`.
+    pub listen: std::net::SocketAddr,
+    pub metrics_addr: std::net::SocketAddr,
+    pub shard_count: usize,
     pub links: Vec<ControlEnd>,
     pub registry: Registry,
     pub metrics: Aggregator,

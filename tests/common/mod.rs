@@ -3,10 +3,11 @@
 //! shares no code with the router's codec.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 pub fn router_bin() -> PathBuf {
@@ -53,7 +54,11 @@ pub fn mock_on(port: u16, args: &[&str]) -> Proc {
         .spawn()
         .expect("start mock-vllm");
     wait_for_port(port, &mut child, "mock-vllm");
-    Proc { child, port }
+    Proc {
+        child,
+        port,
+        log: None,
+    }
 }
 
 pub fn free_port() -> u16 {
@@ -82,6 +87,8 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str) {
 pub struct Proc {
     pub child: Child,
     pub port: u16,
+    /// Its stderr, when the harness reads it.
+    pub log: Option<StderrLog>,
 }
 
 impl Drop for Proc {
@@ -104,11 +111,85 @@ impl Proc {
     }
 }
 
+/// Starts a mock worker on a port it chooses (`--port 0`; it prints the port).
 pub fn mock(args: &[&str]) -> Proc {
-    mock_on(free_port(), args)
+    let mut child = Command::new(mock_bin())
+        .args(["--port", "0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start mock-vllm");
+    let log = StderrLog::start(&mut child);
+    let line = log.wait_for(" listening on ", &mut child, "mock-vllm");
+    let port = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    Proc {
+        child,
+        port,
+        log: Some(log),
+    }
 }
 
-/// A running router and its metrics port.
+/// A child's stderr, read on its own thread: kept whole for failure messages, and
+/// watched for the line that says where it listens.
+pub struct StderrLog {
+    lines: Arc<(Mutex<Vec<String>>, Condvar)>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StderrLog {
+    pub fn start(child: &mut Child) -> StderrLog {
+        let stderr = child.stderr.take().expect("stderr piped");
+        let lines = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let shared = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                shared.0.lock().unwrap().push(line);
+                shared.1.notify_all();
+            }
+        });
+        StderrLog {
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    /// The first line containing `needle`; panics with the log if the child exits or
+    /// 10 s pass first.
+    pub fn wait_for(&self, needle: &str, child: &mut Child, what: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut lines = self.lines.0.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| l.contains(needle)) {
+                return l.clone();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{what} exited early: {status}\n{}", lines.join("\n"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} never said {needle:?}\n{}",
+                lines.join("\n")
+            );
+            lines = self
+                .lines
+                .1
+                .wait_timeout(lines, Duration::from_millis(50))
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Everything logged so far (all of it once the child has exited).
+    pub fn text(&mut self) -> String {
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        self.lines.0.lock().unwrap().join("\n")
+    }
+}
+
 pub struct Router {
     pub proc: Proc,
     pub port: u16,
@@ -133,11 +214,10 @@ impl Router {
     pub fn stop_and_log(&mut self) -> String {
         let _ = self.proc.child.kill();
         let _ = self.proc.child.wait();
-        let mut out = String::new();
-        if let Some(mut e) = self.proc.child.stderr.take() {
-            let _ = e.read_to_string(&mut out);
-        }
-        out
+        self.proc
+            .log
+            .as_mut()
+            .map_or_else(String::new, StderrLog::text)
     }
 
     /// The Prometheus text the router serves.
@@ -147,13 +227,9 @@ impl Router {
 }
 
 /// Starts the router with `--policy round_robin --shards 2` unless the args say
-/// otherwise, in front of `workers`, with its metrics on a free port.
+/// otherwise, in front of `workers`.
 pub fn router(workers: &[&Proc], args: &[&str]) -> Router {
-    let port = free_port();
-    let metrics_port = free_port();
     let mut cmd = Command::new(router_bin());
-    cmd.args(["--port", &port.to_string()]);
-    cmd.args(["--prometheus-port", &metrics_port.to_string()]);
     if !args.contains(&"--policy") {
         cmd.args(["--policy", "round_robin"]);
     }
@@ -166,15 +242,68 @@ pub fn router(workers: &[&Proc], args: &[&str]) -> Router {
             cmd.arg(w.url());
         }
     }
+    cmd.args(args);
+    start_router(cmd)
+}
+
+/// Starts a configured router command on ports it chooses (`--port 0`,
+/// `--prometheus-port 0`, unless the command names them) and learns them from its
+/// start-up line.
+pub fn start_router(mut cmd: Command) -> Router {
+    let named = |flag: &str| cmd.get_args().any(|a| a == flag);
+    let (port_named, metrics_named) = (named("--port"), named("--prometheus-port"));
+    if !port_named {
+        cmd.args(["--port", "0"]);
+    }
+    if !metrics_named {
+        cmd.args(["--prometheus-port", "0"]);
+    }
     let mut child = cmd
-        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start vllm-router");
-    wait_for_port(port, &mut child, "vllm-router");
+    let log = StderrLog::start(&mut child);
+    let log_dir = cmd
+        .get_args()
+        .skip_while(|a| *a != "--log-dir")
+        .nth(1)
+        .map(PathBuf::from);
+    let line = match log_dir {
+        // The log goes to a file instead of stderr.
+        Some(dir) => {
+            let file = dir.join("vllm-router.log");
+            let mut line = None;
+            let found = eventually(Duration::from_secs(10), || {
+                let text = std::fs::read_to_string(&file).unwrap_or_default();
+                line = text
+                    .lines()
+                    .find(|l| l.contains("listening on http://"))
+                    .map(String::from);
+                line.is_some()
+            });
+            assert!(
+                found,
+                "vllm-router never logged where it listens in {}",
+                file.display()
+            );
+            line.unwrap()
+        }
+        None => log.wait_for("listening on http://", &mut child, "vllm-router"),
+    };
+    let port_after = |marker: &str, end: &str| -> u16 {
+        let rest = &line[line.find(marker).unwrap() + marker.len()..];
+        let addr = &rest[..rest.find(end).unwrap()];
+        addr.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    let port = port_after("listening on http://", " ");
+    let metrics_port = port_after("metrics on http://", "/metrics");
     Router {
-        proc: Proc { child, port },
+        proc: Proc {
+            child,
+            port,
+            log: Some(log),
+        },
         port,
         metrics_port,
     }

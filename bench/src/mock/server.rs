@@ -10,16 +10,27 @@ use shards::codec::body::BodyDecoder;
 use shards::codec::request::RequestHead;
 use shards::codec::Status;
 use shards::ReadBuf;
+use std::net::ToSocketAddrs;
 use std::rc::Rc;
 use std::sync::Arc;
 
-/// Starts `cfg.threads` executors and blocks until they exit.
-pub fn run(cfg: MockConfig) -> std::io::Result<()> {
+/// Starts `cfg.threads` executors and blocks until they exit. With `--port 0` they
+/// share a port the kernel chooses (SO_REUSEPORT); the port is printed on stderr.
+pub fn run(mut cfg: MockConfig) -> std::io::Result<()> {
+    let addr = format!("{}:{}", cfg.host, cfg.port);
+    let wanted = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {addr}")))?;
+    // Port 0: one port for every executor (its default name says which).
+    let reserved = shards::reserve_port(wanted).map_err(std::io::Error::other)?;
+    cfg.port = reserved.addr.port();
     let shared = Shared::new(cfg.clone());
     let mut handles = Vec::new();
+    let port = cfg.port;
     for i in 0..cfg.threads.max(1) {
         let shared = shared.clone();
-        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let addr = format!("{}:{}", cfg.host, port);
         let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let h = LocalExecutorBuilder::new(Placement::Unbound)
             .name(&format!("mock-{i}"))
@@ -50,10 +61,8 @@ pub fn run(cfg: MockConfig) -> std::io::Result<()> {
             .map_err(std::io::Error::other)?;
         handles.push(h);
     }
-    eprintln!(
-        "mock-vllm {} listening on {}:{}",
-        shared.name, cfg.host, cfg.port
-    );
+    drop(reserved);
+    eprintln!("mock-vllm {} listening on {}:{port}", shared.name, cfg.host);
     for h in handles {
         let _ = h.join();
     }
