@@ -349,5 +349,12 @@ fn port_zero_is_chosen_once_and_reported() {
         let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 1, false));
         assert_eq!(resp.status, 200);
     }
-    assert!(r.metrics().contains("vllm_router_requests_total"));
+    // The Prometheus port serves what the shards counted (sent once a second).
+    assert!(eventually(Duration::from_secs(5), || {
+        metric(
+            &r.metrics(),
+            "vllm_router_requests_total",
+            &[("route", "/v1/chat/completions")],
+        ) == Some(8.0)
+    }));
 }
