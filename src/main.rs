@@ -14,6 +14,10 @@ use shards::log::Level;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// The log writer is a thread fed by a channel; the last lines need a moment to reach
+/// the file or terminal before the process exits (a line takes microseconds).
+const LOG_FLUSH_PAUSE: Duration = Duration::from_millis(20);
+
 fn main() -> ExitCode {
     let (cli, unsupported) = Cli::parse_checked();
     if !unsupported.is_empty() {
@@ -163,7 +167,6 @@ fn run(cli: Cli) -> Result<(), String> {
         shards::warn!("{dropped} log line(s) were dropped because the log writer fell behind");
     }
     shards::info!("stopped");
-    // Give the log writer a moment to flush the last lines.
-    std::thread::sleep(Duration::from_millis(20));
+    std::thread::sleep(LOG_FLUSH_PAUSE);
     Ok(())
 }

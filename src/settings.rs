@@ -26,24 +26,72 @@ impl Settings {
     pub fn from_cli(cli: &Cli, shard_count: usize) -> Result<Settings, String> {
         // Port 0: one port for every shard, held until they are bound.
         let reserved = shards::reserve_port(resolve_listen(&cli.host, cli.port)?)?;
-        let listen = reserved.addr;
+        let pools = Pools::from_cli(cli)?;
+        let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
+        let shard = Arc::new(shard_config(cli, shard_count, reserved.addr, policy));
+        let control = ControlConfig {
+            worker_urls: pools.regular,
+            prefill_urls: pools.prefill,
+            decode_urls: cli.decode.clone(),
+            discovery_address: cli.vllm_discovery_address.clone(),
+            k8s: k8s_config(cli, cli.vllm_pd_disaggregation)?,
+            dp_size: cli.intra_node_data_parallel_size.max(1),
+            probe: ProbeConfig {
+                endpoint: cli.health_check_endpoint.clone(),
+                timeout: secs(cli.health_check_timeout_secs),
+                api_key: cli.api_key.clone(),
+            },
+            health_interval: secs(cli.health_check_interval_secs.max(1)),
+            success_threshold: cli.health_success_threshold,
+            failure_threshold: cli.health_failure_threshold,
+            startup_timeout: secs(cli.worker_startup_timeout_secs),
+            startup_interval: secs(cli.worker_startup_check_interval.max(1)),
+            prometheus: resolve_listen(&cli.prometheus_host, cli.prometheus_port)?,
+            listen: reserved.addr,
+            shards: shard_count,
+            policy,
+            eviction_interval: secs(cli.eviction_interval_secs),
+            max_tree_size: cli.max_tree_size as usize,
+            breaker: shard.breaker.clone(),
+            worker_urls_file: cli.worker_urls_file.clone(),
+            file_urls: pools.from_file,
+            notifier: crate::notify::Notifier::from_env().map(Arc::new),
+        };
+        Ok(Settings {
+            shard,
+            control,
+            reserved,
+        })
+    }
+}
+
+/// The worker URLs of each pool, checked: the command line's, the worker list file's,
+/// and the P/D flags' with their rules.
+struct Pools {
+    regular: Vec<String>,
+    /// The worker list file's URLs (already in `regular`).
+    from_file: Vec<String>,
+    prefill: Vec<String>,
+}
+
+impl Pools {
+    fn from_cli(cli: &Cli) -> Result<Pools, String> {
         // The worker list file joins the command line's workers.
-        let mut worker_urls = cli.worker_urls.clone();
-        let file_urls = match &cli.worker_urls_file {
+        let mut regular = cli.worker_urls.clone();
+        let from_file = match &cli.worker_urls_file {
             Some(path) => control::reload::read_worker_file(path)?,
             None => Vec::new(),
         };
-        for url in &file_urls {
-            if !worker_urls.iter().any(|u| u.trim_end_matches('/') == url) {
-                worker_urls.push(url.clone());
+        for url in &from_file {
+            if !regular.iter().any(|u| u.trim_end_matches('/') == url) {
+                regular.push(url.clone());
             }
         }
-        // P/D pools.
         let prefill = cli::prefill_pairs(&cli.prefill)?;
         let pd = cli.vllm_pd_disaggregation;
-        let discovery = cli.vllm_discovery_address.clone();
+        let discovery = cli.vllm_discovery_address.is_some();
         if pd
-            && discovery.is_none()
+            && !discovery
             && !cli.service_discovery
             && (prefill.is_empty() || cli.decode.is_empty())
         {
@@ -53,7 +101,7 @@ impl Settings {
                     .into(),
             );
         }
-        if !pd && discovery.is_some() {
+        if !pd && discovery {
             return Err("--vllm-discovery-address needs --vllm-pd-disaggregation".into());
         }
         if !pd && (cli.prefill_policy.is_some() || cli.decode_policy.is_some()) {
@@ -64,114 +112,85 @@ impl Settings {
         if !pd && (!prefill.is_empty() || !cli.decode.is_empty()) {
             return Err("--prefill and --decode need --vllm-pd-disaggregation".into());
         }
-        let prefill_urls: Vec<String> = prefill.iter().map(|(u, _)| u.clone()).collect();
-        let k8s = k8s_config(cli, pd)?;
+        let prefill: Vec<String> = prefill.into_iter().map(|(u, _)| u).collect();
         // A malformed URL is a configuration error: say so before binding anything.
-        for url in worker_urls.iter().chain(&prefill_urls).chain(&cli.decode) {
+        for url in regular.iter().chain(&prefill).chain(&cli.decode) {
             control::registry::parse_worker_url(url)?;
         }
-        let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
-        let request_id_headers = if cli.request_id_headers.is_empty() {
-            shards::DEFAULT_REQUEST_ID_HEADERS
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        } else {
-            cli.request_id_headers
-                .iter()
-                .map(|h| h.to_ascii_lowercase())
-                .collect()
-        };
-        let health_timeout = Duration::from_secs(cli.health_check_timeout_secs);
-        let breaker = shards::breaker::BreakerConfig {
+        Ok(Pools {
+            regular,
+            from_file,
+            prefill,
+        })
+    }
+}
+
+/// What every shard runs with.
+fn shard_config(
+    cli: &Cli,
+    shard_count: usize,
+    listen: SocketAddr,
+    policy: PolicyKind,
+) -> ShardConfig {
+    let request_id_headers = if cli.request_id_headers.is_empty() {
+        shards::DEFAULT_REQUEST_ID_HEADERS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    } else {
+        cli.request_id_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect()
+    };
+    let inherit = |p: &Option<String>| p.as_deref().and_then(PolicyKind::parse).unwrap_or(policy);
+    ShardConfig {
+        listen,
+        max_payload_bytes: cli.max_payload_size,
+        request_timeout: secs(cli.request_timeout_secs),
+        connect_timeout: secs(cli.connect_timeout_secs),
+        head_timeout: secs(cli.upstream_head_timeout_secs),
+        stream_idle_timeout: secs(cli.stream_idle_timeout_secs),
+        header_read_timeout: secs(cli.client_header_timeout_secs),
+        keepalive_timeout: secs(cli.keepalive_timeout_secs),
+        retry: shards::RetryConfig {
+            max_attempts: if cli.disable_retries {
+                1
+            } else {
+                cli.retry_max_retries.max(1)
+            },
+            initial_backoff: Duration::from_millis(cli.retry_initial_backoff_ms),
+            max_backoff: Duration::from_millis(cli.retry_max_backoff_ms),
+            multiplier: cli.retry_backoff_multiplier.max(1.0),
+            jitter: cli.retry_jitter_factor.clamp(0.0, 1.0),
+        },
+        breaker: shards::breaker::BreakerConfig {
             enabled: !cli.disable_circuit_breaker,
             failure_threshold: cli.cb_failure_threshold.max(1),
             success_threshold: cli.cb_success_threshold.max(1),
             timeout: secs(cli.cb_timeout_duration_secs),
             window: secs(cli.cb_window_duration_secs),
-        };
-        let shard = Arc::new(ShardConfig {
-            listen,
-            max_payload_bytes: cli.max_payload_size,
-            request_timeout: Duration::from_secs(cli.request_timeout_secs),
-            connect_timeout: secs(cli.connect_timeout_secs),
-            head_timeout: secs(cli.upstream_head_timeout_secs),
-            stream_idle_timeout: secs(cli.stream_idle_timeout_secs),
-            header_read_timeout: secs(cli.client_header_timeout_secs),
-            keepalive_timeout: secs(cli.keepalive_timeout_secs),
-            retry: shards::RetryConfig {
-                max_attempts: if cli.disable_retries {
-                    1
-                } else {
-                    cli.retry_max_retries.max(1)
-                },
-                initial_backoff: Duration::from_millis(cli.retry_initial_backoff_ms),
-                max_backoff: Duration::from_millis(cli.retry_max_backoff_ms),
-                multiplier: cli.retry_backoff_multiplier.max(1.0),
-                jitter: cli.retry_jitter_factor.clamp(0.0, 1.0),
+        },
+        admission_slots: share(cli.max_concurrent_requests, shard_count),
+        admission_queue: share(cli.queue_size, shard_count),
+        queue_timeout: secs(cli.queue_timeout_secs),
+        policy,
+        pd: cli.vllm_pd_disaggregation.then(|| shards::PdConfig {
+            prefill_policy: inherit(&cli.prefill_policy),
+            decode_policy: inherit(&cli.decode_policy),
+        }),
+        policy_options: shards::policy::PolicyOptions {
+            consistent_hash_load_factor: cli.consistent_hash_load_factor,
+            cache_aware: shards::policy::CacheAwareConfig {
+                cache_threshold: cli.cache_threshold,
+                balance_abs_threshold: cli.balance_abs_threshold.min(u64::from(u32::MAX)) as u32,
+                balance_rel_threshold: cli.balance_rel_threshold,
+                max_tree_size: cli.max_tree_size as usize,
             },
-            breaker: breaker.clone(),
-            admission_slots: share(cli.max_concurrent_requests, shard_count),
-            admission_queue: share(cli.queue_size, shard_count),
-            queue_timeout: secs(cli.queue_timeout_secs),
-            policy,
-            pd: pd.then(|| {
-                let inherit =
-                    |p: &Option<String>| p.as_deref().and_then(PolicyKind::parse).unwrap_or(policy);
-                shards::PdConfig {
-                    prefill_policy: inherit(&cli.prefill_policy),
-                    decode_policy: inherit(&cli.decode_policy),
-                }
-            }),
-            policy_options: shards::policy::PolicyOptions {
-                consistent_hash_load_factor: cli.consistent_hash_load_factor,
-                cache_aware: shards::policy::CacheAwareConfig {
-                    cache_threshold: cli.cache_threshold,
-                    balance_abs_threshold: cli.balance_abs_threshold.min(u64::from(u32::MAX))
-                        as u32,
-                    balance_rel_threshold: cli.balance_rel_threshold,
-                    max_tree_size: cli.max_tree_size as usize,
-                },
-            },
-            api_key: cli.api_key.clone(),
-            request_id_headers,
-            admin_timeout: health_timeout + ADMIN_MARGIN,
-        });
-        let prometheus = resolve_listen(&cli.prometheus_host, cli.prometheus_port)?;
-        let notifier = crate::notify::Notifier::from_env().map(Arc::new);
-        let control_config = ControlConfig {
-            worker_urls: worker_urls.clone(),
-            prefill_urls,
-            decode_urls: cli.decode.clone(),
-            discovery_address: discovery,
-            k8s,
-            dp_size: cli.intra_node_data_parallel_size.max(1),
-            probe: ProbeConfig {
-                endpoint: cli.health_check_endpoint.clone(),
-                timeout: health_timeout,
-                api_key: cli.api_key.clone(),
-            },
-            health_interval: Duration::from_secs(cli.health_check_interval_secs.max(1)),
-            success_threshold: cli.health_success_threshold,
-            failure_threshold: cli.health_failure_threshold,
-            startup_timeout: Duration::from_secs(cli.worker_startup_timeout_secs),
-            startup_interval: Duration::from_secs(cli.worker_startup_check_interval.max(1)),
-            prometheus,
-            listen,
-            shards: shard_count,
-            policy,
-            eviction_interval: Duration::from_secs(cli.eviction_interval_secs),
-            max_tree_size: cli.max_tree_size as usize,
-            breaker,
-            worker_urls_file: cli.worker_urls_file.clone(),
-            file_urls,
-            notifier: notifier.clone(),
-        };
-        Ok(Settings {
-            shard,
-            control: control_config,
-            reserved,
-        })
+        },
+        api_key: cli.api_key.clone(),
+        request_id_headers,
+        admin_timeout: secs(cli.health_check_timeout_secs) + ADMIN_MARGIN,
     }
 }
 

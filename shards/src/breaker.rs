@@ -21,7 +21,7 @@
 
 use std::time::{Duration, Instant};
 
-/// The three states of REFERENCE.md, with the `cb_state` gauge's values.
+/// The three states of docs/resilience.md, with the `cb_state` gauge's values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BreakerState {
     Closed = 0,

@@ -68,6 +68,11 @@ pub fn serving_url(pod: &Pod, port: u16) -> Option<String> {
     })
 }
 
+/// Pause before building the Kubernetes client again: long enough not to flood the log
+/// while a kubeconfig or service account is missing, short enough to start soon after
+/// it appears.
+const CLIENT_RETRY: Duration = Duration::from_secs(5);
+
 /// Starts one watcher task per pool. A client that cannot be built (no KUBECONFIG, not
 /// in a cluster) is retried with a pause, and said so in the log.
 pub async fn run(state: Rc<RefCell<ControlState>>, cfg: K8sConfig) {
@@ -75,8 +80,11 @@ pub async fn run(state: Rc<RefCell<ControlState>>, cfg: K8sConfig) {
         match Client::try_default().await {
             Ok(c) => break c,
             Err(e) => {
-                shards::warn!("service discovery: no Kubernetes client yet ({e}); retrying in 5s");
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                let secs = CLIENT_RETRY.as_secs();
+                shards::warn!(
+                    "service discovery: no Kubernetes client yet ({e}); retrying in {secs}s"
+                );
+                tokio::time::sleep(CLIENT_RETRY).await;
             }
         }
     };

@@ -136,7 +136,8 @@ fn expire(state: &Rc<RefCell<ControlState>>, known: &mut HashMap<String, Instanc
         s.remove_worker(&format!("http://{address}"));
         s.discovery_updates += 1;
         s.discovery_removed += 1;
-        shards::info!("discovery: worker http://{address} expired (no heartbeat for 5s)");
+        let secs = EXPIRY.as_secs();
+        shards::info!("discovery: worker http://{address} expired (no heartbeat for {secs}s)");
     }
 }
 

@@ -1,5 +1,5 @@
 //! cache_aware: send a request where its prefix is most likely cached, unless that
-//! would unbalance the workers (REFERENCE.md):
+//! would unbalance the workers (docs/cli.md, `--cache-threshold` and the balance flags):
 //!
 //! 1. loads imbalanced (`max - min > balance_abs_threshold` and
 //!    `max > min * balance_rel_threshold`): the least loaded worker;

@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 pub const VIRTUAL_NODES: u32 = 160;
 
-/// Headers that name a session, in priority order (REFERENCE.md).
+/// Headers that name a session, in priority order (docs/cli.md, consistent_hash).
 const KEY_HEADERS: [&[u8]; 6] = [
     b"x-session-id",
     b"x-user-id",

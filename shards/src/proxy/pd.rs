@@ -1,6 +1,6 @@
 //! Routing mode 3: prefill/decode disaggregation for vLLM (NIXL connector).
 //!
-//! The flow (REFERENCE.md), of which this file holds the wire rules:
+//! The flow (docs/pd.md), of which this file holds the wire rules:
 //! 1. the pipeline buffers and parses the JSON body (as in mode 2);
 //! 2. the prefill leg gets `prefill_body`: one token, no stream, and
 //!    `kv_transfer_params` asking for a remote decode; its whole answer is read;

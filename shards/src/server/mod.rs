@@ -10,6 +10,11 @@ use glommio::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 
+/// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS): the condition lasts until
+/// connections close, so retrying at once would spin; 10 ms is far below a client's
+/// connect timeout.
+const ACCEPT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Accepts until the task is dropped (drain). An accept error (EMFILE, say) is logged
 /// and retried after a pause rather than ending the shard.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
@@ -36,7 +41,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
             Err(e) => {
                 crate::warn!("shard {}: accept failed: {e}", shard.index);
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
             }
         }
     }
