@@ -12,12 +12,12 @@ def free_port():
     return port
 
 
-def wait_port(port, proc, name, timeout=60):
+def wait_port(port, proc, name, timeout=60, host="127.0.0.1"):
     """Waits until something listens on `port`; exits if `proc` dies first."""
     end = time.time() + timeout
     while time.time() < end:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            socket.create_connection((host, port), timeout=0.2).close()
             return
         except OSError:
             if proc.poll() is not None:

@@ -1,21 +1,32 @@
 #!/usr/bin/env python3
 """Routing quality: a simulated cluster of mock vLLM workers with a bounded prefix cache
 and a prefill cost per uncached block, driven by a multi-turn chat workload over a few
-shared system prompts (each turn resends the whole conversation). For each policy it
-reports the workers' prefix-cache hit rate (from their own counters), max/mean
-requests per worker, and mean and p99 latency.
+shared system prompts (each turn resends the whole conversation). For each router and
+policy it reports the workers' prefix-cache hit rate (from their own counters),
+max/mean requests per worker, and mean and p99 latency, side by side in one run:
+
+- oracle: no router; each session goes straight to the worker its system prompt is
+  pinned to (prompt k -> worker k mod workers), the placement a router that knew the
+  workload would make;
+- ours and the published vllm-router, each policy with one replica, and with two
+  replicas over the same workers (turns of a session alternate between them, as
+  behind a Kubernetes Service).
 
     bench/routing_quality.sh            # builds, then runs this with the defaults
+    python3 bench/routing_quality.py --published target/published-venv/bin/vllm-router
 """
-import argparse, http.client, json, os, random, socket, statistics, subprocess, sys, threading, time
+import argparse, http.client, json, os, random, statistics, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from benchlib import free_port, wait_port  # noqa: E402
 
+DEFAULT_PUBLISHED = os.path.join(ROOT, "target/published-venv/bin/vllm-router")
 
-def get(port, path):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+def get(url, path):
+    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=30)
     c.request("GET", path); r = c.getresponse(); body = r.read(); c.close(); return body.decode()
 
 
@@ -23,73 +34,123 @@ def metric(text, name):
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name))
 
 
-def run_policy(policy, args, binroot):
+def start_workers(args, procs):
+    """The workers' URLs: free ports on 127.0.0.1, or with --fixed-port the same URLs
+    every run (127.0.0.2, .3, ... on one port), so that placement by URL is repeatable."""
+    if args.fixed_port:
+        hosts = [f"127.0.0.{2 + i}" for i in range(args.workers)]
+        ports = [args.fixed_port] * args.workers
+    else:
+        hosts = ["127.0.0.1"] * args.workers
+        ports = [free_port() for _ in range(args.workers)]
+    for i, (h, p) in enumerate(zip(hosts, ports)):
+        m = subprocess.Popen([os.path.join(args.bin, "mock-vllm"), "--host", h, "--port", str(p), "--name", f"w{i}",
+                              "--cache-blocks", str(args.cache_blocks), "--block-chars", "64",
+                              "--prefill-us-per-block", str(args.prefill_us_per_block),
+                              "--token-delay-us", str(args.token_delay_us), "--threads", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(m); wait_port(p, m, "mock", host=h)
+    return [f"http://{h}:{p}" for h, p in zip(hosts, ports)]
+
+
+def start_router(exe, policy, worker_urls, procs):
+    port = free_port()
+    # A 1 s health-check interval: a worker that missed the start-up probe joins in
+    # seconds instead of a minute.
+    log = tempfile.NamedTemporaryFile(prefix="vr-quality-", suffix=".log", delete=False)
+    r = subprocess.Popen([exe, "--port", str(port), "--prometheus-port", str(free_port()), "--policy", policy,
+                          "--health-check-interval-secs", "1", "--worker-urls"] + worker_urls,
+                         stdout=subprocess.DEVNULL, stderr=log)
+    procs.append(r); wait_port(port, r, f"router {exe}")
+    # A router serves once one worker is healthy; measure only once every worker is
+    # (both routers say so in /workers).
+    end = time.time() + 60
+    while time.time() < end:
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", "/workers"); resp = c.getresponse(); body = resp.read(); c.close()
+            if resp.status == 200:
+                v = json.loads(body)
+                # Ours: "healthy"; the published router: "is_healthy" per worker.
+                healthy = v.get("healthy", sum(1 for w in v.get("workers", []) if w.get("is_healthy")))
+                if healthy == len(worker_urls):
+                    return port
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    sys.exit(f"router {exe}: not every worker became healthy; its log: {log.name}")
+
+
+def drive(args, route):
+    """Runs the sessions; `route(k, turn)` gives the port for system prompt k's turn."""
+    rng = random.Random(args.seed)
+    systems = [f"System prompt {k}: you are an expert assistant for topic {k}. " * 40 for k in range(args.system_prompts)]
+    # As many sessions per system prompt (as far as they divide), in a random order.
+    sessions = [(f"session-{s}", s % args.system_prompts) for s in range(args.sessions)]
+    rng.shuffle(sessions)
+    latencies, lock = [], threading.Lock()
+    queue = list(sessions)
+
+    def client():
+        conns = {}
+        while True:
+            with lock:
+                if not queue:
+                    break
+                sid, k = queue.pop()
+            messages = [{"role": "system", "content": systems[k]}]
+            for turn in range(args.turns):
+                messages.append({"role": "user", "content": f"{sid} turn {turn}: " + "please explain more. " * 8})
+                body = json.dumps({"model": "m", "messages": messages, "max_tokens": args.tokens})
+                url = route(k, turn)
+                if url not in conns:
+                    host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+                    conns[url] = http.client.HTTPConnection(host, int(port), timeout=60)
+                conn = conns[url]
+                t0 = time.perf_counter()
+                conn.request("POST", "/v1/chat/completions", body,
+                             {"content-type": "application/json", "x-session-id": sid})
+                resp = conn.getresponse(); data = resp.read()
+                dt = time.perf_counter() - t0
+                if resp.status != 200:
+                    raise SystemExit(f"status {resp.status}: {data[:200]}")
+                with lock:
+                    latencies.append(dt)
+                answer = json.loads(data)["choices"][0]["message"]["content"]
+                messages.append({"role": "assistant", "content": answer})
+        for c in conns.values():
+            c.close()
+
+    threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    return latencies
+
+
+def run(args, name, exe=None, policy=None, replicas=1):
     procs = []
     try:
-        ports = [free_port() for _ in range(args.workers)]
-        for i, p in enumerate(ports):
-            m = subprocess.Popen([os.path.join(binroot, "mock-vllm"), "--port", str(p), "--name", f"w{i}",
-                                  "--cache-blocks", str(args.cache_blocks), "--block-chars", "64",
-                                  "--prefill-us-per-block", str(args.prefill_us_per_block),
-                                  "--token-delay-us", str(args.token_delay_us), "--threads", "1"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(m); wait_port(p, m, "mock")
-        rport = free_port()
-        r = subprocess.Popen([os.path.join(binroot, "vllm-router"), "--port", str(rport),
-                              "--prometheus-port", str(free_port()), "--policy", policy,
-                              "--worker-urls"] + [f"http://127.0.0.1:{p}" for p in ports],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        procs.append(r); wait_port(rport, r, "router")
-
-        rng = random.Random(args.seed)
-        systems = [f"System prompt {k}: you are an expert assistant for topic {k}. " * 40 for k in range(args.system_prompts)]
-        sessions = [(f"session-{s}", rng.randrange(args.system_prompts)) for s in range(args.sessions)]
-        latencies, lock = [], threading.Lock()
-        queue = list(sessions)
-
-        def client():
-            conn = http.client.HTTPConnection("127.0.0.1", rport, timeout=60)
-            while True:
-                with lock:
-                    if not queue:
-                        break
-                    sid, k = queue.pop()
-                messages = [{"role": "system", "content": systems[k]}]
-                for turn in range(args.turns):
-                    messages.append({"role": "user", "content": f"{sid} turn {turn}: " + "please explain more. " * 8})
-                    body = json.dumps({"model": "m", "messages": messages, "max_tokens": args.tokens})
-                    t0 = time.perf_counter()
-                    conn.request("POST", "/v1/chat/completions", body,
-                                 {"content-type": "application/json", "x-session-id": sid})
-                    resp = conn.getresponse(); data = resp.read()
-                    dt = time.perf_counter() - t0
-                    if resp.status != 200:
-                        raise SystemExit(f"{policy}: status {resp.status}: {data[:200]}")
-                    with lock:
-                        latencies.append(dt)
-                    answer = json.loads(data)["choices"][0]["message"]["content"]
-                    messages.append({"role": "assistant", "content": answer})
-            conn.close()
-
-        start = time.perf_counter()
-        threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
-        for t in threads: t.start()
-        for t in threads: t.join()
-        wall = time.perf_counter() - start
-
+        workers = start_workers(args, procs)
+        if exe is None:  # the oracle: pinned by system prompt, no router
+            route = lambda k, turn: workers[k % len(workers)]
+        else:
+            routers = [f"http://127.0.0.1:{start_router(exe, policy, workers, procs)}" for _ in range(replicas)]
+            route = lambda k, turn: routers[turn % len(routers)]
+        latencies = drive(args, route)
         hits = queries = 0.0
         counts = []
-        for p in ports:
+        for p in workers:
             text = get(p, "/metrics")
             hits += metric(text, "vllm:prefix_cache_hits_total")
             queries += metric(text, "vllm:prefix_cache_queries_total")
             counts.append(json.loads(get(p, "/mock/stats"))["generation_requests"])
         latencies.sort()
         return {
-            "policy": policy, "hit_rate": hits / queries if queries else 0.0,
+            "router": name, "policy": policy or "pinned by system prompt", "replicas": replicas,
+            "hit_rate": hits / queries if queries else 0.0,
             "max_over_mean": max(counts) / (sum(counts) / len(counts)), "per_worker": counts,
             "mean_ms": statistics.mean(latencies) * 1000,
-            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000, "requests": len(latencies), "wall_s": wall,
+            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000, "requests": len(latencies),
         }
     finally:
         for p in procs:
@@ -103,11 +164,15 @@ def run_policy(policy, args, binroot):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--policies", default="round_robin,random,consistent_hash,power_of_two,cache_aware")
+    ap.add_argument("--policies", default="round_robin,consistent_hash,power_of_two,cache_aware")
+    ap.add_argument("--replicas", default="1,2", help="router replicas to run each policy with")
+    ap.add_argument("--published", default=DEFAULT_PUBLISHED if os.path.exists(DEFAULT_PUBLISHED) else "",
+                    help="the published vllm-router executable (empty: skip it)")
+    ap.add_argument("--published-policies", default="round_robin,consistent_hash,power_of_two,cache_aware")
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--system-prompts", type=int, default=4)
+    ap.add_argument("--system-prompts", type=int, default=8)
     ap.add_argument("--sessions", type=int, default=64)
-    ap.add_argument("--turns", type=int, default=4)
+    ap.add_argument("--turns", type=int, default=6)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=8)
     ap.add_argument("--cache-blocks", type=int, default=160, help="per worker, 64 chars a block")
@@ -115,17 +180,32 @@ def main():
     ap.add_argument("--token-delay-us", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--bin", default=os.path.join(ROOT, "target/release"))
+    ap.add_argument("--fixed-port", type=int, default=0,
+                    help="workers on 127.0.0.2, .3, ... at this port: the same URLs every run")
+    ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
-    rows = [run_policy(p, args, args.bin) for p in args.policies.split(",")]
+    replicas = [int(r) for r in args.replicas.split(",")]
+    rows = [run(args, "oracle")]
+    for n in replicas:
+        for p in args.policies.split(","):
+            rows.append(run(args, "ours", os.path.join(args.bin, "vllm-router"), p, n))
+        if args.published:
+            for p in args.published_policies.split(","):
+                rows.append(run(args, "published", args.published, p, n))
+    oracle = rows[0]["hit_rate"]
     print(f"\n{args.workers} mock workers (prefix cache {args.cache_blocks} blocks of 64 chars, "
           f"{args.prefill_us_per_block} us prefill per uncached block, {args.token_delay_us} us per token, "
           f"{args.tokens} tokens); {args.sessions} sessions x {args.turns} turns over {args.system_prompts} "
           f"shared system prompts, {args.concurrency} concurrent clients\n")
-    print("| policy | prefix-cache hit rate | max/mean requests per worker | requests per worker | mean ms | p99 ms |")
-    print("|---|---:|---:|---|---:|---:|")
+    print("| router | policy | replicas | hit rate | of oracle | max/mean | requests per worker | mean ms | p99 ms |")
+    print("|---|---|---:|---:|---:|---:|---|---:|---:|")
     for r in rows:
-        print(f"| {r['policy']} | {r['hit_rate']:.1%} | {r['max_over_mean']:.2f} | {r['per_worker']} | "
-              f"{r['mean_ms']:.1f} | {r['p99_ms']:.1f} |")
+        share = r["hit_rate"] / oracle if oracle else 0.0
+        print(f"| {r['router']} | {r['policy']} | {r['replicas']} | {r['hit_rate']:.1%} | {share:.1%} | "
+              f"{r['max_over_mean']:.2f} | {r['per_worker']} | {r['mean_ms']:.1f} | {r['p99_ms']:.1f} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -153,14 +153,16 @@ fn prefixed_chat(system: &str, user: &str) -> serde_json::Value {
 #[test]
 fn cache_aware_keeps_each_shared_prefix_on_one_worker_and_uses_every_worker() {
     let (_ws, r) = cluster(&["a", "b", "c"], &["--policy", "cache_aware"]);
-    let systems: Vec<String> = (0..6)
+    // New prefixes are placed by rendezvous hashing: 30 of them leave a worker unused
+    // with probability 3 x (2/3)^30, about 1 in 60,000.
+    let systems: Vec<String> = (0..30)
         .map(|i| format!("You are assistant number {i}. ").repeat(30))
         .collect();
     // One keep-alive connection: one shard, so the decisions are deterministic.
     let mut c = Conn::open(r.port);
     let mut used = HashMap::new();
     for (i, system) in systems.iter().enumerate() {
-        let homes: Vec<String> = (0..5)
+        let homes: Vec<String> = (0..3)
             .map(|q| {
                 c.post(
                     "/v1/chat/completions",
@@ -176,14 +178,41 @@ fn cache_aware_keeps_each_shared_prefix_on_one_worker_and_uses_every_worker() {
         *used.entry(homes[0].clone()).or_insert(0) += 1;
     }
     assert_eq!(used.len(), 3, "not every worker was used: {used:?}");
-    // 6 first sightings are misses; the other 24 requests follow their prefix.
+    // 30 first sightings are misses; the other 60 requests follow their prefix.
     let mut metrics = String::new();
     let ok = common::eventually(std::time::Duration::from_secs(3), || {
         metrics = r.metrics();
-        metrics.contains("vllm_router_cache_hits_total 24")
-            && metrics.contains("vllm_router_cache_misses_total 6")
+        metrics.contains("vllm_router_cache_hits_total 60")
+            && metrics.contains("vllm_router_cache_misses_total 30")
     });
     assert!(ok, "{metrics}");
+}
+
+#[test]
+fn cache_aware_places_a_new_prefix_once_across_shards() {
+    // The shards learn each other's decisions on a 50 ms tick; a new prefix that
+    // reaches both shards inside that window must still land on one worker. Fresh
+    // connections spread over the two shards (SO_REUSEPORT).
+    let (_ws, r) = cluster(
+        &["a", "b", "c", "d"],
+        &["--policy", "cache_aware", "--shards", "2"],
+    );
+    for round in 0..10 {
+        for p in 0..6 {
+            let system =
+                format!("Round {round}, prefix {p}: answer as a careful assistant. ").repeat(30);
+            let served: Vec<String> = (0..4)
+                .map(|q| {
+                    let body = prefixed_chat(&system, &format!("question {q}"));
+                    worker_of(&post_json(r.port, "/v1/chat/completions", &body))
+                })
+                .collect();
+            assert!(
+                served.windows(2).all(|w| w[0] == w[1]),
+                "round {round}, prefix {p} was split: {served:?}"
+            );
+        }
+    }
 }
 
 #[test]

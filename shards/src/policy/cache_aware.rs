@@ -1,35 +1,63 @@
-//! cache_aware: send a request where its prefix is most likely cached, unless that
-//! would unbalance the workers (docs/cli.md, `--cache-threshold` and the balance flags):
+//! cache_aware: send a request where the least work waits for it, counting the part of
+//! its prompt a worker must prefill because it is not cached there and the requests
+//! already queued on it, in one currency (docs/routing.md has the formula and why):
 //!
-//! 1. loads imbalanced (`max - min > balance_abs_threshold` and
-//!    `max > min * balance_rel_threshold`): the least loaded worker;
-//! 2. else, if some workers hold more than `cache_threshold` of the text as a prefix:
-//!    the least loaded of those (ties: the longer match);
-//! 3. else the least loaded worker.
+//! ```text
+//! cost(w) = (1 - matched(w) / len) + LOAD_COST * load(w)
+//! ```
 //!
-//! Beyond the published router: a cache hit is declined when its worker already has
-//! [`PILE_UP_SLACK`] more requests in flight than the least loaded one. Many requests
-//! sharing one system prompt would otherwise all follow the first worker that saw it
-//! until the (large, default 64) absolute threshold trips, while the others idle; the
-//! declined request teaches a second worker the prefix, so a hot prefix spreads.
+//! - `matched(w)`: the longest prefix of the request's text this router sent to `w`
+//!   (an approximate radix tree per worker); below `--cache-threshold` of `len` it
+//!   counts as none, as in the published router.
+//! - `load(w)`: requests in flight to `w` from the whole router (this shard's exact
+//!   count plus the other shards'), plus what the worker reports beyond that in its
+//!   `/metrics` (other replicas, direct clients).
+//! - When the loads are imbalanced (`--balance-abs-threshold` and
+//!   `--balance-rel-threshold` both exceeded) the least loaded worker wins, whatever
+//!   the cache says: the published router's guard, kept.
 //!
-//! Load is the router-wide in-flight view (this shard's own count plus the other
-//! shards'). The chosen worker's text is inserted into this shard's tree and, batched
-//! per 50 ms tick, reported to the control core, which forwards it to the other shards.
+//! The candidates are the workers holding a match over the threshold, plus the one
+//! deterministic placement gives the request's prefix (`placement`: rendezvous hashing
+//! of the first [`PLACEMENT_KEY_BYTES`] with a load cap). So a new prefix lands on the
+//! same worker from every shard and every router replica, a burst of it does not
+//! scatter before the shards have told each other, and a conversation stays where its
+//! longer prefix is cached rather than going to a worker that only shares its system
+//! prompt.
+//!
+//! The chosen worker's text is inserted into this shard's tree and, batched per 50 ms
+//! tick, reported to the control core, which forwards it to the other shards.
 
+use super::placement::Rendezvous;
 use super::radix_tree::RadixTree;
 use super::text::{request_text, BodyFields};
 use super::{Policy, PolicyKind, RouteInput};
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
 use std::sync::Arc;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// How much of a request's text is used for routing. A prefix this long already tells
 /// conversations apart; longer texts would only grow the tree and the time per request.
 pub const MAX_ROUTING_TEXT_BYTES: usize = 32 * 1024;
 
-/// See the module comment.
-pub const PILE_UP_SLACK: u32 = 2;
+/// The prefix deterministic placement keys on. About four of vLLM's 16-token blocks:
+/// long enough to tell system prompts (and prompt templates) apart, short enough that
+/// every turn of a conversation and every request sharing a long system prompt has
+/// the same key, so they meet on one worker.
+pub const PLACEMENT_KEY_BYTES: usize = 256;
+
+/// What one request in flight on a worker costs, in prompts prefilled: a queued
+/// request delays this one by a fraction of a prefill (vLLM batches running requests),
+/// while an uncached prompt is GPU work nobody else saves. At 0.15, a worker holding
+/// 95% of the prompt loses to an empty one once it has seven more requests in flight.
+/// Tuned on bench/routing_quality (docs/routing.md has the runs).
+pub const LOAD_COST: f64 = 0.15;
+
+/// A new conversation (no worker holds more of it than the prefix other requests
+/// share) skips workers with this many requests more than the mean: balance is cheap
+/// to keep when a conversation starts and dear to restore later, since a conversation
+/// stays where it is cached. Two, not one: a load report may be 150 ms old.
+pub const NEW_CONVERSATION_SLACK: f64 = 2.0;
 
 /// `--cache-threshold`, `--balance-*-threshold`, `--max-tree-size`.
 #[derive(Clone, Debug)]
@@ -43,6 +71,7 @@ pub struct CacheAwareConfig {
 pub struct CacheAware {
     cfg: CacheAwareConfig,
     tree: RadixTree,
+    placement: Rendezvous,
     text: String,
     matches: Vec<(WorkerId, usize)>,
     /// The last decision's insert, for the pipeline to report.
@@ -51,11 +80,23 @@ pub struct CacheAware {
     pub misses: u64,
 }
 
+/// A worker that may take the request, and what it would cost.
+#[derive(Clone, Copy)]
+struct Candidate<'a> {
+    worker: &'a Worker,
+    /// Bytes of the prompt it holds (0 below the threshold).
+    matched: usize,
+    cost: f64,
+    /// Its rendezvous rank for the request's key: breaks ties the same way everywhere.
+    rank: u64,
+}
+
 impl CacheAware {
     pub fn new(cfg: CacheAwareConfig) -> Self {
         CacheAware {
             cfg,
             tree: RadixTree::default(),
+            placement: Rendezvous::default(),
             text: String::new(),
             matches: Vec::new(),
             pending_insert: None,
@@ -64,10 +105,97 @@ impl CacheAware {
         }
     }
 
-    /// The least loaded worker; among equals, the one holding the least text, so new
-    /// prefixes spread over idle workers instead of all landing on the first.
-    fn least_loaded<'a>(&self, workers: impl Iterator<Item = &'a Worker>) -> Option<&'a Worker> {
-        workers.min_by_key(|w| (w.load(), self.tree.size_of(w.spec.id)))
+    fn candidate<'a>(
+        &self,
+        worker: &'a Worker,
+        matched: usize,
+        len: usize,
+        key: u64,
+    ) -> Candidate<'a> {
+        let uncached = (len - matched) as f64 / len as f64;
+        Candidate {
+            worker,
+            matched,
+            cost: uncached + LOAD_COST * f64::from(worker.load()),
+            rank: self.placement.score(key, worker.spec.id),
+        }
+    }
+
+    /// The least loaded worker, ties broken by rank (the published router's choice
+    /// when loads are imbalanced).
+    fn least_loaded<'a>(&self, workers: &PoolView<'a>, key: u64) -> Option<&'a Worker> {
+        workers.routable().min_by_key(|w| {
+            (
+                w.load(),
+                std::cmp::Reverse(self.placement.score(key, w.spec.id)),
+            )
+        })
+    }
+
+    fn imbalanced(&self, workers: &PoolView<'_>) -> bool {
+        let loads = workers.routable().map(Worker::load);
+        let (min, max) = loads.fold((u32::MAX, 0), |(lo, hi), l| (lo.min(l), hi.max(l)));
+        max - min > self.cfg.balance_abs_threshold
+            && f64::from(max) > f64::from(min) * self.cfg.balance_rel_threshold
+    }
+
+    /// The cheapest of the matching workers, the prefix's placement and the least
+    /// loaded worker.
+    fn cheapest<'a>(
+        &mut self,
+        workers: &PoolView<'a>,
+        len: usize,
+        key: u64,
+    ) -> Option<Candidate<'a>> {
+        let placed = self.placement.place(key, workers)?;
+        let text = &self.text.as_bytes()[..len];
+        let shared = self.tree.matches(text, &mut self.matches);
+        let threshold = self.cfg.cache_threshold * len as f64;
+        // Below the threshold a match counts as none; no match is longer than the text.
+        for m in self.matches.iter_mut() {
+            m.1 = if m.1 as f64 > threshold {
+                m.1.min(len)
+            } else {
+                0
+            };
+        }
+        self.matches
+            .retain(|(id, m)| *m > 0 && workers.routable_get(*id).is_some());
+        let matched_on = |id: WorkerId| {
+            self.matches
+                .iter()
+                .find(|(w, _)| *w == id)
+                .map_or(0, |(_, m)| *m)
+        };
+        // A new conversation (nobody holds more of it than what other requests share;
+        // a cold prefix too) skips workers over the tight cap.
+        let new_conversation = self.matches.iter().all(|(_, m)| *m <= shared);
+        let n = workers.routable_count() as f64;
+        let total: f64 = workers.routable().map(|w| f64::from(w.load())).sum();
+        let cap = ((total + 1.0) / n).ceil() + NEW_CONVERSATION_SLACK;
+        let allowed = |w: &Worker| !new_conversation || f64::from(w.load()) < cap;
+        let idle = self.least_loaded(workers, key)?;
+        // A cold prefix goes where placement puts it (the same worker everywhere); the
+        // least loaded worker competes only with workers that already hold the prefix.
+        let warm = !self.matches.is_empty();
+        let others = self
+            .matches
+            .iter()
+            .filter_map(|(id, m)| Some((workers.routable_get(*id)?, *m)));
+        let candidates = std::iter::once(placed)
+            .chain(warm.then_some(idle))
+            .map(|w| (w, matched_on(w.spec.id)))
+            .chain(others)
+            .filter(|(w, _)| allowed(w));
+        let mut best: Option<Candidate<'a>> = None;
+        for (w, matched) in candidates {
+            let c = self.candidate(w, matched, len, key);
+            if best.is_none_or(|b| c.cost < b.cost || (c.cost == b.cost && c.rank > b.rank)) {
+                best = Some(c);
+            }
+        }
+        // Every candidate over the cap: the least loaded of all.
+        best.or_else(|| Some(self.candidate(idle, matched_on(idle.spec.id), len, key)))
     }
 
     fn insert(&mut self, worker: WorkerId, text_len: usize) {
@@ -101,6 +229,7 @@ impl Policy for CacheAware {
     }
 
     fn on_workers_changed(&mut self, workers: &PoolView<'_>) {
+        self.placement.on_workers_changed(workers);
         let known: Vec<WorkerId> = self.tree.sizes().map(|(w, _)| w).collect();
         for w in known {
             if workers.get(w).is_none() {
@@ -110,51 +239,31 @@ impl Policy for CacheAware {
     }
 
     fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
-        let n = workers.routable_count();
-        if n == 0 {
+        if workers.routable_count() == 0 {
             return None;
         }
-        let (min_w, max_load) = {
-            let min_w = self.least_loaded(workers.routable())?;
-            let max_load = workers.routable().map(Worker::load).max().unwrap_or(0);
-            (min_w, max_load)
-        };
-        let min_load = min_w.load();
-        let min_id = min_w.spec.id;
         self.text.clear();
         if let Some(body) = input.json {
             request_text(&BodyFields::of(body), &mut self.text);
         }
-        let text_len = floor_boundary(&self.text, MAX_ROUTING_TEXT_BYTES);
-        if text_len == 0 {
-            return Some(min_id);
+        let len = floor_boundary(&self.text, MAX_ROUTING_TEXT_BYTES);
+        let key = xxh3_64(&self.text.as_bytes()[..floor_boundary(&self.text, PLACEMENT_KEY_BYTES)]);
+        if len == 0 {
+            return self.least_loaded(workers, key).map(|w| w.spec.id);
         }
-        let imbalanced = max_load - min_load > self.cfg.balance_abs_threshold
-            && f64::from(max_load) > f64::from(min_load) * self.cfg.balance_rel_threshold;
-        let chosen = if imbalanced {
-            min_id
+        let chosen = if self.imbalanced(workers) {
+            self.misses += 1;
+            self.least_loaded(workers, key)?.spec.id
         } else {
-            self.tree
-                .matches(&self.text.as_bytes()[..text_len], &mut self.matches);
-            let threshold = self.cfg.cache_threshold * text_len as f64;
-            let best = self
-                .matches
-                .iter()
-                .filter(|(_, len)| *len as f64 > threshold)
-                .filter_map(|(id, len)| workers.routable_get(*id).map(|w| (w, *len)))
-                .min_by(|(a, la), (b, lb)| a.load().cmp(&b.load()).then(lb.cmp(la)));
-            match best {
-                Some((w, _)) if w.load() < min_load + PILE_UP_SLACK => {
-                    self.hits += 1;
-                    w.spec.id
-                }
-                _ => {
-                    self.misses += 1;
-                    min_id
-                }
+            let best = self.cheapest(workers, len, key)?;
+            if best.matched > 0 {
+                self.hits += 1;
+            } else {
+                self.misses += 1;
             }
+            best.worker.spec.id
         };
-        self.insert(chosen, text_len);
+        self.insert(chosen, len);
         Some(chosen)
     }
 
@@ -194,9 +303,10 @@ impl Policy for CacheAware {
 mod tests {
     use super::*;
     use crate::codec::request::RequestHead;
+    use crate::state::WorkerSet;
     use crate::worker::WorkerRole;
 
-    fn set(n: u32) -> crate::state::WorkerSet {
+    fn set(n: u32) -> WorkerSet {
         crate::state::test_workers(n)
     }
 
@@ -209,38 +319,81 @@ mod tests {
         }
     }
 
-    fn pick(p: &mut CacheAware, s: &crate::state::WorkerSet, prompt: &str) -> WorkerId {
+    fn policy(s: &WorkerSet, cfg: CacheAwareConfig) -> CacheAware {
+        let mut p = CacheAware::new(cfg);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+        p
+    }
+
+    fn pick(p: &mut CacheAware, s: &WorkerSet, prompt: &str) -> WorkerId {
         let h = RequestHead::default();
         let body = serde_json::json!({ "prompt": prompt });
-        p.pick(
-            &s.view(WorkerRole::Regular, &[]),
-            &RouteInput {
-                head: &h,
-                json: Some(&body),
-            },
-        )
-        .unwrap()
+        let input = RouteInput {
+            head: &h,
+            json: Some(&body),
+        };
+        p.pick(&s.view(WorkerRole::Regular, &[]), &input).unwrap()
     }
 
     #[test]
     fn a_shared_prefix_stays_on_its_worker() {
         let s = set(4);
-        let mut p = CacheAware::new(cfg());
+        let mut p = policy(&s, cfg());
         let prefix = "You are a helpful assistant. ".repeat(20);
         let first = pick(&mut p, &s, &format!("{prefix} question 1"));
         for i in 2..10 {
             assert_eq!(pick(&mut p, &s, &format!("{prefix} question {i}")), first);
         }
-        assert_eq!(p.hits, 8);
+        assert_eq!((p.hits, p.misses), (8, 1));
     }
 
     #[test]
-    fn a_busy_cached_worker_is_declined_and_the_prefix_spreads() {
+    fn a_new_prefix_lands_on_the_same_worker_in_every_shard_and_replica() {
+        let s = set(4);
+        // A replica numbers the same workers the other way round.
+        let mut other = WorkerSet::default();
+        for (id, w) in s.all().iter().rev().enumerate() {
+            let mut spec = w.spec.clone();
+            spec.id = id as WorkerId;
+            other.upsert(&spec);
+        }
+        let url = |set: &WorkerSet, id| set.get(id).unwrap().spec.url.clone();
+        let mut places = std::collections::HashSet::new();
+        for k in 0..40 {
+            let prompt = format!("system prompt {k}: {}", "be precise. ".repeat(40));
+            let (mut a, mut b) = (policy(&s, cfg()), policy(&s, cfg()));
+            let mut r = policy(&other, cfg());
+            let wa = pick(&mut a, &s, &prompt);
+            assert_eq!(wa, pick(&mut b, &s, &prompt), "two shards disagree");
+            assert_eq!(url(&s, wa), url(&other, pick(&mut r, &other, &prompt)));
+            places.insert(wa);
+        }
+        assert_eq!(places.len(), 4, "new prefixes spread over the workers");
+    }
+
+    #[test]
+    fn a_conversation_stays_where_its_longer_prefix_is_cached() {
+        let mut s = set(4);
+        let mut p = policy(&s, cfg());
+        let system = "You answer questions about routing. ".repeat(10); // 360 bytes
+        let conversation = format!("{system}{}", "user: and then? assistant: more. ".repeat(20));
+        p.remote_insert(1, &system);
+        p.remote_insert(2, &conversation);
+        // The worker with the whole conversation has one request more in flight.
+        s.get_mut(1).unwrap().in_flight = 1;
+        s.get_mut(2).unwrap().in_flight = 2;
+        assert_eq!(pick(&mut p, &s, &format!("{conversation} next")), 2);
+    }
+
+    #[test]
+    fn a_busy_cached_worker_passes_a_hot_prefix_on() {
         let mut s = set(2);
-        let mut p = CacheAware::new(cfg());
+        let mut p = policy(&s, cfg());
         let prefix = "shared system prompt ".repeat(20);
         let first = pick(&mut p, &s, &format!("{prefix} a"));
-        s.get_mut(first).unwrap().in_flight = PILE_UP_SLACK;
+        // Eight more in flight than the other: a full prefill there is cheaper
+        // (0.01 + 8 x LOAD_COST > 1).
+        s.get_mut(first).unwrap().in_flight = 8;
         let second = pick(&mut p, &s, &format!("{prefix} b"));
         assert_ne!(second, first);
         s.get_mut(first).unwrap().in_flight = 1;
@@ -250,11 +403,22 @@ mod tests {
     }
 
     #[test]
+    fn imbalanced_loads_override_the_cache() {
+        let mut s = set(2);
+        let mut p = policy(&s, cfg());
+        let prefix = "a long shared prefix ".repeat(20);
+        let home = pick(&mut p, &s, &format!("{prefix} 1"));
+        // max - min > 64 and max > 1.5 x min: the published guard.
+        s.get_mut(home).unwrap().in_flight = 70;
+        assert_ne!(pick(&mut p, &s, &format!("{prefix} 2")), home);
+    }
+
+    #[test]
     fn memory_stays_bounded() {
         let s = set(2);
         let mut c = cfg();
         c.max_tree_size = 10_000;
-        let mut p = CacheAware::new(c);
+        let mut p = policy(&s, c);
         for i in 0..2_000 {
             pick(
                 &mut p,

@@ -2,6 +2,7 @@
 
 mod cache_aware;
 mod consistent_hash;
+mod placement;
 mod power_of_two;
 mod radix_tree;
 mod random;

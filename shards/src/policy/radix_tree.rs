@@ -159,10 +159,15 @@ impl RadixTree {
     }
 
     /// For each worker holding a prefix of `text`, the length of its longest one.
-    pub fn matches(&self, text: &[u8], out: &mut Vec<(WorkerId, usize)>) {
+    /// Returns how much of `text` other texts share: the depth of the last point on
+    /// its path where the tree branches (another text goes on differently). What a
+    /// worker holds beyond it is this text's own history (a conversation's earlier
+    /// turns); up to it, a prefix many requests share (a system prompt).
+    pub fn matches(&self, text: &[u8], out: &mut Vec<(WorkerId, usize)>) -> usize {
         out.clear();
         let mut node = ROOT;
         let mut depth = 0;
+        let mut shared = 0;
         while depth < text.len() {
             let Some(c) = self.child(node, text[depth]) else {
                 break;
@@ -175,11 +180,16 @@ impl RadixTree {
                 }
             }
             if common < self.nodes[c].label.len() {
-                break;
+                // Another text goes on where this one stops or turns off.
+                return depth + common;
             }
             depth += common;
+            if self.nodes[c].children.len() > 1 {
+                shared = depth;
+            }
             node = c;
         }
+        shared
     }
 
     /// Bytes held per worker.
