@@ -380,8 +380,10 @@ fn admission_answers_429_when_the_queue_is_full_and_408_after_the_queue_timeout(
             "1",
             "--queue-size",
             "1",
+            // Longer than the queued gauge's sampling (1 s), so the third request
+            // surely arrives while the second still waits.
             "--queue-timeout-secs",
-            "1",
+            "3",
         ],
     );
     let _holder = hold_a_slot(r.port, 10);
@@ -400,7 +402,7 @@ fn admission_answers_429_when_the_queue_is_full_and_408_after_the_queue_timeout(
     let (waited, took) = queued.join().unwrap();
     assert_eq!(waited.status, 408, "{}", waited.text());
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(5),
         "{took:?}"
     );
     assert_eq!(generation_requests(&w), 1, "neither reached the worker");

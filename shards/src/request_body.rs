@@ -21,6 +21,23 @@ pub enum BodyError {
     Closed,
 }
 
+impl BodyError {
+    /// Answers the client for a body that could not be read (`too_large` is the 413
+    /// message). Returns false: the rest of the body is unread, so the connection
+    /// closes.
+    pub async fn answer(self, c: &mut Client, too_large: &str) -> bool {
+        match self {
+            BodyError::TooLarge => c.send_error(413, too_large, false).await,
+            BodyError::Malformed(m) => c.send_error(400, m, false).await,
+            BodyError::TimedOut => {
+                c.send_error(408, "timed out reading the request body", false)
+                    .await
+            }
+            BodyError::Closed => false,
+        }
+    }
+}
+
 /// Waits for more body bytes in the client's read buffer.
 ///
 /// RFC 9110 §10.1.1: "A server that receives a 100-continue expectation in an HTTP/1.1

@@ -17,7 +17,7 @@ use crate::admission::{Admit, Permit};
 use crate::client::Client;
 use crate::codec::framing::BodyFraming;
 use crate::deadline::Deadline;
-use crate::request_body::{read_body, BodyError};
+use crate::request_body::read_body;
 use crate::shard::Shard;
 use std::time::Instant;
 
@@ -63,26 +63,12 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
 /// Mode 2.
 async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
     let mut body = std::mem::take(&mut c.body);
-    let read = read_body(c, &mut body, shard.config.max_payload_bytes, deadline).await;
-    c.body = body;
-    match read {
-        Ok(()) => {}
-        Err(BodyError::TooLarge) => {
-            let msg = format!(
-                "request body exceeds the limit of {} bytes",
-                shard.config.max_payload_bytes
-            );
-            return c.send_error(413, &msg, false).await;
-        }
-        Err(BodyError::Malformed(m)) => return c.send_error(400, m, false).await,
-        Err(BodyError::TimedOut) => {
-            return c
-                .send_error(408, "timed out reading the request body", false)
-                .await
-        }
-        Err(BodyError::Closed) => return false,
+    let max = shard.config.max_payload_bytes;
+    if let Err(e) = read_body(c, &mut body, max, deadline).await {
+        c.body = body;
+        let msg = format!("request body exceeds the limit of {max} bytes");
+        return e.answer(c, &msg).await;
     }
-    let body = std::mem::take(&mut c.body);
     let generation = classify(c.head.method(), c.head.path()) == RouteKind::Generation;
     let role = shard.main_role();
     let pd = generation && shard.config.pd.is_some();

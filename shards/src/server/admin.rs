@@ -6,7 +6,7 @@ use crate::client::Client;
 use crate::codec::framing::BodyFraming;
 use crate::errors::write_answer;
 use crate::messages::{AdminRequest, Report};
-use crate::request_body::{read_body, BodyError};
+use crate::request_body::read_body;
 use crate::shard::Shard;
 
 /// Largest admin request body: a JSON object naming one worker is under 1 KiB; 64 KiB
@@ -32,20 +32,8 @@ pub async fn answer(shard: &Shard, c: &mut Client) -> bool {
     }
     let mut deadline = shard.deadlines.start(shard.config.admin_timeout, false);
     let mut body = Vec::new();
-    match read_body(c, &mut body, MAX_ADMIN_BODY_BYTES, &mut deadline).await {
-        Ok(()) => {}
-        Err(BodyError::TooLarge) => {
-            return c
-                .send_error(413, "admin request body too large", false)
-                .await
-        }
-        Err(BodyError::Malformed(m)) => return c.send_error(400, m, false).await,
-        Err(BodyError::TimedOut) => {
-            return c
-                .send_error(408, "timed out reading the request body", false)
-                .await
-        }
-        Err(BodyError::Closed) => return false,
+    if let Err(e) = read_body(c, &mut body, MAX_ADMIN_BODY_BYTES, &mut deadline).await {
+        return e.answer(c, "admin request body too large").await;
     }
     let request = AdminRequest {
         method: String::from_utf8_lossy(c.head.method()).into_owned(),
