@@ -16,13 +16,16 @@
 //!   `--balance-rel-threshold` both exceeded) the least loaded worker wins, whatever
 //!   the cache says: the published router's guard, kept.
 //!
-//! The candidates are the workers holding a match over the threshold, plus the one
+//! The candidates are the workers holding a match over the threshold, the one
 //! deterministic placement gives the request's prefix (`placement`: rendezvous hashing
-//! of the first [`PLACEMENT_KEY_BYTES`] with a load cap). So a new prefix lands on the
-//! same worker from every shard and every router replica, a burst of it does not
-//! scatter before the shards have told each other, and a conversation stays where its
-//! longer prefix is cached rather than going to a worker that only shares its system
-//! prompt.
+//! of the first [`PLACEMENT_KEY_BYTES`] with a load cap), and, once some worker holds
+//! the prefix, the least loaded worker (where a hot prefix spreads to). A cold prefix
+//! has the placement alone, so it lands on the same worker from every shard and every
+//! router replica, and a burst of it does not scatter before the shards have told each
+//! other. A conversation stays where its longer prefix is cached rather than going to
+//! a worker that only shares its system prompt. A new conversation (the tree says no
+//! worker holds more of it than other requests share) skips workers more than
+//! [`NEW_CONVERSATION_SLACK`] requests over the mean load.
 //!
 //! The chosen worker's text is inserted into this shard's tree and, batched per 50 ms
 //! tick, reported to the control core, which forwards it to the other shards.
