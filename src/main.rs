@@ -6,10 +6,11 @@ mod control;
 mod notify;
 mod preflight;
 mod settings;
+mod signals;
 
 use cli::Cli;
 use control::{Command, ControlCore};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use shards::log::Level;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -36,6 +37,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
+    // Before any thread starts: every thread inherits the blocked mask.
+    let signals = signals::take()?;
     let level = match cli.log_level.as_str() {
         "critical" => Level::Error,
         other => Level::parse(other).unwrap_or(Level::Info),
@@ -54,16 +57,6 @@ fn run(cli: Cli) -> Result<(), String> {
     let notifier = settings.control.notifier.clone();
     let (config, control_config, reserved) = (settings.shard, settings.control, settings.reserved);
 
-    // Signals are taken synchronously by this thread: block them before any other
-    // thread starts so every thread inherits the mask.
-    let mut signals = SigSet::empty();
-    signals.add(Signal::SIGINT);
-    signals.add(Signal::SIGTERM);
-    signals.add(Signal::SIGHUP);
-    signals
-        .thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))?;
-
     // Links first: the control core queues the worker set on them before the shards
     // exist, and each shard applies what is queued before it accepts a connection.
     let (report_tx, report_rx) = crossbeam_channel::unbounded();
@@ -76,24 +69,26 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let (command_tx, command_rx) = crossbeam_channel::bounded(4);
     let (started_tx, started_rx) = crossbeam_channel::bounded(1);
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
     let control = std::thread::Builder::new()
         .name("control".into())
         .spawn(move || {
-            ControlCore {
+            let clean = ControlCore {
                 links: control_ends,
                 reports: report_rx,
                 commands: command_rx,
                 config: control_config,
             }
-            .run(started_tx)
+            .run(started_tx);
+            let _ = done_tx.send(clean);
         })
         .map_err(|e| format!("cannot start the control core: {e}"))?;
     if !worker_urls.is_empty() {
         shards::info!("checking {} worker(s) before serving", worker_urls.len());
     }
-    let started = started_rx
-        .recv()
-        .map_err(|_| "the control core stopped during start-up".to_string())??;
+    let Some(started) = wait_for_start(&started_rx, &signals)? else {
+        return Ok(()); // interrupted: nothing serves yet, nothing to drain
+    };
 
     let mut threads = Vec::with_capacity(shard_count);
     for (index, shard_end) in shard_ends.into_iter().enumerate() {
@@ -139,7 +134,10 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 
     let signal = loop {
-        match signals.wait().map_err(|e| format!("sigwait failed: {e}"))? {
+        match signals
+            .recv()
+            .map_err(|_| "the signal thread stopped".to_string())?
+        {
             Signal::SIGHUP => {
                 shards::info!("SIGHUP received: re-reading the worker list");
                 let _ = command_tx.send(Command::Reload);
@@ -156,7 +154,19 @@ fn run(cli: Cli) -> Result<(), String> {
         grace.as_secs()
     );
     let _ = command_tx.send(Command::Shutdown { grace });
-    let clean = control.join().unwrap_or(false);
+    let clean = loop {
+        crossbeam_channel::select! {
+            recv(done_rx) -> clean => break clean.unwrap_or(false),
+            recv(signals) -> again => if let Ok(again) = again {
+                shards::warn!(
+                    "{again:?} received again while draining: ignored; in-flight requests \
+                     have until the grace period ends ({}s)",
+                    grace.as_secs()
+                );
+            },
+        }
+    };
+    let _ = control.join();
     if clean {
         for t in threads {
             let _ = t.join();
@@ -169,4 +179,30 @@ fn run(cli: Cli) -> Result<(), String> {
     shards::info!("stopped");
     std::thread::sleep(LOG_FLUSH_PAUSE);
     Ok(())
+}
+
+/// Waits for the control core's start-up (the first healthy worker); SIGINT or SIGTERM
+/// meanwhile stops at once (None). SIGHUP then is noted: the worker list file is read
+/// at start anyway.
+fn wait_for_start(
+    started: &crossbeam_channel::Receiver<Result<control::Started, String>>,
+    signals: &crossbeam_channel::Receiver<Signal>,
+) -> Result<Option<control::Started>, String> {
+    loop {
+        crossbeam_channel::select! {
+            recv(started) -> r => {
+                let r = r.map_err(|_| "the control core stopped during start-up".to_string())?;
+                return r.map(Some);
+            }
+            recv(signals) -> s => match s {
+                Ok(Signal::SIGHUP) => shards::info!("SIGHUP during start-up: nothing to reload yet"),
+                Ok(s) => {
+                    shards::info!("{s:?} during start-up: stopping");
+                    std::thread::sleep(LOG_FLUSH_PAUSE);
+                    return Ok(None);
+                }
+                Err(_) => return Err("the signal thread stopped".to_string()),
+            },
+        }
+    }
 }

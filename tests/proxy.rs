@@ -541,9 +541,38 @@ fn sigterm_lets_a_running_stream_finish_then_exits() {
     r.signal("TERM");
     // The idle connection is closed, the stream runs to its end.
     assert!(idle.is_closed());
+    // A second signal (`timeout -s TERM` and some supervisors send two) is logged and
+    // changes nothing: the stream still finishes and the exit is clean.
+    r.signal("TERM");
     let done = c.read_until(b"data: [DONE]");
     assert!(done.elapsed() < Duration::from_secs(1));
     let status = r.child.wait().unwrap();
     assert!(status.success(), "router exited with {status}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", r.port)).is_err());
+    let log = r.stop_and_log();
+    assert!(log.contains("received again while draining"), "{log}");
+}
+
+#[test]
+fn sigint_during_the_start_up_wait_stops_at_once() {
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(router_bin())
+        .args(["--port", "0", "--prometheus-port", "0", "--policy", "random"])
+        .args(["--worker-urls", &dead, "--worker-startup-check-interval", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = StderrLog::start(&mut child);
+    log.wait_for("waiting for a healthy worker", &mut child, "vllm-router");
+    let sent = std::time::Instant::now();
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let exited = eventually(Duration::from_secs(5), || {
+        child.try_wait().unwrap().is_some()
+    });
+    assert!(exited, "still waiting {:?} after SIGINT\n{}", sent.elapsed(), log.text());
+    assert!(child.wait().unwrap().success());
+    assert!(log.text().contains("SIGINT during start-up: stopping"));
 }

@@ -574,3 +574,35 @@ fn wait_queued(r: &Router, n: u32) {
         queued()
     );
 }
+
+#[test]
+fn a_declared_body_length_reserves_no_memory_before_the_bytes_arrive() {
+    // Under an address-space limit, reserving what clients merely declare (512 MiB
+    // each here) fails, and a failed allocation aborts the whole process.
+    let w = mock(&[]);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", "ulimit -v 1400000 && exec \"$0\" \"$@\""])
+        .arg(router_bin())
+        .args([
+            "--policy",
+            "round_robin",
+            "--shards",
+            "1",
+            "--worker-urls",
+            &w.url(),
+        ]);
+    let mut r = start_router(cmd);
+    let declared = 512 * 1024 * 1024 - 1;
+    let mut clients: Vec<Conn> = (0..3)
+        .map(|_| {
+            let mut c = Conn::open(r.port);
+            c.send(format!("POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n\r\n{{").as_bytes());
+            c
+        })
+        .collect();
+    // A normal request still gets through, so the shard is alive and took the three.
+    let resp = chat(r.port, &[]);
+    assert_eq!(resp.status, 200, "{}", r.stop_and_log());
+    assert!(r.child.try_wait().unwrap().is_none(), "the router died");
+    clients.clear();
+}

@@ -9,6 +9,13 @@ use crate::codec::limits::READ_BUFFER_BYTES;
 use crate::deadline::Deadline;
 use futures_lite::AsyncWriteExt;
 
+/// Most of a body reserved before its bytes arrive. A declared length is a claim, not
+/// bytes: reserving it whole let a client make a shard reserve `--max-payload-size`
+/// per connection without sending anything, and a failed allocation aborts the whole
+/// process. Beyond this the buffer grows as bytes arrive (doubling, so copies stay
+/// amortized).
+const MAX_BODY_RESERVE_BYTES: u64 = READ_BUFFER_BYTES as u64;
+
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
@@ -81,7 +88,7 @@ pub async fn read_body(
     out.clear();
     let mut decoder = BodyDecoder::new(c.head.framing);
     if let BodyFraming::Length(n) = c.head.framing {
-        out.reserve(n.min(max) as usize);
+        out.reserve(n.min(max).min(MAX_BODY_RESERVE_BYTES) as usize);
     }
     let mut wait = BodyWait::default();
     loop {
