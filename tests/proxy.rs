@@ -557,13 +557,27 @@ fn sigterm_lets_a_running_stream_finish_then_exits() {
 fn sigint_during_the_start_up_wait_stops_at_once() {
     let dead = format!("http://127.0.0.1:{}", free_port());
     let mut child = std::process::Command::new(router_bin())
-        .args(["--port", "0", "--prometheus-port", "0", "--policy", "random"])
-        .args(["--worker-urls", &dead, "--worker-startup-check-interval", "1"])
+        .args([
+            "--port",
+            "0",
+            "--prometheus-port",
+            "0",
+            "--policy",
+            "random",
+        ])
+        .args([
+            "--worker-urls",
+            &dead,
+            "--worker-startup-check-interval",
+            "1",
+        ])
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut log = StderrLog::start(&mut child);
-    log.wait_for("waiting for a healthy worker", &mut child, "vllm-router");
+    // The wait names the worker and why it is not healthy, at the first check.
+    let line = log.wait_for("waiting for a healthy worker", &mut child, "vllm-router");
+    assert!(line.contains(&dead) && line.contains("refused"), "{line}");
     let sent = std::time::Instant::now();
     std::process::Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -572,7 +586,12 @@ fn sigint_during_the_start_up_wait_stops_at_once() {
     let exited = eventually(Duration::from_secs(5), || {
         child.try_wait().unwrap().is_some()
     });
-    assert!(exited, "still waiting {:?} after SIGINT\n{}", sent.elapsed(), log.text());
+    assert!(
+        exited,
+        "still waiting {:?} after SIGINT\n{}",
+        sent.elapsed(),
+        log.text()
+    );
     assert!(child.wait().unwrap().success());
     assert!(log.text().contains("SIGINT during start-up: stopping"));
 }

@@ -46,20 +46,22 @@ pub async fn startup_wait(
                 metrics: config.prometheus,
             });
         }
+        // Every worker with its reason: a mistyped URL shows at the first check.
+        let why = results
+            .into_iter()
+            .map(|(b, r)| format!("{b}: {}", r.err().unwrap_or_default()))
+            .collect::<Vec<String>>()
+            .join("; ");
         if Instant::now() + config.startup_interval > deadline {
-            let why: Vec<String> = results
-                .into_iter()
-                .map(|(b, r)| format!("{b}: {}", r.err().unwrap_or_default()))
-                .collect();
             return Err(format!(
-                "no worker became healthy within {}s ({})",
+                "no worker became healthy within {}s ({why})",
                 config.startup_timeout.as_secs(),
-                why.join("; ")
             ));
         }
-        shards::info!(
-            "waiting for a healthy worker; next check in {}s",
-            config.startup_interval.as_secs()
+        shards::warn!(
+            "waiting for a healthy worker ({why}); next check in {}s, giving up in {}s",
+            config.startup_interval.as_secs(),
+            deadline.saturating_duration_since(Instant::now()).as_secs()
         );
         tokio::time::sleep(config.startup_interval).await;
     }
