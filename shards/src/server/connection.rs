@@ -11,7 +11,6 @@ use crate::deadline::Deadline;
 use crate::errors::write_error;
 use crate::io::ReadBuf;
 use crate::shard::Shard;
-use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use std::rc::Rc;
@@ -137,26 +136,13 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
                 shard.deadlines.start(cfg.header_read_timeout, false)
             }
         });
-        let read = async {
-            match c
-                .rbuf
-                .read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES + 1)
-                .await
-            {
-                Ok(0) | Err(_) => Some(HeadRead::Closed),
-                Ok(_) => None,
-            }
-        };
-        let expired = async {
-            (&mut *timer).await;
-            Some(if idle {
-                HeadRead::Closed
-            } else {
-                HeadRead::TimedOut
-            })
-        };
-        if let Some(end) = or(read, expired).await {
-            return end;
+        let read = c.rbuf.read_from(&mut c.stream, MAX_REQUEST_HEAD_BYTES + 1);
+        match timer.bound(read).await {
+            Some(Ok(0)) | Some(Err(_)) => return HeadRead::Closed,
+            Some(Ok(_)) => {}
+            // An idle wait that ran out is a clean end; a head that stalled is not.
+            None if idle => return HeadRead::Closed,
+            None => return HeadRead::TimedOut,
         }
         if idle {
             // First bytes of a new head: the slowloris clock starts now.
