@@ -83,6 +83,32 @@ pub struct CacheAware {
     pub misses: u64,
 }
 
+/// The routable workers' loads, gathered in one pass per decision for the imbalance
+/// guard, placement's cap and the new-conversation cap.
+struct Loads {
+    min: u32,
+    max: u32,
+    total: u64,
+}
+
+impl Loads {
+    fn of(workers: &PoolView<'_>) -> Loads {
+        let init = Loads {
+            min: u32::MAX,
+            max: 0,
+            total: 0,
+        };
+        workers
+            .routable()
+            .map(Worker::load)
+            .fold(init, |l, w| Loads {
+                min: l.min.min(w),
+                max: l.max.max(w),
+                total: l.total + u64::from(w),
+            })
+    }
+}
+
 /// A worker that may take the request, and what it would cost.
 #[derive(Clone, Copy)]
 struct Candidate<'a> {
@@ -135,11 +161,9 @@ impl CacheAware {
         })
     }
 
-    fn imbalanced(&self, workers: &PoolView<'_>) -> bool {
-        let loads = workers.routable().map(Worker::load);
-        let (min, max) = loads.fold((u32::MAX, 0), |(lo, hi), l| (lo.min(l), hi.max(l)));
-        max - min > self.cfg.balance_abs_threshold
-            && f64::from(max) > f64::from(min) * self.cfg.balance_rel_threshold
+    fn imbalanced(&self, loads: &Loads) -> bool {
+        loads.max - loads.min > self.cfg.balance_abs_threshold
+            && f64::from(loads.max) > f64::from(loads.min) * self.cfg.balance_rel_threshold
     }
 
     /// The cheapest of the matching workers, the prefix's placement and the least
@@ -149,8 +173,9 @@ impl CacheAware {
         workers: &PoolView<'a>,
         len: usize,
         key: u64,
+        loads: &Loads,
     ) -> Option<Candidate<'a>> {
-        let placed = self.placement.place(key, workers)?;
+        let placed = self.placement.place(key, workers, loads.total)?;
         let text = &self.text.as_bytes()[..len];
         let shared = self.tree.matches(text, &mut self.matches);
         let threshold = self.cfg.cache_threshold * len as f64;
@@ -174,19 +199,22 @@ impl CacheAware {
         // a cold prefix too) skips workers over the tight cap.
         let new_conversation = self.matches.iter().all(|(_, m)| *m <= shared);
         let n = workers.routable_count() as f64;
-        let total: f64 = workers.routable().map(|w| f64::from(w.load())).sum();
-        let cap = ((total + 1.0) / n).ceil() + NEW_CONVERSATION_SLACK;
+        let cap = ((loads.total as f64 + 1.0) / n).ceil() + NEW_CONVERSATION_SLACK;
         let allowed = |w: &Worker| !new_conversation || f64::from(w.load()) < cap;
-        let idle = self.least_loaded(workers, key)?;
         // A cold prefix goes where placement puts it (the same worker everywhere); the
         // least loaded worker competes only with workers that already hold the prefix.
         let warm = !self.matches.is_empty();
+        let idle = if warm {
+            self.least_loaded(workers, key)
+        } else {
+            None
+        };
         let others = self
             .matches
             .iter()
             .filter_map(|(id, m)| Some((workers.routable_get(*id)?, *m)));
         let candidates = std::iter::once(placed)
-            .chain(warm.then_some(idle))
+            .chain(idle)
             .map(|w| (w, matched_on(w.spec.id)))
             .chain(others)
             .filter(|(w, _)| allowed(w));
@@ -197,8 +225,12 @@ impl CacheAware {
                 best = Some(c);
             }
         }
+        if best.is_some() {
+            return best;
+        }
         // Every candidate over the cap: the least loaded of all.
-        best.or_else(|| Some(self.candidate(idle, matched_on(idle.spec.id), len, key)))
+        let idle = idle.or_else(|| self.least_loaded(workers, key))?;
+        Some(self.candidate(idle, matched_on(idle.spec.id), len, key))
     }
 
     fn insert(&mut self, worker: WorkerId, text_len: usize) {
@@ -254,11 +286,12 @@ impl Policy for CacheAware {
         if len == 0 {
             return self.least_loaded(workers, key).map(|w| w.spec.id);
         }
-        let chosen = if self.imbalanced(workers) {
+        let loads = Loads::of(workers);
+        let chosen = if self.imbalanced(&loads) {
             self.misses += 1;
             self.least_loaded(workers, key)?.spec.id
         } else {
-            let best = self.cheapest(workers, len, key)?;
+            let best = self.cheapest(workers, len, key, &loads)?;
             if best.matched > 0 {
                 self.hits += 1;
             } else {

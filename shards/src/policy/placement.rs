@@ -56,15 +56,16 @@ impl Rendezvous {
     }
 
     /// Where `key` goes: of its two best-ranked routable workers under the load cap,
-    /// the second only when it has [`CHOICE_MARGIN`] fewer requests in flight. Two choices, because with a few
-    /// prefixes per worker one choice leaves some workers with three system prompts
-    /// and others with one. None when there is no routable worker.
-    pub fn place<'a>(&self, key: u64, workers: &PoolView<'a>) -> Option<&'a Worker> {
+    /// the second only when it has [`CHOICE_MARGIN`] fewer requests in flight. Two
+    /// choices, because with a few prefixes per worker one choice leaves some workers
+    /// with three system prompts and others with one. `total` is the routable
+    /// workers' load, which the caller sums anyway. None when there is no routable
+    /// worker.
+    pub fn place<'a>(&self, key: u64, workers: &PoolView<'a>, total: u64) -> Option<&'a Worker> {
         let n = workers.routable_count();
         if n == 0 {
             return None;
         }
-        let total: u64 = workers.routable().map(|w| u64::from(w.load())).sum();
         let cap = (LOAD_CAP_FACTOR * (total + 1) as f64 / n as f64).ceil() as u64 + LOAD_CAP_SLACK;
         let mut top: [Option<(&'a Worker, u64)>; 2] = [None, None];
         for w in workers.routable().filter(|w| u64::from(w.load()) < cap) {
@@ -100,16 +101,18 @@ mod tests {
     use crate::state::test_workers;
     use crate::worker::WorkerRole;
 
+    fn place_in<'a>(r: &Rendezvous, v: &PoolView<'a>, key: u64) -> &'a Worker {
+        let total = v.routable().map(|w| u64::from(w.load())).sum();
+        r.place(key, v, total).unwrap()
+    }
+
     #[test]
     fn keys_spread_and_stay_put_when_another_worker_leaves() {
         let mut set = test_workers(4);
         let mut r = Rendezvous::default();
         r.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
         let place = |set: &crate::state::WorkerSet, r: &Rendezvous, k: u64| {
-            r.place(k, &set.view(WorkerRole::Regular, &[]))
-                .unwrap()
-                .spec
-                .id
+            place_in(r, &set.view(WorkerRole::Regular, &[]), k).spec.id
         };
         let before: Vec<WorkerId> = (0..400).map(|k| place(&set, &r, mix(k))).collect();
         let mut counts = [0; 4];
@@ -138,8 +141,8 @@ mod tests {
         ra.on_workers_changed(&a.view(WorkerRole::Regular, &[]));
         rb.on_workers_changed(&b.view(WorkerRole::Regular, &[]));
         for k in 0..100 {
-            let wa = ra.place(mix(k), &a.view(WorkerRole::Regular, &[])).unwrap();
-            let wb = rb.place(mix(k), &b.view(WorkerRole::Regular, &[])).unwrap();
+            let wa = place_in(&ra, &a.view(WorkerRole::Regular, &[]), mix(k));
+            let wb = place_in(&rb, &b.view(WorkerRole::Regular, &[]), mix(k));
             assert_eq!(wa.spec.url, wb.spec.url);
         }
     }
@@ -149,18 +152,10 @@ mod tests {
         let mut set = test_workers(4);
         let mut r = Rendezvous::default();
         r.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
-        let home = r
-            .place(7, &set.view(WorkerRole::Regular, &[]))
-            .unwrap()
-            .spec
-            .id;
+        let home = place_in(&r, &set.view(WorkerRole::Regular, &[]), 7).spec.id;
         // Mean load 8/4 = 2, cap ceil(1.25 * 9 / 4) = 3: the home at 8 is over it.
         set.get_mut(home).unwrap().in_flight = 8;
-        let next = r
-            .place(7, &set.view(WorkerRole::Regular, &[]))
-            .unwrap()
-            .spec
-            .id;
+        let next = place_in(&r, &set.view(WorkerRole::Regular, &[]), 7).spec.id;
         assert_ne!(next, home);
     }
 }
