@@ -127,28 +127,29 @@ fn bridge(
     commands: Receiver<Command>,
 ) -> mpsc::UnboundedReceiver<Event> {
     let (tx, events) = mpsc::unbounded_channel::<Event>();
-    let tx2 = tx.clone();
-    std::thread::Builder::new()
-        .name("control-reports".into())
-        .spawn(move || {
-            for r in reports {
-                if tx.send(Event::Report(r)).is_err() {
-                    break;
-                }
-            }
-        })
-        .expect("spawn report bridge");
-    std::thread::Builder::new()
-        .name("control-commands".into())
-        .spawn(move || {
-            for c in commands {
-                if tx2.send(Event::Command(c)).is_err() {
-                    break;
-                }
-            }
-        })
-        .expect("spawn command bridge");
+    forward("control-reports", reports, tx.clone(), Event::Report);
+    forward("control-commands", commands, tx, Event::Command);
     events
+}
+
+/// A thread that moves what `rx` receives into the runtime's channel, wrapped as an
+/// `Event`, until either side closes.
+fn forward<T: Send + 'static>(
+    name: &str,
+    rx: Receiver<T>,
+    tx: mpsc::UnboundedSender<Event>,
+    wrap: fn(T) -> Event,
+) {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for item in rx {
+                if tx.send(wrap(item)).is_err() {
+                    break;
+                }
+            }
+        })
+        .expect("spawn a control bridge thread");
 }
 
 /// The sockets the control core serves on, bound before anything else starts.
