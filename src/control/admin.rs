@@ -198,31 +198,27 @@ pub async fn add_worker(
     url: &str,
     require_healthy: bool,
 ) -> Result<bool, AddError> {
-    let probe_cfg = {
-        let s = state.borrow();
-        if s.registry.contains(url) {
-            let base = url.trim_end_matches('/');
-            return Err(AddError::Invalid(format!(
-                "worker {base} is already registered"
-            )));
-        }
-        s.probe.clone()
+    // Registered (resolved once, here on the control core) before the probe, so a
+    // second add of the same URL meanwhile is refused; out of rotation until then.
+    let (first, probe_cfg) = {
+        let mut s = state.borrow_mut();
+        let specs = s
+            .registry
+            .add_role(url, WorkerRole::Regular)
+            .map_err(AddError::Invalid)?;
+        (specs[0].clone(), s.probe.clone())
     };
-    // Resolved here, on the control core: the probe needs the address.
-    let target = super::registry::resolve(url, 1, &mut 0).map_err(AddError::Invalid)?;
-    let probe = super::health::probe(target[0].addr, &target[0].authority, &probe_cfg).await;
+    let probe = super::health::probe(first.addr, &first.authority, &probe_cfg).await;
     if let Err(why) = &probe {
         if require_healthy {
+            state.borrow_mut().registry.remove(url);
             return Err(AddError::Unhealthy(format!(
                 "worker {url} is not healthy: {why}"
             )));
         }
     }
     let healthy = probe.is_ok();
-    state
-        .borrow_mut()
-        .add_worker(url, WorkerRole::Regular, healthy, None)
-        .map_err(AddError::Invalid)?;
+    state.borrow_mut().publish(url, healthy, None);
     Ok(healthy)
 }
 

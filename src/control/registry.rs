@@ -179,12 +179,6 @@ impl Registry {
         ids
     }
 
-    /// A worker of this base URL is registered.
-    pub fn contains(&self, url: &str) -> bool {
-        let base = url.trim_end_matches('/');
-        self.workers.iter().any(|w| w.base_url == base)
-    }
-
     /// Distinct base URLs with what a probe needs.
     pub fn bases(&self) -> Vec<(String, SocketAddr, String)> {
         let mut out: Vec<(String, SocketAddr, String)> = Vec::new();

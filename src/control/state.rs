@@ -106,6 +106,12 @@ impl ControlState {
         pd_address: Option<&str>,
     ) -> Result<Vec<WorkerId>, String> {
         self.registry.add_role(url, role)?;
+        Ok(self.publish(url, healthy, pd_address))
+    }
+
+    /// Gives a registered base URL (every rank) the health it is known to have and
+    /// tells the shards; `add_worker`, and the admin API once its probe is back.
+    pub fn publish(&mut self, url: &str, healthy: bool, pd_address: Option<&str>) -> Vec<WorkerId> {
         let base = url.trim_end_matches('/').to_string();
         let mut specs = Vec::new();
         for w in self.registry.of_base(&base) {
@@ -118,7 +124,7 @@ impl ControlState {
         for spec in specs {
             self.broadcast(Delta::Upsert(spec));
         }
-        Ok(ids)
+        ids
     }
 
     /// Removes a base URL (every rank) or one `url@rank` everywhere; in-flight
