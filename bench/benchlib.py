@@ -1,7 +1,14 @@
-"""Helpers shared by the benchmark scripts: ports and process start-up."""
+"""Helpers shared by the benchmark scripts: ports, process start-up, where the release
+binaries are."""
+import os
 import socket
 import sys
 import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# cargo puts its output under CARGO_TARGET_DIR when set (relative to where cargo ran).
+RELEASE = os.path.join(os.path.abspath(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")),
+                       "release")
 
 
 def free_port():

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from benchlib import free_port, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target/release")
+from benchlib import RELEASE as REL  # noqa: E402
 
 
 def main():

@@ -19,7 +19,7 @@ import argparse, http.client, json, os, random, statistics, subprocess, sys, tem
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from benchlib import free_port, wait_port  # noqa: E402
+from benchlib import RELEASE, free_port, wait_port  # noqa: E402
 
 DEFAULT_PUBLISHED = os.path.join(ROOT, "target/published-venv/bin/vllm-router")
 
@@ -179,7 +179,7 @@ def main():
     ap.add_argument("--prefill-us-per-block", type=int, default=300)
     ap.add_argument("--token-delay-us", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--bin", default=os.path.join(ROOT, "target/release"))
+    ap.add_argument("--bin", default=RELEASE)
     ap.add_argument("--fixed-port", type=int, default=0,
                     help="workers on 127.0.0.2, .3, ... at this port: the same URLs every run")
     ap.add_argument("--json", help="also write the rows here")

@@ -7,12 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace --bins
+bin="${CARGO_TARGET_DIR:-target}/release"
 pids=()
 cleanup() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; }
 trap cleanup EXIT
 if [ $# -eq 0 ]; then
   for port in 8001 8002; do
-    target/release/mock-vllm --port "$port" --token-delay-us 20000 &
+    "$bin/mock-vllm" --port "$port" --token-delay-us 20000 &
     pids+=($!)
   done
   # Let the mocks listen before the router's first health check.
@@ -25,4 +26,4 @@ if [ $# -eq 0 ]; then
   set -- http://127.0.0.1:8001 http://127.0.0.1:8002
 fi
 # shellcheck disable=SC2086
-target/release/vllm-router --worker-startup-check-interval 2 ${ROUTER_ARGS:-} --worker-urls "$@"
+"$bin/vllm-router" --worker-startup-check-interval 2 ${ROUTER_ARGS:-} --worker-urls "$@"

@@ -7,7 +7,7 @@ import argparse, os, re, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from benchlib import free_port, wait_port  # noqa: E402
+from benchlib import RELEASE, free_port, wait_port  # noqa: E402
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--published", default=os.environ.get("PUBLISHED_ROUTER", ""),
                     help="path of the published vllm-router executable")
-    ap.add_argument("--router", default=os.path.join(ROOT, "target/release/vllm-router"))
+    ap.add_argument("--router", default=os.path.join(RELEASE, "vllm-router"))
     ap.add_argument("--baseline-router", default=None,
                     help="another vllm-router build measured alongside (A/B of a change)")
     ap.add_argument("--no-nginx-proxy", action="store_true", help="skip the nginx proxy_pass target")

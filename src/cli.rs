@@ -28,6 +28,10 @@ pub struct Cli {
     /// Largest request body in bytes; larger bodies get 413.
     #[arg(long, default_value_t = 536_870_912)]
     pub max_payload_size: u64,
+    /// Bytes of request bodies one shard may buffer at once, all requests together;
+    /// past it a request gets 503 with Retry-After (ours).
+    #[arg(long, default_value_t = 1_073_741_824)]
+    pub body_buffer_budget_bytes: u64,
     #[arg(long, default_value_t = 1800)]
     pub request_timeout_secs: u64,
     #[arg(long, default_value = "info",
@@ -39,6 +43,16 @@ pub struct Cli {
     /// Sent to workers as `Authorization: Bearer`.
     #[arg(long)]
     pub api_key: Option<String>,
+    /// Admin writes (adding and removing workers, /flush_cache) need
+    /// `Authorization: Bearer KEY`; without it anyone who reaches the port may change
+    /// the worker set. Better set through the environment, out of `ps` (ours).
+    #[arg(long, env = "VLLM_ROUTER_ADMIN_API_KEY", hide_env_values = true)]
+    pub admin_api_key: Option<String>,
+    /// Inference calls need `Authorization: Bearer` with one of these keys (comma- or
+    /// space-separated); health endpoints stay open (ours).
+    #[arg(long, num_args = 1.., value_delimiter = ',',
+          env = "VLLM_ROUTER_CLIENT_API_KEYS", hide_env_values = true)]
+    pub client_api_key: Vec<String>,
     #[arg(long, num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
     /// Data-plane shards (one glommio executor pinned per CPU). Default: the CPUs in

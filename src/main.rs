@@ -9,7 +9,7 @@ mod settings;
 mod signals;
 
 use cli::Cli;
-use control::{Command, ControlCore};
+use control::{Command, ControlCore, StartUp};
 use nix::sys::signal::Signal;
 use shards::log::Level;
 use std::process::ExitCode;
@@ -83,13 +83,14 @@ fn run(cli: Cli) -> Result<(), String> {
             let _ = done_tx.send(clean);
         })
         .map_err(|e| format!("cannot start the control core: {e}"))?;
-    if !worker_urls.is_empty() {
-        shards::info!("checking {} worker(s) before serving", worker_urls.len());
+    // The shards listen once the control core is bound, during the start-up wait too:
+    // `/readiness` and inference calls answer 503 with what it waits for.
+    match next_start_event(&started_rx, &signals)? {
+        Some(StartUp::Bound) => {}
+        Some(StartUp::Failed(e)) => return Err(e),
+        Some(StartUp::Ready(_)) => return Err("the control core started out of order".into()),
+        None => return Ok(()), // interrupted: nothing serves yet, nothing to drain
     }
-    let Some(started) = wait_for_start(&started_rx, &signals)? else {
-        return Ok(()); // interrupted: nothing serves yet, nothing to drain
-    };
-
     let mut threads = Vec::with_capacity(shard_count);
     for (index, shard_end) in shard_ends.into_iter().enumerate() {
         let cpu = cpus.get(index % cpus.len().max(1)).copied();
@@ -97,6 +98,18 @@ fn run(cli: Cli) -> Result<(), String> {
         threads.push(thread);
     }
     drop(reserved); // every shard holds the port now
+    if !worker_urls.is_empty() {
+        shards::info!(
+            "checking {} worker(s) before serving; meanwhile http://{listen} answers 503 and says why",
+            worker_urls.len()
+        );
+    }
+    let started = match next_start_event(&started_rx, &signals)? {
+        Some(StartUp::Ready(started)) => started,
+        Some(StartUp::Failed(e)) => return Err(e),
+        Some(StartUp::Bound) => return Err("the control core started out of order".into()),
+        None => return Ok(()), // interrupted during the wait: nothing was served
+    };
     let prometheus = started.metrics;
 
     let cpu_list: Vec<String> = cpus
@@ -110,6 +123,12 @@ fn run(cli: Cli) -> Result<(), String> {
         cpu_list.join(","),
         policy.name()
     );
+    if config.access.admin.is_none() && !listen.ip().is_loopback() {
+        shards::warn!(
+            "the admin API is open to anyone who reaches {listen}: POST /add_worker can send \
+             traffic anywhere; set --admin-api-key (or VLLM_ROUTER_ADMIN_API_KEY)"
+        );
+    }
     if started.workers.is_empty() {
         shards::warn!("no workers configured: add them with POST /add_worker?url=...");
     }
@@ -181,18 +200,17 @@ fn run(cli: Cli) -> Result<(), String> {
     Ok(())
 }
 
-/// Waits for the control core's start-up (the first healthy worker); SIGINT or SIGTERM
-/// meanwhile stops at once (None). SIGHUP then is noted: the worker list file is read
-/// at start anyway.
-fn wait_for_start(
-    started: &crossbeam_channel::Receiver<Result<control::Started, String>>,
+/// The control core's next start-up event; SIGINT or SIGTERM meanwhile stops at once
+/// (None). SIGHUP then is noted: the worker list file is read at start anyway.
+fn next_start_event(
+    started: &crossbeam_channel::Receiver<StartUp>,
     signals: &crossbeam_channel::Receiver<Signal>,
-) -> Result<Option<control::Started>, String> {
+) -> Result<Option<StartUp>, String> {
     loop {
         crossbeam_channel::select! {
             recv(started) -> r => {
                 let r = r.map_err(|_| "the control core stopped during start-up".to_string())?;
-                return r.map(Some);
+                return Ok(Some(r));
             }
             recv(signals) -> s => match s {
                 Ok(Signal::SIGHUP) => shards::info!("SIGHUP during start-up: nothing to reload yet"),

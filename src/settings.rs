@@ -28,7 +28,14 @@ impl Settings {
         let reserved = shards::reserve_port(resolve_listen(&cli.host, cli.port)?)?;
         let pools = Pools::from_cli(cli)?;
         let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
-        let shard = Arc::new(shard_config(cli, shard_count, reserved.addr, policy));
+        let access = access_keys(cli)?;
+        let shard = Arc::new(shard_config(
+            cli,
+            shard_count,
+            reserved.addr,
+            policy,
+            access,
+        ));
         let control = ControlConfig {
             worker_urls: pools.regular,
             prefill_urls: pools.prefill,
@@ -131,6 +138,7 @@ fn shard_config(
     shard_count: usize,
     listen: SocketAddr,
     policy: PolicyKind,
+    access: shards::AccessKeys,
 ) -> ShardConfig {
     let request_id_headers = if cli.request_id_headers.is_empty() {
         shards::DEFAULT_REQUEST_ID_HEADERS
@@ -147,6 +155,7 @@ fn shard_config(
     ShardConfig {
         listen,
         max_payload_bytes: cli.max_payload_size,
+        body_budget_bytes: cli.body_buffer_budget_bytes,
         request_timeout: secs(cli.request_timeout_secs),
         connect_timeout: secs(cli.connect_timeout_secs),
         head_timeout: secs(cli.upstream_head_timeout_secs),
@@ -189,9 +198,27 @@ fn shard_config(
             },
         },
         api_key: cli.api_key.clone(),
+        access,
         request_id_headers,
         admin_timeout: secs(cli.health_check_timeout_secs) + ADMIN_MARGIN,
     }
+}
+
+/// `--admin-api-key` and `--client-api-key`; an empty key would let anyone in, so it
+/// is refused.
+fn access_keys(cli: &Cli) -> Result<shards::AccessKeys, String> {
+    let admin = cli.admin_api_key.as_deref().map(str::trim);
+    if admin == Some("") {
+        return Err("--admin-api-key (or VLLM_ROUTER_ADMIN_API_KEY) is empty".into());
+    }
+    let clients: Vec<&str> = cli.client_api_key.iter().map(|k| k.trim()).collect();
+    if clients.iter().any(|k| k.is_empty()) {
+        return Err("--client-api-key (or VLLM_ROUTER_CLIENT_API_KEYS) has an empty key".into());
+    }
+    Ok(shards::AccessKeys {
+        admin: admin.map(|k| k.as_bytes().to_vec()),
+        clients: clients.iter().map(|k| k.as_bytes().to_vec()).collect(),
+    })
 }
 
 /// `--service-discovery` and its selectors, checked.

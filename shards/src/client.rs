@@ -2,7 +2,7 @@
 //! buffers, the parsed head and what the current request produced.
 
 use crate::codec::request::RequestHead;
-use crate::errors::write_error;
+use crate::errors::write_error_with;
 use crate::io::ReadBuf;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -49,17 +49,29 @@ impl Client {
     /// Writes an error answer. Returns false: after an error the connection closes
     /// unless `keep` says the request was fully read.
     pub async fn send_error(&mut self, status: u16, message: &str, keep: bool) -> bool {
+        self.send_error_with(status, message, keep, &[]).await
+    }
+
+    /// [`Client::send_error`] with extra headers.
+    pub async fn send_error_with(
+        &mut self,
+        status: u16,
+        message: &str,
+        keep: bool,
+        headers: &[(&[u8], &[u8])],
+    ) -> bool {
         let keep = keep && self.head.keep_alive;
         self.outcome.status = status;
         self.outcome.error = Some(crate::errors::metric_error_type(status));
         self.outcome.first_byte.get_or_insert_with(Instant::now);
         self.out.clear(); // may hold a request staged for a worker
-        write_error(
+        write_error_with(
             &mut self.out,
             self.head.minor_version,
             status,
             message,
             !keep,
+            headers,
         );
         self.flush_out().await.is_ok() && keep
     }

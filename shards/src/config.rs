@@ -39,6 +39,30 @@ pub struct ShardConfig {
     pub request_id_headers: Vec<String>,
     /// Longest wait for the control core to answer an admin call.
     pub admin_timeout: Duration,
+    /// Bytes of request bodies one shard may hold buffered at once.
+    pub body_budget_bytes: u64,
+    /// Who may use the router (`--admin-api-key`, `--client-api-key`).
+    pub access: AccessKeys,
+}
+
+/// Bearer tokens the router itself checks (not `api_key`, which it sends to workers).
+/// Empty: open, as in the published router.
+#[derive(Clone, Default)]
+pub struct AccessKeys {
+    /// Needed for admin writes.
+    pub admin: Option<Vec<u8>>,
+    /// One of them is needed for inference calls.
+    pub clients: Vec<Vec<u8>>,
+}
+
+/// Keys never reach a log line, even at debug.
+impl std::fmt::Debug for AccessKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessKeys")
+            .field("admin", &self.admin.is_some())
+            .field("clients", &self.clients.len())
+            .finish()
+    }
 }
 
 /// `--prefill-policy` and `--decode-policy` (each defaults to `--policy`).

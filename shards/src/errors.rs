@@ -7,6 +7,7 @@ use crate::codec::encode;
 pub fn error_type(status: u16) -> &'static str {
     match status {
         400 | 404 | 405 | 413 | 414 | 431 => "invalid_request_error",
+        401 => "authentication_error",
         408 | 504 => "timeout_error",
         429 => "rate_limit_error",
         502 => "bad_gateway",
@@ -19,6 +20,7 @@ pub fn error_type(status: u16) -> &'static str {
 pub fn metric_error_type(status: u16) -> &'static str {
     match status {
         400 | 414 | 431 => "bad_request",
+        401 => "unauthorized",
         408 => "request_timeout",
         413 => "payload_too_large",
         429 => "queue_full",
@@ -31,6 +33,18 @@ pub fn metric_error_type(status: u16) -> &'static str {
 
 /// Writes a whole error response into `out`. `close` adds `Connection: close`.
 pub fn write_error(out: &mut Vec<u8>, minor: u8, status: u16, message: &str, close: bool) {
+    write_error_with(out, minor, status, message, close, &[]);
+}
+
+/// [`write_error`] with extra headers (`WWW-Authenticate` on a 401, say).
+pub fn write_error_with(
+    out: &mut Vec<u8>,
+    minor: u8,
+    status: u16,
+    message: &str,
+    close: bool,
+    headers: &[(&[u8], &[u8])],
+) {
     let body = serde_json::json!({
         "error": {
             "message": message,
@@ -41,6 +55,9 @@ pub fn write_error(out: &mut Vec<u8>, minor: u8, status: u16, message: &str, clo
     .to_string();
     encode::status_line(out, minor, status, b"");
     encode::header(out, b"content-type", b"application/json");
+    for (name, value) in headers {
+        encode::header(out, name, value);
+    }
     encode::content_length(out, body.len() as u64);
     if close {
         encode::header(out, b"connection", b"close");

@@ -18,6 +18,7 @@ pub mod policy;
 
 mod admin_waiters;
 mod admission;
+mod body_budget;
 mod client;
 mod config;
 mod deadline;
@@ -33,7 +34,7 @@ mod shard;
 mod state;
 mod worker;
 
-pub use config::{PdConfig, RetryConfig, ShardConfig};
+pub use config::{AccessKeys, PdConfig, RetryConfig, ShardConfig};
 pub use errors::error_type;
 pub use io::ReadBuf;
 pub use listen::{reserve_port, Reserved};

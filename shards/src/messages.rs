@@ -24,6 +24,10 @@ pub enum Delta {
     },
     /// Stop accepting, finish what is in flight, then exit the executor.
     Drain,
+    /// The router is in its start-up wait, for this reason (a healthy worker, with
+    /// each unhealthy one and why): `/readiness` and inference calls say so in their
+    /// 503. None once the wait is over.
+    StartupWait(Option<std::sync::Arc<str>>),
     /// Other shards routed these texts to these workers (cache_aware trees). One batch
     /// is shared by every receiving shard.
     CacheInserts(std::sync::Arc<Vec<(WorkerId, std::sync::Arc<str>)>>),
@@ -72,6 +76,9 @@ pub enum Report {
     },
     /// The shard finished draining and its executor is about to exit.
     Drained { shard: usize },
+    /// The shard applied the end of the start-up wait (the worker set before it):
+    /// once every shard has, the router says it serves.
+    StartupWaitOver { shard: usize },
     /// What this shard routed where since its last batch (forwarded to the others).
     CacheInserts {
         shard: usize,

@@ -116,6 +116,8 @@ pub struct ShardMetrics {
     pub shared_inserts: u64,
     /// Requests waiting in this shard's admission queue when the copy was taken.
     pub queued: u64,
+    /// Bytes of request bodies buffered on this shard when the copy was taken.
+    pub buffered_body_bytes: u64,
 }
 
 /// What one finished request adds.
@@ -173,6 +175,7 @@ impl ShardMetrics {
         self.cache_misses += other.cache_misses;
         self.shared_inserts += other.shared_inserts;
         self.queued += other.queued;
+        self.buffered_body_bytes += other.buffered_body_bytes;
     }
 
     pub fn record(&mut self, r: &RequestRecord<'_>) {

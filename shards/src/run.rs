@@ -120,6 +120,7 @@ async fn run_shard(
                 &config.policy_options,
             ))
         }),
+        bodies: crate::body_budget::BodyBudget::new(config.body_budget_bytes),
         config,
         workers: RefCell::new(WorkerSet::default()),
         pool: RefCell::new(Pool::default()),
@@ -133,6 +134,7 @@ async fn run_shard(
         last_loads: RefCell::new(Vec::new()),
         pending_inserts: RefCell::new(Vec::new()),
         admission,
+        starting: RefCell::new(None),
     });
     // Deltas queued before the shard started (the initial worker set) apply first.
     while let Ok(d) = link.rx.try_recv() {

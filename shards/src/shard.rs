@@ -41,6 +41,10 @@ pub struct Shard {
     /// a request never costs a channel wake-up or a doorbell on the other shards.
     pub pending_inserts: RefCell<Vec<(WorkerId, std::sync::Arc<str>)>>,
     pub admission: Admission,
+    /// Request bodies buffered on this shard, together.
+    pub bodies: crate::body_budget::BodyBudget,
+    /// What the start-up wait is waiting for, while it lasts (`Delta::StartupWait`).
+    pub starting: RefCell<Option<Arc<str>>>,
 }
 
 impl Shard {
@@ -82,6 +86,14 @@ impl Shard {
                 self.pool.borrow_mut().forget_worker(*id);
                 self.workers.borrow_mut().remove(*id);
                 self.workers_changed();
+            }
+            Delta::StartupWait(why) => {
+                self.starting.replace(why.clone());
+                if why.is_none() {
+                    let _ = self
+                        .reports
+                        .send(Report::StartupWaitOver { shard: self.index });
+                }
             }
             Delta::Drain => {
                 self.draining.set(true);
@@ -210,6 +222,7 @@ impl Shard {
             m.cache_misses += misses;
         }
         m.queued = self.admission.usage().1 as u64;
+        m.buffered_body_bytes = self.bodies.used();
         let _ = self.reports.send(Report::Metrics {
             shard: self.index,
             metrics: Box::new(m),

@@ -17,6 +17,11 @@ pub async fn startup_wait(
     config: &ControlConfig,
 ) -> Result<Started, String> {
     let deadline = Instant::now() + config.startup_timeout;
+    let count = state.borrow().registry.bases().len();
+    waiting(
+        state,
+        format!("the first health check of {count} worker(s)"),
+    );
     loop {
         let results = probe_all(state).await;
         let any = results.is_empty() || results.iter().any(|(_, r)| r.is_ok());
@@ -34,6 +39,7 @@ pub async fn startup_wait(
                 for spec in specs {
                     s.broadcast(Delta::Upsert(spec));
                 }
+                s.broadcast(Delta::StartupWait(None));
             }
         }
         if any {
@@ -58,13 +64,24 @@ pub async fn startup_wait(
                 config.startup_timeout.as_secs(),
             ));
         }
+        let left = deadline.saturating_duration_since(Instant::now()).as_secs();
         shards::warn!(
-            "waiting for a healthy worker ({why}); next check in {}s, giving up in {}s",
+            "waiting for a healthy worker ({why}); next check in {}s, giving up in {left}s",
             config.startup_interval.as_secs(),
-            deadline.saturating_duration_since(Instant::now()).as_secs()
+        );
+        waiting(
+            state,
+            format!("a healthy worker ({why}); it gives up in {left}s"),
         );
         tokio::time::sleep(config.startup_interval).await;
     }
+}
+
+/// Tells the shards, which listen during the wait, what it waits for.
+fn waiting(state: &Rc<RefCell<ControlState>>, why: String) {
+    state
+        .borrow()
+        .broadcast(Delta::StartupWait(Some(std::sync::Arc::from(why))));
 }
 
 /// Probes every base URL concurrently.

@@ -49,6 +49,16 @@ pub struct ControlConfig {
     pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
+/// What the control core tells the main thread while it starts.
+pub enum StartUp {
+    /// Its sockets are bound and the worker set is queued for the shards: they may
+    /// listen now. The start-up wait goes on; they answer 503 and say why meanwhile.
+    Bound,
+    /// A worker is healthy (or none is configured): the router serves.
+    Ready(Started),
+    Failed(String),
+}
+
 /// What the control core found at start-up.
 pub struct Started {
     /// (url, healthy, why not) per worker.

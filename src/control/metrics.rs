@@ -417,5 +417,12 @@ fn control_families(total: &ShardMetrics, view: &ControlView<'_>) -> Vec<MetricF
         MetricType::GAUGE,
         vec![(vec![], total.queued as f64)],
     ));
+    families.push(family(
+        "vllm_router_buffered_body_bytes",
+        "Bytes of request bodies buffered, all shards (sampled once a second); each shard \
+         may hold --body-buffer-budget-bytes.",
+        MetricType::GAUGE,
+        vec![(vec![], total.buffered_body_bytes as f64)],
+    ));
     families
 }

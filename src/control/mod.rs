@@ -24,7 +24,7 @@ mod state;
 mod status;
 pub mod zmq_discovery;
 
-pub use config::{Command, ControlConfig, Started};
+pub use config::{Command, ControlConfig, StartUp, Started};
 pub use state::ControlState;
 
 use crossbeam_channel::Receiver;
@@ -52,14 +52,16 @@ pub struct ControlCore {
 impl ControlCore {
     /// Runs until shutdown completes. `started` gets the start-up result once the
     /// shards may serve (a worker is healthy, or none is configured).
-    pub fn run(self, started: crossbeam_channel::Sender<Result<Started, String>>) -> bool {
+    pub fn run(self, started: crossbeam_channel::Sender<StartUp>) -> bool {
         let rt = match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
         {
             Ok(rt) => rt,
             Err(e) => {
-                let _ = started.send(Err(format!("cannot start the control runtime: {e}")));
+                let _ = started.send(StartUp::Failed(format!(
+                    "cannot start the control runtime: {e}"
+                )));
                 return false;
             }
         };
@@ -67,7 +69,7 @@ impl ControlCore {
         local.block_on(&rt, self.main(started))
     }
 
-    async fn main(self, started: crossbeam_channel::Sender<Result<Started, String>>) -> bool {
+    async fn main(self, started: crossbeam_channel::Sender<StartUp>) -> bool {
         let ControlCore {
             links,
             reports,
@@ -84,22 +86,27 @@ impl ControlCore {
                 bound
             }
             Err(e) => {
-                let _ = started.send(Err(e));
+                let _ = started.send(StartUp::Failed(e));
                 return false;
             }
         };
         let state = match initial_state(links, &config) {
             Ok(s) => Rc::new(RefCell::new(s)),
             Err(e) => {
-                let _ = started.send(Err(e));
+                let _ = started.send(StartUp::Failed(e));
                 return false;
             }
         };
-        let ready = checks::startup_wait(&state, &config).await;
-        let failed = ready.is_err();
-        let _ = started.send(ready);
-        if failed {
-            return false;
+        let _ = started.send(StartUp::Bound);
+        match checks::startup_wait(&state, &config).await {
+            Ok(ready) => {
+                shards_caught_up(&state, &mut events, config.shards).await;
+                let _ = started.send(StartUp::Ready(ready));
+            }
+            Err(e) => {
+                let _ = started.send(StartUp::Failed(e));
+                return false;
+            }
         }
         spawn_loops(&state, &config, bound);
         while let Some(event) = events.recv().await {
@@ -118,6 +125,42 @@ impl ControlCore {
             }
         }
         true
+    }
+}
+
+/// Longest wait for the shards to apply the end of the start-up wait: they apply
+/// deltas within microseconds; this only bounds a shard that never started.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits until every shard has applied the worker set and the end of the start-up
+/// wait, so that a request sent once the router says it serves finds the workers.
+/// Other reports meanwhile are handled as usual.
+async fn shards_caught_up(
+    state: &Rc<RefCell<ControlState>>,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    shard_count: usize,
+) {
+    let mut over = vec![false; shard_count];
+    let limit = tokio::time::sleep(CATCH_UP_LIMIT);
+    tokio::pin!(limit);
+    while over.iter().any(|o| !o) {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(Event::Report(Report::StartupWaitOver { shard })) => {
+                    if let Some(o) = over.get_mut(shard) {
+                        *o = true;
+                    }
+                }
+                Some(Event::Report(r)) => on_report(state, r),
+                // Nothing asks to stop before the router has said it serves.
+                Some(Event::Command(_)) => {}
+                None => return,
+            },
+            _ = &mut limit => {
+                shards::warn!("a shard did not confirm the worker set within {CATCH_UP_LIMIT:?}");
+                return;
+            }
+        }
     }
 }
 
@@ -281,6 +324,7 @@ fn on_report(state: &Rc<RefCell<ControlState>>, report: Report) {
             }
         }
         Report::Drained { shard } => shards::debug!("shard {shard} drained"),
+        Report::StartupWaitOver { shard } => shards::debug!("shard {shard} serves"),
     }
 }
 

@@ -30,15 +30,19 @@ struct Args {
     /// Measured seconds (after the warm-up).
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Seconds of traffic before measuring starts (connections warm, caches filled).
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
     /// Chat completions (default) or completions.
     #[arg(long, default_value = "chat", value_parser = ["chat", "completions"])]
     api: String,
+    /// Ask for SSE streams (`"stream": true`): time to first token and between tokens.
     #[arg(long)]
     stream: bool,
+    /// `max_tokens` of every request.
     #[arg(long, default_value_t = 16)]
     max_tokens: u32,
+    /// `model` of every request.
     #[arg(long, default_value = "mock-model")]
     model: String,
     /// Prompt length in words: N or MIN-MAX (uniform).
@@ -47,8 +51,10 @@ struct Args {
     /// Multi-turn sessions sharing a system prompt (0: independent requests).
     #[arg(long, default_value_t = 0)]
     sessions: usize,
+    /// Turns per session (each resends the conversation so far).
     #[arg(long, default_value_t = 4)]
     turns: usize,
+    /// Length of the sessions' shared system prompt, in words.
     #[arg(long, default_value_t = 200)]
     system_words: usize,
     /// JSONL workload file (overrides the generated bodies).
@@ -60,6 +66,7 @@ struct Args {
     /// Write a latency-percentile plot (SVG) here.
     #[arg(long)]
     svg: Option<std::path::PathBuf>,
+    /// Seed of the prompt and arrival generator: the same seed, the same requests.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Extra request header `NAME: VALUE`, repeatable (`x-mock-timestamps: 1` makes the
@@ -161,6 +168,15 @@ fn run(a: Args) -> Result<(), String> {
         a.prompt_words
     );
     print!("{}", report::table(&targets, &results));
+    let mut all_failed = Vec::new();
+    for (t, s) in targets.iter().zip(&results.stats) {
+        if !s.first_errors.is_empty() {
+            eprintln!("{}: first failures: {}", t.name, s.first_errors.join("; "));
+        }
+        if s.ok == 0 && s.errors + s.bad_status > 0 {
+            all_failed.push(t.name.clone());
+        }
+    }
     if let Some(path) = &a.json {
         let config = serde_json::json!({
             "mode": mode, "duration_s": a.duration, "warmup_s": a.warmup, "api": a.api,
@@ -173,6 +189,12 @@ fn run(a: Args) -> Result<(), String> {
     }
     if let Some(path) = &a.svg {
         std::fs::write(path, report::svg(&targets, &results)).map_err(|e| e.to_string())?;
+    }
+    if !all_failed.is_empty() {
+        return Err(format!(
+            "every measured request failed at {}",
+            all_failed.join(", ")
+        ));
     }
     Ok(())
 }

@@ -49,7 +49,13 @@ pub struct Stats {
     pub errors: u64,
     /// Answers with a non-2xx status.
     pub bad_status: u64,
+    /// The first few distinct failures, to print: a run where everything failed
+    /// should say why.
+    pub first_errors: Vec<String>,
 }
+
+/// How many distinct failures a target keeps to print.
+const FIRST_ERRORS: usize = 5;
 
 impl Stats {
     fn new() -> Stats {
@@ -62,6 +68,19 @@ impl Stats {
             ok: 0,
             errors: 0,
             bad_status: 0,
+            first_errors: Vec::new(),
+        }
+    }
+
+    /// A request that got no answer.
+    fn fail(&mut self, why: String) {
+        self.errors += 1;
+        self.note(why);
+    }
+
+    fn note(&mut self, why: String) {
+        if self.first_errors.len() < FIRST_ERRORS && !self.first_errors.contains(&why) {
+            self.first_errors.push(why);
         }
     }
 
@@ -69,10 +88,11 @@ impl Stats {
         let us = |a: Instant, b: Instant| b.saturating_duration_since(a).as_micros() as u64;
         if !(200..300).contains(&t.status) {
             self.bad_status += 1;
+            self.note(format!("HTTP status {}", t.status));
             return;
         }
         let (Some(first), Some(end)) = (t.first_token, t.end) else {
-            self.errors += 1;
+            self.fail("the answer ended before a token arrived".into());
             return;
         };
         self.ok += 1;
@@ -152,8 +172,8 @@ async fn run_async(cfg: &RunConfig, workload: Workload) -> std::io::Result<Resul
                     let timings = send(&t, &pools[target], &headers, &request).await;
                     if record {
                         match timings {
-                            Some(tm) => stats[target].borrow_mut().record(due, &tm),
-                            None => stats[target].borrow_mut().errors += 1,
+                            Ok(tm) => stats[target].borrow_mut().record(due, &tm),
+                            Err(why) => stats[target].borrow_mut().fail(why),
                         }
                     }
                 }));
@@ -187,8 +207,8 @@ async fn run_async(cfg: &RunConfig, workload: Workload) -> std::io::Result<Resul
                             let timings = send(&t, &pools[target], &headers, &request).await;
                             if from >= measure_from {
                                 match timings {
-                                    Some(tm) => stats[target].borrow_mut().record(from, &tm),
-                                    None => stats[target].borrow_mut().errors += 1,
+                                    Ok(tm) => stats[target].borrow_mut().record(from, &tm),
+                                    Err(why) => stats[target].borrow_mut().fail(why),
                                 }
                             }
                         }
@@ -220,11 +240,13 @@ async fn send(
     pool: &RefCell<Vec<Connection>>,
     headers: &[(String, String)],
     request: &Request,
-) -> Option<Timings> {
+) -> Result<Timings, String> {
     let pooled = pool.borrow_mut().pop();
     let mut conn = match pooled {
         Some(c) => c,
-        None => Connection::open(t.addr).await.ok()?,
+        None => Connection::open(t.addr)
+            .await
+            .map_err(|e| format!("connect to {}: {e}", t.addr))?,
     };
     let raw = client::post(&t.host, &request.path, headers, &request.body);
     let mut timings = Timings::default();
@@ -233,9 +255,9 @@ async fn send(
             if keep {
                 pool.borrow_mut().push(conn);
             }
-            Some(timings)
+            Ok(timings)
         }
-        Err(_) => None,
+        Err(e) => Err(format!("exchange with {}: {e}", t.addr)),
     }
 }
 

@@ -8,9 +8,15 @@ fuzz_target!(|data: &[u8]| {
     let (mut whole, mut parts) = (Vec::new(), Vec::new());
     let a = ChunkedDecoder::new().decode(data, |b| whole.extend_from_slice(b));
     let mut d = ChunkedDecoder::new();
-    let b = d.decode(&data[..split], |b| parts.extend_from_slice(b)).and_then(|p| {
-        if p.done { Ok(p) } else { d.decode(&data[split..], |b| parts.extend_from_slice(b)) }
-    });
+    let b = d
+        .decode(&data[..split], |b| parts.extend_from_slice(b))
+        .and_then(|p| {
+            if p.done {
+                Ok(p)
+            } else {
+                d.decode(&data[split..], |b| parts.extend_from_slice(b))
+            }
+        });
     if let (Ok(x), Ok(y)) = (a, b) {
         if x.done && y.done {
             assert_eq!(whole, parts);

@@ -41,7 +41,10 @@ pub async fn no_worker(shard: &Shard, c: &mut Client, body_read: bool, role: Wor
         WorkerRole::Prefill => "prefill ",
         WorkerRole::Decode => "decode ",
     };
-    let msg = if open > 0 {
+    let starting = shard.starting.borrow().clone();
+    let msg = if let Some(why) = starting {
+        format!("the router is starting and waits for {why}")
+    } else if open > 0 {
         format!(
             "no {pool}worker is available: {open} of {healthy} healthy {pool}worker(s) \
              have an open circuit breaker after repeated failures"

@@ -22,13 +22,14 @@ use crate::shard::Shard;
 use std::time::Instant;
 
 /// A buffered body larger than this is freed after its request instead of being kept
-/// for the connection's next one.
-const KEEP_BODY_CAPACITY: usize = 1024 * 1024;
+/// for the connection's next one: an idle keep-alive connection should hold little,
+/// and a kept buffer is outside the shard's body budget.
+const KEEP_BODY_CAPACITY: usize = crate::codec::limits::READ_BUFFER_BYTES;
 
 /// Handles one request whose head is in `c.head`. Returns true when the connection
 /// may carry another request.
 pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
-    let max = shard.config.max_payload_bytes;
+    let max = max_body(shard);
     if let BodyFraming::Length(n) = c.head.framing {
         if n > max {
             // Refused before reading it: nothing goes upstream, and the connection
@@ -60,11 +61,19 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
     }
 }
 
+/// The largest body a request may have: `--max-payload-size`, or the shard's whole
+/// body budget when that is smaller.
+fn max_body(shard: &Shard) -> u64 {
+    shard.config.max_payload_bytes.min(shard.bodies.limit())
+}
+
 /// Mode 2.
 async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
     let mut body = std::mem::take(&mut c.body);
-    let max = shard.config.max_payload_bytes;
-    if let Err(e) = read_body(c, &mut body, max, deadline).await {
+    let max = max_body(shard);
+    // Held while the body is: until the answer has ended (a retry replays it).
+    let mut charge = shard.bodies.charge();
+    if let Err(e) = read_body(c, &mut body, max, deadline, &mut charge).await {
         c.body = body;
         let msg = format!("request body exceeds the limit of {max} bytes");
         return e.answer(c, &msg).await;

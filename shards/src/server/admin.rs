@@ -32,7 +32,15 @@ pub async fn answer(shard: &Shard, c: &mut Client) -> bool {
     }
     let mut deadline = shard.deadlines.start(shard.config.admin_timeout, false);
     let mut body = Vec::new();
-    if let Err(e) = read_body(c, &mut body, MAX_ADMIN_BODY_BYTES, &mut deadline).await {
+    let mut charge = shard.bodies.charge();
+    let read = read_body(
+        c,
+        &mut body,
+        MAX_ADMIN_BODY_BYTES,
+        &mut deadline,
+        &mut charge,
+    );
+    if let Err(e) = read.await {
         return e.answer(c, "admin request body too large").await;
     }
     let request = AdminRequest {

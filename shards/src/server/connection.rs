@@ -2,7 +2,7 @@
 //! the connection may be kept alive. Requests are handled one after another, so
 //! pipelined requests are answered in order.
 
-use super::{admin, endpoints};
+use super::{admin, auth, endpoints};
 use crate::client::{Client, Outcome};
 use crate::codec::limits::{MAX_REQUEST_HEAD_BYTES, READ_BUFFER_BYTES};
 use crate::codec::request::{HeadError, RequestHead};
@@ -65,6 +65,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             c.outcome.status = status;
             c.outcome.first_byte = Some(Instant::now());
             c.flush_out().await.is_ok() && !c.head.has_body() && c.head.keep_alive
+        } else if let Some(why) = auth::refusal(
+            &shard.config.access,
+            &c.head,
+            admin::is_admin_path(c.head.path()),
+        ) {
+            auth::refuse(&mut c, why).await
         } else if admin::is_admin_path(c.head.path()) {
             admin::answer(&shard, &mut c).await
         } else {

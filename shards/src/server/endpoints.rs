@@ -12,10 +12,18 @@ pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<u16> {
         return None;
     }
     let ready = shard.ready();
+    let starting;
     let (status, body): (u16, &[u8]) = match c.head.path() {
         b"/liveness" => (200, br#"{"status":"alive"}"#),
         b"/health" | b"/readiness" if ready => (200, br#"{"status":"ready"}"#),
-        b"/health" | b"/readiness" => (503, br#"{"status":"no available workers"}"#),
+        b"/health" | b"/readiness" => match shard.starting.borrow().as_deref() {
+            Some(why) => {
+                starting =
+                    serde_json::json!({"status": "starting", "waiting_for": why}).to_string();
+                (503, starting.as_bytes())
+            }
+            None => (503, br#"{"status":"no available workers"}"#),
+        },
         _ => return None,
     };
     let close = !c.head.keep_alive || c.head.has_body() || shard.draining.get();

@@ -1,6 +1,7 @@
 //! The client side of a shard: accepting connections and reading requests from them.
 
 mod admin;
+mod auth;
 mod connection;
 mod endpoints;
 
