@@ -148,6 +148,50 @@ fn the_port_answers_during_the_start_up_wait_and_says_what_it_waits_for() {
     let _ = child.wait();
 }
 
+#[test]
+fn a_mistyped_worker_can_be_fixed_through_the_admin_api_during_the_wait() {
+    let typo = format!("http://127.0.0.1:{}", free_port());
+    let mut child = Command::new(router_bin())
+        .args(["--port", "0", "--prometheus-port", "0", "--shards", "2"])
+        .args(["--policy", "round_robin", "--worker-urls", &typo])
+        .args(["--worker-startup-check-interval", "1"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = StderrLog::start(&mut child);
+    let line = log.wait_for("answers 503 and says why", &mut child, "vllm-router");
+    let at = line.find("http://").unwrap() + "http://".len();
+    let addr = &line[at..at + line[at..].find(' ').unwrap()];
+    let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+
+    let list = request(port, "GET", "/list_workers", &[], b"");
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert_eq!(list.json()["urls"][0], typo.as_str());
+    let right = mock(&["--name", "right"]);
+    let add = request(
+        port,
+        "POST",
+        &format!("/add_worker?url={}", right.url()),
+        &[],
+        b"",
+    );
+    assert_eq!(add.status, 200, "{}", add.text());
+    let remove = request(
+        port,
+        "POST",
+        &format!("/remove_worker?url={typo}"),
+        &[],
+        b"",
+    );
+    assert_eq!(remove.status, 200, "{}", remove.text());
+    log.wait_for("listening on http://", &mut child, "vllm-router");
+    let resp = post_json(port, "/v1/chat/completions", &chat_body("hi", 1, false));
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.header("x-mock-worker"), Some("right"));
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A chat request whose JSON body is `size` bytes long.
 fn chat_of_size(size: usize) -> Vec<u8> {
     let empty = chat_body("", 1, false).to_string();

@@ -89,7 +89,7 @@ fn docs_cli_lists_every_flag() {
     let (_, help) = run(&["--help"]);
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/cli.md")).unwrap();
     for word in help.split_whitespace() {
-        let flag = word.trim_end_matches(',');
+        let flag = word.trim_end_matches(|c| ",.;:)".contains(c));
         if flag.starts_with("--") && flag.len() > 2 && flag != "--help" && flag != "--version" {
             assert!(
                 doc.contains(&format!("`{flag}")),
@@ -213,4 +213,122 @@ fn log_dir_gets_the_log() {
     }));
     drop(r);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn help_describes_every_flag() {
+    let (_, help) = run(&["--help"]);
+    let lines: Vec<&str> = help.lines().collect();
+    let mut flags = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let t = line.trim_start();
+        if !t.starts_with("--") {
+            continue;
+        }
+        flags += 1;
+        // Short help puts the text after the flag; long help on the next line.
+        let inline = t.split_once("  ").map(|(_, d)| d.trim()).unwrap_or("");
+        let below = lines.get(i + 1).map_or("", |l| l.trim());
+        let text = if inline.is_empty() && !below.starts_with("--") {
+            below
+        } else {
+            inline
+        };
+        assert!(
+            !text.is_empty() && !text.starts_with('['),
+            "{t} has no description in --help"
+        );
+    }
+    assert!(flags > 70, "only {flags} flags in --help:\n{help}");
+}
+
+/// A line of the 0.1.17 flag list, run to where the router either starts (it then
+/// fails its start-up wait on a dead worker) or refuses the flag by name.
+fn try_published_flags(line: &str, log_dir: &str) -> Result<&'static str, String> {
+    let mut args: Vec<String> = line
+        .split_whitespace()
+        .map(|a| a.replace("LOGDIR", log_dir))
+        .collect();
+    let has = |args: &[String], f: &str| args.iter().any(|a| a == f);
+    for (flag, value) in [
+        ("--port", "0"),
+        ("--prometheus-port", "0"),
+        ("--worker-startup-timeout-secs", "1"),
+        ("--worker-startup-check-interval", "1"),
+        ("--shards", "1"),
+    ] {
+        if !has(&args, flag) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    let pools = ["--worker-urls", "--prefill", "--service-discovery"];
+    if !pools.iter().any(|f| has(&args, f)) && !has(&args, "--vllm-discovery-address") {
+        args.extend(["--worker-urls".into(), "http://127.0.0.1:1".into()]);
+    }
+    let mut child = Command::new(router_bin())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Discovery modes without workers serve (and wait) instead of failing: started.
+    let exited = eventually(std::time::Duration::from_secs(15), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let named = line
+        .split_whitespace()
+        .filter(|a| a.starts_with("--"))
+        .any(|f| text.contains(&format!("{f} ")));
+    if out.status.code() == Some(2) {
+        return if text.contains("not supported yet") && named {
+            Ok("refused")
+        } else {
+            Err(format!("{line}: exit 2 without a refusal by name:\n{text}"))
+        };
+    }
+    if text.contains("unexpected argument") || text.contains("invalid value") {
+        return Err(format!("{line}: not parsed:\n{text}"));
+    }
+    Ok("built")
+}
+
+#[test]
+fn every_flag_of_0_1_17_is_built_or_refused_by_name() {
+    let list = include_str!("data/published-0.1.17-flags.txt");
+    let dir = std::env::temp_dir().join(format!("vr-flags-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = dir.to_str().unwrap().to_string();
+    let lines: Vec<&str> = list
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .collect();
+    let results: Vec<Result<&str, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = lines
+            .chunks(8)
+            .map(|chunk| {
+                let dir = dir.clone();
+                s.spawn(move || {
+                    chunk
+                        .iter()
+                        .map(|l| try_published_flags(l, &dir))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(failures.is_empty(), "{failures:#?}");
+    let refused = results.iter().filter(|r| r == &&Ok("refused")).count();
+    assert!(refused > 0 && refused < lines.len());
 }

@@ -98,7 +98,7 @@ impl ControlCore {
             }
         };
         let _ = started.send(StartUp::Bound);
-        match checks::startup_wait(&state, &config).await {
+        match wait_serving_reports(&state, &mut events, &config).await {
             Ok(ready) => {
                 shards_caught_up(&state, &mut events, config.shards).await;
                 let _ = started.send(StartUp::Ready(ready));
@@ -125,6 +125,28 @@ impl ControlCore {
             }
         }
         true
+    }
+}
+
+/// The start-up wait, while admin calls and other reports are served: an operator can
+/// list the workers or fix a mistyped URL through the admin API meanwhile.
+async fn wait_serving_reports(
+    state: &Rc<RefCell<ControlState>>,
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    config: &ControlConfig,
+) -> Result<Started, String> {
+    let wait = checks::startup_wait(state, config);
+    tokio::pin!(wait);
+    loop {
+        tokio::select! {
+            ready = &mut wait => return ready,
+            event = events.recv() => match event {
+                Some(Event::Report(r)) => on_report(state, r),
+                // The main thread sends commands only once the router serves.
+                Some(Event::Command(_)) => {}
+                None => return Err("the control core lost its event channels".into()),
+            },
+        }
     }
 }
 

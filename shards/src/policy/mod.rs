@@ -74,7 +74,7 @@ impl Default for CacheAwareConfig {
             cache_threshold: 0.3,
             balance_abs_threshold: 64,
             balance_rel_threshold: 1.5,
-            max_tree_size: 67_108_864,
+            max_tree_size: 33_554_432,
         }
     }
 }

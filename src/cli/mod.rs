@@ -1,16 +1,24 @@
 //! The command line: the published vllm-router's flag set (docs/cli.md), with its
 //! defaults and value shapes, plus `--shards` and `--shutdown-grace-period-secs`.
 
-use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser};
+use clap::{CommandFactory, FromArgMatches, Parser};
 use std::path::PathBuf;
 
-const POLICIES: [&str; 5] = [
+mod published;
+mod refusals;
+
+pub use published::PublishedFlags;
+
+/// The policy names 0.1.17 accepts; `kv_aware` and `sticky_least_loaded` are refused
+/// at start by name until they are built (`refusals`).
+const POLICIES: [&str; 7] = [
     "round_robin",
     "random",
     "consistent_hash",
     "power_of_two",
     "cache_aware",
+    "kv_aware",
+    "sticky_least_loaded",
 ];
 
 #[derive(Parser, Debug, Clone)]
@@ -21,8 +29,10 @@ const POLICIES: [&str; 5] = [
 )]
 pub struct Cli {
     // --- server ---
+    /// Address to listen on (an IP or a name resolved once at start).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
+    /// Port to listen on; 0 picks a free one, named in the start-up line.
     #[arg(long, default_value_t = 30000)]
     pub port: u16,
     /// Largest request body in bytes; larger bodies get 413.
@@ -32,8 +42,10 @@ pub struct Cli {
     /// past it a request gets 503 with Retry-After (ours).
     #[arg(long, default_value_t = 1_073_741_824)]
     pub body_buffer_budget_bytes: u64,
+    /// Longest time for a whole request, from admission to the end of its answer (504 before the answer head).
     #[arg(long, default_value_t = 1800)]
     pub request_timeout_secs: u64,
+    /// Least severe log level written (critical is error).
     #[arg(long, default_value = "info",
           value_parser = ["debug", "info", "warn", "warning", "error", "critical"])]
     pub log_level: String,
@@ -53,6 +65,7 @@ pub struct Cli {
     #[arg(long, num_args = 1.., value_delimiter = ',',
           env = "VLLM_ROUTER_CLIENT_API_KEYS", hide_env_values = true)]
     pub client_api_key: Vec<String>,
+    /// Origins allowed to call from a browser (CORS); not built yet.
     #[arg(long, num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
     /// Data-plane shards (one glommio executor pinned per CPU). Default: the CPUs in
@@ -83,22 +96,29 @@ pub struct Cli {
     pub keepalive_timeout_secs: u64,
 
     // --- workers and policy ---
+    /// Worker base URLs (http://host:port), space-separated.
     #[arg(long, num_args = 0..)]
     pub worker_urls: Vec<String>,
     /// A file with one worker URL per line, read at start and again on SIGHUP
     /// (`systemctl reload`); ours.
     #[arg(long)]
     pub worker_urls_file: Option<PathBuf>,
+    /// How a worker is chosen for a request.
     #[arg(long, default_value = "cache_aware", value_parser = POLICIES)]
     pub policy: String,
+    /// P/D: the prefill pool's policy (default: --policy).
     #[arg(long, value_parser = POLICIES)]
     pub prefill_policy: Option<String>,
+    /// P/D: the decode pool's policy (default: --policy).
     #[arg(long, value_parser = POLICIES)]
     pub decode_policy: Option<String>,
+    /// At start, seconds to wait for a first healthy worker before giving up (exit 1).
     #[arg(long, default_value_t = 600)]
     pub worker_startup_timeout_secs: u64,
+    /// At start, seconds between health checks while no worker is healthy.
     #[arg(long, default_value_t = 30)]
     pub worker_startup_check_interval: u64,
+    /// Data-parallel ranks per worker URL: each rank is routed to as URL@rank.
     #[arg(long, default_value_t = 1)]
     pub intra_node_data_parallel_size: u32,
     /// consistent_hash with bounded loads: a worker above F x the mean load is skipped
@@ -107,100 +127,136 @@ pub struct Cli {
     pub consistent_hash_load_factor: Option<f64>,
 
     // --- cache_aware ---
+    /// cache_aware: share of a request's text a worker must hold (0-1) for the match to count.
     #[arg(long, default_value_t = 0.3)]
     pub cache_threshold: f64,
+    /// cache_aware: with the relative one, the load gap (requests) past which the idlest worker wins.
     #[arg(long, default_value_t = 64)]
     pub balance_abs_threshold: u64,
+    /// cache_aware: with the absolute one, the load ratio past which the idlest worker wins.
     #[arg(long, default_value_t = 1.5)]
     pub balance_rel_threshold: f64,
+    /// cache_aware: seconds between evictions of the routing trees down to --max-tree-size.
     #[arg(long, default_value_t = 120)]
     pub eviction_interval_secs: u64,
-    #[arg(long, default_value_t = 67_108_864)]
+    /// cache_aware: characters of routing text kept per worker.
+    #[arg(long, default_value_t = 33_554_432)]
     pub max_tree_size: u64,
 
     // --- prefill/decode ---
+    /// Prefill/decode disaggregation: each generation request goes to a prefill and then a decode worker.
     #[arg(long)]
     pub vllm_pd_disaggregation: bool,
     /// `--prefill URL [BOOTSTRAP_PORT|none]`, repeatable.
     #[arg(long, num_args = 1..=2, action = clap::ArgAction::Append, value_names = ["URL", "BOOTSTRAP_PORT"])]
     pub prefill: Vec<String>,
+    /// P/D: a decode worker URL; repeatable.
     #[arg(long, action = clap::ArgAction::Append)]
     pub decode: Vec<String>,
+    /// P/D: ZMQ address (host:port) where vLLM instances announce themselves.
     #[arg(long)]
     pub vllm_discovery_address: Option<String>,
 
     // --- Kubernetes ---
+    /// Find workers as Kubernetes pods (in-cluster or kubeconfig credentials).
     #[arg(long)]
     pub service_discovery: bool,
+    /// Kubernetes: label selector(s) KEY=VALUE of worker pods.
     #[arg(long, num_args = 1..)]
     pub selector: Vec<String>,
+    /// Kubernetes: the port workers serve on in their pods.
     #[arg(long, default_value_t = 8000)]
     pub service_discovery_port: u16,
+    /// Kubernetes: namespace to watch (default: every namespace the credentials allow).
     #[arg(long)]
     pub service_discovery_namespace: Option<String>,
+    /// Kubernetes P/D: label selector(s) of prefill pods.
     #[arg(long, num_args = 1..)]
     pub prefill_selector: Vec<String>,
+    /// Kubernetes P/D: label selector(s) of decode pods.
     #[arg(long, num_args = 1..)]
     pub decode_selector: Vec<String>,
 
     // --- metrics and request ids ---
+    /// Address the Prometheus /metrics endpoint listens on.
     #[arg(long, default_value = "127.0.0.1")]
     pub prometheus_host: String,
+    /// Port of the /metrics endpoint; 0 picks a free one.
     #[arg(long, default_value_t = 29000)]
     pub prometheus_port: u16,
+    /// Headers a request id is taken from, in order (default: x-request-id and friends).
     #[arg(long, num_args = 0..)]
     pub request_id_headers: Vec<String>,
 
     // --- retries ---
+    /// Attempts per request in all, the first included.
     #[arg(long, default_value_t = 5)]
     pub retry_max_retries: u32,
+    /// Pause before the first retry, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub retry_initial_backoff_ms: u64,
+    /// Longest pause between retries, in milliseconds.
     #[arg(long, default_value_t = 30000)]
     pub retry_max_backoff_ms: u64,
+    /// Each pause is the previous one times this.
     #[arg(long, default_value_t = 1.5)]
     pub retry_backoff_multiplier: f64,
+    /// Pauses vary by up to this fraction either way (0-1).
     #[arg(long, default_value_t = 0.2)]
     pub retry_jitter_factor: f64,
+    /// One attempt per request.
     #[arg(long)]
     pub disable_retries: bool,
 
     // --- circuit breaker ---
+    /// Circuit breaker: failures within the window that open a worker's breaker.
     #[arg(long, default_value_t = 10)]
     pub cb_failure_threshold: u32,
+    /// Circuit breaker: successes in half-open that close it again.
     #[arg(long, default_value_t = 3)]
     pub cb_success_threshold: u32,
+    /// Circuit breaker: seconds an open breaker waits before letting a probe through.
     #[arg(long, default_value_t = 60)]
     pub cb_timeout_duration_secs: u64,
+    /// Circuit breaker: seconds over which failures are counted.
     #[arg(long, default_value_t = 120)]
     pub cb_window_duration_secs: u64,
+    /// Never stop routing to a worker because of failed requests.
     #[arg(long)]
     pub disable_circuit_breaker: bool,
 
     // --- health checks ---
+    /// Failed health checks in a row that mark a worker unhealthy.
     #[arg(long, default_value_t = 3)]
     pub health_failure_threshold: u32,
+    /// Passed health checks in a row that mark it healthy again.
     #[arg(long, default_value_t = 2)]
     pub health_success_threshold: u32,
+    /// Seconds a health check may take.
     #[arg(long, default_value_t = 5)]
     pub health_check_timeout_secs: u64,
+    /// Seconds between health checks of each worker.
     #[arg(long, default_value_t = 60)]
     pub health_check_interval_secs: u64,
+    /// Path of the workers' health endpoint (any 2xx is healthy).
     #[arg(long, default_value = "/health")]
     pub health_check_endpoint: String,
 
     // --- admission ---
+    /// Requests in flight at once, all shards together; more wait in the queue.
     #[arg(long, default_value_t = 32768)]
     pub max_concurrent_requests: u64,
+    /// Requests that may wait for a slot; more get 429.
     #[arg(long, default_value_t = 100)]
     pub queue_size: u64,
+    /// Seconds a request may wait in the queue before 408.
     #[arg(long, default_value_t = 60)]
     pub queue_timeout_secs: u64,
-}
 
-/// Flags accepted for compatibility whose feature this build does not have yet.
-/// Giving one on the command line is an error, never silently ignored.
-const NOT_BUILT: &[(&str, &str)] = &[("cors_allowed_origins", "CORS")];
+    // --- 0.1.17's additions ---
+    #[command(flatten)]
+    pub published: PublishedFlags,
+}
 
 impl Cli {
     /// Parses the process arguments; exits with clap's message on a malformed line.
@@ -217,21 +273,8 @@ impl Cli {
     {
         let matches = Cli::command().get_matches_from(args);
         let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        let unsupported = cli.unsupported(&matches);
+        let unsupported = refusals::refusals(&cli, &matches);
         (cli, unsupported)
-    }
-
-    fn unsupported(&self, m: &ArgMatches) -> Vec<String> {
-        NOT_BUILT
-            .iter()
-            .filter(|(id, _)| m.value_source(id) == Some(ValueSource::CommandLine))
-            .map(|(id, feature)| {
-                format!(
-                    "--{} is not supported yet ({feature} is not built in this version)",
-                    id.replace('_', "-")
-                )
-            })
-            .collect()
     }
 }
 
@@ -348,5 +391,27 @@ mod tests {
         assert!(bad[0].contains("--cors-allowed-origins is not supported yet"));
         let (_, bad) = parse(&["--policy", "random", "--port", "1"]);
         assert!(bad.is_empty());
+        // A default 0.1.17 value given explicitly is fine; another one is refused.
+        let (_, bad) = parse(&["--kv-connector", "nixl"]);
+        assert!(bad.is_empty(), "{bad:?}");
+        let (_, bad) = parse(&["--kv-connector", "mooncake", "--prefill-policy", "kv_aware"]);
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert!(bad[0].contains("--prefill-policy kv_aware is not supported yet"));
+    }
+
+    #[test]
+    fn published_value_checks_keep_their_messages() {
+        let e = Cli::command()
+            .try_get_matches_from(["vllm-router", "--router-temperature", "-1"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Must be finite and >= 0.0"), "{e}");
+        let e = Cli::command()
+            .try_get_matches_from(["vllm-router", "--kv-penalty-disk", "1.5"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Must be finite and between 0.0 and 1.0"), "{e}");
+        let (c, _) = parse(&[]);
+        assert_eq!(c.max_tree_size, 33_554_432);
     }
 }
