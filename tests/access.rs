@@ -120,10 +120,9 @@ fn the_port_answers_during_the_start_up_wait_and_says_what_it_waits_for() {
         resp.status == 503 && readiness.contains(&url) && readiness.contains("refused")
     });
     assert!(named, "{readiness}\n{}", log.text());
-    assert_eq!(
-        request(router_port, "GET", "/readiness", &[], b"").json()["status"],
-        "starting"
-    );
+    let starting = request(router_port, "GET", "/readiness", &[], b"").json();
+    assert_eq!(starting["status"], "starting");
+    assert_eq!(starting["total_workers"], 0); // the set is published once one is healthy
     let body = chat_body("hi", 1, false);
     let resp = post_json(router_port, "/v1/chat/completions", &body);
     assert_eq!(resp.status, 503);
@@ -143,6 +142,11 @@ fn the_port_answers_during_the_start_up_wait_and_says_what_it_waits_for() {
     assert_eq!(
         post_json(router_port, "/v1/chat/completions", &body).status,
         200
+    );
+    let ready = request(router_port, "GET", "/readiness", &[], b"").json();
+    assert_eq!(
+        ready,
+        serde_json::json!({"status": "ready", "healthy_workers": 1, "total_workers": 1})
     );
     let _ = child.kill();
     let _ = child.wait();

@@ -358,3 +358,61 @@ fn port_zero_is_chosen_once_and_reported() {
         ) == Some(8.0)
     }));
 }
+
+#[test]
+fn get_loads_and_flush_cache_ask_every_worker() {
+    let a = mock(&["--name", "a", "--token-delay-us", "200000"]);
+    let b = mock(&["--name", "b"]);
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let r = router(&[&a, &b], &["--shards", "1"]);
+    let add = request(r.port, "POST", &format!("/workers?url={dead}"), &[], b"");
+    assert!(add.status >= 400, "a dead worker was added: {}", add.text());
+
+    // A long stream keeps one request running on `a`.
+    let mut c = Conn::open(a.port);
+    c.post("/v1/completions", &json_prompt_stream());
+    c.read_until(b"data: {");
+    let loads = request(r.port, "GET", "/get_loads", &[], b"").json();
+    let by_worker = |url: &str| {
+        loads["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["worker"] == url)
+            .map(|w| w["load"].as_i64().unwrap())
+    };
+    assert_eq!(by_worker(&a.url()), Some(1), "{loads}");
+    assert_eq!(by_worker(&b.url()), Some(0), "{loads}");
+
+    // Every healthy worker is asked to drop its prefix cache; each says how it went.
+    let flush = request(r.port, "POST", "/flush_cache", &[], b"");
+    assert_eq!(flush.status, 200, "{}", flush.text());
+    let v = flush.json();
+    assert_eq!(v["message"], "Cache flushed on all servers");
+    assert_eq!(v["workers"].as_array().unwrap().len(), 2);
+    for m in [&a, &b] {
+        assert_eq!(mock_stats(m)["by_path"]["/reset_prefix_cache"], 1);
+    }
+    // A worker that fails the call makes it a 500 that names the worker (or, once the
+    // health checks noticed, it is skipped as unhealthy).
+    let b_url = b.url();
+    drop(b);
+    let flush = request(r.port, "POST", "/flush_cache", &[], b"");
+    let v = flush.json();
+    let entry = v["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["worker"] == b_url.as_str())
+        .cloned()
+        .unwrap();
+    let failed = flush.status == 500
+        && v["message"] == "Cache flush failed on one or more servers"
+        && entry["error"].is_string();
+    let skipped = flush.status == 200 && entry["skipped"] == "not healthy";
+    assert!(failed || skipped, "{v}");
+}
+
+fn json_prompt_stream() -> String {
+    serde_json::json!({"prompt": "long", "max_tokens": 50, "stream": true}).to_string()
+}

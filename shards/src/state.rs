@@ -161,6 +161,12 @@ impl WorkerSet {
         &self.workers
     }
 
+    /// (healthy, all) workers of every pool, for `/readiness`.
+    pub fn health_counts(&self) -> (usize, usize) {
+        let healthy = self.workers.iter().filter(|w| w.spec.healthy).count();
+        (healthy, self.workers.len())
+    }
+
     pub fn get(&self, id: WorkerId) -> Option<&Worker> {
         self.index_of(id).map(|i| &self.workers[i])
     }

@@ -82,6 +82,11 @@ pub async fn handle(state: Rc<RefCell<ControlState>>, req: AdminRequest) -> Admi
             },
             None => error(400, "missing ?url= parameter".into()),
         },
+        ("GET", "/get_loads") => json_reply(200, super::worker_calls::loads(&state).await),
+        ("POST", "/flush_cache") => {
+            let (status, body) = super::worker_calls::flush_caches(&state).await;
+            json_reply(status, body)
+        }
         ("GET", "/router_info") => {
             let s = state.borrow();
             json_reply(

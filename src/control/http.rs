@@ -25,6 +25,15 @@ pub struct Get<'a> {
 /// Sends the request; returns the status and, when `max_body` is given, the body (an
 /// answer over `max_body` bytes is an error). Interim 1xx answers are skipped.
 pub async fn get(req: &Get<'_>, max_body: Option<usize>) -> Result<(u16, Bytes), String> {
+    call(req, hyper::Method::GET, max_body).await
+}
+
+/// The same request with another method and no body (`POST /reset_prefix_cache`).
+pub async fn call(
+    req: &Get<'_>,
+    method: hyper::Method,
+    max_body: Option<usize>,
+) -> Result<(u16, Bytes), String> {
     let stream = tokio::net::TcpStream::connect(req.addr)
         .await
         .map_err(|e| e.to_string())?;
@@ -36,7 +45,9 @@ pub async fn get(req: &Get<'_>, max_body: Option<usize>) -> Result<(u16, Bytes),
     tokio::task::spawn_local(async move {
         let _ = conn.await;
     });
-    let mut builder = Request::get(req.path)
+    let mut builder = Request::builder()
+        .method(method)
+        .uri(req.path)
         .header(HOST, req.authority)
         .header(USER_AGENT, AGENT);
     if let Some(key) = req.api_key {

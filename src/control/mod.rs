@@ -22,6 +22,7 @@ pub mod reload;
 pub mod scrape;
 mod state;
 mod status;
+mod worker_calls;
 pub mod zmq_discovery;
 
 pub use config::{Command, ControlConfig, StartUp, Started};

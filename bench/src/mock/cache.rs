@@ -30,6 +30,12 @@ impl PrefixCache {
         }
     }
 
+    /// Drops every cached block (vLLM's `/reset_prefix_cache`); the counters stay.
+    pub fn clear(&mut self) {
+        self.by_hash.clear();
+        self.by_tick.clear();
+    }
+
     /// Looks up the prefix blocks of `text` and inserts them (all become most recent).
     pub fn lookup_insert(&mut self, text: &[u8], block_chars: usize) -> Lookup {
         let mut parent = 0u64;

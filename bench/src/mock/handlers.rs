@@ -22,6 +22,15 @@ pub async fn handle(shared: &Shared, c: &mut Conn) -> bool {
             }]});
             reply(c, 200, "application/json", body.to_string().as_bytes()).await
         }
+        // vLLM's load (requests using the GPU) and its dev-mode prefix cache reset.
+        (b"GET", "/load") => {
+            let body = json!({"server_load": shared.running()});
+            reply(c, 200, "application/json", body.to_string().as_bytes()).await
+        }
+        (b"POST", "/reset_prefix_cache") => {
+            shared.cache.lock().unwrap().clear();
+            reply(c, 200, "application/json", b"").await
+        }
         (b"GET", "/metrics") => {
             let text = metrics_text(shared);
             reply(c, 200, "text/plain; version=0.0.4", text.as_bytes()).await

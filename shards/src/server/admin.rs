@@ -13,11 +13,18 @@ use crate::shard::Shard;
 /// leaves room for long URLs without letting a client park megabytes on a shard.
 const MAX_ADMIN_BODY_BYTES: u64 = 64 * 1024;
 
-/// The admin paths of the published router, and `/router_info`.
+/// The admin paths of the published router (those answered from the worker list, and
+/// those that ask every worker), and `/router_info`.
 pub fn is_admin_path(path: &[u8]) -> bool {
     matches!(
         path,
-        b"/add_worker" | b"/remove_worker" | b"/list_workers" | b"/workers" | b"/router_info"
+        b"/add_worker"
+            | b"/remove_worker"
+            | b"/list_workers"
+            | b"/workers"
+            | b"/router_info"
+            | b"/get_loads"
+            | b"/flush_cache"
     ) || path.starts_with(b"/workers/")
 }
 

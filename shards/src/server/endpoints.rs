@@ -12,18 +12,29 @@ pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<u16> {
         return None;
     }
     let ready = shard.ready();
-    let starting;
+    let body;
     let (status, body): (u16, &[u8]) = match c.head.path() {
         b"/liveness" => (200, br#"{"status":"alive"}"#),
-        b"/health" | b"/readiness" if ready => (200, br#"{"status":"ready"}"#),
-        b"/health" | b"/readiness" => match shard.starting.borrow().as_deref() {
-            Some(why) => {
-                starting =
-                    serde_json::json!({"status": "starting", "waiting_for": why}).to_string();
-                (503, starting.as_bytes())
+        b"/health" | b"/readiness" => {
+            // 0.1.17's shape, with the start-up wait's reason while it lasts.
+            let (healthy, total) = shard.workers.borrow().health_counts();
+            let starting = shard.starting.borrow().clone();
+            let status = match (&starting, ready) {
+                (_, true) => "ready",
+                (Some(_), false) => "starting",
+                (None, false) => "no available workers",
+            };
+            let mut v = serde_json::json!({
+                "status": status,
+                "healthy_workers": healthy,
+                "total_workers": total,
+            });
+            if let (Some(why), false) = (starting, ready) {
+                v["waiting_for"] = serde_json::Value::from(&*why);
             }
-            None => (503, br#"{"status":"no available workers"}"#),
-        },
+            body = v.to_string();
+            (if ready { 200 } else { 503 }, body.as_bytes())
+        }
         _ => return None,
     };
     let close = !c.head.keep_alive || c.head.has_body() || shard.draining.get();
