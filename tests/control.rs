@@ -416,3 +416,30 @@ fn get_loads_and_flush_cache_ask_every_worker() {
 fn json_prompt_stream() -> String {
     serde_json::json!({"prompt": "long", "max_tokens": 50, "stream": true}).to_string()
 }
+
+#[test]
+fn finish_session_answers_as_the_published_router() {
+    let a = mock(&["--name", "a"]);
+    let r = router(&[&a], &[]);
+    let ok = request(
+        r.port,
+        "POST",
+        "/finish_session?session_id=chat%2042",
+        &[],
+        b"",
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.json(),
+        serde_json::json!({"status": "ok", "session_id": "chat 42"})
+    );
+    let missing = request(r.port, "POST", "/finish_session", &[], b"");
+    assert_eq!(missing.status, 400);
+    assert!(missing.text().contains("missing field `session_id`"));
+    assert_eq!(
+        request(r.port, "GET", "/finish_session?session_id=x", &[], b"").status,
+        405
+    );
+    // Answered by the router: the worker never saw it.
+    assert!(mock_stats(&a)["by_path"]["/finish_session"].is_null());
+}

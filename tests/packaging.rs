@@ -1,5 +1,6 @@
 //! The Python package: `pip wheel .` builds the router with maturin into a wheel that
-//! puts `vllm-router` on PATH. Building it is a full release build (minutes), so this
+//! puts `vllm-router` on PATH and installs the `vllm_router` module
+//! (`from vllm_router import Router`, `python -m vllm_router.launch_router`). Building it is a full release build (minutes), so this
 //! runs when `VLLM_ROUTER_TEST_WHEEL=1` (`.ci/run` sets it) and says it skipped
 //! otherwise.
 
@@ -52,5 +53,42 @@ fn the_wheel_installs_a_working_vllm_router_command() {
     let help = run(Command::new(&exe).arg("--help"));
     assert!(help.contains("--worker-urls"), "{help}");
     assert!(help.contains("--retry-max-retries"), "{help}");
+
+    // The published package's Python entry points run the same router.
+    let python = venv.join("bin/python");
+    let help = run(Command::new(&python).args(["-m", "vllm_router.launch_router", "--help"]));
+    assert!(help.contains("--worker-urls"), "{help}");
+    let dead = "http://127.0.0.1:1";
+    let start_up = [
+        "--port",
+        "0",
+        "--prometheus-port",
+        "0",
+        "--worker-urls",
+        dead,
+        "--worker-startup-timeout-secs",
+        "1",
+        "--worker-startup-check-interval",
+        "1",
+    ];
+    let out = Command::new(&python)
+        .args(["-m", "vllm_router.launch_router"])
+        .args(start_up)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("no worker became healthy"), "{text}");
+    let script = format!(
+        "from vllm_router import Router\n\
+         r = Router(worker_urls=['{dead}'], policy='random', port=0, prometheus_port=0,\n\
+                    worker_startup_timeout_secs=1, worker_startup_check_interval=1)\n\
+         try:\n    r.start()\nexcept RuntimeError as e:\n    print('exited:', e)\n"
+    );
+    let out = run(Command::new(&python).args(["-c", &script]));
+    assert!(
+        out.contains("exited: vllm-router exited with status 1"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,7 +2,7 @@
 //! the connection may be kept alive. Requests are handled one after another, so
 //! pipelined requests are answered in order.
 
-use super::{admin, auth, endpoints};
+use super::{admin, auth, endpoints, session};
 use crate::client::{Client, Outcome};
 use crate::codec::limits::{MAX_REQUEST_HEAD_BYTES, READ_BUFFER_BYTES};
 use crate::codec::request::{HeadError, RequestHead};
@@ -73,6 +73,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             auth::refuse(&mut c, why).await
         } else if admin::is_admin_path(c.head.path()) {
             admin::answer(&shard, &mut c).await
+        } else if c.head.path() == b"/finish_session" {
+            session::finish(&mut c).await
         } else {
             crate::proxy::pipeline::handle(&shard, &mut c).await
         };

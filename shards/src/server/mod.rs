@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod connection;
 mod endpoints;
+mod session;
 
 use crate::shard::Shard;
 use futures_lite::FutureExt;
