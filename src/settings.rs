@@ -199,6 +199,10 @@ fn shard_config(
         },
         api_key: cli.api_key.clone(),
         access,
+        cors: (!cli.cors_allowed_origins.is_empty()).then(|| shards::CorsConfig {
+            any: cli.cors_allowed_origins.iter().any(|o| o == "*"),
+            origins: cli.cors_allowed_origins.clone(),
+        }),
         request_id_headers,
         admin_timeout: secs(cli.health_check_timeout_secs) + ADMIN_MARGIN,
     }

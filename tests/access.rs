@@ -256,3 +256,107 @@ fn bodies_past_the_shard_budget_get_503_and_the_budget_comes_back() {
     });
     assert!(released, "{}", r.metrics());
 }
+
+#[test]
+fn cors_preflights_are_answered_by_the_router_and_answers_name_the_origin() {
+    let a = mock(&["--name", "a"]);
+    let r = router(
+        &[&a],
+        &[
+            "--cors-allowed-origins",
+            "https://app.example",
+            "http://localhost:3000",
+        ],
+    );
+    let preflight = |origin: &str| {
+        request(
+            r.port,
+            "OPTIONS",
+            "/v1/chat/completions",
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "content-type,authorization,x-session-id,x-nope",
+                ),
+            ],
+            b"",
+        )
+    };
+    let ok = preflight("https://app.example");
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert_eq!(
+        ok.header("access-control-allow-headers"),
+        Some("content-type, authorization, x-session-id")
+    );
+    assert!(ok
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    let refused = preflight("https://evil.example");
+    assert_eq!(refused.status, 200);
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+    // The worker never saw a preflight.
+    assert!(mock_stats(&a)["by_path"]["/v1/chat/completions"].is_null());
+
+    let body = chat_body("hi", 1, false).to_string();
+    let post = |origin: &str| {
+        request(
+            r.port,
+            "POST",
+            "/v1/chat/completions",
+            &[("origin", origin), ("content-type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    let resp = post("http://localhost:3000");
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        resp.header("access-control-allow-origin"),
+        Some("http://localhost:3000")
+    );
+    assert_eq!(
+        resp.header("access-control-expose-headers"),
+        Some("x-request-id")
+    );
+    assert_eq!(
+        post("https://evil.example").header("access-control-allow-origin"),
+        None
+    );
+    // The router's own answers carry them too, so a page can read the error.
+    let err = request(
+        r.port,
+        "POST",
+        "/v1/chat/completions",
+        &[("origin", "https://app.example")],
+        b"{not json",
+    );
+    assert_eq!(err.status, 400);
+    assert_eq!(
+        err.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+}
+
+#[test]
+fn without_cors_origins_preflights_go_to_the_worker() {
+    let a = mock(&["--name", "a"]);
+    let r = router(&[&a], &[]);
+    let resp = request(
+        r.port,
+        "OPTIONS",
+        "/v1/models",
+        &[
+            ("origin", "https://app.example"),
+            ("access-control-request-method", "GET"),
+        ],
+        b"",
+    );
+    assert_eq!(resp.header("x-mock-worker"), Some("a"), "{}", resp.text());
+    assert_eq!(resp.header("access-control-allow-origin"), None);
+}

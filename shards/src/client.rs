@@ -27,6 +27,8 @@ pub struct Client {
     /// When the connection last became idle (accepted, or an answer ended): the
     /// keep-alive timeout counts from here.
     pub idle_since: Instant,
+    /// CORS headers every answer to the current request carries (`server::cors`).
+    pub cors: Vec<(&'static [u8], Vec<u8>)>,
 }
 
 /// The observable result of one request.
@@ -65,13 +67,15 @@ impl Client {
         self.outcome.error = Some(crate::errors::metric_error_type(status));
         self.outcome.first_byte.get_or_insert_with(Instant::now);
         self.out.clear(); // may hold a request staged for a worker
+        let mut all: Vec<(&[u8], &[u8])> = headers.to_vec();
+        all.extend(self.cors.iter().map(|(n, v)| (*n, v.as_slice())));
         write_error_with(
             &mut self.out,
             self.head.minor_version,
             status,
             message,
             !keep,
-            headers,
+            &all,
         );
         self.flush_out().await.is_ok() && keep
     }

@@ -41,8 +41,19 @@ pub struct ShardConfig {
     pub admin_timeout: Duration,
     /// Bytes of request bodies one shard may hold buffered at once.
     pub body_budget_bytes: u64,
+    /// `--cors-allowed-origins`: the router answers CORS itself (None: it adds nothing).
+    pub cors: Option<CorsConfig>,
     /// Who may use the router (`--admin-api-key`, `--client-api-key`).
     pub access: AccessKeys,
+}
+
+/// Origins whose pages may call the router (`--cors-allowed-origins`).
+#[derive(Clone, Debug, Default)]
+pub struct CorsConfig {
+    /// `*` was given: any origin.
+    pub any: bool,
+    /// Exact `Origin` values (scheme, host and port).
+    pub origins: Vec<String>,
 }
 
 /// Bearer tokens the router itself checks (not `api_key`, which it sends to workers).

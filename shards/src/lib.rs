@@ -21,6 +21,7 @@ mod admission;
 mod body_budget;
 mod client;
 mod config;
+mod cors;
 mod deadline;
 mod errors;
 mod io;
@@ -34,7 +35,7 @@ mod shard;
 mod state;
 mod worker;
 
-pub use config::{AccessKeys, PdConfig, RetryConfig, ShardConfig};
+pub use config::{AccessKeys, CorsConfig, PdConfig, RetryConfig, ShardConfig};
 pub use errors::error_type;
 pub use io::ReadBuf;
 pub use listen::{reserve_port, Reserved};

@@ -65,7 +65,8 @@ pub struct Cli {
     #[arg(long, num_args = 1.., value_delimiter = ',',
           env = "VLLM_ROUTER_CLIENT_API_KEYS", hide_env_values = true)]
     pub client_api_key: Vec<String>,
-    /// Origins allowed to call from a browser (CORS); not built yet.
+    /// Origins whose web pages may call the router (CORS), exact or `*`; unset: the
+    /// router adds no CORS headers and the workers' own apply.
     #[arg(long, num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
     /// Data-plane shards (one glommio executor pinned per CPU). Default: the CPUs in
@@ -386,9 +387,9 @@ mod tests {
 
     #[test]
     fn unbuilt_flags_are_reported_only_when_given() {
-        let (_, bad) = parse(&["--cors-allowed-origins", "x", "--policy", "cache_aware"]);
+        let (_, bad) = parse(&["--enable-igw", "--policy", "cache_aware"]);
         assert_eq!(bad.len(), 1, "{bad:?}");
-        assert!(bad[0].contains("--cors-allowed-origins is not supported yet"));
+        assert!(bad[0].contains("--enable-igw is not supported yet"));
         let (_, bad) = parse(&["--policy", "random", "--port", "1"]);
         assert!(bad.is_empty());
         // A default 0.1.17 value given explicitly is fine; another one is refused.

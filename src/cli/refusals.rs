@@ -8,7 +8,6 @@ use clap::ArgMatches;
 
 /// (argument id, the feature it needs).
 const NOT_BUILT: &[(&str, &str)] = &[
-    ("cors_allowed_origins", "CORS"),
     ("router_temperature", "the kv_aware policy"),
     ("kv_penalty_host", "the kv_aware policy"),
     ("kv_penalty_external", "the kv_aware policy"),

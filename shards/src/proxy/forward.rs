@@ -125,8 +125,18 @@ async fn relay_answer(
         w.processed += 1;
     }
     let id: &[u8] = &c.request_id;
-    let extra = [(REQUEST_ID_HEADER, id)];
-    write_client_head(&mut c.out, resp, &c.head, framing, keep_client, &extra);
+    let mut extra: Vec<(&[u8], &[u8])> = vec![(REQUEST_ID_HEADER, id)];
+    extra.extend(c.cors.iter().map(|(n, v)| (*n, v.as_slice())));
+    let own_cors = shard.config.cors.is_some();
+    write_client_head(
+        &mut c.out,
+        resp,
+        &c.head,
+        framing,
+        keep_client,
+        &extra,
+        own_cors,
+    );
     let mut decoder = BodyDecoder::new(resp.framing);
     let mut sse = resp.is_event_stream().then(SseScanner::default);
     let idle = shard.config.stream_idle_timeout;

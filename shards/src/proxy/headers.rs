@@ -120,6 +120,7 @@ pub fn write_client_head(
     framing: ClientFraming,
     keep_alive: bool,
     extra: &[(&[u8], &[u8])],
+    own_cors: bool,
 ) {
     encode::status_line(out, request.minor_version, up.status, up.reason());
     let connection = up.header(b"connection");
@@ -128,8 +129,9 @@ pub fn write_client_head(
         let keep_length = request.is_head() && eq_ignore_case(name, b"content-length");
         if (!keep_length && is_hop_by_hop(name, connection))
             || extra.iter().any(|(n, _)| eq_ignore_case(name, n))
+            || (own_cors && crate::cors::is_cors_header(name))
         {
-            continue; // ours replaces the worker's (x-request-id)
+            continue; // ours replaces the worker's (x-request-id, CORS)
         }
         encode::header(out, name, value);
     }

@@ -7,6 +7,7 @@ use crate::client::{Client, Outcome};
 use crate::codec::limits::{MAX_REQUEST_HEAD_BYTES, READ_BUFFER_BYTES};
 use crate::codec::request::{HeadError, RequestHead};
 use crate::codec::Status;
+use crate::cors;
 use crate::deadline::Deadline;
 use crate::errors::write_error;
 use crate::io::ReadBuf;
@@ -36,6 +37,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         outcome: Outcome::default(),
         started: accepted,
         idle_since: accepted,
+        cors: Vec::new(),
     };
     loop {
         match read_head(&shard, &mut c).await {
@@ -61,7 +63,14 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         c.started = Instant::now();
         c.outcome = Outcome::default();
-        let keep = if let Some(status) = endpoints::local_answer(&shard, &mut c) {
+        match &shard.config.cors {
+            Some(cfg) => cors::answer_headers(cfg, &c.head, &mut c.cors),
+            None => c.cors.clear(),
+        }
+        let preflight = shard.config.cors.is_some() && cors::is_preflight(&c.head);
+        let keep = if preflight {
+            preflight_answer(&shard, &mut c).await
+        } else if let Some(status) = endpoints::local_answer(&shard, &mut c) {
             c.outcome.status = status;
             c.outcome.first_byte = Some(Instant::now());
             c.flush_out().await.is_ok() && !c.head.has_body() && c.head.keep_alive
@@ -84,6 +93,27 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
     }
     let _ = c.stream.close().await;
+}
+
+/// Answers a CORS preflight on the shard: 200, no body (as 0.1.17).
+async fn preflight_answer(shard: &Shard, c: &mut Client) -> bool {
+    let Some(cfg) = &shard.config.cors else {
+        return false;
+    };
+    let headers = cors::preflight_headers(cfg, &c.head);
+    let keep = c.head.keep_alive && !c.head.has_body();
+    crate::codec::encode::status_line(&mut c.out, c.head.minor_version, 200, b"");
+    for (name, value) in &headers {
+        crate::codec::encode::header(&mut c.out, name, value);
+    }
+    crate::codec::encode::content_length(&mut c.out, 0);
+    if !keep {
+        crate::codec::encode::header(&mut c.out, b"connection", b"close");
+    }
+    crate::codec::encode::end_head(&mut c.out);
+    c.outcome.status = 200;
+    c.outcome.first_byte = Some(Instant::now());
+    c.flush_out().await.is_ok() && keep
 }
 
 /// Adds the finished request to the shard's metrics; one debug line per request.
