@@ -156,6 +156,11 @@ fn shard_config(
         listen,
         max_payload_bytes: cli.max_payload_size,
         body_budget_bytes: cli.body_buffer_budget_bytes,
+        // 0.1.17 treats 0 as 1.
+        rate_per_second: cli
+            .published
+            .rate_limit_tokens_per_second
+            .map(|r| r.max(1) as f64 / shard_count as f64),
         request_timeout: secs(cli.request_timeout_secs),
         connect_timeout: secs(cli.connect_timeout_secs),
         head_timeout: secs(cli.upstream_head_timeout_secs),

@@ -39,6 +39,8 @@ pub struct ShardConfig {
     pub request_id_headers: Vec<String>,
     /// Longest wait for the control core to answer an admin call.
     pub admin_timeout: Duration,
+    /// This shard's share of `--rate-limit-tokens-per-second` (None: no rate limit).
+    pub rate_per_second: Option<f64>,
     /// Bytes of request bodies one shard may hold buffered at once.
     pub body_budget_bytes: u64,
     /// `--cors-allowed-origins`: the router answers CORS itself (None: it adds nothing).

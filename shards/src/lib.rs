@@ -28,6 +28,7 @@ mod io;
 mod listen;
 mod pool;
 mod proxy;
+mod rate_limit;
 mod request_body;
 mod run;
 mod server;

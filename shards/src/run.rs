@@ -121,6 +121,9 @@ async fn run_shard(
             ))
         }),
         bodies: crate::body_budget::BodyBudget::new(config.body_budget_bytes),
+        rate: config
+            .rate_per_second
+            .map(|r| crate::rate_limit::TokenBucket::new(r, Instant::now())),
         config,
         workers: RefCell::new(WorkerSet::default()),
         pool: RefCell::new(Pool::default()),

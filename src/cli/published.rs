@@ -51,7 +51,8 @@ pub struct PublishedFlags {
     /// Multi-model gateway: route by the request's `model` among the workers serving it.
     #[arg(long)]
     pub enable_igw: bool,
-    /// Admission token bucket: tokens added per second (unset: --max-concurrent-requests).
+    /// Requests per second the router admits to workers, split over the shards, with a
+    /// burst of one second's worth; over it 429 with Retry-After (unset: no rate limit).
     #[arg(long)]
     pub rate_limit_tokens_per_second: Option<u64>,
     /// 0.1.17's program (agent) scheduling layer.

@@ -20,7 +20,6 @@ const NOT_BUILT: &[(&str, &str)] = &[
     ("pd_kv_events", "the kv_aware policy"),
     ("mini_lb", "0.1.17's Python debug balancer"),
     ("enable_igw", "multi-model gateway mode"),
-    ("rate_limit_tokens_per_second", "the admission token bucket"),
     ("enable_program_scheduling", "program scheduling"),
     ("program_scheduling_config_json", "program scheduling"),
     ("wasm_middleware", "WASM middleware"),

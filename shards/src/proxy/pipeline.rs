@@ -44,6 +44,11 @@ pub async fn handle(shard: &Shard, c: &mut Client) -> bool {
         &shard.config.request_id_headers,
         &mut shard.rng.borrow_mut(),
     );
+    if let Some(bucket) = &shard.rate {
+        if let Err(wait) = bucket.take(c.started) {
+            return rate_limited(c, wait).await;
+        }
+    }
     // Held until the answer has ended, streams included.
     let (_slot, admitted) = match admit(shard, c).await {
         Ok(admitted) => admitted,
@@ -162,6 +167,20 @@ async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
             forward_with_retries(shard, c, worker, leg, None, deadline).await
         }
     }
+}
+
+/// 429 for a request over `--rate-limit-tokens-per-second`, with `Retry-After` in whole
+/// seconds (RFC 9110 §10.2.3), rounded up so that a client that waits gets a token.
+async fn rate_limited(c: &mut Client, wait: std::time::Duration) -> bool {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let retry = secs.max(1).to_string();
+    let keep = !c.head.has_body();
+    let msg = "too many requests: over the router's rate limit; retry after the time it says";
+    let kept = c
+        .send_error_with(429, msg, keep, &[(b"retry-after", retry.as_bytes())])
+        .await;
+    c.outcome.error = Some("rate_limited");
+    kept
 }
 
 /// Takes an admission slot, queueing for one if need be, and says when it was
