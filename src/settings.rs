@@ -39,6 +39,11 @@ impl Settings {
         let control = ControlConfig {
             worker_urls: pools.regular,
             prefill_urls: pools.prefill,
+            mooncake_bootstrap: if cli.published.kv_connector == "mooncake" {
+                pools.bootstrap
+            } else {
+                Vec::new()
+            },
             decode_urls: cli.decode.clone(),
             discovery_address: cli.vllm_discovery_address.clone(),
             k8s: k8s_config(cli, cli.vllm_pd_disaggregation)?,
@@ -79,6 +84,8 @@ struct Pools {
     /// The worker list file's URLs (already in `regular`).
     from_file: Vec<String>,
     prefill: Vec<String>,
+    /// `--prefill URL PORT`: the bootstrap ports given (Mooncake asks them).
+    bootstrap: Vec<(String, u16)>,
 }
 
 impl Pools {
@@ -119,6 +126,10 @@ impl Pools {
         if !pd && (!prefill.is_empty() || !cli.decode.is_empty()) {
             return Err("--prefill and --decode need --vllm-pd-disaggregation".into());
         }
+        let bootstrap = prefill
+            .iter()
+            .filter_map(|(u, p)| Some((u.clone(), (*p)?)))
+            .collect();
         let prefill: Vec<String> = prefill.into_iter().map(|(u, _)| u).collect();
         // A malformed URL is a configuration error: say so before binding anything.
         for url in regular.iter().chain(&prefill).chain(&cli.decode) {
@@ -128,6 +139,7 @@ impl Pools {
             regular,
             from_file,
             prefill,
+            bootstrap,
         })
     }
 }
@@ -192,6 +204,10 @@ fn shard_config(
         pd: cli.vllm_pd_disaggregation.then(|| shards::PdConfig {
             prefill_policy: inherit(&cli.prefill_policy),
             decode_policy: inherit(&cli.decode_policy),
+            connector: match cli.published.kv_connector.as_str() {
+                "mooncake" => shards::KvConnector::Mooncake,
+                _ => shards::KvConnector::Nixl, // moriio is refused at start
+            },
         }),
         policy_options: shards::policy::PolicyOptions {
             consistent_hash_load_factor: cli.consistent_hash_load_factor,

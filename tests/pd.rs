@@ -428,3 +428,56 @@ fn a_failing_decode_worker_is_retried_on_another_with_the_same_prefill() {
         );
     }
 }
+
+#[test]
+fn mooncake_legs_share_a_transfer_id_and_decode_names_the_bootstrap_server() {
+    let p = mock(&["--name", "p"]);
+    let d = mock(&["--name", "d"]);
+    // The mock serves the bootstrap `/query` on its own port.
+    let port = p.port.to_string();
+    let r = router(
+        &[],
+        &[
+            "--vllm-pd-disaggregation",
+            "--prefill",
+            &p.url(),
+            &port,
+            "--decode",
+            &d.url(),
+            "--kv-connector",
+            "mooncake",
+        ],
+    );
+    let body = json!({"model": "m", "prompt": "hello", "max_tokens": 3});
+    // The control core asks the bootstrap server at start: until the shards have its
+    // answer, decode legs go without params. Wait for the first one that has them.
+    let mut last = Value::Null;
+    let named = eventually(std::time::Duration::from_secs(10), || {
+        assert_eq!(post_json(r.port, "/v1/completions", &body).status, 200);
+        last = recent(&d).last().cloned().unwrap();
+        !last["body"]["kv_transfer_params"].is_null()
+    });
+    assert!(named, "{last}");
+    let pre = recent(&p).last().cloned().unwrap();
+    let pre_params = &pre["body"]["kv_transfer_params"];
+    let transfer = pre_params["transfer_id"].as_str().unwrap();
+    assert!(
+        transfer.starts_with("xfer-") && transfer.len() == 41,
+        "{transfer}"
+    );
+    assert_eq!(
+        *pre_params,
+        json!({"do_remote_decode": true, "do_remote_prefill": false, "transfer_id": transfer})
+    );
+    assert_eq!(
+        last["body"]["kv_transfer_params"],
+        json!({
+            "do_remote_decode": false, "do_remote_prefill": true, "transfer_id": transfer,
+            "remote_bootstrap_addr": format!("http://127.0.0.1:{port}"),
+            "remote_engine_id": "engine-p",
+        })
+    );
+    assert_eq!(pre["body"]["max_tokens"], 1);
+    assert_eq!(last["body"]["max_tokens"], 3);
+    assert!(mock_stats(&p)["by_path"]["/query"].as_u64().unwrap() >= 1);
+}

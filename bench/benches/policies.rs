@@ -21,6 +21,7 @@ fn workers(n: u32) -> WorkerSet {
             healthy: true,
             role: Default::default(),
             pd_address: None,
+            mooncake: None,
         });
     }
     s

@@ -78,11 +78,23 @@ impl std::fmt::Debug for AccessKeys {
     }
 }
 
-/// `--prefill-policy` and `--decode-policy` (each defaults to `--policy`).
+/// `--prefill-policy` and `--decode-policy` (each defaults to `--policy`), and how
+/// the KV cache moves from prefill to decode.
 #[derive(Clone, Debug)]
 pub struct PdConfig {
     pub prefill_policy: PolicyKind,
     pub decode_policy: PolicyKind,
+    pub connector: KvConnector,
+}
+
+/// `--kv-connector`: what the two legs' `kv_transfer_params` say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvConnector {
+    /// The decode leg gets the prefill answer's params (vLLM's NixlConnector).
+    Nixl,
+    /// Both legs get params the router makes: a transfer id, and for decode the
+    /// prefill worker's bootstrap server and engine (vLLM's MooncakeConnector).
+    Mooncake,
 }
 
 /// `--retry-*` flags.

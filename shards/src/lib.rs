@@ -36,7 +36,7 @@ mod shard;
 mod state;
 mod worker;
 
-pub use config::{AccessKeys, CorsConfig, PdConfig, RetryConfig, ShardConfig};
+pub use config::{AccessKeys, CorsConfig, KvConnector, PdConfig, RetryConfig, ShardConfig};
 pub use errors::error_type;
 pub use io::ReadBuf;
 pub use listen::{reserve_port, Reserved};

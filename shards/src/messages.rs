@@ -3,7 +3,7 @@
 //! Deltas flow out (control -> every shard), reports flow back (shard -> control),
 //! both over crossbeam channels. A shard drains its deltas between requests.
 
-pub use crate::worker::{WorkerId, WorkerRole, WorkerSpec};
+pub use crate::worker::{MooncakeBootstrap, WorkerId, WorkerRole, WorkerSpec};
 
 /// A change to a shard's view, sent by the control core.
 #[derive(Clone, Debug)]

@@ -41,6 +41,8 @@ pub struct Shard {
     /// a request never costs a channel wake-up or a doorbell on the other shards.
     pub pending_inserts: RefCell<Vec<(WorkerId, std::sync::Arc<str>)>>,
     pub admission: Admission,
+    /// A prefill worker without Mooncake bootstrap info was logged (once per shard).
+    pub warned_mooncake: Cell<bool>,
     /// `--rate-limit-tokens-per-second`, this shard's share.
     pub rate: Option<crate::rate_limit::TokenBucket>,
     /// Request bodies buffered on this shard, together.

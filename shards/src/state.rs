@@ -250,6 +250,12 @@ impl<'a> PoolView<'a> {
     }
 }
 
+/// A healthy worker `http://10.0.0.{id}:8000`, for tests.
+#[cfg(test)]
+pub fn test_spec(id: WorkerId) -> WorkerSpec {
+    tests::spec(id, true)
+}
+
 /// `n` healthy workers `http://10.0.0.{id}:8000`, for policy tests.
 #[cfg(test)]
 pub fn test_workers(n: u32) -> WorkerSet {
@@ -274,6 +280,7 @@ mod tests {
             healthy,
             role: Default::default(),
             pd_address: None,
+            mooncake: None,
         }
     }
 

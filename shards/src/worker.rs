@@ -24,6 +24,29 @@ pub struct WorkerSpec {
     /// The address P/D request ids name this worker by, when it is not `authority`:
     /// the ZMQ address a vLLM NCCL instance announced in its heartbeats.
     pub pd_address: Option<String>,
+    /// A prefill worker's Mooncake bootstrap server and engine ids, once the control
+    /// core has asked it (`--kv-connector mooncake`).
+    pub mooncake: Option<MooncakeBootstrap>,
+}
+
+/// What a Mooncake decode leg names its prefill worker by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MooncakeBootstrap {
+    /// `http://host:port` of the prefill worker's bootstrap server.
+    pub addr: String,
+    /// Engine id per data-parallel rank, as its `/query` listed them.
+    pub engines: Vec<(u32, String)>,
+}
+
+impl MooncakeBootstrap {
+    /// The engine of `rank`, else rank 0's, else any.
+    pub fn engine(&self, rank: Option<u32>) -> Option<&str> {
+        let of = |r: u32| self.engines.iter().find(|(k, _)| *k == r);
+        rank.and_then(of)
+            .or_else(|| of(0))
+            .or(self.engines.first())
+            .map(|(_, e)| e.as_str())
+    }
 }
 
 impl WorkerSpec {

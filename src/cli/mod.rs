@@ -395,7 +395,7 @@ mod tests {
         // A default 0.1.17 value given explicitly is fine; another one is refused.
         let (_, bad) = parse(&["--kv-connector", "nixl"]);
         assert!(bad.is_empty(), "{bad:?}");
-        let (_, bad) = parse(&["--kv-connector", "mooncake", "--prefill-policy", "kv_aware"]);
+        let (_, bad) = parse(&["--kv-connector", "moriio", "--prefill-policy", "kv_aware"]);
         assert_eq!(bad.len(), 2, "{bad:?}");
         assert!(bad[0].contains("--prefill-policy kv_aware is not supported yet"));
     }

@@ -17,6 +17,7 @@ pub mod k8s_discovery;
 mod loads;
 pub mod metrics;
 mod metrics_endpoint;
+mod mooncake;
 pub mod registry;
 pub mod reload;
 pub mod scrape;
@@ -99,6 +100,7 @@ impl ControlCore {
             }
         };
         let _ = started.send(StartUp::Bound);
+        mooncake::spawn_queries(&state, &config.mooncake_bootstrap);
         match wait_serving_reports(&state, &mut events, &config).await {
             Ok(ready) => {
                 shards_caught_up(&state, &mut events, config.shards).await;

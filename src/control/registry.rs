@@ -81,6 +81,7 @@ pub fn resolve(url: &str, dp_size: u32, next_id: &mut WorkerId) -> Result<Vec<Wo
                 healthy: true,
                 role: Default::default(),
                 pd_address: None,
+                mooncake: None,
             }
         })
         .collect())

@@ -23,6 +23,11 @@ pub async fn handle(shared: &Shared, c: &mut Conn) -> bool {
             reply(c, 200, "application/json", body.to_string().as_bytes()).await
         }
         // vLLM's load (requests using the GPU) and its dev-mode prefix cache reset.
+        // A Mooncake prefill instance's bootstrap server (on the same port here).
+        (b"GET", "/query") => {
+            let body = json!({"0": {"engine_id": format!("engine-{}", shared.name)}});
+            reply(c, 200, "application/json", body.to_string().as_bytes()).await
+        }
         (b"GET", "/load") => {
             let body = json!({"server_load": shared.running()});
             reply(c, 200, "application/json", body.to_string().as_bytes()).await

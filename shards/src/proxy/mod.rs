@@ -22,6 +22,7 @@ mod exchange;
 mod failure;
 mod forward;
 mod headers;
+mod mooncake;
 mod pd;
 pub mod pipeline;
 mod relay;

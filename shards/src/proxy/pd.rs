@@ -27,6 +27,7 @@ use super::failure::{retryable_status, status_verdict, Verdict};
 use super::forward::{forward_with_retries, Relayed};
 use super::request_id::set_pd_request_id;
 use crate::client::Client;
+use crate::config::KvConnector;
 use crate::deadline::Deadline;
 use crate::shard::Shard;
 use crate::worker::{WorkerId, WorkerRole};
@@ -55,10 +56,21 @@ pub async fn handle(
         pd_error(shard, "no_prefill_worker");
         return no_worker(shard, c, true, WorkerRole::Prefill).await;
     };
-    let prefill_bytes = serde_json::to_vec(&prefill_body(original)).expect("JSON values serialize");
+    // Mooncake: one transfer id for both legs (the router makes both legs' params).
+    let mooncake = shard.config.pd.as_ref().map(|p| p.connector) == Some(KvConnector::Mooncake);
+    let transfer = mooncake.then(|| super::mooncake::transfer_id(&mut shard.rng.borrow_mut()));
+    let mut prefill_json = prefill_body(original);
+    if let Some(t) = &transfer {
+        prefill_json.insert(
+            "kv_transfer_params".into(),
+            super::mooncake::prefill_params(t),
+        );
+    }
+    let prefill_bytes = serde_json::to_vec(&prefill_json).expect("JSON values serialize");
     let mut prefill = Prefill {
         bytes: &prefill_bytes,
         decode,
+        transfer: transfer.as_deref(),
     };
     let (params, prefill_addr) = match drive(shard, c, &mut prefill, first, json, deadline).await {
         Driven::Done(Ok(done)) => done,
@@ -77,8 +89,11 @@ pub async fn handle(
         Driven::ClientGone => return false,
         Driven::TimedOut => return c.send_error(504, "the request timed out", true).await,
     };
-    let decode_bytes =
-        serde_json::to_vec(&decode_body(original, params)).expect("JSON values serialize");
+    let decode_json = match params {
+        Some(params) => decode_body(original, params),
+        None => original.clone(), // Mooncake without bootstrap info yet
+    };
+    let decode_bytes = serde_json::to_vec(&decode_json).expect("JSON values serialize");
     *shard
         .metrics
         .borrow_mut()
@@ -112,10 +127,12 @@ pub async fn handle(
 struct Prefill<'a> {
     bytes: &'a [u8],
     decode: WorkerId,
+    /// Mooncake's transfer id: the decode params come from the router, not the answer.
+    transfer: Option<&'a str>,
 }
 
 impl Leg for Prefill<'_> {
-    type Output = Result<(Value, String), bool>;
+    type Output = Result<(Option<Value>, String), bool>;
 
     fn role(&self) -> WorkerRole {
         WorkerRole::Prefill
@@ -166,7 +183,11 @@ impl Leg for Prefill<'_> {
                 answered(false, Verdict::Neutral)
             }
             Buffered::Answer { status, body } if (200..300).contains(&status) => {
-                let step = match transfer_params(&body) {
+                let params = match self.transfer {
+                    Some(t) => Ok(mooncake_decode_params(shard, worker, t)),
+                    None => transfer_params(&body).map(Some),
+                };
+                let step = match params {
                     Ok(params) => Step::Done {
                         value: Ok((params, addr)),
                         failed: false,
@@ -206,6 +227,22 @@ impl Leg for Prefill<'_> {
             }
         }
     }
+}
+
+/// The decode params naming the prefill worker that served; None (and a warning, once
+/// per shard) while its bootstrap server has not answered the control core.
+fn mooncake_decode_params(shard: &Shard, worker: WorkerId, transfer: &str) -> Option<Value> {
+    let workers = shard.workers.borrow();
+    let spec = &workers.get(worker)?.spec;
+    let params = super::mooncake::decode_params(transfer, spec);
+    if params.is_none() && !shard.warned_mooncake.replace(true) {
+        crate::warn!(
+            "no Mooncake bootstrap info for prefill {} yet: decode proceeds without \
+             kv_transfer_params",
+            spec.url
+        );
+    }
+    params
 }
 
 /// A 2xx prefill answer that cannot feed a decode leg: 502 naming the worker.
