@@ -217,6 +217,7 @@ fn shard_config(
                 balance_rel_threshold: cli.balance_rel_threshold,
                 max_tree_size: cli.max_tree_size as usize,
             },
+            session_ttl: session_ttl(),
         },
         api_key: cli.api_key.clone(),
         access,
@@ -226,6 +227,24 @@ fn shard_config(
         }),
         request_id_headers,
         admin_timeout: secs(cli.health_check_timeout_secs) + ADMIN_MARGIN,
+    }
+}
+
+/// The environment variable 0.1.17 reads for sticky_least_loaded's session TTL.
+const SESSION_TTL_ENV: &str = "VLLM_ROUTER_SLL_SESSION_EXPIRATION_IN_S";
+
+/// sticky_least_loaded's idle TTL: the environment's, else 7200 s (a bad value is
+/// warned about and ignored, as in 0.1.17).
+fn session_ttl() -> Duration {
+    match std::env::var(SESSION_TTL_ENV) {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(secs) if secs > 0 => Duration::from_secs(secs),
+            _ => {
+                shards::warn!("{SESSION_TTL_ENV}={v:?} is not a number of seconds: using 7200");
+                shards::policy::DEFAULT_SESSION_TTL
+            }
+        },
+        Err(_) => shards::policy::DEFAULT_SESSION_TTL,
     }
 }
 

@@ -330,3 +330,54 @@ fn cache_aware_shards_share_what_they_learn() {
         assert_eq!(worker_of(&resp), home, "request {q} missed the shared tree");
     }
 }
+
+fn chat_in(port: u16, session: &str) -> String {
+    let body = chat_body("hi", 1, false).to_string();
+    worker_of(&request(
+        port,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("x-session-id", session),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+    ))
+}
+
+#[test]
+fn sticky_least_loaded_spreads_sessions_keeps_them_and_frees_finished_ones() {
+    let (_ws, r) = cluster(
+        &["a", "b", "c"],
+        &["--policy", "sticky_least_loaded", "--shards", "1"],
+    );
+    let homes: Vec<String> = (0..6).map(|i| chat_in(r.port, &format!("s{i}"))).collect();
+    for w in ["a", "b", "c"] {
+        assert_eq!(homes.iter().filter(|h| *h == w).count(), 2, "{homes:?}");
+    }
+    for (i, home) in homes.iter().enumerate() {
+        assert_eq!(&chat_in(r.port, &format!("s{i}")), home);
+    }
+    // Finished: its worker has a free place, which the next new session takes.
+    let done = request(r.port, "POST", "/finish_session?session_id=s0", &[], b"");
+    assert_eq!(done.status, 200);
+    assert_eq!(chat_in(r.port, "fresh"), homes[0]);
+}
+
+#[test]
+fn sticky_least_loaded_keeps_a_session_across_shards() {
+    let (_ws, r) = cluster(
+        &["a", "b", "c", "d"],
+        &["--policy", "sticky_least_loaded", "--shards", "2"],
+    );
+    let home = chat_in(r.port, "conversation-1");
+    // The shard that opened it tells the other (50 ms batches, counted once a second).
+    let shared = common::eventually(std::time::Duration::from_secs(5), || {
+        r.metrics().contains("vllm_router_sessions_shared_total 1")
+    });
+    assert!(shared, "{}", r.metrics());
+    // Fresh connections land on either shard: all go to the session's worker.
+    for _ in 0..12 {
+        assert_eq!(chat_in(r.port, "conversation-1"), home);
+    }
+}

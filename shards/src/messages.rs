@@ -31,6 +31,8 @@ pub enum Delta {
     /// Other shards routed these texts to these workers (cache_aware trees). One batch
     /// is shared by every receiving shard.
     CacheInserts(std::sync::Arc<Vec<(WorkerId, std::sync::Arc<str>)>>),
+    /// Another shard's client finished this session (`POST /finish_session`).
+    SessionFinished(std::sync::Arc<str>),
     /// Evict every worker's routing state down to this many bytes.
     CacheEvict {
         max: usize,
@@ -83,6 +85,11 @@ pub enum Report {
     CacheInserts {
         shard: usize,
         inserts: Vec<(WorkerId, std::sync::Arc<str>)>,
+    },
+    /// A client finished a session here (forwarded to the other shards).
+    SessionFinished {
+        shard: usize,
+        session: std::sync::Arc<str>,
     },
     /// Requests this shard has in flight per worker; sent every 100 ms when changed.
     Loads {

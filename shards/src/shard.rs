@@ -67,6 +67,9 @@ impl Shard {
                     }
                 }
             }
+            Delta::SessionFinished(session) => {
+                self.finish_session(session);
+            }
             Delta::CacheEvict { max } => {
                 for p in &self.policies {
                     p.borrow_mut().evict(*max);
@@ -104,6 +107,15 @@ impl Shard {
                 self.deadlines.drain(); // wakes connections idling between requests
             }
         }
+    }
+
+    /// Ends a session in every pool's policy. Whether one knew it.
+    pub fn finish_session(&self, session: &str) -> bool {
+        let mut known = false;
+        for p in &self.policies {
+            known |= p.borrow_mut().finish_session(session);
+        }
+        known
     }
 
     /// Workers came or went: every pool's policy rebuilds what it keys by worker.

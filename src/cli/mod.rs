@@ -9,8 +9,8 @@ mod refusals;
 
 pub use published::PublishedFlags;
 
-/// The policy names 0.1.17 accepts; `kv_aware` and `sticky_least_loaded` are refused
-/// at start by name until they are built (`refusals`).
+/// The policy names 0.1.17 accepts; `kv_aware` is refused at start by name until it
+/// is built (`refusals`).
 const POLICIES: [&str; 7] = [
     "round_robin",
     "random",

@@ -28,7 +28,7 @@ const NOT_BUILT: &[(&str, &str)] = &[
 ];
 
 /// Policy names 0.1.17 has and this build does not yet.
-const POLICIES_NOT_BUILT: &[&str] = &["kv_aware", "sticky_least_loaded"];
+const POLICIES_NOT_BUILT: &[&str] = &["kv_aware"];
 
 /// One line per flag or value given that this build cannot honour.
 pub fn refusals(cli: &Cli, m: &ArgMatches) -> Vec<String> {

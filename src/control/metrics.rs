@@ -212,6 +212,14 @@ fn worker_families(
             })
             .collect(),
     ));
+    if policy == "sticky_least_loaded" {
+        families.push(family(
+            "vllm_router_sessions_shared_total",
+            "sticky_least_loaded sessions one shard learned from the others (each shard counts what it applied).",
+            MetricType::COUNTER,
+            vec![(vec![], total.shared_inserts as f64)],
+        ));
+    }
     if policy == "cache_aware" {
         families.push(family(
             "vllm_router_cache_hits_total",

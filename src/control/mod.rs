@@ -350,6 +350,14 @@ fn on_report(state: &Rc<RefCell<ControlState>>, report: Report) {
         }
         Report::Drained { shard } => shards::debug!("shard {shard} drained"),
         Report::StartupWaitOver { shard } => shards::debug!("shard {shard} serves"),
+        Report::SessionFinished { shard, session } => {
+            let s = state.borrow();
+            for (i, link) in s.links.iter().enumerate() {
+                if i != shard {
+                    link.send(Delta::SessionFinished(session.clone()));
+                }
+            }
+        }
     }
 }
 

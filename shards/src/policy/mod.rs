@@ -7,6 +7,7 @@ mod power_of_two;
 mod radix_tree;
 mod random;
 mod round_robin;
+mod sticky_least_loaded;
 pub mod text;
 mod text_key;
 
@@ -16,6 +17,7 @@ pub use consistent_hash::ConsistentHash;
 pub use power_of_two::PowerOfTwo;
 pub use random::Random;
 pub use round_robin::RoundRobin;
+pub use sticky_least_loaded::{StickyLeastLoaded, DEFAULT_SESSION_TTL};
 
 use crate::codec::request::RequestHead;
 use crate::state::PoolView;
@@ -29,6 +31,7 @@ pub enum PolicyKind {
     ConsistentHash,
     PowerOfTwo,
     CacheAware,
+    StickyLeastLoaded,
 }
 
 impl PolicyKind {
@@ -39,6 +42,7 @@ impl PolicyKind {
             "consistent_hash" => PolicyKind::ConsistentHash,
             "power_of_two" => PolicyKind::PowerOfTwo,
             "cache_aware" => PolicyKind::CacheAware,
+            "sticky_least_loaded" => PolicyKind::StickyLeastLoaded,
             _ => return None,
         })
     }
@@ -50,6 +54,7 @@ impl PolicyKind {
             PolicyKind::ConsistentHash => "consistent_hash",
             PolicyKind::PowerOfTwo => "power_of_two",
             PolicyKind::CacheAware => "cache_aware",
+            PolicyKind::StickyLeastLoaded => "sticky_least_loaded",
         }
     }
 
@@ -64,6 +69,7 @@ impl PolicyKind {
             PolicyKind::PowerOfTwo => Box::new(PowerOfTwo::new(seed)),
             PolicyKind::CacheAware => Box::new(CacheAware::new(options.cache_aware.clone())),
             PolicyKind::RoundRobin => Box::new(RoundRobin::new(seed as usize)),
+            PolicyKind::StickyLeastLoaded => Box::new(StickyLeastLoaded::new(options.session_ttl)),
         }
     }
 }
@@ -80,11 +86,23 @@ impl Default for CacheAwareConfig {
 }
 
 /// Policy settings from the command line.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct PolicyOptions {
     /// `--consistent-hash-load-factor`: bounded loads for consistent_hash (off: None).
     pub consistent_hash_load_factor: Option<f64>,
     pub cache_aware: CacheAwareConfig,
+    /// sticky_least_loaded: idle time after which a session is forgotten.
+    pub session_ttl: std::time::Duration,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            consistent_hash_load_factor: None,
+            cache_aware: CacheAwareConfig::default(),
+            session_ttl: DEFAULT_SESSION_TTL,
+        }
+    }
 }
 
 /// What a policy may look at to decide.
@@ -116,6 +134,12 @@ pub trait Policy {
 
     /// Another shard routed `text` to `worker`.
     fn remote_insert(&mut self, _worker: WorkerId, _text: &str) {}
+
+    /// `POST /finish_session`: the session is over (sticky_least_loaded). Whether it
+    /// was known.
+    fn finish_session(&mut self, _session: &str) -> bool {
+        false
+    }
 
     /// Shrinks per-worker state to `max` (the control core's periodic eviction).
     fn evict(&mut self, _max: usize) {}

@@ -83,7 +83,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         } else if admin::is_admin_path(c.head.path()) {
             admin::answer(&shard, &mut c).await
         } else if c.head.path() == b"/finish_session" {
-            session::finish(&mut c).await
+            session::finish(&shard, &mut c).await
         } else {
             crate::proxy::pipeline::handle(&shard, &mut c).await
         };

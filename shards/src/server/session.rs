@@ -1,13 +1,15 @@
-//! `POST /finish_session?session_id=ID`: a client says a session is over, so a
-//! session-pinning policy can let its worker go. No policy here pins sessions yet
-//! (0.1.17's `sticky_least_loaded` is not built), so it is 0.1.17's answer for any
-//! other policy: 200 `{"status":"ok","session_id":ID}`, also for unknown ids.
+//! `POST /finish_session?session_id=ID`: a client says a session is over, so
+//! sticky_least_loaded lets its worker go, on this shard and (by report) the others.
+//! As in 0.1.17 the answer is 200 `{"status":"ok","session_id":ID}` whatever the
+//! policy, also for unknown ids.
 
 use crate::client::Client;
 use crate::errors::write_answer;
+use crate::messages::Report;
+use crate::shard::Shard;
 
 /// Answers the call (the body, if any, is not read: the connection then closes).
-pub async fn finish(c: &mut Client) -> bool {
+pub async fn finish(shard: &Shard, c: &mut Client) -> bool {
     let keep = !c.head.has_body() && c.head.keep_alive;
     if c.head.method() != b"POST" {
         return c
@@ -20,6 +22,13 @@ pub async fn finish(c: &mut Client) -> bool {
         let msg = "Failed to deserialize query string: missing field `session_id`";
         return c.send_error(400, msg, keep).await;
     };
+    if shard.finish_session(&id) {
+        crate::debug!("SLL: finished session '{id}'");
+    }
+    let _ = shard.reports.send(Report::SessionFinished {
+        shard: shard.index,
+        session: std::sync::Arc::from(id.as_str()),
+    });
     let body = serde_json::json!({"status": "ok", "session_id": id}).to_string();
     c.outcome.status = 200;
     c.out.clear();

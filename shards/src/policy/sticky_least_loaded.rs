@@ -1,0 +1,286 @@
+//! sticky_least_loaded (0.1.17): a session stays on its worker; a new session goes to
+//! the worker with the fewest active sessions (ties: the highest rendezvous weight of
+//! the session on the worker's URL, the same on every shard and replica).
+//!
+//! - The session is the value of the first non-empty header among `x-session-id`,
+//!   `x-user-id`, `x-tenant-id`, `x-correlation-id`, `x-request-id`, `x-trace-id`
+//!   (one namespace: `x-user-id: b` finds the session `x-session-id: b` made).
+//! - A session idle longer than the TTL (7200 s, or `VLLM_ROUTER_SLL_SESSION_EXPIRATION_IN_S`)
+//!   is not honoured and is swept at most once a minute; one whose worker left the
+//!   routable set moves (its count moves with it). `POST /finish_session` ends one.
+//! - A request without a session goes to the worker with the fewest sessions, ties by
+//!   the rendezvous weight of its text; nothing is recorded.
+//!
+//! Shards share the sessions they open (the inserts channel cache_aware uses) and the
+//! ones finished, so every shard counts the same sessions, as of 50 ms ago: two shards
+//! opening one session inside that window can choose two workers (then the later
+//! report wins on every shard). The table is bounded ([`MAX_SESSIONS`]): a client that
+//! sends a new `x-request-id` every time opens a session per request.
+
+use super::placement::Rendezvous;
+use super::text::{request_text, BodyFields};
+use super::{Policy, PolicyKind, RouteInput};
+use crate::codec::eq_ignore_case;
+use crate::state::{PoolView, Worker};
+use crate::worker::WorkerId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use xxhash_rust::xxh3::xxh3_64;
+
+/// Headers that name a session, in priority order (as 0.1.17's).
+const SESSION_HEADERS: [&[u8]; 6] = [
+    b"x-session-id",
+    b"x-user-id",
+    b"x-tenant-id",
+    b"x-correlation-id",
+    b"x-request-id",
+    b"x-trace-id",
+];
+
+/// Idle time after which a session is forgotten, as 0.1.17's default.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(7200);
+
+/// Expired sessions are swept at most this often (during a decision).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Sessions one shard remembers; past it the least recently used go first. A million
+/// is about 64 MiB, and covers a session per request at 100 requests a second for the
+/// whole default TTL.
+pub const MAX_SESSIONS: usize = 1 << 20;
+
+struct Session {
+    worker: WorkerId,
+    used: Instant,
+}
+
+pub struct StickyLeastLoaded {
+    sessions: HashMap<u64, Session>,
+    /// Active sessions per worker id.
+    active: HashMap<WorkerId, u32>,
+    ttl: Duration,
+    placement: Rendezvous,
+    swept: Instant,
+    text: String,
+    /// A session this shard just opened, for the others.
+    pending: Option<(WorkerId, Arc<str>)>,
+}
+
+impl StickyLeastLoaded {
+    pub fn new(ttl: Duration) -> Self {
+        StickyLeastLoaded {
+            sessions: HashMap::new(),
+            active: HashMap::new(),
+            ttl,
+            placement: Rendezvous::default(),
+            swept: Instant::now(),
+            text: String::new(),
+            pending: None,
+        }
+    }
+
+    fn count(&self, w: WorkerId) -> u32 {
+        self.active.get(&w).copied().unwrap_or(0)
+    }
+
+    fn release(&mut self, key: u64) {
+        if let Some(s) = self.sessions.remove(&key) {
+            if let Some(n) = self.active.get_mut(&s.worker) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
+
+    fn record(&mut self, key: u64, worker: WorkerId, now: Instant) {
+        self.release(key);
+        if self.sessions.len() >= MAX_SESSIONS {
+            self.sweep(now, true);
+        }
+        self.sessions.insert(key, Session { worker, used: now });
+        *self.active.entry(worker).or_default() += 1;
+    }
+
+    /// Drops expired sessions; `full`: also the oldest tenth, to make room.
+    fn sweep(&mut self, now: Instant, full: bool) {
+        self.swept = now;
+        let mut cutoff = now.checked_sub(self.ttl);
+        if full {
+            let mut ages: Vec<Instant> = self.sessions.values().map(|s| s.used).collect();
+            let tenth = ages.len() / 10;
+            ages.select_nth_unstable(tenth);
+            cutoff = cutoff.max(Some(ages[tenth]));
+        }
+        let Some(cutoff) = cutoff else { return };
+        let stale: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.used <= cutoff)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in stale {
+            self.release(k);
+        }
+    }
+
+    /// The routable worker with the fewest sessions, ties by rendezvous weight.
+    fn least_loaded<'a>(&self, workers: &PoolView<'a>, key: u64) -> Option<&'a Worker> {
+        workers.routable().min_by_key(|w| {
+            (
+                self.count(w.spec.id),
+                std::cmp::Reverse(self.placement.score(key, w.spec.id)),
+            )
+        })
+    }
+}
+
+/// The session a request names, if any.
+fn session_of<'a>(input: &RouteInput<'a>) -> Option<&'a [u8]> {
+    SESSION_HEADERS.iter().find_map(|name| {
+        input
+            .head
+            .headers()
+            .find(|(n, v)| eq_ignore_case(n, name) && !v.is_empty())
+            .map(|(_, v)| v)
+    })
+}
+
+impl Policy for StickyLeastLoaded {
+    fn kind(&self) -> PolicyKind {
+        PolicyKind::StickyLeastLoaded
+    }
+
+    fn needs_body(&self) -> bool {
+        true // a request without a session is placed by its text
+    }
+
+    fn on_workers_changed(&mut self, workers: &PoolView<'_>) {
+        self.placement.on_workers_changed(workers);
+        let gone: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| workers.get(s.worker).is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            self.release(k);
+        }
+    }
+
+    fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
+        let now = Instant::now();
+        if now.duration_since(self.swept) >= SWEEP_EVERY {
+            self.sweep(now, false);
+        }
+        let Some(session) = session_of(input) else {
+            self.text.clear();
+            if let Some(body) = input.json {
+                request_text(&BodyFields::of(body), &mut self.text);
+            }
+            let key = xxh3_64(self.text.as_bytes());
+            return self.least_loaded(workers, key).map(|w| w.spec.id);
+        };
+        let key = xxh3_64(session);
+        if let Some(s) = self.sessions.get_mut(&key) {
+            let fresh = now.duration_since(s.used) < self.ttl;
+            if fresh && workers.routable_get(s.worker).is_some() {
+                s.used = now;
+                return Some(s.worker);
+            }
+        }
+        self.release(key);
+        let worker = self.least_loaded(workers, key)?.spec.id;
+        self.record(key, worker, now);
+        let name = String::from_utf8_lossy(session);
+        crate::debug!(
+            "SLL: new session '{name}' -> worker #{worker} (active sessions on it: {})",
+            self.count(worker)
+        );
+        self.pending = Some((worker, Arc::from(name.as_ref())));
+        Some(worker)
+    }
+
+    fn take_insert(&mut self) -> Option<(WorkerId, Arc<str>)> {
+        self.pending.take()
+    }
+
+    fn remote_insert(&mut self, worker: WorkerId, session: &str) {
+        self.record(xxh3_64(session.as_bytes()), worker, Instant::now());
+    }
+
+    fn finish_session(&mut self, session: &str) -> bool {
+        let key = xxh3_64(session.as_bytes());
+        let known = self.sessions.contains_key(&key);
+        self.release(key);
+        known
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::request::RequestHead;
+    use crate::codec::Status;
+    use crate::state::WorkerSet;
+    use crate::worker::WorkerRole;
+
+    fn head(session: Option<&str>) -> RequestHead {
+        let raw = match session {
+            Some(s) => format!("POST /v1/completions HTTP/1.1\r\nx-session-id: {s}\r\n\r\n"),
+            None => "POST /v1/completions HTTP/1.1\r\n\r\n".to_string(),
+        };
+        let mut h = RequestHead::default();
+        assert!(matches!(h.parse(raw.as_bytes()), Ok(Status::Complete(_))));
+        h
+    }
+
+    fn pick(p: &mut StickyLeastLoaded, set: &WorkerSet, session: Option<&str>) -> WorkerId {
+        let h = head(session);
+        let body = serde_json::json!({"prompt": "same text"});
+        let input = RouteInput {
+            head: &h,
+            json: Some(&body),
+        };
+        p.pick(&set.view(WorkerRole::Regular, &[]), &input).unwrap()
+    }
+
+    #[test]
+    fn sessions_spread_by_count_and_stay() {
+        let set = crate::state::test_workers(3);
+        let mut p = StickyLeastLoaded::new(DEFAULT_SESSION_TTL);
+        p.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
+        let homes: Vec<WorkerId> = (0..6)
+            .map(|i| pick(&mut p, &set, Some(&format!("s{i}"))))
+            .collect();
+        for w in 0..3 {
+            assert_eq!(homes.iter().filter(|&&h| h == w).count(), 2, "{homes:?}");
+        }
+        for (i, home) in homes.iter().enumerate() {
+            assert_eq!(pick(&mut p, &set, Some(&format!("s{i}"))), *home);
+        }
+        // Finishing a session frees its place: the next new one goes there.
+        assert!(p.finish_session("s0"));
+        assert!(!p.finish_session("s0"));
+        assert_eq!(pick(&mut p, &set, Some("new")), homes[0]);
+        // No session: the same text goes to the same worker, and nothing is kept.
+        let a = pick(&mut p, &set, None);
+        assert_eq!(pick(&mut p, &set, None), a);
+        assert_eq!(p.sessions.len(), 6);
+    }
+
+    #[test]
+    fn an_expired_session_moves_and_another_shard_learns_a_session() {
+        let set = crate::state::test_workers(2);
+        let mut p = StickyLeastLoaded::new(Duration::from_millis(0));
+        p.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
+        let first = pick(&mut p, &set, Some("a"));
+        let (worker, name) = p.take_insert().unwrap();
+        assert_eq!((worker, &*name), (first, "a"));
+        // TTL 0: expired at once, released and placed again (counts stay right).
+        pick(&mut p, &set, Some("a"));
+        assert_eq!(p.active.values().sum::<u32>(), 1);
+        let mut other = StickyLeastLoaded::new(DEFAULT_SESSION_TTL);
+        other.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
+        other.remote_insert(1, "b");
+        assert_eq!(pick(&mut other, &set, Some("b")), 1);
+    }
+}
