@@ -9,7 +9,7 @@
 
 use super::text::{request_text, BodyFields};
 use super::text_key::{TextKey, TextKeyBuffers};
-use super::{Policy, PolicyKind, RouteInput};
+use super::{Policy, PolicyKind, RouteInput, SESSION_HEADERS};
 use crate::codec::eq_ignore_case;
 use crate::state::PoolView;
 use crate::worker::WorkerId;
@@ -18,15 +18,6 @@ use xxhash_rust::xxh3::xxh3_64;
 
 pub const VIRTUAL_NODES: u32 = 160;
 
-/// Headers that name a session, in priority order (docs/cli.md, consistent_hash).
-const KEY_HEADERS: [&[u8]; 6] = [
-    b"x-session-id",
-    b"x-user-id",
-    b"x-tenant-id",
-    b"x-correlation-id",
-    b"x-request-id",
-    b"x-trace-id",
-];
 
 /// The ring is searched from a bucket of this many top bits of the key: a few
 /// comparisons in a cache line or two instead of a binary search over 160 x workers.
@@ -54,7 +45,7 @@ impl ConsistentHash {
 
     /// The routing key of a request.
     fn key(&mut self, input: &RouteInput<'_>) -> u64 {
-        for name in KEY_HEADERS {
+        for name in SESSION_HEADERS {
             if let Some((_, v)) = input
                 .head
                 .headers()

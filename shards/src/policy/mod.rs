@@ -23,6 +23,17 @@ use crate::codec::request::RequestHead;
 use crate::state::PoolView;
 use crate::worker::WorkerId;
 
+/// Headers that name a session, in priority order (0.1.17's consistent_hash and
+/// sticky_least_loaded; docs/cli.md).
+pub const SESSION_HEADERS: [&[u8]; 6] = [
+    b"x-session-id",
+    b"x-user-id",
+    b"x-tenant-id",
+    b"x-correlation-id",
+    b"x-request-id",
+    b"x-trace-id",
+];
+
 /// The policy names of the published router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PolicyKind {

@@ -19,7 +19,7 @@
 
 use super::placement::Rendezvous;
 use super::text::{request_text, BodyFields};
-use super::{Policy, PolicyKind, RouteInput};
+use super::{Policy, PolicyKind, RouteInput, SESSION_HEADERS};
 use crate::codec::eq_ignore_case;
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
@@ -28,15 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
 
-/// Headers that name a session, in priority order (as 0.1.17's).
-const SESSION_HEADERS: [&[u8]; 6] = [
-    b"x-session-id",
-    b"x-user-id",
-    b"x-tenant-id",
-    b"x-correlation-id",
-    b"x-request-id",
-    b"x-trace-id",
-];
 
 /// Idle time after which a session is forgotten, as 0.1.17's default.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(7200);
