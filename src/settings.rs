@@ -39,6 +39,7 @@ impl Settings {
         let control = ControlConfig {
             worker_urls: pools.regular,
             prefill_urls: pools.prefill,
+            igw: cli.published.enable_igw,
             mooncake_bootstrap: if cli.published.kv_connector == "mooncake" {
                 pools.bootstrap
             } else {
@@ -112,6 +113,13 @@ impl Pools {
             return Err(
                 "--vllm-pd-disaggregation needs at least one --prefill URL and one \
                         --decode URL, --vllm-discovery-address, or --service-discovery"
+                    .into(),
+            );
+        }
+        if pd && cli.published.enable_igw {
+            return Err(
+                "--enable-igw with --vllm-pd-disaggregation is not supported yet \
+                        (multi-model routing covers the regular pool)"
                     .into(),
             );
         }
@@ -221,6 +229,7 @@ fn shard_config(
         },
         api_key: cli.api_key.clone(),
         access,
+        igw: cli.published.enable_igw,
         cors: (!cli.cors_allowed_origins.is_empty()).then(|| shards::CorsConfig {
             any: cli.cors_allowed_origins.iter().any(|o| o == "*"),
             origins: cli.cors_allowed_origins.clone(),

@@ -14,9 +14,9 @@ fn run(args: &[&str]) -> (i32, String) {
 
 #[test]
 fn unbuilt_features_are_refused_not_ignored() {
-    let (code, text) = run(&["--enable-igw"]);
+    let (code, text) = run(&["--mini-lb"]);
     assert_eq!(code, 2);
-    assert!(text.contains("--enable-igw is not supported yet"), "{text}");
+    assert!(text.contains("--mini-lb is not supported yet"), "{text}");
 }
 
 #[test]

@@ -381,3 +381,64 @@ fn sticky_least_loaded_keeps_a_session_across_shards() {
         assert_eq!(chat_in(r.port, "conversation-1"), home);
     }
 }
+
+#[test]
+fn igw_routes_each_model_to_the_workers_that_serve_it() {
+    let a1 = mock(&["--name", "a1", "--model", "model-a"]);
+    let a2 = mock(&["--name", "a2", "--model", "model-a"]);
+    let b1 = mock(&["--name", "b1", "--model", "model-b"]);
+    let r = router(
+        &[&a1, &a2, &b1],
+        &["--enable-igw", "--policy", "round_robin", "--shards", "1"],
+    );
+    let ask = |model: &str| {
+        post_json(
+            r.port,
+            "/v1/chat/completions",
+            &json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+        )
+    };
+    let mut a_workers: Vec<String> = (0..4).map(|_| worker_of(&ask("model-a"))).collect();
+    a_workers.sort();
+    assert_eq!(
+        a_workers,
+        ["a1", "a1", "a2", "a2"],
+        "model-a's own round robin"
+    );
+    for _ in 0..3 {
+        assert_eq!(worker_of(&ask("model-b")), "b1");
+    }
+    // A model nobody serves: OpenAI's 404, not some worker's answer.
+    let unknown = ask("model-z");
+    assert_eq!(unknown.status, 404, "{}", unknown.text());
+    let err = unknown.json();
+    assert_eq!(err["error"]["code"], "model_not_found");
+    assert_eq!(err["error"]["param"], "model");
+    // /v1/models lists the union, in OpenAI's shape.
+    let models = request(r.port, "GET", "/v1/models", &[], b"").json();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        (models["object"].as_str(), ids),
+        (Some("list"), vec!["model-a", "model-b"])
+    );
+    // A worker added later is asked for its models within seconds.
+    let c1 = mock(&["--name", "c1", "--model", "model-c"]);
+    let add = request(
+        r.port,
+        "POST",
+        &format!("/add_worker?url={}", c1.url()),
+        &[],
+        b"",
+    );
+    assert_eq!(add.status, 200, "{}", add.text());
+    let routed = common::eventually(std::time::Duration::from_secs(15), || {
+        let resp = ask("model-c");
+        resp.status == 200 && resp.header("x-mock-worker") == Some("c1")
+    });
+    assert!(routed);
+}

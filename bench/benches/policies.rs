@@ -22,6 +22,7 @@ fn workers(n: u32) -> WorkerSet {
             role: Default::default(),
             pd_address: None,
             mooncake: None,
+            models: Vec::new(),
         });
     }
     s

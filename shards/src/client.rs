@@ -2,7 +2,7 @@
 //! buffers, the parsed head and what the current request produced.
 
 use crate::codec::request::RequestHead;
-use crate::errors::write_error_with;
+use crate::errors::write_error_body;
 use crate::io::ReadBuf;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -62,6 +62,39 @@ impl Client {
         keep: bool,
         headers: &[(&[u8], &[u8])],
     ) -> bool {
+        let error = serde_json::json!({
+            "message": message,
+            "type": crate::errors::error_type(status),
+            "code": status,
+        });
+        self.send_error_body(status, error, keep, headers).await
+    }
+
+    /// An error with OpenAI's string `code` and `param` (`model_not_found`, `model`).
+    pub async fn send_error_coded(
+        &mut self,
+        status: u16,
+        message: &str,
+        code: &str,
+        param: Option<&str>,
+        keep: bool,
+    ) -> bool {
+        let error = serde_json::json!({
+            "message": message,
+            "type": crate::errors::error_type(status),
+            "param": param,
+            "code": code,
+        });
+        self.send_error_body(status, error, keep, &[]).await
+    }
+
+    async fn send_error_body(
+        &mut self,
+        status: u16,
+        error: serde_json::Value,
+        keep: bool,
+        headers: &[(&[u8], &[u8])],
+    ) -> bool {
         let keep = keep && self.head.keep_alive;
         self.outcome.status = status;
         self.outcome.error = Some(crate::errors::metric_error_type(status));
@@ -69,11 +102,11 @@ impl Client {
         self.out.clear(); // may hold a request staged for a worker
         let mut all: Vec<(&[u8], &[u8])> = headers.to_vec();
         all.extend(self.cors.iter().map(|(n, v)| (*n, v.as_slice())));
-        write_error_with(
+        write_error_body(
             &mut self.out,
             self.head.minor_version,
             status,
-            message,
+            error,
             !keep,
             &all,
         );

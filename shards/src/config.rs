@@ -43,6 +43,8 @@ pub struct ShardConfig {
     pub rate_per_second: Option<f64>,
     /// Bytes of request bodies one shard may hold buffered at once.
     pub body_budget_bytes: u64,
+    /// `--enable-igw`: requests are routed among the workers serving their `model`.
+    pub igw: bool,
     /// `--cors-allowed-origins`: the router answers CORS itself (None: it adds nothing).
     pub cors: Option<CorsConfig>,
     /// Who may use the router (`--admin-api-key`, `--client-api-key`).

@@ -21,6 +21,7 @@ pub fn metric_error_type(status: u16) -> &'static str {
     match status {
         400 | 414 | 431 => "bad_request",
         401 => "unauthorized",
+        404 => "model_not_found",
         408 => "request_timeout",
         413 => "payload_too_large",
         429 => "queue_full",
@@ -45,14 +46,24 @@ pub fn write_error_with(
     close: bool,
     headers: &[(&[u8], &[u8])],
 ) {
-    let body = serde_json::json!({
-        "error": {
-            "message": message,
-            "type": error_type(status),
-            "code": status,
-        }
-    })
-    .to_string();
+    let error = serde_json::json!({
+        "message": message,
+        "type": error_type(status),
+        "code": status,
+    });
+    write_error_body(out, minor, status, error, close, headers);
+}
+
+/// Writes `{"error": error}` as a whole answer.
+pub fn write_error_body(
+    out: &mut Vec<u8>,
+    minor: u8,
+    status: u16,
+    error: serde_json::Value,
+    close: bool,
+    headers: &[(&[u8], &[u8])],
+) {
+    let body = serde_json::json!({ "error": error }).to_string();
     encode::status_line(out, minor, status, b"");
     encode::header(out, b"content-type", b"application/json");
     for (name, value) in headers {

@@ -26,6 +26,7 @@ mod deadline;
 mod errors;
 mod io;
 mod listen;
+mod model_pools;
 mod pool;
 mod proxy;
 mod rate_limit;

@@ -122,6 +122,7 @@ async fn run_shard(
         }),
         bodies: crate::body_budget::BodyBudget::new(config.body_budget_bytes),
         warned_mooncake: Cell::new(false),
+        model_pools: RefCell::new(Default::default()),
         rate: config
             .rate_per_second
             .map(|r| crate::rate_limit::TokenBucket::new(r, Instant::now())),

@@ -41,6 +41,8 @@ pub struct Shard {
     /// a request never costs a channel wake-up or a doorbell on the other shards.
     pub pending_inserts: RefCell<Vec<(WorkerId, std::sync::Arc<str>)>>,
     pub admission: Admission,
+    /// `--enable-igw`: the regular pool's policy per model.
+    pub model_pools: RefCell<crate::model_pools::ModelPools>,
     /// A prefill worker without Mooncake bootstrap info was logged (once per shard).
     pub warned_mooncake: Cell<bool>,
     /// `--rate-limit-tokens-per-second`, this shard's share.
@@ -64,6 +66,11 @@ impl Shard {
                         self.policy(w.spec.role)
                             .borrow_mut()
                             .remote_insert(*worker, text);
+                    }
+                    if self.config.igw {
+                        self.model_pools
+                            .borrow_mut()
+                            .remote_insert(&workers, *worker, text);
                     }
                 }
             }
@@ -115,12 +122,15 @@ impl Shard {
         for p in &self.policies {
             known |= p.borrow_mut().finish_session(session);
         }
-        known
+        known | self.model_pools.borrow_mut().finish_session(session)
     }
 
     /// Workers came or went: every pool's policy rebuilds what it keys by worker.
     fn workers_changed(&self) {
         let workers = self.workers.borrow();
+        if self.config.igw {
+            self.model_pools.borrow_mut().on_workers_changed(&workers);
+        }
         for role in WorkerRole::ALL {
             self.policy(role)
                 .borrow_mut()

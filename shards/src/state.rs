@@ -27,6 +27,11 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// It lists `model` in its `/v1/models`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.spec.models.iter().any(|m| m == model)
+    }
+
     /// Requests in flight from the whole router: this shard's own count, exact and
     /// current, plus the other shards' from the last view.
     pub fn load(&self) -> u32 {
@@ -135,6 +140,7 @@ impl WorkerSet {
                 role,
                 routable: Positions::All(all),
                 excluded: &[],
+                model: None,
             };
         }
         PoolView {
@@ -142,7 +148,53 @@ impl WorkerSet {
             role,
             routable: Positions::Kept(all.iter().filter(kept).copied().collect()),
             excluded,
+            model: None,
         }
+    }
+
+    /// `role`'s pool narrowed to the workers serving `model` (`--enable-igw`), with
+    /// `excluded` taken out as in [`WorkerSet::view`].
+    pub fn view_serving<'a>(
+        &'a self,
+        role: WorkerRole,
+        excluded: &'a [WorkerId],
+        model: &'a str,
+    ) -> PoolView<'a> {
+        let serving: SmallVec<[usize; 8]> = self.routable[role as usize]
+            .iter()
+            .copied()
+            .filter(|&i| self.workers[i].serves(model))
+            .collect();
+        let kept: SmallVec<[usize; 8]> = serving
+            .iter()
+            .copied()
+            .filter(|&i| !excluded.contains(&self.workers[i].spec.id))
+            .collect();
+        let (routable, excluded) = if excluded.is_empty() || kept.is_empty() {
+            (serving, &[][..])
+        } else {
+            (kept, excluded)
+        };
+        PoolView {
+            set: self,
+            role,
+            routable: Positions::Kept(routable),
+            excluded,
+            model: Some(model),
+        }
+    }
+
+    /// Every model some worker of `role` serves, sorted, once each.
+    pub fn models(&self, role: WorkerRole) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .workers
+            .iter()
+            .filter(|w| w.spec.role == role && w.spec.healthy)
+            .flat_map(|w| w.spec.models.iter().map(String::as_str))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Routable workers of a pool.
@@ -192,6 +244,8 @@ pub struct PoolView<'a> {
     routable: Positions<'a>,
     /// The workers taken out of this choice (empty unless a retry's exclusion holds).
     excluded: &'a [WorkerId],
+    /// Only the workers serving this model are members (`--enable-igw`).
+    model: Option<&'a str>,
 }
 
 impl<'a> PoolView<'a> {
@@ -208,8 +262,11 @@ impl<'a> PoolView<'a> {
 
     /// The pool's workers, routable or not.
     pub fn members(&self) -> impl Iterator<Item = &'a Worker> + 'a {
-        let role = self.role;
-        self.set.workers.iter().filter(move |w| w.spec.role == role)
+        let (role, model) = (self.role, self.model);
+        self.set
+            .workers
+            .iter()
+            .filter(move |w| w.spec.role == role && model.is_none_or(|m| w.serves(m)))
     }
 
     /// Workers that may take the request, in a stable order.
@@ -230,7 +287,9 @@ impl<'a> PoolView<'a> {
     /// The worker with this id when it may take the request.
     pub fn routable_get(&self, id: WorkerId) -> Option<&'a Worker> {
         let w = self.set.get(id)?;
-        (w.routable && w.spec.role == self.role && !self.excluded.contains(&id)).then_some(w)
+        let serves = self.model.is_none_or(|m| w.serves(m));
+        (w.routable && w.spec.role == self.role && serves && !self.excluded.contains(&id))
+            .then_some(w)
     }
 
     /// Any worker by id, whatever its pool or state.
@@ -281,6 +340,7 @@ mod tests {
             role: Default::default(),
             pd_address: None,
             mooncake: None,
+            models: Vec::new(),
         }
     }
 

@@ -27,6 +27,8 @@ pub struct WorkerSpec {
     /// A prefill worker's Mooncake bootstrap server and engine ids, once the control
     /// core has asked it (`--kv-connector mooncake`).
     pub mooncake: Option<MooncakeBootstrap>,
+    /// The models it serves, from its `/v1/models` (`--enable-igw`; empty: not asked).
+    pub models: Vec<String>,
 }
 
 /// What a Mooncake decode leg names its prefill worker by.

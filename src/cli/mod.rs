@@ -387,9 +387,9 @@ mod tests {
 
     #[test]
     fn unbuilt_flags_are_reported_only_when_given() {
-        let (_, bad) = parse(&["--enable-igw", "--policy", "cache_aware"]);
+        let (_, bad) = parse(&["--mini-lb", "--policy", "cache_aware"]);
         assert_eq!(bad.len(), 1, "{bad:?}");
-        assert!(bad[0].contains("--enable-igw is not supported yet"));
+        assert!(bad[0].contains("--mini-lb is not supported yet"));
         let (_, bad) = parse(&["--policy", "random", "--port", "1"]);
         assert!(bad.is_empty());
         // A default 0.1.17 value given explicitly is fine; another one is refused.

@@ -48,7 +48,8 @@ pub struct PublishedFlags {
     /// P/D: how prefill hands the KV cache to decode.
     #[arg(long, default_value = "nixl", value_parser = ["nixl", "mooncake", "moriio"])]
     pub kv_connector: String,
-    /// Multi-model gateway: route by the request's `model` among the workers serving it.
+    /// Multi-model routing: a request goes to the workers whose /v1/models list its
+    /// `model` (one policy per model); an unknown model gets 404.
     #[arg(long)]
     pub enable_igw: bool,
     /// Requests per second the router admits to workers, split over the shards, with a

@@ -19,7 +19,6 @@ const NOT_BUILT: &[(&str, &str)] = &[
     ("kv_event_model", "the kv_aware policy"),
     ("pd_kv_events", "the kv_aware policy"),
     ("mini_lb", "0.1.17's Python debug balancer"),
-    ("enable_igw", "multi-model gateway mode"),
     ("enable_program_scheduling", "program scheduling"),
     ("program_scheduling_config_json", "program scheduling"),
     ("wasm_middleware", "WASM middleware"),

@@ -34,6 +34,13 @@ pub async fn startup_wait(
                     w.spec.healthy = healthy;
                 }
             }
+        }
+        if any && config.igw {
+            // The shards route by model from their first request: learn them first.
+            super::models::learn(state).await;
+        }
+        {
+            let s = state.borrow();
             if any {
                 let specs: Vec<_> = s.registry.workers.iter().map(|w| w.spec.clone()).collect();
                 for spec in specs {

@@ -26,6 +26,8 @@ pub struct ControlConfig {
     /// P/D pools (`--prefill`, `--decode`).
     pub prefill_urls: Vec<String>,
     pub decode_urls: Vec<String>,
+    /// `--enable-igw`: learn each worker's models (`models.rs`).
+    pub igw: bool,
     /// `--kv-connector mooncake`: prefill URLs and the bootstrap ports to ask.
     pub mooncake_bootstrap: Vec<(String, u16)>,
     pub dp_size: u32,

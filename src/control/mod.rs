@@ -17,6 +17,7 @@ pub mod k8s_discovery;
 mod loads;
 pub mod metrics;
 mod metrics_endpoint;
+mod models;
 mod mooncake;
 pub mod registry;
 pub mod reload;
@@ -303,6 +304,9 @@ fn spawn_loops(state: &Rc<RefCell<ControlState>>, config: &ControlConfig, bound:
     ));
     if let Some(n) = config.notifier.clone() {
         spawn_local(status::notify_loop(state.clone(), n));
+    }
+    if config.igw {
+        spawn_local(models::refresh_loop(state.clone()));
     }
 }
 

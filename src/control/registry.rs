@@ -82,6 +82,7 @@ pub fn resolve(url: &str, dp_size: u32, next_id: &mut WorkerId) -> Result<Vec<Wo
                 role: Default::default(),
                 pd_address: None,
                 mooncake: None,
+                models: Vec::new(),
             }
         })
         .collect())

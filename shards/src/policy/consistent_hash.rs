@@ -18,7 +18,6 @@ use xxhash_rust::xxh3::xxh3_64;
 
 pub const VIRTUAL_NODES: u32 = 160;
 
-
 /// The ring is searched from a bucket of this many top bits of the key: a few
 /// comparisons in a cache line or two instead of a binary search over 160 x workers.
 const BUCKET_BITS: u32 = 12;

@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use xxhash_rust::xxh3::xxh3_64;
 
-
 /// Idle time after which a session is forgotten, as 0.1.17's default.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(7200);
 

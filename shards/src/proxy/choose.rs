@@ -16,11 +16,20 @@ pub fn pick(
     excluded: &[WorkerId],
 ) -> Option<WorkerId> {
     let input = RouteInput { head, json };
-    let (picked, insert) = {
-        let mut policy = shard.policy(role).borrow_mut();
-        let workers = shard.workers.borrow();
-        let picked = policy.pick(&workers.view(role, excluded), &input);
-        (picked, policy.take_insert())
+    let (picked, insert) = match igw_model(shard, json, role) {
+        Some(model) => {
+            let mut pools = shard.model_pools.borrow_mut();
+            let workers = shard.workers.borrow();
+            let policy = pools.policy(model, &workers, &shard.config, shard.index);
+            let picked = policy.pick(&workers.view_serving(role, excluded, model), &input);
+            (picked, policy.take_insert())
+        }
+        None => {
+            let mut policy = shard.policy(role).borrow_mut();
+            let workers = shard.workers.borrow();
+            let picked = policy.pick(&workers.view(role, excluded), &input);
+            (picked, policy.take_insert())
+        }
     };
     if let Some(insert) = insert {
         shard.pending_inserts.borrow_mut().push(insert);
@@ -31,6 +40,25 @@ pub fn pick(
         }
     }
     picked
+}
+
+/// The model a request is routed by (`--enable-igw`, regular pool): its `model`.
+pub fn igw_model<'j>(
+    shard: &Shard,
+    json: Option<&'j serde_json::Value>,
+    role: WorkerRole,
+) -> Option<&'j str> {
+    if !shard.config.igw || role != WorkerRole::Regular {
+        return None;
+    }
+    json?.get("model")?.as_str()
+}
+
+/// Answers 404 in OpenAI's shape for a model no worker serves (`--enable-igw`).
+pub async fn unknown_model(c: &mut Client, model: &str) -> bool {
+    let msg = format!("The model `{model}` does not exist.");
+    c.send_error_coded(404, &msg, "model_not_found", Some("model"), true)
+        .await
 }
 
 /// Answers 503 for a pool without a routable worker, saying whether breakers are why.

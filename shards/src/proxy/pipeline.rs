@@ -7,7 +7,7 @@
 //! 3. multi-leg: the JSON body is rewritten and sent to two workers in turn (P/D,
 //!    see `pd`).
 
-use super::choose::{no_worker, pick};
+use super::choose::{igw_model, no_worker, pick, unknown_model};
 use super::exchange::RequestBody;
 use super::forward::{forward_with_retries, Relayed};
 use super::request_id::request_id;
@@ -86,7 +86,7 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
     let generation = classify(c.head.method(), c.head.path()) == RouteKind::Generation;
     let role = shard.main_role();
     let pd = generation && shard.config.pd.is_some();
-    let needs_json = pd || shard.policy(role).borrow().needs_body();
+    let needs_json = pd || shard.config.igw || shard.policy(role).borrow().needs_body();
     let json = if needs_json && !body.is_empty() {
         match serde_json::from_slice::<serde_json::Value>(&body) {
             Ok(v) => Some(v),
@@ -102,6 +102,13 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
     } else {
         None
     };
+    if let Some(model) = igw_model(shard, json.as_ref(), role) {
+        if !shard.workers.borrow().models(role).contains(&model) {
+            let keep = unknown_model(c, model).await;
+            c.body = body;
+            return keep;
+        }
+    }
     let keep = if pd {
         super::pd::handle(shard, c, json.as_ref(), deadline).await
     } else {

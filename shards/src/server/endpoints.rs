@@ -15,6 +15,17 @@ pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<u16> {
     let body;
     let (status, body): (u16, &[u8]) = match c.head.path() {
         b"/liveness" => (200, br#"{"status":"alive"}"#),
+        // --enable-igw: the union of what the workers serve, in OpenAI's list shape.
+        b"/v1/models" if shard.config.igw => {
+            let workers = shard.workers.borrow();
+            let data: Vec<serde_json::Value> = workers
+                .models(crate::worker::WorkerRole::Regular)
+                .into_iter()
+                .map(|id| serde_json::json!({"id": id, "object": "model", "owned_by": "vllm-router"}))
+                .collect();
+            body = serde_json::json!({"object": "list", "data": data}).to_string();
+            (200, body.as_bytes())
+        }
         b"/health" | b"/readiness" => {
             // 0.1.17's shape, with the start-up wait's reason while it lasts.
             let (healthy, total) = shard.workers.borrow().health_counts();

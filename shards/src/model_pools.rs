@@ -1,0 +1,66 @@
+//! `--enable-igw`: one policy instance per model. A request naming a `model` is routed
+//! among the workers whose `/v1/models` list it (the control core asks them), by that
+//! model's own policy (its own counters, trees, sessions), so one model's traffic
+//! never skews another's decisions. Only models some worker serves get an instance.
+
+use crate::config::ShardConfig;
+use crate::policy::Policy;
+use crate::state::WorkerSet;
+use crate::worker::{WorkerId, WorkerRole};
+use std::collections::HashMap;
+
+/// The regular pool's policies, by model.
+#[derive(Default)]
+pub struct ModelPools {
+    policies: HashMap<String, Box<dyn Policy>>,
+}
+
+impl ModelPools {
+    /// The policy of `model`, made on first use.
+    pub fn policy(
+        &mut self,
+        model: &str,
+        workers: &WorkerSet,
+        config: &ShardConfig,
+        shard: usize,
+    ) -> &mut Box<dyn Policy> {
+        if !self.policies.contains_key(model) {
+            let seed = shard as u64 + 1 + self.policies.len() as u64 * 7919;
+            let mut p = config.policy.build(seed, &config.policy_options);
+            p.on_workers_changed(&workers.view_serving(WorkerRole::Regular, &[], model));
+            self.policies.insert(model.to_string(), p);
+        }
+        self.policies.get_mut(model).expect("inserted above")
+    }
+
+    /// Workers came, went or changed models: every model's policy sees its workers
+    /// again, and a model nobody serves any more loses its instance.
+    pub fn on_workers_changed(&mut self, workers: &WorkerSet) {
+        let served = workers.models(WorkerRole::Regular);
+        self.policies
+            .retain(|model, _| served.binary_search(&model.as_str()).is_ok());
+        for (model, p) in self.policies.iter_mut() {
+            p.on_workers_changed(&workers.view_serving(WorkerRole::Regular, &[], model));
+        }
+    }
+
+    /// Another shard's decision (cache_aware text, a sticky session), for every model
+    /// the worker serves.
+    pub fn remote_insert(&mut self, workers: &WorkerSet, worker: WorkerId, text: &str) {
+        let Some(w) = workers.get(worker) else { return };
+        for model in &w.spec.models {
+            if let Some(p) = self.policies.get_mut(model) {
+                p.remote_insert(worker, text);
+            }
+        }
+    }
+
+    /// `POST /finish_session` in every model's policy.
+    pub fn finish_session(&mut self, session: &str) -> bool {
+        let mut known = false;
+        for p in self.policies.values_mut() {
+            known |= p.finish_session(session);
+        }
+        known
+    }
+}
