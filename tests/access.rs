@@ -360,3 +360,47 @@ fn without_cors_origins_preflights_go_to_the_worker() {
     assert_eq!(resp.header("x-mock-worker"), Some("a"), "{}", resp.text());
     assert_eq!(resp.header("access-control-allow-origin"), None);
 }
+
+fn rate_chat(port: u16) -> Response {
+    let body = chat_body("hello", 2, false).to_string();
+    request(port, "POST", "/v1/chat/completions", &[], body.as_bytes())
+}
+
+#[test]
+fn a_rate_limit_answers_429_with_retry_after_then_admits_again() {
+    let w = mock(&[]);
+    let r = router(
+        &[&w],
+        &["--shards", "1", "--rate-limit-tokens-per-second", "2"],
+    );
+    // A burst of one second's worth (2) passes; then one is refused with the wait.
+    let mut passed = 0;
+    let refused = loop {
+        let resp = rate_chat(r.port);
+        match resp.status {
+            200 => passed += 1,
+            429 => break resp,
+            other => panic!("status {other}: {}", resp.text()),
+        }
+        assert!(passed < 10, "no request was refused");
+    };
+    assert!(passed >= 2, "the burst was not admitted: {passed}");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.json()["error"]["type"], "rate_limit_error");
+    let labels = [
+        ("route", "/v1/chat/completions"),
+        ("error_type", "rate_limited"),
+    ];
+    let counted = eventually(Duration::from_secs(3), || {
+        metric(&r.metrics(), "vllm_router_request_errors_total", &labels) == Some(1.0)
+    });
+    assert!(counted, "{}", r.metrics());
+    // Health and admin calls are not counted against it.
+    for _ in 0..5 {
+        assert_eq!(request(r.port, "GET", "/health", &[], b"").status, 200);
+    }
+    // Tokens come back at the rate: a request is admitted again.
+    assert!(eventually(Duration::from_secs(3), || rate_chat(r.port)
+        .status
+        == 200));
+}
