@@ -1,6 +1,7 @@
 //! Settings a shard reads, fixed at start: the binary turns the command line into a
 //! `ShardConfig` and hands every shard the same copy.
 
+pub use crate::cors::CorsConfig;
 use crate::policy::{PolicyKind, PolicyOptions};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -49,15 +50,6 @@ pub struct ShardConfig {
     pub cors: Option<CorsConfig>,
     /// Who may use the router (`--admin-api-key`, `--client-api-key`).
     pub access: AccessKeys,
-}
-
-/// Origins whose pages may call the router (`--cors-allowed-origins`).
-#[derive(Clone, Debug, Default)]
-pub struct CorsConfig {
-    /// `*` was given: any origin.
-    pub any: bool,
-    /// Exact `Origin` values (scheme, host and port).
-    pub origins: Vec<String>,
 }
 
 /// Bearer tokens the router itself checks (not `api_key`, which it sends to workers).

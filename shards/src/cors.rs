@@ -9,7 +9,15 @@
 //! is never refused for its origin: the browser enforces what the headers say.
 
 use crate::codec::request::RequestHead;
-use crate::config::CorsConfig;
+
+/// Origins whose pages may call the router (`--cors-allowed-origins`).
+#[derive(Clone, Debug, Default)]
+pub struct CorsConfig {
+    /// `*` was given: any origin.
+    pub any: bool,
+    /// Exact `Origin` values (scheme, host and port).
+    pub origins: Vec<String>,
+}
 
 /// How long a browser may cache a preflight answer (seconds), as 0.1.17.
 const MAX_AGE: &[u8] = b"3600";

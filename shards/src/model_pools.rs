@@ -3,8 +3,7 @@
 //! model's own policy (its own counters, trees, sessions), so one model's traffic
 //! never skews another's decisions. Only models some worker serves get an instance.
 
-use crate::config::ShardConfig;
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyKind, PolicyOptions};
 use crate::state::WorkerSet;
 use crate::worker::{WorkerId, WorkerRole};
 use std::collections::HashMap;
@@ -21,12 +20,12 @@ impl ModelPools {
         &mut self,
         model: &str,
         workers: &WorkerSet,
-        config: &ShardConfig,
+        (kind, options): (PolicyKind, &PolicyOptions),
         shard: usize,
     ) -> &mut Box<dyn Policy> {
         if !self.policies.contains_key(model) {
             let seed = shard as u64 + 1 + self.policies.len() as u64 * 7919;
-            let mut p = config.policy.build(seed, &config.policy_options);
+            let mut p = kind.build(seed, options);
             p.on_workers_changed(&workers.view_serving(WorkerRole::Regular, &[], model));
             self.policies.insert(model.to_string(), p);
         }

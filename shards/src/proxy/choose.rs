@@ -20,7 +20,8 @@ pub fn pick(
         Some(model) => {
             let mut pools = shard.model_pools.borrow_mut();
             let workers = shard.workers.borrow();
-            let policy = pools.policy(model, &workers, &shard.config, shard.index);
+            let kind = (shard.config.policy, &shard.config.policy_options);
+            let policy = pools.policy(model, &workers, kind, shard.index);
             let picked = policy.pick(&workers.view_serving(role, excluded, model), &input);
             (picked, policy.take_insert())
         }
