@@ -606,3 +606,42 @@ fn a_declared_body_length_reserves_no_memory_before_the_bytes_arrive() {
     assert!(r.child.try_wait().unwrap().is_none(), "the router died");
     clients.clear();
 }
+
+#[test]
+fn a_worker_closing_after_part_of_its_answer_never_leaves_the_client_waiting() {
+    // The worker sends a head and half a body, then closes. The router must notice
+    // the close every time: a lost wakeup leaves the client waiting for the idle
+    // timeout (once in a few hundred with glommio's multishot read poll).
+    let w = mock(&["--drop-after-tokens", "3"]);
+    let r = router(
+        &[&w],
+        &[
+            "--disable-retries",
+            "--disable-circuit-breaker",
+            "--shards",
+            "1",
+        ],
+    );
+    let body = chat_body("x", 10, false).to_string();
+    for i in 0..400 {
+        let mut c = Conn::open(r.port);
+        c.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        c.send(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let started = Instant::now();
+        let got = c.read_to_close();
+        assert!(!got.is_empty(), "request {i}: nothing came back");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "request {i} hung"
+        );
+    }
+}

@@ -56,12 +56,16 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 /// `sqe.len` flag of a poll that stays armed (Linux 5.13).
 const IORING_POLL_ADD_MULTI: u32 = 1 << 0;
 
-/// Whether this kernel has multishot poll (Linux 5.13), judged from its release
-/// number: older kernels reject the flag with EINVAL, so streams then use one-shot
-/// polls (as does a kernel that reports an older release but backports io_uring).
+/// Whether streams use one multishot poll per connection (change 7, vllm-router):
+/// only when `GLOMMIO_MULTISHOT_POLL=1` and the kernel has it (Linux 5.13; older
+/// kernels reject the flag with EINVAL). Off by default since it was found to lose
+/// the wakeup of a peer's FIN now and then (PATCHES.md, change 7): a proxied answer
+/// cut by its worker then waited for the idle timeout instead of ending.
 pub(crate) fn multishot_poll_supported() -> bool {
     lazy_static! {
-        static ref SUPPORTED: bool = kernel_at_least(5, 13);
+        static ref SUPPORTED: bool = std::env::var_os("GLOMMIO_MULTISHOT_POLL")
+            .is_some_and(|v| v == "1")
+            && kernel_at_least(5, 13);
     }
     *SUPPORTED
 }
