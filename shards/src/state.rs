@@ -184,6 +184,13 @@ impl WorkerSet {
         }
     }
 
+    /// Some healthy worker of `role` serves `model` (per request: no allocation).
+    pub fn serves(&self, role: WorkerRole, model: &str) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.spec.role == role && w.spec.healthy && w.serves(model))
+    }
+
     /// Every model some worker of `role` serves, sorted, once each.
     pub fn models(&self, role: WorkerRole) -> Vec<&str> {
         let mut out: Vec<&str> = self

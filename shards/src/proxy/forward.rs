@@ -125,7 +125,9 @@ async fn relay_answer(
         w.processed += 1;
     }
     let id: &[u8] = &c.request_id;
-    let mut extra: Vec<(&[u8], &[u8])> = vec![(REQUEST_ID_HEADER, id)];
+    // The request id and at most three CORS headers: no allocation per answer.
+    let mut extra: smallvec::SmallVec<[(&[u8], &[u8]); 4]> =
+        smallvec::smallvec![(REQUEST_ID_HEADER, id)];
     extra.extend(c.cors.iter().map(|(n, v)| (*n, v.as_slice())));
     let own_cors = shard.config.cors.is_some();
     write_client_head(
@@ -137,6 +139,7 @@ async fn relay_answer(
         &extra,
         own_cors,
     );
+    drop(extra); // it borrows the client, which the body relay writes to
     let mut decoder = BodyDecoder::new(resp.framing);
     let mut sse = resp.is_event_stream().then(SseScanner::default);
     let idle = shard.config.stream_idle_timeout;

@@ -103,7 +103,7 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
         None
     };
     if let Some(model) = igw_model(shard, json.as_ref(), role) {
-        if !shard.workers.borrow().models(role).contains(&model) {
+        if !shard.workers.borrow().serves(role, model) {
             let keep = unknown_model(c, model).await;
             c.body = body;
             return keep;
