@@ -23,12 +23,13 @@ const MAX_MODELS_BODY: usize = 1 << 20;
 pub async fn learn(state: &Rc<RefCell<ControlState>>) -> Vec<shards::messages::WorkerSpec> {
     let (targets, probe) = {
         let s = state.borrow();
-        let mut targets: Vec<(String, SocketAddr, String)> = Vec::new();
-        for w in s.registry.workers.iter().filter(|w| w.health.healthy) {
-            if !targets.iter().any(|t| t.0 == w.base_url) {
-                targets.push((w.base_url.clone(), w.spec.addr, w.spec.authority.clone()));
-            }
-        }
+        let targets: Vec<(String, SocketAddr, String)> = s
+            .registry
+            .bases_with_health()
+            .into_iter()
+            .filter(|t| t.3)
+            .map(|(url, addr, authority, _)| (url, addr, authority))
+            .collect();
         (targets, s.probe.clone())
     };
     let asks: Vec<_> = targets

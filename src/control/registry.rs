@@ -183,10 +183,25 @@ impl Registry {
 
     /// Distinct base URLs with what a probe needs.
     pub fn bases(&self) -> Vec<(String, SocketAddr, String)> {
-        let mut out: Vec<(String, SocketAddr, String)> = Vec::new();
+        self.bases_with_health()
+            .into_iter()
+            .map(|(b, addr, authority, _)| (b, addr, authority))
+            .collect()
+    }
+
+    /// Distinct base URLs with what a call needs and whether they are healthy (the
+    /// ranks of one base share its health).
+    pub fn bases_with_health(&self) -> Vec<(String, SocketAddr, String, bool)> {
+        let mut out: Vec<(String, SocketAddr, String, bool)> = Vec::new();
         for w in &self.workers {
-            if !out.iter().any(|(b, _, _)| *b == w.base_url) {
-                out.push((w.base_url.clone(), w.spec.addr, w.spec.authority.clone()));
+            if !out.iter().any(|t| t.0 == w.base_url) {
+                let healthy = w.health.healthy;
+                out.push((
+                    w.base_url.clone(),
+                    w.spec.addr,
+                    w.spec.authority.clone(),
+                    healthy,
+                ));
             }
         }
         out

@@ -16,20 +16,7 @@ const MAX_LOAD_BODY: usize = 4096;
 
 /// `(url, address, authority, healthy)` of every worker URL (DP ranks share one).
 fn targets(state: &Rc<RefCell<ControlState>>) -> Vec<(String, SocketAddr, String, bool)> {
-    let s = state.borrow();
-    let mut out: Vec<(String, SocketAddr, String, bool)> = Vec::new();
-    for w in &s.registry.workers {
-        if !out.iter().any(|t| t.0 == w.base_url) {
-            let healthy = w.health.healthy;
-            out.push((
-                w.base_url.clone(),
-                w.spec.addr,
-                w.spec.authority.clone(),
-                healthy,
-            ));
-        }
-    }
-    out
+    state.borrow().registry.bases_with_health()
 }
 
 /// One call to one worker, bounded by the probe timeout.
