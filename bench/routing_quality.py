@@ -89,6 +89,7 @@ def drive(args, route):
     sessions = [(f"session-{s}", s % args.system_prompts) for s in range(args.sessions)]
     rng.shuffle(sessions)
     latencies, lock = [], threading.Lock()
+    placed = []  # (system prompt, session, turn, worker name)
     queue = list(sessions)
 
     def client():
@@ -116,7 +117,10 @@ def drive(args, route):
                     raise SystemExit(f"status {resp.status}: {data[:200]}")
                 with lock:
                     latencies.append(dt)
-                answer = json.loads(data)["choices"][0]["message"]["content"]
+                answer = json.loads(data)
+                with lock:
+                    placed.append((k, sid, turn, answer.get("system_fingerprint", "?")))
+                answer = answer["choices"][0]["message"]["content"]
                 messages.append({"role": "assistant", "content": answer})
         for c in conns.values():
             c.close()
@@ -124,7 +128,21 @@ def drive(args, route):
     threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
     for t in threads: t.start()
     for t in threads: t.join()
+    if args.trace:
+        trace(placed)
     return latencies
+
+
+def trace(placed):
+    """Where each system prompt's requests went, and how many sessions moved."""
+    by_prompt, by_session = {}, {}
+    for k, sid, turn, w in placed:
+        by_prompt.setdefault(k, {}).setdefault(w, 0)
+        by_prompt[k][w] += 1
+        by_session.setdefault(sid, []).append((turn, w))
+    moves = sum(1 for turns in by_session.values() for a, b in zip(sorted(turns), sorted(turns)[1:]) if a[1] != b[1])
+    print("  per prompt:", {k: dict(sorted(v.items())) for k, v in sorted(by_prompt.items())}, file=sys.stderr)
+    print(f"  moves mid-session: {moves}", file=sys.stderr)
 
 
 def run(args, name, exe=None, policy=None, replicas=1):
@@ -183,6 +201,7 @@ def main():
     ap.add_argument("--fixed-port", type=int, default=0,
                     help="workers on 127.0.0.2, .3, ... at this port: the same URLs every run")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--trace", action="store_true", help="print where each system prompt's requests went")
     args = ap.parse_args()
     replicas = [int(r) for r in args.replicas.split(",")]
     rows = [run(args, "oracle")]

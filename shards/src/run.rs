@@ -9,7 +9,7 @@ use crate::messages::{Delta, Report};
 use crate::metrics::ShardMetrics;
 use crate::policy::Random;
 use crate::pool::Pool;
-use crate::shard::Shard;
+use crate::shard::{Shard, INSERT_FLUSH_DELAY};
 use crate::state::WorkerSet;
 use crate::worker::WorkerRole;
 use crossbeam_channel::Sender;
@@ -107,8 +107,10 @@ async fn run_shard(
     };
     let admission =
         crate::admission::Admission::new(config.admission_slots, config.admission_queue);
+    let (insert_bell, insert_rung) = glommio::channels::local_channel::new_bounded(1);
     let shard = Rc::new(Shard {
         index,
+        insert_bell,
         policies: WorkerRole::ALL.map(|role| {
             let kind = match (&config.pd, role) {
                 (Some(pd), WorkerRole::Prefill) => pd.prefill_policy,
@@ -155,7 +157,6 @@ async fn run_shard(
                 glommio::timer::sleep(DEADLINE_TICK).await;
                 let now = Instant::now();
                 shard.deadlines.sweep(now);
-                shard.send_inserts();
                 ticks += 1;
                 if ticks.is_multiple_of(LOAD_REPORT_TICKS) {
                     shard.send_loads();
@@ -164,6 +165,15 @@ async fn run_shard(
                     shard.pool.borrow_mut().sweep(now);
                     shard.send_metrics();
                 }
+            }
+        }
+    });
+    let insert_flusher = glommio::spawn_local({
+        let shard = shard.clone();
+        async move {
+            while insert_rung.recv().await.is_some() {
+                glommio::timer::sleep(INSERT_FLUSH_DELAY).await;
+                shard.send_inserts();
             }
         }
     });
@@ -188,6 +198,7 @@ async fn run_shard(
     drop(acceptor); // closes the listener: the kernel stops giving us connections
     let _ = shard.connections.close().await;
     drop(sweeper);
+    drop(insert_flusher);
     shard.send_metrics();
     let _ = shard.reports.send(Report::Drained { shard: index });
 }

@@ -225,6 +225,7 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
             let content = token.repeat(tokens as usize);
             let mut body = if chat {
                 json!({"id": id, "object": "chat.completion", "created": now_secs(), "model": model,
+                    "system_fingerprint": format!("mock-{}", shared.name),
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                                  "logprobs": null, "finish_reason": "length"}],
                     "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,

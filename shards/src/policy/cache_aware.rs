@@ -16,23 +16,24 @@
 //!   `--balance-rel-threshold` both exceeded) the least loaded worker wins, whatever
 //!   the cache says: the published router's guard, kept.
 //!
-//! The candidates are the workers holding a match over the threshold, the one
-//! deterministic placement gives the request's prefix (`placement`: rendezvous hashing
-//! of the first [`PLACEMENT_KEY_BYTES`] with a load cap), and, once some worker holds
-//! the prefix, the least loaded worker (where a hot prefix spreads to). A cold prefix
-//! has the placement alone, so it lands on the same worker from every shard and every
-//! router replica, and a burst of it does not scatter before the shards have told each
-//! other. A conversation stays where its longer prefix is cached rather than going to
-//! a worker that only shares its system prompt. A new conversation (the tree says no
-//! worker holds more of it than other requests share) skips workers more than
-//! [`NEW_CONVERSATION_SLACK`] requests over the mean load.
+//! A request's key is its first [`PLACEMENT_KEY_BYTES`]. A key other requests share
+//! (a system prompt) has a home (`prefix_homes`: spread evenly, the same on every
+//! replica). A new conversation on a shared key goes to its home, or, when the home has
+//! more than [`NEW_CONVERSATION_SLACK`] requests over the mean, to the least loaded
+//! worker; so does a conversation whose previous turn another replica sent (the tree
+//! holds its older turns but not the answer before its latest question). Otherwise the
+//! candidates are the workers holding a match over the threshold, the key's home
+//! (credited with the shared prefix) and the least loaded worker, and the cheapest
+//! wins: a conversation stays where its longer prefix is cached. A cold key goes where
+//! its home would be, so it lands on one worker from every shard and every replica.
 //!
-//! The chosen worker's text is inserted into this shard's tree and, batched per 50 ms
-//! tick, reported to the control core, which forwards it to the other shards.
+//! The chosen worker's text is inserted into this shard's tree and, gathered for 2 ms,
+//! reported to the control core, which forwards it to the other shards.
 
 use super::placement::Rendezvous;
+use super::prefix_homes::PrefixHomes;
 use super::radix_tree::RadixTree;
-use super::text::{request_text, BodyFields};
+use super::text::{conversation_text, BodyFields};
 use super::{Policy, PolicyKind, RouteInput};
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
@@ -59,8 +60,10 @@ pub const LOAD_COST: f64 = 0.15;
 /// A new conversation (no worker holds more of it than the prefix other requests
 /// share) skips workers with this many requests more than the mean: balance is cheap
 /// to keep when a conversation starts and dear to restore later, since a conversation
-/// stays where it is cached. Two, not one: a load report may be 150 ms old.
-pub const NEW_CONVERSATION_SLACK: f64 = 2.0;
+/// stays where it is cached. Four: with two (the previous release) a home holding
+/// two system prompts sent one conversation in four elsewhere at moments of uneven
+/// arrivals, splitting its prompts over workers; docs/routing.md has the runs.
+pub const NEW_CONVERSATION_SLACK: f64 = 4.0;
 
 /// `--cache-threshold`, `--balance-*-threshold`, `--max-tree-size`.
 #[derive(Clone, Debug)]
@@ -75,7 +78,10 @@ pub struct CacheAware {
     cfg: CacheAwareConfig,
     tree: RadixTree,
     placement: Rendezvous,
+    homes: PrefixHomes,
     text: String,
+    /// Where the request's previous turn ends in `text` (`conversation_text`).
+    previous_end: usize,
     matches: Vec<(WorkerId, usize)>,
     /// The last decision's insert, for the pipeline to report.
     pending_insert: Option<(WorkerId, Arc<str>)>,
@@ -126,7 +132,9 @@ impl CacheAware {
             cfg,
             tree: RadixTree::default(),
             placement: Rendezvous::default(),
+            homes: PrefixHomes::default(),
             text: String::new(),
+            previous_end: 0,
             matches: Vec::new(),
             pending_insert: None,
             hits: 0,
@@ -175,9 +183,21 @@ impl CacheAware {
         key: u64,
         loads: &Loads,
     ) -> Option<Candidate<'a>> {
-        let placed = self.placement.place(key, workers, loads.total)?;
         let text = &self.text.as_bytes()[..len];
         let shared = self.tree.matches(text, &mut self.matches);
+        if shared >= len.min(PLACEMENT_KEY_BYTES) {
+            // Other requests start the same way: the key gets a home of its own.
+            self.homes.note_shared(key);
+        }
+        let placed = self
+            .homes
+            .place(key, &self.placement, workers, loads.total)?;
+        // A conversation whose previous turn this router did not send (another
+        // replica did) is found where every replica sends a new conversation: the
+        // tree here holds only older turns, and the worker holding those does not hold
+        // the latest.
+        let known = self.matches.iter().map(|(_, m)| *m).max().unwrap_or(0);
+        let lost = known < self.previous_end.min(len);
         let threshold = self.cfg.cache_threshold * len as f64;
         // Below the threshold a match counts as none; no match is longer than the text.
         for m in self.matches.iter_mut() {
@@ -197,7 +217,7 @@ impl CacheAware {
         };
         // A new conversation (nobody holds more of it than what other requests share;
         // a cold prefix too) skips workers over the tight cap.
-        let new_conversation = self.matches.iter().all(|(_, m)| *m <= shared);
+        let new_conversation = lost || self.matches.iter().all(|(_, m)| *m <= shared);
         let n = workers.routable_count() as f64;
         let cap = ((loads.total as f64 + 1.0) / n).ceil() + NEW_CONVERSATION_SLACK;
         let allowed = |w: &Worker| !new_conversation || f64::from(w.load()) < cap;
@@ -209,13 +229,26 @@ impl CacheAware {
         } else {
             None
         };
+        // A new conversation on a shared prefix goes to the prefix's home (or spills to
+        // the least loaded worker), not to another worker that happens to hold the
+        // prefix too: every replica agrees on the home, not on the rest.
+        let homed = new_conversation && self.homes.is_shared(key);
         let others = self
             .matches
             .iter()
+            .filter(|_| !homed)
             .filter_map(|(id, m)| Some((workers.routable_get(*id)?, *m)));
-        let candidates = std::iter::once(placed)
-            .chain(idle)
-            .map(|w| (w, matched_on(w.spec.id)))
+        // The home holds the shared prefix as far as every replica is concerned, though
+        // this one's tree may not have seen it go there.
+        // A lost conversation's latest turns went there too.
+        let at_home = self.homes.is_shared(key) && self.homes.home(key) == Some(placed.spec.id);
+        let assumed = match (at_home, lost) {
+            (true, true) if homed => self.previous_end.max(shared).min(len),
+            (true, false) if shared as f64 > threshold => shared.min(len),
+            _ => 0,
+        };
+        let candidates = std::iter::once((placed, matched_on(placed.spec.id).max(assumed)))
+            .chain(idle.filter(|_| !homed).map(|w| (w, matched_on(w.spec.id))))
             .chain(others)
             .filter(|(w, _)| allowed(w));
         let mut best: Option<Candidate<'a>> = None;
@@ -245,6 +278,11 @@ impl CacheAware {
     }
 }
 
+/// The key placement ranks workers by: a hash of the text's first bytes.
+fn placement_key(text: &str) -> u64 {
+    xxh3_64(&text.as_bytes()[..floor_boundary(text, PLACEMENT_KEY_BYTES)])
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 fn floor_boundary(s: &str, max: usize) -> usize {
     let mut end = s.len().min(max);
@@ -265,6 +303,7 @@ impl Policy for CacheAware {
 
     fn on_workers_changed(&mut self, workers: &PoolView<'_>) {
         self.placement.on_workers_changed(workers);
+        self.homes.workers_changed();
         let known: Vec<WorkerId> = self.tree.sizes().map(|(w, _)| w).collect();
         for w in known {
             if workers.get(w).is_none() {
@@ -278,11 +317,12 @@ impl Policy for CacheAware {
             return None;
         }
         self.text.clear();
+        self.previous_end = 0;
         if let Some(body) = input.json {
-            request_text(&BodyFields::of(body), &mut self.text);
+            self.previous_end = conversation_text(&BodyFields::of(body), &mut self.text);
         }
         let len = floor_boundary(&self.text, MAX_ROUTING_TEXT_BYTES);
-        let key = xxh3_64(&self.text.as_bytes()[..floor_boundary(&self.text, PLACEMENT_KEY_BYTES)]);
+        let key = placement_key(&self.text);
         if len == 0 {
             return self.least_loaded(workers, key).map(|w| w.spec.id);
         }
@@ -309,12 +349,24 @@ impl Policy for CacheAware {
 
     fn remote_insert(&mut self, worker: WorkerId, text: &str) {
         self.tree.insert(text.as_bytes(), worker);
+        // Another shard's request may make a key shared here too: every shard then
+        // knows the same shared keys and gives them the same homes.
+        let key = placement_key(text);
+        if self.homes.is_shared(key) {
+            self.homes.note_shared(key);
+        } else {
+            let shared = self.tree.matches(text.as_bytes(), &mut self.matches);
+            if shared >= text.len().min(PLACEMENT_KEY_BYTES) {
+                self.homes.note_shared(key);
+            }
+        }
         if self.tree.size_of(worker) > self.cfg.max_tree_size {
             self.tree.evict(worker, self.cfg.max_tree_size / 10 * 9);
         }
     }
 
     fn evict(&mut self, max: usize) {
+        self.homes.age();
         let over: Vec<WorkerId> = self
             .tree
             .sizes()
@@ -427,15 +479,111 @@ mod tests {
         let mut p = policy(&s, cfg());
         let prefix = "shared system prompt ".repeat(20);
         let first = pick(&mut p, &s, &format!("{prefix} a"));
-        // Eight more in flight than the other: a full prefill there is cheaper
-        // (0.01 + 8 x LOAD_COST > 1).
-        s.get_mut(first).unwrap().in_flight = 8;
+        // Twelve in flight, more than the mean (6.5) plus NEW_CONVERSATION_SLACK: a new
+        // conversation goes to the other worker.
+        s.get_mut(first).unwrap().in_flight = 12;
         let second = pick(&mut p, &s, &format!("{prefix} b"));
         assert_ne!(second, first);
+        // The home has room again: new conversations go back to it, as they do from
+        // every other replica.
         s.get_mut(first).unwrap().in_flight = 1;
         s.get_mut(second).unwrap().in_flight = 0;
-        // Both hold the prefix now: the less loaded one wins.
-        assert_eq!(pick(&mut p, &s, &format!("{prefix} c")), second);
+        assert_eq!(pick(&mut p, &s, &format!("{prefix} c")), first);
+    }
+
+    fn chat(p: &mut CacheAware, s: &WorkerSet, messages: &[(&str, &str)]) -> WorkerId {
+        let h = RequestHead::default();
+        let messages: Vec<_> = (messages.iter())
+            .map(|(role, content)| serde_json::json!({"role": role, "content": content}))
+            .collect();
+        let body = serde_json::json!({ "messages": messages });
+        let input = RouteInput {
+            head: &h,
+            json: Some(&body),
+        };
+        p.pick(&s.view(WorkerRole::Regular, &[]), &input).unwrap()
+    }
+
+    fn system_prompt(k: usize) -> String {
+        format!("System prompt {k}: you are an expert on topic {k}. ").repeat(12)
+    }
+
+    #[test]
+    fn replicas_give_shared_prompts_the_same_even_homes_whatever_order_they_saw_them_in() {
+        let s = set(4);
+        let (mut a, mut b) = (policy(&s, cfg()), policy(&s, cfg()));
+        // Two conversations per prompt make it shared; b sees the prompts backwards.
+        for k in 0..8 {
+            for c in 0..2 {
+                chat(
+                    &mut a,
+                    &s,
+                    &[("system", &system_prompt(k)), ("user", &format!("a{c}"))],
+                );
+                chat(
+                    &mut b,
+                    &s,
+                    &[
+                        ("system", &system_prompt(7 - k)),
+                        ("user", &format!("b{c}")),
+                    ],
+                );
+            }
+        }
+        let mut per_worker = [0; 4];
+        for k in 0..8 {
+            let m = [
+                ("system", system_prompt(k)),
+                ("user", "a new question".into()),
+            ];
+            let m: Vec<(&str, &str)> = m.iter().map(|(r, c)| (*r, c.as_str())).collect();
+            let home = chat(&mut a, &s, &m);
+            assert_eq!(
+                home,
+                chat(&mut b, &s, &m),
+                "prompt {k}: the replicas disagree"
+            );
+            per_worker[home as usize] += 1;
+        }
+        assert_eq!(per_worker, [2, 2, 2, 2]);
+    }
+
+    #[test]
+    fn a_conversation_whose_last_turn_went_through_another_replica_goes_home() {
+        let s = set(4);
+        let mut p = policy(&s, cfg());
+        let system = system_prompt(1);
+        for c in 0..3 {
+            chat(
+                &mut p,
+                &s,
+                &[("system", &system), ("user", &format!("q{c}"))],
+            );
+        }
+        let home = chat(&mut p, &s, &[("system", &system), ("user", "hello")]);
+        // This router saw turn 1 elsewhere (a worker holding only its first question)...
+        let other = (home + 1) % 4;
+        let turn1 = format!("system: {system}\nuser: mine\n");
+        p.remote_insert(other, &turn1);
+        // ...and not turn 2, which the other replica sent home: turn 3 follows it.
+        let turn3 = [
+            ("system", system.as_str()),
+            ("user", "mine"),
+            ("assistant", "an answer"),
+            ("user", "more"),
+            ("assistant", "another answer"),
+            ("user", "and more"),
+        ];
+        assert_eq!(chat(&mut p, &s, &turn3), home);
+        // A conversation this router followed all along stays where it is.
+        p.remote_insert(other, &format!("system: {system}\nuser: yours\n"));
+        let turn2 = [
+            ("system", system.as_str()),
+            ("user", "yours"),
+            ("assistant", "an answer"),
+            ("user", "more"),
+        ];
+        assert_eq!(chat(&mut p, &s, &turn2), other);
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod cache_aware;
 mod consistent_hash;
 mod placement;
 mod power_of_two;
+mod prefix_homes;
 mod radix_tree;
 mod random;
 mod round_robin;

@@ -66,7 +66,7 @@ impl Rendezvous {
         if n == 0 {
             return None;
         }
-        let cap = (LOAD_CAP_FACTOR * (total + 1) as f64 / n as f64).ceil() as u64 + LOAD_CAP_SLACK;
+        let cap = load_cap(total, n);
         let mut top: [Option<(&'a Worker, u64)>; 2] = [None, None];
         for w in workers.routable().filter(|w| u64::from(w.load()) < cap) {
             let s = self.score(key, w.spec.id);
@@ -83,6 +83,12 @@ impl Rendezvous {
             _ => workers.routable().min_by_key(|w| w.load()),
         }
     }
+}
+
+/// The bounded-load cap over `workers` routable workers with `total` requests in
+/// flight: see [`LOAD_CAP_FACTOR`].
+pub fn load_cap(total: u64, workers: usize) -> u64 {
+    (LOAD_CAP_FACTOR * (total + 1) as f64 / workers as f64).ceil() as u64 + LOAD_CAP_SLACK
 }
 
 /// A 64-bit finalizer (murmur3's fmix64): every input bit flips each output bit with

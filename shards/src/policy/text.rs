@@ -82,33 +82,54 @@ fn push_value<'a>(value: &'a Value, out: &mut impl TextSink<'a>) {
 /// string or a list of parts (OpenAI's multimodal form); text parts are used.
 pub fn request_text<'a>(body: &BodyFields<'a>, out: &mut impl TextSink<'a>) {
     if let Some(messages) = body.messages.and_then(Value::as_array) {
-        for m in messages {
-            let (mut role, mut content) = (None, None);
-            for (name, value) in m.as_object().into_iter().flatten() {
-                match name.as_str() {
-                    "role" => role = value.as_str(),
-                    "content" => content = Some(value),
-                    _ => {}
-                }
-            }
-            out.push_str(role.unwrap_or(""));
-            out.push_str(": ");
-            match content {
-                Some(Value::String(t)) => out.push_str(t),
-                Some(Value::Array(parts)) => {
-                    for p in parts {
-                        if let Some(t) = p.get("text").and_then(Value::as_str) {
-                            out.push_str(t);
-                        }
-                    }
-                }
-                _ => {}
-            }
-            out.push_str("\n");
-        }
+        messages.iter().for_each(|m| push_message(m, out));
     } else if let Some(prompt) = body.prompt.or(body.input) {
         push_value(prompt, out);
     }
+}
+
+/// [`request_text`] into a string, returning where the conversation's previous turn
+/// ends: the offset of the second-to-last message (the answer to the previous turn,
+/// which no router saw, then the new question), 0 for a prompt or a first turn. A
+/// router that sent the previous turn holds the text up to there.
+pub fn conversation_text(body: &BodyFields<'_>, out: &mut String) -> usize {
+    let Some(messages) = body.messages.and_then(Value::as_array) else {
+        request_text(body, out);
+        return 0;
+    };
+    let mut previous_end = 0;
+    for (i, m) in messages.iter().enumerate() {
+        if i + 2 == messages.len() {
+            previous_end = out.len();
+        }
+        push_message(m, out);
+    }
+    previous_end
+}
+
+fn push_message<'a>(m: &'a Value, out: &mut impl TextSink<'a>) {
+    let (mut role, mut content) = (None, None);
+    for (name, value) in m.as_object().into_iter().flatten() {
+        match name.as_str() {
+            "role" => role = value.as_str(),
+            "content" => content = Some(value),
+            _ => {}
+        }
+    }
+    out.push_str(role.unwrap_or(""));
+    out.push_str(": ");
+    match content {
+        Some(Value::String(t)) => out.push_str(t),
+        Some(Value::Array(parts)) => {
+            for p in parts {
+                if let Some(t) = p.get("text").and_then(Value::as_str) {
+                    out.push_str(t);
+                }
+            }
+        }
+        _ => {}
+    }
+    out.push_str("\n");
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub fn pick(
         }
     };
     if let Some(insert) = insert {
-        shard.pending_inserts.borrow_mut().push(insert);
+        shard.queue_insert(insert);
     }
     if let Some(id) = picked {
         if let Some(w) = shard.workers.borrow_mut().get_mut(id) {

@@ -1,0 +1,267 @@
+//! Homes for shared prefixes (system prompts, templates: the keys many conversations
+//! start with), spread evenly over the workers and the same on every router replica.
+//!
+//! Rendezvous hashing alone places each key on its best-ranked worker, which leaves a
+//! handful of system prompts lumpy (eight over four workers: often three, two, two,
+//! one) and overflows the busiest worker's cache. Here the known shared keys are taken
+//! in the order of their hashes, each to its best-ranked worker that is home to fewer
+//! than its share of them (bounded-load consistent hashing with a factor of one, over
+//! keys instead of requests). The outcome depends only on the set of keys and the
+//! worker URLs, not on the order traffic arrived in, so replicas that see the same
+//! system prompts give them the same homes without talking.
+//!
+//! A key not shared yet (a new prompt, one conversation's own start) goes where its
+//! home would be were it shared, so it does not move when its second request comes.
+
+use super::placement::{load_cap, Rendezvous};
+use crate::state::{PoolView, Worker};
+use crate::worker::WorkerId;
+use std::collections::HashMap;
+
+/// Shared keys remembered at most: a bound on memory and on the work of spreading
+/// them (keys x workers rank computations each time the set changes). Past it, the
+/// least recently used eighth is dropped.
+pub const MAX_KEYS: usize = 1024;
+
+/// Placing the keys before a new one again costs keys x workers rank computations;
+/// past this many the new key is placed with the homes as they are.
+const MAX_REPLAY_WORK: usize = 16 * 1024;
+
+/// The shared keys of one policy instance and their homes.
+#[derive(Default)]
+pub struct PrefixHomes {
+    /// Key -> the recency clock when last used.
+    keys: HashMap<u64, u64>,
+    /// (key, home) sorted by key, for the keys and workers as of the last
+    /// [`PrefixHomes::refresh`].
+    homes: Vec<(u64, WorkerId)>,
+    /// Per worker id: the keys homed there.
+    counts: Vec<u32>,
+    /// Per worker id: keys counted while placing a new key.
+    scratch: Vec<u32>,
+    /// The keys or the workers changed since the homes were computed.
+    stale: bool,
+    clock: u64,
+    /// The clock at the last [`PrefixHomes::age`].
+    aged_at: u64,
+}
+
+impl PrefixHomes {
+    /// Other requests start with `key` too.
+    pub fn note_shared(&mut self, key: u64) {
+        self.clock += 1;
+        if let Some(used) = self.keys.get_mut(&key) {
+            *used = self.clock;
+            return;
+        }
+        if self.keys.len() >= MAX_KEYS {
+            self.drop_oldest(MAX_KEYS / 8);
+        }
+        self.keys.insert(key, self.clock);
+        self.stale = true;
+    }
+
+    /// Whether `key` is known to be shared.
+    pub fn is_shared(&self, key: u64) -> bool {
+        self.keys.contains_key(&key)
+    }
+
+    /// The home of `key`, as of the last placement.
+    pub fn home(&self, key: u64) -> Option<WorkerId> {
+        let i = self.homes.binary_search_by_key(&key, |(k, _)| *k).ok()?;
+        Some(self.homes[i].1)
+    }
+
+    /// The workers changed: homes are computed again.
+    pub fn workers_changed(&mut self) {
+        self.stale = true;
+    }
+
+    /// Forgets the keys unused since the previous call (the tree's periodic eviction
+    /// calls it): a system prompt nobody sends any more stops taking a share.
+    pub fn age(&mut self) {
+        let since = self.aged_at;
+        self.aged_at = self.clock;
+        let before = self.keys.len();
+        self.keys.retain(|_, used| *used > since);
+        self.stale |= self.keys.len() != before;
+    }
+
+    fn drop_oldest(&mut self, n: usize) {
+        let mut ages: Vec<u64> = self.keys.values().copied().collect();
+        let nth = n.min(ages.len() - 1);
+        let (_, cut, _) = ages.select_nth_unstable(nth);
+        let cut = *cut;
+        self.keys.retain(|_, used| *used > cut);
+        self.stale = true;
+    }
+
+    /// Computes the homes again when the keys or workers changed.
+    fn refresh(&mut self, rank: &Rendezvous, workers: &PoolView<'_>) {
+        if !self.stale {
+            return;
+        }
+        self.stale = false;
+        self.homes.clear();
+        self.counts.clear();
+        let n = workers.routable_count();
+        if n == 0 {
+            return;
+        }
+        let mut keys: Vec<u64> = self.keys.keys().copied().collect();
+        keys.sort_unstable();
+        let share = keys.len().div_ceil(n) as u32;
+        for key in keys {
+            if let Some(home) = best_under(&self.counts, key, share, rank, workers, u64::MAX) {
+                self.homes.push((key, home.spec.id));
+                bump(&mut self.counts, home.spec.id);
+            }
+        }
+    }
+
+    /// Where the greedy would put `key` were it shared too: the keys before it (in
+    /// hash order) fill their homes first, with the share the set would have with it.
+    /// So a new key's first request goes where its home will be once it is shared,
+    /// and every shard and replica that knows the same shared keys agrees.
+    fn home_if_shared<'a>(
+        &mut self,
+        key: u64,
+        rank: &Rendezvous,
+        workers: &PoolView<'a>,
+        cap: u64,
+    ) -> Option<&'a Worker> {
+        let n = workers.routable_count();
+        let share = (self.homes.len() + 1).div_ceil(n) as u32;
+        let before = self.homes.partition_point(|(k, _)| *k < key);
+        self.scratch.clear();
+        if share == self.homes.len().div_ceil(n) as u32 || before * n > MAX_REPLAY_WORK {
+            // The keys before it keep their homes: count them.
+            for (_, w) in &self.homes[..before] {
+                bump(&mut self.scratch, *w);
+            }
+        } else {
+            // The share grows with this key: the keys before it are placed again.
+            for i in 0..before {
+                let k = self.homes[i].0;
+                if let Some(w) = best_under(&self.scratch, k, share, rank, workers, u64::MAX) {
+                    bump(&mut self.scratch, w.spec.id);
+                }
+            }
+        }
+        best_under(&self.scratch, key, share, rank, workers, cap)
+    }
+
+    /// Where `key` goes: its home while that is under the load cap (else its
+    /// best-ranked worker under the cap); a key without one where its home would be
+    /// ([`PrefixHomes::home_if_shared`]); [`Rendezvous::place`] when every worker is
+    /// over the cap.
+    pub fn place<'a>(
+        &mut self,
+        key: u64,
+        rank: &Rendezvous,
+        workers: &PoolView<'a>,
+        total: u64,
+    ) -> Option<&'a Worker> {
+        let n = workers.routable_count();
+        if n == 0 {
+            return None;
+        }
+        self.refresh(rank, workers);
+        let cap = load_cap(total, n);
+        match self.home(key) {
+            Some(id) => workers
+                .routable_get(id)
+                .filter(|home| u64::from(home.load()) < cap)
+                .or_else(|| best_under(&[], key, 1, rank, workers, cap)),
+            None => self.home_if_shared(key, rank, workers, cap),
+        }
+        .or_else(|| rank.place(key, workers, total))
+    }
+}
+
+fn bump(counts: &mut Vec<u32>, id: WorkerId) {
+    let i = id as usize;
+    if counts.len() <= i {
+        counts.resize(i + 1, 0);
+    }
+    counts[i] += 1;
+}
+
+/// The best-ranked routable worker for `key` with fewer than `share` keys counted in
+/// `counts` and under `cap` requests in flight.
+fn best_under<'a>(
+    counts: &[u32],
+    key: u64,
+    share: u32,
+    rank: &Rendezvous,
+    workers: &PoolView<'a>,
+    cap: u64,
+) -> Option<&'a Worker> {
+    let count = |id: WorkerId| counts.get(id as usize).copied().unwrap_or(0);
+    workers
+        .routable()
+        .filter(|w| count(w.spec.id) < share && u64::from(w.load()) < cap)
+        .max_by_key(|w| rank.score(key, w.spec.id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{test_workers, WorkerSet};
+    use crate::worker::WorkerRole;
+
+    fn homes_of(set: &WorkerSet, keys: &[u64]) -> Vec<String> {
+        let view = set.view(WorkerRole::Regular, &[]);
+        let mut rank = Rendezvous::default();
+        rank.on_workers_changed(&view);
+        let mut h = PrefixHomes::default();
+        keys.iter().for_each(|k| h.note_shared(*k));
+        (keys.iter())
+            .map(|k| h.place(*k, &rank, &view, 0).unwrap().spec.url.clone())
+            .collect()
+    }
+
+    #[test]
+    fn shared_keys_spread_evenly() {
+        let set = test_workers(4);
+        for round in 0..50u64 {
+            let keys: Vec<u64> = (0..8)
+                .map(|k| (round << 8 | k).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+                .collect();
+            let homes = homes_of(&set, &keys);
+            let mut per: HashMap<&str, usize> = HashMap::new();
+            homes.iter().for_each(|u| *per.entry(u).or_default() += 1);
+            assert!(per.values().all(|&c| c == 2), "round {round}: {per:?}");
+        }
+    }
+
+    #[test]
+    fn homes_do_not_depend_on_the_order_keys_came_in() {
+        let set = test_workers(4);
+        let keys: Vec<u64> = (1..=11)
+            .map(|k: u64| k.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
+            .collect();
+        let forward = homes_of(&set, &keys);
+        let mut backward_keys = keys.clone();
+        backward_keys.reverse();
+        let mut backward = homes_of(&set, &backward_keys);
+        backward.reverse();
+        assert_eq!(forward, backward);
+    }
+
+    #[test]
+    fn unused_keys_age_out_and_memory_stays_bounded() {
+        let mut h = PrefixHomes::default();
+        h.note_shared(1);
+        h.note_shared(2);
+        h.age();
+        h.note_shared(1);
+        h.age();
+        assert!(h.is_shared(1) && !h.is_shared(2));
+        for k in 0..(MAX_KEYS as u64 * 3) {
+            h.note_shared(k);
+            assert!(h.keys.len() <= MAX_KEYS);
+        }
+        assert!(h.is_shared(MAX_KEYS as u64 * 3 - 1));
+    }
+}
