@@ -14,6 +14,7 @@ mod exposition;
 pub mod health;
 mod http;
 pub mod k8s_discovery;
+mod kv_events;
 mod loads;
 pub mod metrics;
 mod metrics_endpoint;
