@@ -10,6 +10,7 @@
 
 pub mod breaker;
 pub mod codec;
+pub mod kv_blocks;
 pub mod link;
 pub mod log;
 pub mod messages;
