@@ -49,6 +49,24 @@ pub struct MockConfig {
     /// Wait this long before sending any response head, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub slow_headers_ms: u64,
+    /// Publish KV-cache events as vLLM does (ZMQ PUB on this port, msgpack). The
+    /// prefix cache then holds token blocks (text tokenized one token per byte, as
+    /// `/tokenize` answers) and `--cache-blocks` counts those.
+    #[arg(long)]
+    pub kv_events_port: Option<u16>,
+    /// Answer replay requests for missed KV events (ZMQ ROUTER on this port).
+    #[arg(long)]
+    pub kv_events_replay_port: Option<u16>,
+    /// How events are encoded: `positional` (vLLM's msgspec array_like) or `map`.
+    #[arg(long, default_value = "positional", value_parser = ["positional", "map"])]
+    pub kv_events_encoding: String,
+    /// Tokens per KV block.
+    #[arg(long, default_value_t = 16)]
+    pub kv_block_size: usize,
+    /// Leave out every Nth live event message (a lossy network: the router sees a
+    /// sequence gap). 0 sends all.
+    #[arg(long, default_value_t = 0)]
+    pub kv_events_skip_every: u64,
 }
 
 impl MockConfig {

@@ -1,5 +1,6 @@
 //! What the mock answers, path by path.
 
+use super::kv;
 use super::state::{Conn, Shared};
 use futures_lite::future::or;
 use futures_lite::AsyncWriteExt;
@@ -34,6 +35,9 @@ pub async fn handle(shared: &Shared, c: &mut Conn) -> bool {
         }
         (b"POST", "/reset_prefix_cache") => {
             shared.cache.lock().unwrap().clear();
+            if let Some(kv) = &shared.kv {
+                kv.clear();
+            }
             reply(c, 200, "application/json", b"").await
         }
         (b"GET", "/metrics") => {
@@ -42,9 +46,15 @@ pub async fn handle(shared: &Shared, c: &mut Conn) -> bool {
         }
         (b"POST", "/tokenize") => {
             let v: Value = serde_json::from_slice(&c.body).unwrap_or(Value::Null);
-            let n = (request_text(&v).len() / 4) as u64;
-            let tokens: Vec<u64> = (0..n).map(|i| 1000 + i % 30000).collect();
-            let body = json!({"tokens": tokens, "count": n, "max_model_len": 32768});
+            let body = kv::tokenize_answer(&v);
+            reply(c, 200, "application/json", body.to_string().as_bytes()).await
+        }
+        (b"GET", "/get_server_info") if shared.kv.is_some() => {
+            let body = kv::server_info(&shared.cfg, &shared.name);
+            reply(c, 200, "application/json", body.to_string().as_bytes()).await
+        }
+        (b"GET", "/kv_event_sources") if shared.kv.is_some() => {
+            let body = kv::event_sources(&shared.cfg).unwrap_or_default();
             reply(c, 200, "application/json", body.to_string().as_bytes()).await
         }
         (b"GET", "/mock/stats") => {
@@ -106,30 +116,6 @@ fn header_u64(c: &Conn, name: &[u8]) -> Option<u64> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// The text a prefix cache would see: every message with its role, or the prompt.
-fn request_text(v: &Value) -> String {
-    if let Some(msgs) = v.get("messages").and_then(Value::as_array) {
-        let mut s = String::new();
-        for m in msgs {
-            s.push_str(m.get("role").and_then(Value::as_str).unwrap_or(""));
-            s.push_str(": ");
-            match m.get("content") {
-                Some(Value::String(t)) => s.push_str(t),
-                Some(other) => s.push_str(&other.to_string()),
-                None => {}
-            }
-            s.push('\n');
-        }
-        s
-    } else {
-        match v.get("prompt") {
-            Some(Value::String(p)) => p.clone(),
-            Some(other) => other.to_string(),
-            None => String::new(),
-        }
-    }
-}
-
 async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
     let n = shared.generation_requests.fetch_add(1, Ordering::Relaxed) + 1;
     let cfg = &shared.cfg;
@@ -161,13 +147,15 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
         return error(c, status, "injected failure").await;
     }
 
-    let text = request_text(&v);
-    let lookup = shared
-        .cache
-        .lock()
-        .unwrap()
-        .lookup_insert(text.as_bytes(), cfg.block_chars);
-    let prefill_us = cfg.ttft_us + (lookup.blocks - lookup.hit_blocks) * cfg.prefill_us_per_block;
+    let text = kv::rendered_text(&v);
+    let (blocks, hit_blocks) = match &shared.kv {
+        Some(kv) => kv.lookup(&kv::tokens_of(&v)),
+        None => {
+            let l = (shared.cache.lock().unwrap()).lookup_insert(text.as_bytes(), cfg.block_chars);
+            (l.blocks, l.hit_blocks)
+        }
+    };
+    let prefill_us = cfg.ttft_us + (blocks - hit_blocks) * cfg.prefill_us_per_block;
     let prompt_tokens = (text.len() / 4) as u64;
     let id = format!(
         "{}-mock-{}-{n}",
@@ -240,7 +228,7 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
                 body["kv_transfer_params"] = json!({
                     "do_remote_prefill": true, "do_remote_decode": false,
                     "remote_engine_id": format!("engine-{}", shared.name),
-                    "remote_block_ids": (0..lookup.blocks.max(1)).collect::<Vec<u64>>(),
+                    "remote_block_ids": (0..blocks.max(1)).collect::<Vec<u64>>(),
                     "remote_host": cfg.host, "remote_port": cfg.port,
                     "tp_size": 1,
                 });
@@ -419,7 +407,13 @@ async fn reply(c: &mut Conn, status: u16, content_type: &str, body: &[u8]) -> bo
 }
 
 fn metrics_text(shared: &Shared) -> String {
-    let cache = shared.cache.lock().unwrap();
+    let (usage, queries, hits) = match &shared.kv {
+        Some(kv) => kv.counters(),
+        None => {
+            let c = shared.cache.lock().unwrap();
+            (c.usage(), c.queries_tokens, c.hits_tokens)
+        }
+    };
     let m = &shared.cfg.model;
     format!(
         "# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
@@ -438,9 +432,9 @@ fn metrics_text(shared: &Shared) -> String {
          # TYPE vllm:prefix_cache_hits_total counter\n\
          vllm:prefix_cache_hits_total{{model_name=\"{m}\"}} {}\n",
         shared.running(),
-        cache.usage(),
-        cache.queries_tokens,
-        cache.hits_tokens,
+        usage,
+        queries,
+        hits,
     )
 }
 

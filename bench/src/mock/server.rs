@@ -25,7 +25,7 @@ pub fn run(mut cfg: MockConfig) -> std::io::Result<()> {
     // Port 0: one port for every executor (its default name says which).
     let reserved = shards::reserve_port(wanted).map_err(std::io::Error::other)?;
     cfg.port = reserved.addr.port();
-    let shared = Shared::new(cfg.clone());
+    let shared = Shared::new(cfg.clone())?;
     let mut handles = Vec::new();
     let port = cfg.port;
     for i in 0..cfg.threads.max(1) {

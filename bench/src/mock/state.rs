@@ -2,6 +2,7 @@
 //! client connection's buffers.
 
 use super::cache::PrefixCache;
+use super::kv::KvState;
 use super::MockConfig;
 use glommio::net::TcpStream;
 use shards::codec::request::RequestHead;
@@ -21,14 +22,19 @@ pub struct Shared {
     pub generation_requests: AtomicU64,
     pub cancelled: AtomicU64,
     pub cache: Mutex<PrefixCache>,
+    /// `--kv-events-port`: the token-block cache that publishes KV events; it then
+    /// stands for the prefix cache.
+    pub kv: Option<KvState>,
     pub by_path: Mutex<HashMap<String, u64>>,
     pub recent: Mutex<VecDeque<serde_json::Value>>,
 }
 
 impl Shared {
-    pub fn new(cfg: MockConfig) -> Arc<Shared> {
-        Arc::new(Shared {
-            name: cfg.worker_name(),
+    pub fn new(cfg: MockConfig) -> std::io::Result<Arc<Shared>> {
+        let name = cfg.worker_name();
+        Ok(Arc::new(Shared {
+            kv: KvState::start(&cfg, &name)?,
+            name,
             cache: Mutex::new(PrefixCache::new(cfg.cache_blocks)),
             cfg,
             running: AtomicI64::new(0),
@@ -36,7 +42,7 @@ impl Shared {
             cancelled: AtomicU64::new(0),
             by_path: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),
-        })
+        }))
     }
 
     pub fn remember(&self, entry: serde_json::Value) {

@@ -1,0 +1,220 @@
+//! A token-block prefix cache that tells what it stores and evicts as vLLM's KV events
+//! (`BlockStored`, `BlockRemoved`, `AllBlocksCleared`). Its block hashes are its own
+//! (seeded per worker, like vLLM with a random `PYTHONHASHSEED`), so a router must
+//! name blocks by their tokens to match requests against them.
+
+use rmpv::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// One event, before encoding.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CacheEvent {
+    Stored {
+        hashes: Vec<u64>,
+        parent: Option<u64>,
+        tokens: Vec<u32>,
+    },
+    Removed {
+        hashes: Vec<u64>,
+    },
+    Cleared,
+}
+
+/// What one lookup found.
+pub struct TokenLookup {
+    pub blocks: u64,
+    pub hit_blocks: u64,
+}
+
+pub struct TokenBlockCache {
+    block_size: usize,
+    capacity: usize,
+    seed: u64,
+    tick: u64,
+    by_hash: HashMap<u64, u64>,
+    by_tick: BTreeMap<u64, u64>,
+    pub queries_tokens: u64,
+    pub hits_tokens: u64,
+}
+
+impl TokenBlockCache {
+    pub fn new(block_size: usize, capacity: usize, seed: u64) -> Self {
+        TokenBlockCache {
+            block_size: block_size.max(1),
+            capacity: capacity.max(1),
+            seed,
+            tick: 0,
+            by_hash: HashMap::new(),
+            by_tick: BTreeMap::new(),
+            queries_tokens: 0,
+            hits_tokens: 0,
+        }
+    }
+
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    pub fn usage(&self) -> f64 {
+        self.by_hash.len() as f64 / self.capacity as f64
+    }
+
+    /// Drops every block (`/reset_prefix_cache`).
+    pub fn clear(&mut self, events: &mut Vec<CacheEvent>) {
+        self.by_hash.clear();
+        self.by_tick.clear();
+        events.push(CacheEvent::Cleared);
+    }
+
+    /// Looks up the full blocks of `tokens`, caches the missing ones (all become most
+    /// recent) and evicts the least recent past capacity, reporting both as events.
+    pub fn lookup_insert(&mut self, tokens: &[u32], events: &mut Vec<CacheEvent>) -> TokenLookup {
+        let mut parent: Option<u64> = None;
+        let (mut blocks, mut hits, mut hitting) = (0, 0, true);
+        let mut new_run: Option<CacheEvent> = None;
+        let mut evicted = Vec::new();
+        for block in tokens.chunks_exact(self.block_size) {
+            let h = self.engine_hash(parent, block);
+            blocks += 1;
+            let present = self.by_hash.contains_key(&h);
+            if hitting && present {
+                hits += 1;
+            } else {
+                hitting = false;
+            }
+            if present {
+                if let Some(run) = new_run.take() {
+                    events.push(run);
+                }
+            } else {
+                match &mut new_run {
+                    Some(CacheEvent::Stored {
+                        hashes, tokens: t, ..
+                    }) => {
+                        hashes.push(h);
+                        t.extend_from_slice(block);
+                    }
+                    _ => {
+                        new_run = Some(CacheEvent::Stored {
+                            hashes: vec![h],
+                            parent,
+                            tokens: block.to_vec(),
+                        })
+                    }
+                }
+            }
+            self.touch(h, &mut evicted);
+            parent = Some(h);
+        }
+        events.extend(new_run);
+        if !evicted.is_empty() {
+            events.push(CacheEvent::Removed { hashes: evicted });
+        }
+        let size = self.block_size as u64;
+        self.queries_tokens += blocks * size;
+        self.hits_tokens += hits * size;
+        TokenLookup {
+            blocks,
+            hit_blocks: hits,
+        }
+    }
+
+    fn engine_hash(&self, parent: Option<u64>, block: &[u32]) -> u64 {
+        let mut bytes = Vec::with_capacity(8 + 4 * block.len());
+        bytes.extend_from_slice(&parent.unwrap_or(0).to_le_bytes());
+        block
+            .iter()
+            .for_each(|t| bytes.extend_from_slice(&t.to_le_bytes()));
+        xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, self.seed)
+    }
+
+    fn touch(&mut self, h: u64, evicted: &mut Vec<u64>) {
+        self.tick += 1;
+        if let Some(old) = self.by_hash.insert(h, self.tick) {
+            self.by_tick.remove(&old);
+        }
+        self.by_tick.insert(self.tick, h);
+        while self.by_hash.len() > self.capacity {
+            let Some((&t, &victim)) = self.by_tick.iter().next() else {
+                break;
+            };
+            self.by_tick.remove(&t);
+            self.by_hash.remove(&victim);
+            evicted.push(victim);
+        }
+    }
+}
+
+/// An event as vLLM's msgspec encodes it (`positional`: array_like with the type tag
+/// first) or as a tagged map.
+pub fn encode_event(e: &CacheEvent, block_size: usize, positional: bool) -> Value {
+    let hashes = |hs: &[u64]| Value::Array(hs.iter().map(|h| Value::from(*h)).collect());
+    let (tag, fields): (&str, Vec<(&str, Value)>) = match e {
+        CacheEvent::Stored {
+            hashes: hs,
+            parent,
+            tokens,
+        } => (
+            "BlockStored",
+            vec![
+                ("block_hashes", hashes(hs)),
+                ("parent_block_hash", parent.map_or(Value::Nil, Value::from)),
+                (
+                    "token_ids",
+                    Value::Array(tokens.iter().map(|t| Value::from(*t)).collect()),
+                ),
+                ("block_size", Value::from(block_size as u64)),
+                ("lora_id", Value::Nil),
+                ("medium", Value::from("GPU")),
+            ],
+        ),
+        CacheEvent::Removed { hashes: hs } => (
+            "BlockRemoved",
+            vec![("block_hashes", hashes(hs)), ("medium", Value::from("GPU"))],
+        ),
+        CacheEvent::Cleared => ("AllBlocksCleared", vec![]),
+    };
+    if positional {
+        let mut a = vec![Value::from(tag)];
+        a.extend(fields.into_iter().map(|(_, v)| v));
+        Value::Array(a)
+    } else {
+        let mut m = vec![(Value::from("type"), Value::from(tag))];
+        m.extend(fields.into_iter().map(|(k, v)| (Value::from(k), v)));
+        Value::Map(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_blocks_are_stored_with_their_parent_and_evictions_removed() {
+        let mut c = TokenBlockCache::new(2, 3, 9);
+        let mut ev = Vec::new();
+        let l = c.lookup_insert(&[1, 2, 3, 4, 5], &mut ev);
+        assert_eq!((l.blocks, l.hit_blocks), (2, 0));
+        let CacheEvent::Stored {
+            hashes,
+            parent,
+            tokens,
+        } = &ev[0]
+        else {
+            panic!("{ev:?}")
+        };
+        assert_eq!(
+            (hashes.len(), *parent, tokens.as_slice()),
+            (2, None, &[1, 2, 3, 4][..])
+        );
+        let first = hashes[0];
+        ev.clear();
+        let l = c.lookup_insert(&[1, 2, 9, 9, 8, 8], &mut ev);
+        assert_eq!(l.hit_blocks, 1);
+        // Two new blocks after the cached first; the fourth block overflows capacity 3.
+        assert!(
+            matches!(&ev[0], CacheEvent::Stored { parent: Some(p), hashes, .. } if *p == first && hashes.len() == 2)
+        );
+        assert!(matches!(&ev[1], CacheEvent::Removed { hashes } if hashes.len() == 1));
+    }
+}
