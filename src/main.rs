@@ -3,6 +3,7 @@
 
 mod cli;
 mod control;
+mod kv_settings;
 mod notify;
 mod preflight;
 mod settings;

@@ -29,6 +29,7 @@ impl Settings {
         let pools = Pools::from_cli(cli)?;
         let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
         let access = access_keys(cli)?;
+        let kv_events = crate::kv_settings::kv_events(cli, policy, &pools.regular)?;
         let shard = Arc::new(shard_config(
             cli,
             shard_count,
@@ -69,6 +70,7 @@ impl Settings {
             worker_urls_file: cli.worker_urls_file.clone(),
             file_urls: pools.from_file,
             notifier: crate::notify::Notifier::from_env().map(Arc::new),
+            kv_events,
         };
         Ok(Settings {
             shard,
@@ -226,6 +228,13 @@ fn shard_config(
                 max_tree_size: cli.max_tree_size as usize,
             },
             session_ttl: session_ttl(),
+            kv_aware: shards::policy::KvAwareConfig {
+                temperature: cli.published.router_temperature,
+                penalty_host: cli.published.kv_penalty_host,
+                penalty_external: cli.published.kv_penalty_external,
+                penalty_disk: cli.published.kv_penalty_disk,
+                default_block_size: cli.published.kv_event_block_size,
+            },
         },
         api_key: cli.api_key.clone(),
         access,

@@ -59,6 +59,8 @@ fn bench_policies(c: &mut Criterion) {
                 let input = RouteInput {
                     head: &head,
                     json: Some(&bodies[i]),
+                    tokens: None,
+                    now: std::time::Instant::now(),
                 };
                 let picked = policy.pick(&set.view(WorkerRole::Regular, &[]), &input);
                 black_box(policy.take_insert());
@@ -87,6 +89,8 @@ fn bench_consistent_hash_text_key(c: &mut Criterion) {
                 &RouteInput {
                     head: &head,
                     json: Some(&body),
+                    tokens: None,
+                    now: std::time::Instant::now(),
                 },
             ))
         })

@@ -4,7 +4,52 @@
 //! every router, whatever hash vLLM was configured with (`--prefix-caching-hash-algo`,
 //! `PYTHONHASHSEED`).
 
+use crate::worker::WorkerId;
 use xxhash_rust::xxh3::xxh3_64;
+
+/// Where a block lives on its worker: what it costs to use it again differs
+/// (`--kv-penalty-host`, `--kv-penalty-disk`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Medium {
+    Device,
+    Host,
+    Disk,
+}
+
+impl Medium {
+    pub const ALL: [Medium; 3] = [Medium::Device, Medium::Host, Medium::Disk];
+
+    /// A bit per medium, for sets of them.
+    pub fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+/// What changed in one worker's blocks (one batch of KV events, or a purge).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BlockChanges {
+    /// Everything the worker held is gone (applied before the rest).
+    pub cleared: bool,
+    /// Blocks a medium started holding.
+    pub stored: Vec<(u64, Medium)>,
+    /// Blocks a medium stopped holding.
+    pub removed: Vec<(u64, Medium)>,
+}
+
+impl BlockChanges {
+    pub fn is_empty(&self) -> bool {
+        !self.cleared && self.stored.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// The control core tells every shard: `worker`'s blocks changed so.
+#[derive(Clone, Debug)]
+pub struct KvBlockDelta {
+    pub worker: WorkerId,
+    /// Tokens per block on that worker (its `kv_block_size`).
+    pub block_size: u32,
+    pub changes: BlockChanges,
+}
 
 /// The parent of a sequence's first block.
 pub const ROOT: u64 = 0x6b76_2d72_6f6f_7421;

@@ -31,6 +31,8 @@ pub enum Delta {
     /// Other shards routed these texts to these workers (cache_aware trees). One batch
     /// is shared by every receiving shard.
     CacheInserts(std::sync::Arc<Vec<(WorkerId, std::sync::Arc<str>)>>),
+    /// A worker's KV blocks changed (kv_aware: from its KV events).
+    KvBlocks(std::sync::Arc<crate::kv_blocks::KvBlockDelta>),
     /// Another shard's client finished this session (`POST /finish_session`).
     SessionFinished(std::sync::Arc<str>),
     /// Evict every worker's routing state down to this many bytes.

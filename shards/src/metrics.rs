@@ -112,6 +112,8 @@ pub struct ShardMetrics {
     pub tree_sizes: HashMap<WorkerId, usize>,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    /// kv_aware lookups: credited, not credited, no tokens to look up.
+    pub kv_lookups: [u64; 3],
     /// cache_aware decisions of other shards this shard applied to its trees.
     pub shared_inserts: u64,
     /// Requests waiting in this shard's admission queue when the copy was taken.
@@ -173,6 +175,9 @@ impl ShardMetrics {
         self.pd_decode_duration.merge(&other.pd_decode_duration);
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
+        for (a, b) in self.kv_lookups.iter_mut().zip(other.kv_lookups) {
+            *a += b;
+        }
         self.shared_inserts += other.shared_inserts;
         self.queued += other.queued;
         self.buffered_body_bytes += other.buffered_body_bytes;

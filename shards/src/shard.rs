@@ -109,7 +109,15 @@ impl Shard {
             Delta::Remove(id) => {
                 self.pool.borrow_mut().forget_worker(*id);
                 self.workers.borrow_mut().remove(*id);
+                for p in &self.policies {
+                    p.borrow_mut().forget_worker(*id);
+                }
                 self.workers_changed();
+            }
+            Delta::KvBlocks(delta) => {
+                for p in &self.policies {
+                    p.borrow_mut().kv_blocks(delta);
+                }
             }
             Delta::StartupWait(why) => {
                 self.starting.replace(why.clone());
@@ -266,6 +274,9 @@ impl Shard {
             let (hits, misses) = policy.cache_counts();
             m.cache_hits += hits;
             m.cache_misses += misses;
+            for (a, b) in m.kv_lookups.iter_mut().zip(policy.kv_lookups()) {
+                *a += b;
+            }
         }
         m.queued = self.admission.usage().1 as u64;
         m.buffered_body_bytes = self.bodies.used();

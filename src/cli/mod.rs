@@ -9,8 +9,8 @@ mod refusals;
 
 pub use published::PublishedFlags;
 
-/// The policy names 0.1.17 accepts; `kv_aware` is refused at start by name until it
-/// is built (`refusals`).
+/// The policy names 0.1.17 accepts (kv_aware in P/D mode or with `--enable-igw` is
+/// refused at start by name: `refusals`).
 const POLICIES: [&str; 7] = [
     "round_robin",
     "random",
@@ -395,9 +395,21 @@ mod tests {
         // A default 0.1.17 value given explicitly is fine; another one is refused.
         let (_, bad) = parse(&["--kv-connector", "nixl"]);
         assert!(bad.is_empty(), "{bad:?}");
-        let (_, bad) = parse(&["--kv-connector", "moriio", "--prefill-policy", "kv_aware"]);
-        assert_eq!(bad.len(), 2, "{bad:?}");
-        assert!(bad[0].contains("--prefill-policy kv_aware is not supported yet"));
+        let (_, bad) = parse(&["--kv-connector", "moriio"]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        // kv_aware is built for the regular pool, not yet for P/D or per-model pools.
+        let (_, bad) = parse(&["--policy", "kv_aware", "--router-temperature", "2"]);
+        assert!(bad.is_empty(), "{bad:?}");
+        let (_, bad) = parse(&["--vllm-pd-disaggregation", "--prefill-policy", "kv_aware"]);
+        assert_eq!(
+            bad,
+            ["--prefill-policy kv_aware is not supported yet in P/D mode"]
+        );
+        let (_, bad) = parse(&["--policy", "kv_aware", "--enable-igw"]);
+        assert_eq!(
+            bad,
+            ["--policy kv_aware is not supported yet with --enable-igw"]
+        );
     }
 
     #[test]

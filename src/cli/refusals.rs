@@ -8,16 +8,7 @@ use clap::ArgMatches;
 
 /// (argument id, the feature it needs).
 const NOT_BUILT: &[(&str, &str)] = &[
-    ("router_temperature", "the kv_aware policy"),
-    ("kv_penalty_host", "the kv_aware policy"),
-    ("kv_penalty_external", "the kv_aware policy"),
-    ("kv_penalty_disk", "the kv_aware policy"),
-    ("kv_aware_session_affinity_ttl_secs", "the kv_aware policy"),
-    ("kv_event_source", "the kv_aware policy"),
-    ("kv_event_replay_source", "the kv_aware policy"),
-    ("kv_event_block_size", "the kv_aware policy"),
-    ("kv_event_model", "the kv_aware policy"),
-    ("pd_kv_events", "the kv_aware policy"),
+    ("pd_kv_events", "kv_aware in P/D mode"),
     ("mini_lb", "0.1.17's Python debug balancer"),
     ("enable_program_scheduling", "program scheduling"),
     ("program_scheduling_config_json", "program scheduling"),
@@ -25,9 +16,6 @@ const NOT_BUILT: &[(&str, &str)] = &[
     ("wasm_middleware_sha256", "WASM middleware"),
     ("wasm_middleware_route", "WASM middleware"),
 ];
-
-/// Policy names 0.1.17 has and this build does not yet.
-const POLICIES_NOT_BUILT: &[&str] = &["kv_aware"];
 
 /// One line per flag or value given that this build cannot honour.
 pub fn refusals(cli: &Cli, m: &ArgMatches) -> Vec<String> {
@@ -42,16 +30,21 @@ pub fn refusals(cli: &Cli, m: &ArgMatches) -> Vec<String> {
             )
         })
         .collect();
+    // kv_aware is built for the regular pool; its P/D prefill policy and its
+    // per-model pools (IGW) are not yet.
     let policies = [
         ("--policy", Some(&cli.policy)),
         ("--prefill-policy", cli.prefill_policy.as_ref()),
         ("--decode-policy", cli.decode_policy.as_ref()),
     ];
     for (flag, value) in policies {
-        if let Some(v) = value.filter(|v| POLICIES_NOT_BUILT.contains(&v.as_str())) {
-            out.push(format!(
-                "{flag} {v} is not supported yet (a policy of 0.1.17 not built in this version)"
-            ));
+        let Some(v) = value.filter(|v| v.as_str() == "kv_aware") else {
+            continue;
+        };
+        if cli.vllm_pd_disaggregation {
+            out.push(format!("{flag} {v} is not supported yet in P/D mode"));
+        } else if cli.published.enable_igw {
+            out.push(format!("{flag} {v} is not supported yet with --enable-igw"));
         }
     }
     if cli.published.kv_connector == "moriio" {

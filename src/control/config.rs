@@ -49,6 +49,8 @@ pub struct ControlConfig {
     /// `--worker-urls-file`, and the URLs it held at start (already in `worker_urls`).
     pub worker_urls_file: Option<std::path::PathBuf>,
     pub file_urls: Vec<String>,
+    /// kv_aware: where the KV events come from (None: another policy).
+    pub kv_events: Option<super::kv_events::KvEventsConfig>,
     /// systemd's notify socket, when started with `Type=notify`.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
 }

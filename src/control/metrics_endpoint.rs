@@ -51,6 +51,7 @@ fn answer(state: &Rc<RefCell<ControlState>>, req: &Request<Incoming>) -> Respons
                 breakers: &s.breakers,
                 discovery: [s.discovery_updates, s.discovery_added, s.discovery_removed],
                 reloads: s.reloads,
+                kv: &s.kv,
             });
             (
                 StatusCode::OK,

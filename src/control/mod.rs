@@ -14,7 +14,7 @@ mod exposition;
 pub mod health;
 mod http;
 pub mod k8s_discovery;
-mod kv_events;
+pub mod kv_events;
 mod loads;
 pub mod metrics;
 mod metrics_endpoint;
@@ -271,6 +271,7 @@ fn initial_state(
         discovery_updates: 0,
         discovery_added: 0,
         discovery_removed: 0,
+        kv: Default::default(),
         reloads: [0, 0],
     })
 }
@@ -291,9 +292,12 @@ fn spawn_loops(state: &Rc<RefCell<ControlState>>, config: &ControlConfig, bound:
     }
     if matches!(
         config.policy,
-        PolicyKind::PowerOfTwo | PolicyKind::CacheAware
+        PolicyKind::PowerOfTwo | PolicyKind::CacheAware | PolicyKind::KvAware
     ) {
         spawn_local(loads::scrape_loop(state.clone(), config.probe.timeout));
+    }
+    if let Some(kv) = config.kv_events.clone() {
+        spawn_local(kv_events::run(state.clone(), kv));
     }
     if config.policy == PolicyKind::CacheAware {
         let (every, max) = (config.eviction_interval, config.max_tree_size);

@@ -36,6 +36,8 @@ pub struct ControlState {
     pub discovery_removed: u64,
     /// Worker list file reloads (SIGHUP): applied, and refused as invalid.
     pub reloads: [u64; 2],
+    /// KV event ingestion counters (kv_aware).
+    pub kv: super::kv_events::stats::KvStats,
 }
 
 impl ControlState {

@@ -185,9 +185,11 @@ impl CacheAware {
     ) -> Option<Candidate<'a>> {
         let text = &self.text.as_bytes()[..len];
         let shared = self.tree.matches(text, &mut self.matches);
-        if shared >= len.min(PLACEMENT_KEY_BYTES) {
+        let key_len = len.min(PLACEMENT_KEY_BYTES);
+        if shared >= key_len {
             // Other requests start the same way: the key gets a home of its own.
-            self.homes.note_shared(key);
+            let holder = sole_holder(&self.matches, key_len);
+            self.homes.note_shared(key, holder);
         }
         let placed = self
             .homes
@@ -278,6 +280,16 @@ impl CacheAware {
     }
 }
 
+/// The one worker holding at least `key_len` bytes of a text, if only one does.
+fn sole_holder(matches: &[(WorkerId, usize)], key_len: usize) -> Option<WorkerId> {
+    let mut holders = matches
+        .iter()
+        .filter(|(_, m)| *m >= key_len)
+        .map(|(w, _)| *w);
+    let first = holders.next()?;
+    holders.next().is_none().then_some(first)
+}
+
 /// The key placement ranks workers by: a hash of the text's first bytes.
 fn placement_key(text: &str) -> u64 {
     xxh3_64(&text.as_bytes()[..floor_boundary(text, PLACEMENT_KEY_BYTES)])
@@ -353,11 +365,13 @@ impl Policy for CacheAware {
         // knows the same shared keys and gives them the same homes.
         let key = placement_key(text);
         if self.homes.is_shared(key) {
-            self.homes.note_shared(key);
+            self.homes.note_shared(key, None);
         } else {
             let shared = self.tree.matches(text.as_bytes(), &mut self.matches);
-            if shared >= text.len().min(PLACEMENT_KEY_BYTES) {
-                self.homes.note_shared(key);
+            let key_len = text.len().min(PLACEMENT_KEY_BYTES);
+            if shared >= key_len {
+                let holder = sole_holder(&self.matches, key_len);
+                self.homes.note_shared(key, holder);
             }
         }
         if self.tree.size_of(worker) > self.cfg.max_tree_size {
@@ -419,6 +433,8 @@ mod tests {
         let input = RouteInput {
             head: &h,
             json: Some(&body),
+            tokens: None,
+            now: std::time::Instant::now(),
         };
         p.pick(&s.view(WorkerRole::Regular, &[]), &input).unwrap()
     }
@@ -500,6 +516,8 @@ mod tests {
         let input = RouteInput {
             head: &h,
             json: Some(&body),
+            tokens: None,
+            now: std::time::Instant::now(),
         };
         p.pick(&s.view(WorkerRole::Regular, &[]), &input).unwrap()
     }
@@ -546,6 +564,44 @@ mod tests {
             per_worker[home as usize] += 1;
         }
         assert_eq!(per_worker, [2, 2, 2, 2]);
+    }
+
+    #[test]
+    fn a_new_prompt_stays_on_one_worker_while_the_shards_disagree_on_the_shared_set() {
+        let s = set(4);
+        let user = |p: &mut CacheAware, k: usize, q: &str| {
+            chat(p, &s, &[("system", &system_prompt(k)), ("user", q)])
+        };
+        let mut found = false;
+        for trial in 0..40 {
+            // Shard x knows prompt a as shared, shard y not yet (its report is late).
+            let (a, b) = (100 + 2 * trial, 101 + 2 * trial);
+            let (mut x, mut y) = (policy(&s, cfg()), policy(&s, cfg()));
+            user(&mut x, a, "q0");
+            let first = user(&mut x, a, "q1");
+            let sent = format!("system: {}\nuser: q0\n", system_prompt(a));
+            y.remote_insert(first, &sent);
+            // Prompt b: its first request on x, its second on y after x's report.
+            let home_x = user(&mut x, b, "q0");
+            y.remote_insert(home_x, &format!("system: {}\nuser: q0\n", system_prompt(b)));
+            let mut z = policy(&s, cfg()); // what y would pick with nothing pinned
+            z.remote_insert(first, &sent);
+            z.remote_insert(home_x, &format!("system: {}\nuser: q0\n", system_prompt(b)));
+            z.homes.note_shared(
+                placement_key(&format!("system: {}", system_prompt(b))),
+                None,
+            );
+            assert_eq!(
+                user(&mut y, b, "q1"),
+                home_x,
+                "trial {trial}: the prompt split"
+            );
+            found |= user(&mut z, b, "q9") != home_x;
+        }
+        assert!(
+            found,
+            "no trial had the shards' homes differ: the test tests nothing"
+        );
     }
 
     #[test]

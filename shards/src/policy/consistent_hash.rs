@@ -163,6 +163,8 @@ mod tests {
             &RouteInput {
                 head: &h,
                 json: None,
+                tokens: None,
+                now: std::time::Instant::now(),
             },
         )
         .unwrap()

@@ -2,6 +2,8 @@
 
 mod cache_aware;
 mod consistent_hash;
+mod kv_aware;
+mod kv_index;
 mod placement;
 mod power_of_two;
 mod prefix_homes;
@@ -15,6 +17,7 @@ mod text_key;
 pub use cache_aware::{CacheAware, CacheAwareConfig};
 
 pub use consistent_hash::ConsistentHash;
+pub use kv_aware::{KvAware, KvAwareConfig};
 pub use power_of_two::PowerOfTwo;
 pub use random::Random;
 pub use round_robin::RoundRobin;
@@ -44,6 +47,7 @@ pub enum PolicyKind {
     PowerOfTwo,
     CacheAware,
     StickyLeastLoaded,
+    KvAware,
 }
 
 impl PolicyKind {
@@ -55,6 +59,7 @@ impl PolicyKind {
             "power_of_two" => PolicyKind::PowerOfTwo,
             "cache_aware" => PolicyKind::CacheAware,
             "sticky_least_loaded" => PolicyKind::StickyLeastLoaded,
+            "kv_aware" => PolicyKind::KvAware,
             _ => return None,
         })
     }
@@ -67,6 +72,7 @@ impl PolicyKind {
             PolicyKind::PowerOfTwo => "power_of_two",
             PolicyKind::CacheAware => "cache_aware",
             PolicyKind::StickyLeastLoaded => "sticky_least_loaded",
+            PolicyKind::KvAware => "kv_aware",
         }
     }
 
@@ -82,6 +88,7 @@ impl PolicyKind {
             PolicyKind::CacheAware => Box::new(CacheAware::new(options.cache_aware.clone())),
             PolicyKind::RoundRobin => Box::new(RoundRobin::new(seed as usize)),
             PolicyKind::StickyLeastLoaded => Box::new(StickyLeastLoaded::new(options.session_ttl)),
+            PolicyKind::KvAware => Box::new(KvAware::new(options.kv_aware.clone(), seed)),
         }
     }
 }
@@ -105,6 +112,7 @@ pub struct PolicyOptions {
     pub cache_aware: CacheAwareConfig,
     /// sticky_least_loaded: idle time after which a session is forgotten.
     pub session_ttl: std::time::Duration,
+    pub kv_aware: KvAwareConfig,
 }
 
 impl Default for PolicyOptions {
@@ -113,6 +121,7 @@ impl Default for PolicyOptions {
             consistent_hash_load_factor: None,
             cache_aware: CacheAwareConfig::default(),
             session_ttl: DEFAULT_SESSION_TTL,
+            kv_aware: KvAwareConfig::default(),
         }
     }
 }
@@ -122,6 +131,10 @@ pub struct RouteInput<'a> {
     pub head: &'a RequestHead,
     /// The buffered JSON body, parsed, when the pipeline read it (routing mode 2).
     pub json: Option<&'a serde_json::Value>,
+    /// The prompt's tokens, when the pipeline tokenized it (kv_aware).
+    pub tokens: Option<&'a [u32]>,
+    /// The shard's clock (read once per loop turn, not per request).
+    pub now: std::time::Instant,
 }
 
 /// Chooses a worker for one request.
@@ -147,6 +160,12 @@ pub trait Policy {
     /// Another shard routed `text` to `worker`.
     fn remote_insert(&mut self, _worker: WorkerId, _text: &str) {}
 
+    /// A worker's KV blocks changed (kv_aware).
+    fn kv_blocks(&mut self, _delta: &crate::kv_blocks::KvBlockDelta) {}
+
+    /// A worker left: whatever is known of its cache goes.
+    fn forget_worker(&mut self, _worker: WorkerId) {}
+
     /// `POST /finish_session`: the session is over (sticky_least_loaded). Whether it
     /// was known.
     fn finish_session(&mut self, _session: &str) -> bool {
@@ -159,6 +178,11 @@ pub trait Policy {
     /// Bytes of routing state per worker (`tree_size`).
     fn tree_sizes(&self) -> Vec<(WorkerId, usize)> {
         Vec::new()
+    }
+
+    /// kv_aware lookups: credited, not credited, without tokens.
+    fn kv_lookups(&self) -> [u64; 3] {
+        [0; 3]
     }
 
     /// Decisions taken from the cache, and not (`cache_hits_total`, `cache_misses_total`).

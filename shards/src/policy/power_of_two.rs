@@ -64,7 +64,9 @@ mod tests {
                     &s.view(WorkerRole::Regular, &[]),
                     &RouteInput {
                         head: &h,
-                        json: None
+                        json: None,
+                        tokens: None,
+                        now: std::time::Instant::now(),
                     }
                 ),
                 Some(1)

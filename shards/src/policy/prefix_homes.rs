@@ -12,6 +12,12 @@
 //!
 //! A key not shared yet (a new prompt, one conversation's own start) goes where its
 //! home would be were it shared, so it does not move when its second request comes.
+//!
+//! A key that becomes shared while only one worker holds it is pinned there until the
+//! set of keys changes again: the shards of a router may briefly differ on the set (a
+//! report in flight on a loaded machine), and the key's first requests must not split
+//! over two workers because of it. The next change of the set, which brings the
+//! lagging shard up to date, unpins it.
 
 use super::placement::{load_cap, Rendezvous};
 use crate::state::{PoolView, Worker};
@@ -39,6 +45,8 @@ pub struct PrefixHomes {
     counts: Vec<u32>,
     /// Per worker id: keys counted while placing a new key.
     scratch: Vec<u32>,
+    /// The key that became shared last, held by one worker then (see the module doc).
+    pin: Option<(u64, WorkerId)>,
     /// The keys or the workers changed since the homes were computed.
     stale: bool,
     clock: u64,
@@ -47,8 +55,9 @@ pub struct PrefixHomes {
 }
 
 impl PrefixHomes {
-    /// Other requests start with `key` too.
-    pub fn note_shared(&mut self, key: u64) {
+    /// Other requests start with `key` too; `holder` is the one worker holding it, if
+    /// only one does.
+    pub fn note_shared(&mut self, key: u64, holder: Option<WorkerId>) {
         self.clock += 1;
         if let Some(used) = self.keys.get_mut(&key) {
             *used = self.clock;
@@ -58,6 +67,7 @@ impl PrefixHomes {
             self.drop_oldest(MAX_KEYS / 8);
         }
         self.keys.insert(key, self.clock);
+        self.pin = holder.map(|w| (key, w));
         self.stale = true;
     }
 
@@ -84,7 +94,10 @@ impl PrefixHomes {
         self.aged_at = self.clock;
         let before = self.keys.len();
         self.keys.retain(|_, used| *used > since);
-        self.stale |= self.keys.len() != before;
+        if self.keys.len() != before {
+            self.stale = true;
+            self.pin = None;
+        }
     }
 
     fn drop_oldest(&mut self, n: usize) {
@@ -94,6 +107,7 @@ impl PrefixHomes {
         let cut = *cut;
         self.keys.retain(|_, used| *used > cut);
         self.stale = true;
+        self.pin = None;
     }
 
     /// Computes the homes again when the keys or workers changed.
@@ -111,7 +125,17 @@ impl PrefixHomes {
         let mut keys: Vec<u64> = self.keys.keys().copied().collect();
         keys.sort_unstable();
         let share = keys.len().div_ceil(n) as u32;
+        let pin = self
+            .pin
+            .filter(|(k, w)| self.keys.contains_key(k) && workers.routable_get(*w).is_some());
+        if let Some((_, w)) = pin {
+            bump(&mut self.counts, w);
+        }
         for key in keys {
+            if let Some((_, w)) = pin.filter(|(k, _)| *k == key) {
+                self.homes.push((key, w));
+                continue;
+            }
             if let Some(home) = best_under(&self.counts, key, share, rank, workers, u64::MAX) {
                 self.homes.push((key, home.spec.id));
                 bump(&mut self.counts, home.spec.id);
@@ -215,7 +239,7 @@ mod tests {
         let mut rank = Rendezvous::default();
         rank.on_workers_changed(&view);
         let mut h = PrefixHomes::default();
-        keys.iter().for_each(|k| h.note_shared(*k));
+        keys.iter().for_each(|k| h.note_shared(*k, None));
         (keys.iter())
             .map(|k| h.place(*k, &rank, &view, 0).unwrap().spec.url.clone())
             .collect()
@@ -252,14 +276,14 @@ mod tests {
     #[test]
     fn unused_keys_age_out_and_memory_stays_bounded() {
         let mut h = PrefixHomes::default();
-        h.note_shared(1);
-        h.note_shared(2);
+        h.note_shared(1, None);
+        h.note_shared(2, None);
         h.age();
-        h.note_shared(1);
+        h.note_shared(1, None);
         h.age();
         assert!(h.is_shared(1) && !h.is_shared(2));
         for k in 0..(MAX_KEYS as u64 * 3) {
-            h.note_shared(k);
+            h.note_shared(k, None);
             assert!(h.keys.len() <= MAX_KEYS);
         }
         assert!(h.is_shared(MAX_KEYS as u64 * 3 - 1));

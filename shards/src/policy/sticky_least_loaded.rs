@@ -229,6 +229,8 @@ mod tests {
         let input = RouteInput {
             head: &h,
             json: Some(&body),
+            tokens: None,
+            now: std::time::Instant::now(),
         };
         p.pick(&set.view(WorkerRole::Regular, &[]), &input).unwrap()
     }

@@ -15,7 +15,12 @@ pub fn pick(
     role: WorkerRole,
     excluded: &[WorkerId],
 ) -> Option<WorkerId> {
-    let input = RouteInput { head, json };
+    let input = RouteInput {
+        head,
+        json,
+        tokens: None,
+        now: shard.deadlines.now(),
+    };
     let (picked, insert) = match igw_model(shard, json, role) {
         Some(model) => {
             let mut pools = shard.model_pools.borrow_mut();

@@ -6,7 +6,7 @@
 //! for the shards, which keep their own copy.
 
 use super::wire::{KvEvent, Medium, WireHash};
-use shards::kv_blocks::{chain_hash, ROOT};
+use shards::kv_blocks::{chain_hash, BlockChanges, ROOT};
 use std::collections::HashMap;
 
 /// Blocks one source may hold in the index. A vLLM rank holds some 10^4 to 10^5
@@ -50,23 +50,6 @@ struct Block {
     name: u64,
     /// Copies per medium (device, host, disk): vLLM may store one block twice.
     copies: [u16; 3],
-}
-
-/// What the shards must learn from one batch of a source.
-#[derive(Debug, Default, PartialEq)]
-pub struct BlockChanges {
-    /// Everything the source held is gone (applied before the rest).
-    pub cleared: bool,
-    /// Blocks a medium started holding.
-    pub stored: Vec<(u64, Medium)>,
-    /// Blocks a medium stopped holding.
-    pub removed: Vec<(u64, Medium)>,
-}
-
-impl BlockChanges {
-    pub fn is_empty(&self) -> bool {
-        !self.cleared && self.stored.is_empty() && self.removed.is_empty()
-    }
 }
 
 /// The blocks of one source.

@@ -16,27 +16,19 @@ use rmpv::Value;
 /// hash of their token ids, and uses this to find parents and removals.
 pub type WireHash = u64;
 
-/// Where a block lives on its worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Medium {
-    Device,
-    Host,
-    Disk,
-}
+pub use shards::kv_blocks::Medium;
 
-impl Medium {
-    /// vLLM's medium strings, case-insensitive; missing means the GPU. Another string
-    /// (a tier the router has no price for) is None: not indexed.
-    fn parse(v: Option<&Value>) -> Option<Medium> {
-        let Some(s) = v.and_then(Value::as_str) else {
-            return Some(Medium::Device);
-        };
-        match s.to_ascii_uppercase().as_str() {
-            "GPU" | "CUDA" | "DEVICE" => Some(Medium::Device),
-            "CPU" | "HOST" | "HOST_PINNED" => Some(Medium::Host),
-            "DISK" | "STORAGE" => Some(Medium::Disk),
-            _ => None,
-        }
+/// vLLM's medium strings, case-insensitive; missing means the GPU. Another string (a
+/// tier the router has no price for) is None: not indexed.
+fn parse_medium(v: Option<&Value>) -> Option<Medium> {
+    let Some(s) = v.and_then(Value::as_str) else {
+        return Some(Medium::Device);
+    };
+    match s.to_ascii_uppercase().as_str() {
+        "GPU" | "CUDA" | "DEVICE" => Some(Medium::Device),
+        "CPU" | "HOST" | "HOST_PINNED" => Some(Medium::Host),
+        "DISK" | "STORAGE" => Some(Medium::Disk),
+        _ => None,
     }
 }
 
@@ -166,7 +158,7 @@ fn decode_event(e: &Value) -> Result<Option<KvEvent>, String> {
     };
     let f = Fields { event: e, names };
     let hashes = hash_list(f.get("block_hashes")).ok_or("block_hashes missing or not hashes")?;
-    let medium = Medium::parse(f.get("medium"));
+    let medium = parse_medium(f.get("medium"));
     if tag == "BlockRemoved" {
         return Ok(Some(KvEvent::BlockRemoved {
             block_hashes: hashes,

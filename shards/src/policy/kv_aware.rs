@@ -1,0 +1,327 @@
+//! kv_aware: route by what each worker really holds, from vLLM's KV events. A
+//! request's prompt tokens are cut into blocks, each named by the router's chained
+//! hash of its tokens; the shard's copy of the block index ([`KvIndex`]) says how many
+//! leading blocks each worker holds, per medium. The cost is 0.1.17's
+//! (`../shared/REFERENCE-0.1.17.md` §1.5), so a drop-in replacement routes the same:
+//!
+//! ```text
+//! credited = min(B * (d + c * e), N - 1)     d: blocks on the GPU, e: more blocks in
+//!                                            the best lower tier, c: its penalty
+//! new      = N - credited                    tokens the worker must prefill
+//! score    = new * (load + 1)                lowest wins; softmax with temperature
+//! ```
+//!
+//! `load` is the requests in flight to the worker from the whole router plus what the
+//! worker reports beyond that (other replicas). Ties go to the worker ranked first by
+//! rendezvous hashing of the first block's name, the same on every replica (0.1.17
+//! takes its internal worker order).
+
+use super::kv_index::{Depth, KvIndex};
+use super::placement::Rendezvous;
+use super::{Policy, PolicyKind, RouteInput};
+use crate::kv_blocks::{block_hashes, KvBlockDelta};
+use crate::state::{PoolView, Worker};
+use crate::worker::WorkerId;
+
+/// `--router-temperature`, `--kv-penalty-*`.
+#[derive(Clone, Debug)]
+pub struct KvAwareConfig {
+    pub temperature: f64,
+    pub penalty_host: f64,
+    pub penalty_external: f64,
+    pub penalty_disk: f64,
+    /// `--kv-event-block-size`: how a request is cut before any worker said.
+    pub default_block_size: u32,
+}
+
+impl Default for KvAwareConfig {
+    fn default() -> Self {
+        KvAwareConfig {
+            temperature: 0.0,
+            penalty_host: 0.8,
+            penalty_external: 0.6,
+            penalty_disk: 0.3,
+            default_block_size: 16,
+        }
+    }
+}
+
+pub struct KvAware {
+    cfg: KvAwareConfig,
+    index: KvIndex,
+    rank: Rendezvous,
+    rng: u64,
+    tokens: Vec<u32>,
+    names: Vec<u64>,
+    depths: Vec<Depth>,
+    /// Lookups: credited, not credited, without tokens (`kv_placement_lookups_total`).
+    lookups: [u64; 3],
+}
+
+/// One worker's score for a request.
+struct Scored<'a> {
+    worker: &'a Worker,
+    score: f64,
+    credited: bool,
+    rank: u64,
+}
+
+impl KvAware {
+    pub fn new(cfg: KvAwareConfig, seed: u64) -> Self {
+        KvAware {
+            cfg,
+            index: KvIndex::default(),
+            rank: Rendezvous::default(),
+            rng: seed | 1,
+            tokens: Vec::new(),
+            names: Vec::new(),
+            depths: Vec::new(),
+            lookups: [0; 3],
+        }
+    }
+
+    /// Tokens credited on a worker holding `depth` of a request of `n` tokens.
+    fn credited(&self, depth: &Depth, n: usize, block: usize) -> f64 {
+        // The GPU run is capped so the last token is always prefilled; a lower tier
+        // adds the blocks it holds past the whole GPU run.
+        let d = depth.device.min(n.saturating_sub(1) / block);
+        let extra = |tier: usize| tier.saturating_sub(depth.device) as f64;
+        let lower = [
+            (extra(depth.host), self.cfg.penalty_host),
+            (extra(depth.disk), self.cfg.penalty_disk),
+        ];
+        // The tier adding the most blocks; at equal blocks the better credit.
+        let (e, c) = lower
+            .into_iter()
+            .max_by(|a, b| (a.0, a.1).partial_cmp(&(b.0, b.1)).unwrap())
+            .unwrap_or((0.0, 0.0));
+        (block as f64 * (d as f64 + c * e)).min(n.saturating_sub(1) as f64)
+    }
+
+    fn next_random(&mut self) -> f64 {
+        // xorshift64*: per-shard, no syscall.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The request's prompt tokens: given by the pipeline (tokenized), or the
+    /// prompt itself when it is a list of token ids.
+    fn load_tokens(&mut self, input: &RouteInput<'_>) -> bool {
+        self.tokens.clear();
+        if let Some(t) = input.tokens {
+            self.tokens.extend_from_slice(t);
+            return true;
+        }
+        let Some(ids) = input
+            .json
+            .and_then(|b| b.get("prompt"))
+            .and_then(|p| p.as_array())
+        else {
+            return false;
+        };
+        for t in ids {
+            match t.as_u64().and_then(|t| u32::try_from(t).ok()) {
+                Some(t) => self.tokens.push(t),
+                None => return false,
+            }
+        }
+        !self.tokens.is_empty()
+    }
+}
+
+impl Policy for KvAware {
+    fn kind(&self) -> PolicyKind {
+        PolicyKind::KvAware
+    }
+
+    fn needs_body(&self) -> bool {
+        true
+    }
+
+    fn on_workers_changed(&mut self, workers: &PoolView<'_>) {
+        self.rank.on_workers_changed(workers);
+    }
+
+    fn kv_blocks(&mut self, delta: &KvBlockDelta) {
+        self.index.set_block_size(delta.worker, delta.block_size);
+        self.index.apply(delta.worker, &delta.changes);
+    }
+
+    fn forget_worker(&mut self, worker: WorkerId) {
+        self.index.forget(worker);
+    }
+
+    fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
+        if workers.routable_count() == 0 {
+            return None;
+        }
+        if !self.load_tokens(input) {
+            // No tokens (0.1.17's `missing_tokens`): by load alone.
+            self.lookups[2] += 1;
+            let key = 0;
+            return workers
+                .routable()
+                .min_by_key(|w| (w.load(), std::cmp::Reverse(self.rank.score(key, w.spec.id))))
+                .map(|w| w.spec.id);
+        }
+        // One block size for the request: the first routable worker's that has said.
+        let block = workers
+            .routable()
+            .map(|w| self.index.block_size(w.spec.id))
+            .find(|b| *b > 0)
+            .unwrap_or(self.cfg.default_block_size)
+            .max(1) as usize;
+        block_hashes(&self.tokens, block, &mut self.names);
+        self.index.depths(&self.names, &mut self.depths);
+        let key = self.names.first().copied().unwrap_or(0);
+        let n = self.tokens.len();
+        let mut best: Option<Scored<'_>> = None;
+        let mut scored: smallvec::SmallVec<[(WorkerId, f64); 16]> = smallvec::SmallVec::new();
+        for w in workers.routable() {
+            let depth = self.depths.iter().find(|d| d.worker == w.spec.id);
+            let credited = depth.map_or(0.0, |d| self.credited(d, n, block));
+            let new = (n as f64 - credited).max(0.0).ceil();
+            let score = new * (f64::from(w.load()) + 1.0);
+            let s = Scored {
+                worker: w,
+                score,
+                credited: credited > 0.0,
+                rank: self.rank.score(key, w.spec.id),
+            };
+            if best
+                .as_ref()
+                .is_none_or(|b| s.score < b.score || (s.score == b.score && s.rank > b.rank))
+            {
+                best = Some(s);
+            }
+            scored.push((w.spec.id, score));
+        }
+        let best = best?;
+        let (mut chosen, mut credited) = (best.worker.spec.id, best.credited);
+        if self.cfg.temperature > 0.0 && scored.len() > 1 {
+            // P(i) ~ exp(-(score_i - min) / T).
+            let t = self.cfg.temperature;
+            let weights: smallvec::SmallVec<[f64; 16]> = scored
+                .iter()
+                .map(|(_, s)| (-(s - best.score) / t).exp())
+                .collect();
+            let mut r = self.next_random() * weights.iter().sum::<f64>();
+            for ((id, _), w) in scored.iter().zip(&weights) {
+                r -= w;
+                if r <= 0.0 {
+                    chosen = *id;
+                    break;
+                }
+            }
+            credited = self
+                .depths
+                .iter()
+                .any(|d| d.worker == chosen && self.credited(d, n, block) > 0.0);
+        }
+        self.lookups[usize::from(!credited)] += 1;
+        Some(chosen)
+    }
+
+    fn kv_lookups(&self) -> [u64; 3] {
+        self.lookups
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::request::RequestHead;
+    use crate::kv_blocks::{BlockChanges, Medium};
+    use crate::state::{test_workers, WorkerSet};
+    use crate::worker::WorkerRole;
+
+    fn prompt(n: u32) -> serde_json::Value {
+        serde_json::json!({ "prompt": (0..n).collect::<Vec<u32>>() })
+    }
+
+    fn pick(p: &mut KvAware, s: &WorkerSet, body: &serde_json::Value) -> WorkerId {
+        let h = RequestHead::default();
+        let input = RouteInput {
+            head: &h,
+            json: Some(body),
+            tokens: None,
+            now: std::time::Instant::now(),
+        };
+        p.pick(&s.view(WorkerRole::Regular, &[]), &input).unwrap()
+    }
+
+    /// `worker` holds the first `blocks` blocks of `0..` in `medium`.
+    fn hold(p: &mut KvAware, worker: WorkerId, blocks: usize, medium: Medium) {
+        let tokens: Vec<u32> = (0..(blocks as u32 * 16)).collect();
+        let mut names = Vec::new();
+        block_hashes(&tokens, 16, &mut names);
+        p.kv_blocks(&KvBlockDelta {
+            worker,
+            block_size: 16,
+            changes: BlockChanges {
+                stored: names.into_iter().map(|n| (n, medium)).collect(),
+                ..Default::default()
+            },
+        });
+    }
+
+    #[test]
+    fn the_worker_holding_the_prefix_wins_until_load_outweighs_it() {
+        let mut s = test_workers(2);
+        let mut p = KvAware::new(KvAwareConfig::default(), 1);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+        hold(&mut p, 1, 4, Medium::Device);
+        // 80 tokens: worker 1 prefills 80 - 64 = 16, worker 0 all 80.
+        assert_eq!(pick(&mut p, &s, &prompt(80)), 1);
+        // 16 x (3 + 1) = 64 < 80 x 1: still worker 1; at 4 in flight, 80 = 80 ties.
+        s.get_mut(1).unwrap().in_flight = 3;
+        assert_eq!(pick(&mut p, &s, &prompt(80)), 1);
+        s.get_mut(1).unwrap().in_flight = 5;
+        assert_eq!(pick(&mut p, &s, &prompt(80)), 0);
+        assert_eq!(p.kv_lookups(), [2, 1, 0]);
+    }
+
+    #[test]
+    fn credits_follow_0_1_17_examples() {
+        let p = KvAware::new(KvAwareConfig::default(), 1);
+        let d = |device, host, disk| Depth {
+            worker: 0,
+            device,
+            host,
+            disk,
+        };
+        // B = 16, N = 80 (new = N - credited).
+        let new = |x: Depth| 80.0 - p.credited(&x, 80, 16);
+        assert_eq!(new(d(3, 3, 3)), 32.0);
+        assert!(
+            (new(d(0, 3, 0)) - 41.6).abs() < 1e-9,
+            "CPU 3 blocks: 80 - 38.4"
+        );
+        assert!((new(d(0, 0, 3)) - 65.6).abs() < 1e-9);
+        assert!((new(d(1, 3, 1)) - 38.4).abs() < 1e-9, "GPU 1 + CPU to 3");
+        assert!(
+            (new(d(1, 2, 4)) - 49.6).abs() < 1e-9,
+            "disk adds more blocks"
+        );
+        assert_eq!(new(d(5, 5, 5)), 16.0, "the last token is never credited");
+        assert_eq!(
+            new(d(0, 5, 0)),
+            16.0,
+            "CPU 5 blocks: capped at N - 1 overall"
+        );
+    }
+
+    #[test]
+    fn without_tokens_it_routes_by_load() {
+        let mut s = test_workers(3);
+        let mut p = KvAware::new(KvAwareConfig::default(), 1);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+        s.get_mut(0).unwrap().in_flight = 2;
+        s.get_mut(2).unwrap().in_flight = 1;
+        let chat = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(pick(&mut p, &s, &chat), 1, "the least loaded");
+        assert_eq!(p.kv_lookups(), [0, 0, 1]);
+    }
+}

@@ -1,0 +1,225 @@
+//! A shard's copy of which worker holds which KV blocks (kv_aware), kept from the
+//! control core's `Delta::KvBlocks`: the design's shared-nothing rule, so a lookup
+//! touches no lock. Blocks are named by the router's chained hash of their tokens
+//! (`kv_blocks`), so a request's block names look up every worker at once.
+
+use crate::kv_blocks::{BlockChanges, Medium};
+use crate::worker::WorkerId;
+use smallvec::SmallVec;
+use std::collections::HashMap;
+
+/// One worker holding a block, in which media (bits of [`Medium::bit`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Owner {
+    worker: WorkerId,
+    media: u8,
+}
+
+/// How deep a worker holds a request's leading blocks, per medium: blocks `0..device`
+/// on its GPU; `0..host` on its GPU or in host memory; `0..disk` on its GPU or disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Depth {
+    pub worker: WorkerId,
+    pub device: usize,
+    pub host: usize,
+    pub disk: usize,
+}
+
+#[derive(Default)]
+pub struct KvIndex {
+    blocks: HashMap<u64, SmallVec<[Owner; 2]>>,
+    /// Blocks held per worker id.
+    held: Vec<usize>,
+    /// Tokens per block, per worker id (0: no events yet).
+    block_sizes: Vec<u32>,
+}
+
+impl KvIndex {
+    /// Blocks `worker` holds (any medium).
+    pub fn held(&self, worker: WorkerId) -> usize {
+        self.held.get(worker as usize).copied().unwrap_or(0)
+    }
+
+    fn count(&mut self, worker: WorkerId, up: bool) {
+        let i = worker as usize;
+        if self.held.len() <= i {
+            self.held.resize(i + 1, 0);
+        }
+        if up {
+            self.held[i] += 1;
+        } else {
+            self.held[i] = self.held[i].saturating_sub(1);
+        }
+    }
+
+    /// Tokens per block on `worker` (0 before its first events).
+    pub fn block_size(&self, worker: WorkerId) -> u32 {
+        self.block_sizes.get(worker as usize).copied().unwrap_or(0)
+    }
+
+    /// Records a worker's block size.
+    pub fn set_block_size(&mut self, worker: WorkerId, size: u32) {
+        let i = worker as usize;
+        if self.block_sizes.len() <= i {
+            self.block_sizes.resize(i + 1, 0);
+        }
+        self.block_sizes[i] = size;
+    }
+
+    /// Applies one worker's changes.
+    pub fn apply(&mut self, worker: WorkerId, c: &BlockChanges) {
+        if c.cleared {
+            self.forget(worker);
+        }
+        for (name, m) in &c.stored {
+            let owners = self.blocks.entry(*name).or_default();
+            match owners.iter_mut().find(|o| o.worker == worker) {
+                Some(o) => o.media |= m.bit(),
+                None => {
+                    owners.push(Owner {
+                        worker,
+                        media: m.bit(),
+                    });
+                    self.count(worker, true);
+                }
+            }
+        }
+        for (name, m) in &c.removed {
+            let Some(owners) = self.blocks.get_mut(name) else {
+                continue;
+            };
+            let Some(i) = owners.iter().position(|o| o.worker == worker) else {
+                continue;
+            };
+            owners[i].media &= !m.bit();
+            if owners[i].media == 0 {
+                owners.swap_remove(i);
+                let empty = owners.is_empty();
+                if empty {
+                    self.blocks.remove(name);
+                }
+                self.count(worker, false);
+            }
+        }
+    }
+
+    /// Drops everything `worker` holds (it left, or its events were lost).
+    pub fn forget(&mut self, worker: WorkerId) {
+        if self.held(worker) == 0 {
+            return;
+        }
+        self.blocks.retain(|_, owners| {
+            owners.retain(|o| o.worker != worker);
+            !owners.is_empty()
+        });
+        self.held[worker as usize] = 0;
+    }
+
+    /// For each worker holding the first of `names`, how deep it holds them (into
+    /// `out`, cleared first).
+    pub fn depths(&self, names: &[u64], out: &mut Vec<Depth>) {
+        out.clear();
+        for (i, name) in names.iter().enumerate() {
+            let Some(owners) = self.blocks.get(name) else {
+                break;
+            };
+            let mut any = false;
+            if i == 0 {
+                out.extend(owners.iter().map(|o| Depth {
+                    worker: o.worker,
+                    ..Depth::default()
+                }));
+            }
+            for d in out.iter_mut() {
+                let media = owners
+                    .iter()
+                    .find(|o| o.worker == d.worker)
+                    .map_or(0, |o| o.media);
+                let dev = media & Medium::Device.bit() != 0;
+                if d.device == i && dev {
+                    d.device += 1;
+                    any = true;
+                }
+                if d.host == i && (dev || media & Medium::Host.bit() != 0) {
+                    d.host += 1;
+                    any = true;
+                }
+                if d.disk == i && (dev || media & Medium::Disk.bit() != 0) {
+                    d.disk += 1;
+                    any = true;
+                }
+            }
+            if !any {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(names: &[u64], m: Medium) -> BlockChanges {
+        BlockChanges {
+            stored: names.iter().map(|n| (*n, m)).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn depth_per_medium_and_removal() {
+        let mut x = KvIndex::default();
+        x.apply(1, &stored(&[10, 11, 12], Medium::Device));
+        x.apply(2, &stored(&[10], Medium::Device));
+        x.apply(2, &stored(&[11, 12, 13], Medium::Host));
+        let mut d = Vec::new();
+        x.depths(&[10, 11, 12, 13], &mut d);
+        d.sort_by_key(|d| d.worker);
+        assert_eq!(
+            d,
+            vec![
+                Depth {
+                    worker: 1,
+                    device: 3,
+                    host: 3,
+                    disk: 3
+                },
+                Depth {
+                    worker: 2,
+                    device: 1,
+                    host: 4,
+                    disk: 1
+                },
+            ]
+        );
+        x.apply(
+            1,
+            &BlockChanges {
+                removed: vec![(11, Medium::Device)],
+                ..Default::default()
+            },
+        );
+        x.depths(&[10, 11, 12], &mut d);
+        let one = d.iter().find(|d| d.worker == 1).unwrap();
+        assert_eq!(one.device, 1, "a hole ends the prefix");
+        assert_eq!(x.held(1), 2);
+        x.forget(2);
+        x.depths(&[10], &mut d);
+        assert_eq!(d.len(), 1);
+        assert_eq!(x.held(2), 0);
+    }
+
+    #[test]
+    fn a_cleared_worker_holds_nothing() {
+        let mut x = KvIndex::default();
+        x.apply(3, &stored(&[1, 2], Medium::Device));
+        let mut c = stored(&[7], Medium::Device);
+        c.cleared = true;
+        x.apply(3, &c);
+        let mut d = Vec::new();
+        x.depths(&[1, 2], &mut d);
+        assert!(d.is_empty());
+        assert_eq!(x.held(3), 1);
+    }
+}

@@ -1,0 +1,310 @@
+//! kv_aware against mock workers that publish real KV events over ZMQ: the router
+//! learns what each worker holds from the worker itself, so traffic that never passed
+//! through it counts too.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+/// A mock publishing KV events (discovered by the router from `/kv_event_sources`).
+fn kv_mock(name: &str, extra: &[&str]) -> Proc {
+    let port = free_low_port().to_string();
+    let mut args = vec!["--name", name, "--kv-events-port", &port];
+    args.extend_from_slice(extra);
+    mock(&args)
+}
+
+/// A completion whose prompt is token ids `from..from + n`.
+fn prompt(from: u32, n: u32) -> serde_json::Value {
+    json!({"model": "m", "max_tokens": 1, "prompt": (from..from + n).collect::<Vec<u32>>()})
+}
+
+fn served_by(port: u16, body: &serde_json::Value) -> String {
+    let r = post_json(port, "/v1/completions", body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header("x-mock-worker").unwrap().to_string()
+}
+
+fn blocks_of(r: &Router, w: &Proc) -> f64 {
+    let url = w.url();
+    metric(
+        &r.metrics(),
+        "vllm_router_kv_index_blocks",
+        &[("worker", &url)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// Waits until the router has subscribed to `n` publishers.
+fn wait_subscribed(r: &mut Router, workers: &[&Proc]) {
+    for w in workers {
+        let p = &mut r.proc;
+        let needle = format!("for {} (rank 0)", w.url());
+        p.log
+            .as_ref()
+            .unwrap()
+            .wait_for(&needle, &mut p.child, "router");
+    }
+}
+
+/// Sends `body` straight to worker `w` until the router's index shows `blocks` of its
+/// blocks (a SUB socket may miss what is published while it joins); returns the body.
+fn prime(r: &Router, w: &Proc, from: u32, blocks: f64) -> serde_json::Value {
+    for attempt in 0..20 {
+        let body = prompt(from + attempt * 10_000, 100);
+        served_by(w.port, &body);
+        if eventually(Duration::from_secs(2), || blocks_of(r, w) >= blocks) {
+            return body;
+        }
+    }
+    panic!(
+        "the router never indexed {}'s blocks:\n{}",
+        w.url(),
+        r.metrics()
+    );
+}
+
+#[test]
+fn a_prefix_cached_by_traffic_that_bypassed_the_router_draws_matching_requests() {
+    // a publishes vLLM's positional encoding, b the map-tagged one.
+    let a = kv_mock("a", &[]);
+    let b = kv_mock("b", &["--kv-events-encoding", "map"]);
+    let mut r = router(&[&a, &b], &["--policy", "kv_aware"]);
+    wait_subscribed(&mut r, &[&a, &b]);
+    // 100 tokens are 6 full blocks of 16.
+    let body = prime(&r, &b, 0, 6.0);
+    for _ in 0..6 {
+        assert_eq!(served_by(r.port, &body), "b");
+    }
+    let body = prime(&r, &a, 500_000, 6.0);
+    for _ in 0..6 {
+        assert_eq!(served_by(r.port, &body), "a");
+    }
+    let hits = || {
+        let m = r.metrics();
+        metric(
+            &m,
+            "vllm_router_kv_placement_lookups_total",
+            &[("result", "hit")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || hits() >= 12.0),
+        "{}",
+        r.metrics()
+    );
+}
+
+#[test]
+fn cleared_and_evicted_blocks_stop_drawing_requests() {
+    // b holds 8 blocks at most: a second 6-block prompt evicts most of the first.
+    let a = kv_mock("a", &[]);
+    let b = kv_mock("b", &["--cache-blocks", "8"]);
+    let mut r = router(&[&a, &b], &["--policy", "kv_aware", "--shards", "1"]);
+    wait_subscribed(&mut r, &[&a, &b]);
+    let first = prime(&r, &b, 0, 6.0);
+    assert_eq!(served_by(r.port, &first), "b");
+    // BlockRemoved: b keeps only 8 blocks, the newest prompt's six and two of the first.
+    let second = prompt(700_000, 100);
+    served_by(b.port, &second);
+    assert!(
+        eventually(Duration::from_secs(3), || blocks_of(&r, &b) <= 8.0),
+        "{}",
+        r.metrics()
+    );
+    // AllBlocksCleared: the worker's prefix cache was reset.
+    request(b.port, "POST", "/reset_prefix_cache", &[], b"");
+    assert!(
+        eventually(Duration::from_secs(3), || blocks_of(&r, &b) == 0.0),
+        "{}",
+        r.metrics()
+    );
+    let misses = |r: &Router| {
+        let m = r.metrics();
+        metric(
+            &m,
+            "vllm_router_kv_placement_lookups_total",
+            &[("result", "miss")],
+        )
+        .unwrap_or(0.0)
+    };
+    // The first request above was a hit; wait until the counters say so.
+    let hits = |r: &Router| {
+        let m = r.metrics();
+        metric(
+            &m,
+            "vllm_router_kv_placement_lookups_total",
+            &[("result", "hit")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || hits(&r) == 1.0),
+        "{}",
+        r.metrics()
+    );
+    let before = misses(&r);
+    served_by(r.port, &first);
+    assert!(
+        eventually(Duration::from_secs(5), || misses(&r) == before + 1.0),
+        "a request for a cleared prefix is not a hit:\n{}",
+        r.metrics()
+    );
+}
+
+#[test]
+fn missed_events_are_replayed() {
+    // Every second live message is lost on the way; the replay socket has them all.
+    let replay = free_low_port().to_string();
+    let a = kv_mock("a", &[]);
+    let b = kv_mock(
+        "b",
+        &[
+            "--kv-events-skip-every",
+            "2",
+            "--kv-events-replay-port",
+            &replay,
+        ],
+    );
+    let mut r = router(&[&a, &b], &["--policy", "kv_aware"]);
+    wait_subscribed(&mut r, &[&a, &b]);
+    prime(&r, &b, 0, 6.0);
+    // Four more prompts straight to b: two of their messages are lost live.
+    let bodies: Vec<_> = (1..=4).map(|k| prompt(k * 1000, 100)).collect();
+    for body in &bodies {
+        served_by(b.port, body);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || blocks_of(&r, &b) >= 30.0),
+        "{}",
+        r.metrics()
+    );
+    for body in &bodies {
+        assert_eq!(served_by(r.port, body), "b");
+    }
+    let m = r.metrics();
+    let url = b.url();
+    let labels = [("worker", url.as_str())];
+    assert!(
+        metric(&m, "vllm_router_kv_sequence_gaps_total", &labels).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "vllm_router_kv_replays_total", &labels).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
+}
+
+#[test]
+fn a_dead_or_garbage_event_source_never_stops_routing() {
+    let a = mock(&["--name", "a"]);
+    let b = mock(&["--name", "b"]);
+    // Nothing listens for a's events; b's "publisher" answers with garbage.
+    let dead = format!("{}=tcp://127.0.0.1:{}", a.url(), free_low_port());
+    let garbage = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let garbage_port = garbage.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in garbage.incoming().flatten() {
+            use std::io::Write;
+            let mut s = s;
+            let _ = s.write_all(b"\xff\x00\x00\x00\x00\x00\x00\x00\x01\x7fnot zmq at all");
+        }
+    });
+    let bad = format!("{}=tcp://127.0.0.1:{garbage_port}", b.url());
+    let r = router(
+        &[&a, &b],
+        &[
+            "--policy",
+            "kv_aware",
+            "--kv-event-model",
+            "m",
+            "--kv-event-source",
+            &dead,
+            "--kv-event-source",
+            &bad,
+        ],
+    );
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..20 {
+        seen.insert(served_by(r.port, &prompt(i * 100, 40)));
+    }
+    let chat = post_json(r.port, "/v1/chat/completions", &chat_body("hi", 1, false));
+    assert_eq!(chat.status, 200);
+    assert!(!seen.is_empty());
+}
+
+#[test]
+fn static_sources_are_checked_with_the_published_messages() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--kv-event-source",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
+            ],
+            "static KV event sources require worker URLs and model identity",
+        ),
+        (
+            &[
+                "--kv-event-model",
+                "m",
+                "--kv-event-source",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
+            ],
+            "--kv-event-source requires the kv_aware policy",
+        ),
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--kv-event-model",
+                "m",
+                "--kv-event-source",
+                "http://127.0.0.1:9=tcp://127.0.0.1:5557",
+            ],
+            "static KV event source worker 'http://127.0.0.1:9' is not in --worker-urls",
+        ),
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--kv-event-model",
+                "m",
+                "--kv-event-source",
+                "http://127.0.0.1:1=tcp://*:5557",
+            ],
+            "KV connect host cannot be a wildcard",
+        ),
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--kv-event-replay-source",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5558",
+            ],
+            "--kv-event-replay-source requires a matching --kv-event-source",
+        ),
+    ];
+    for (args, message) in cases {
+        let out = Command::new(router_bin())
+            .args([
+                "--port",
+                "0",
+                "--prometheus-port",
+                "0",
+                "--worker-urls",
+                "http://127.0.0.1:1",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(text.contains(message), "{args:?}: {text}");
+    }
+}
