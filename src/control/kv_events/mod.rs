@@ -5,6 +5,7 @@
 //! Kubernetes, ZMQ discovery) are followed within a second.
 
 pub mod index;
+pub mod metrics;
 pub mod sequence;
 pub mod sources;
 pub mod stats;

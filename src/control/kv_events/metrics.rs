@@ -1,0 +1,109 @@
+//! kv_aware's families for `/metrics`: what ingestion counted per worker, and how the
+//! shards' decisions went (0.1.17's metric names).
+
+use super::stats::{KvStats, KvWorkerStats};
+use crate::control::exposition::{family, Sample};
+use prometheus::proto::{MetricFamily, MetricType};
+
+/// Decisions by outcome and lookups by result, from the shards' counts: credited, not
+/// credited, without tokens.
+pub fn decision_families(lookups: [u64; 3]) -> Vec<MetricFamily> {
+    let mut families = Vec::new();
+    let [hit, miss, missing] = lookups;
+    families.push(family(
+        "vllm_router_prefix_routing_decisions_total",
+        "kv_aware decisions by outcome (0.1.17's names): prefix_cost when the prompt's tokens were known, missing_tokens when it went by load alone.",
+        MetricType::COUNTER,
+        [("prefix_cost", hit + miss), ("missing_tokens", missing)]
+            .into_iter()
+            .map(|(o, n)| {
+                let labels = vec![
+                    ("policy", "kv_aware".to_string()),
+                    ("stage", "regular".to_string()),
+                    ("outcome", o.to_string()),
+                ];
+                (labels, n as f64)
+            })
+            .collect(),
+    ));
+    families.push(family(
+        "vllm_router_kv_placement_lookups_total",
+        "KV-aware placement lookups: hit (a worker holds a prefix of the prompt), miss, or missing_tokens (not looked up).",
+        MetricType::COUNTER,
+        [("hit", hit), ("miss", miss), ("missing_tokens", missing)]
+            .into_iter()
+            .map(|(r, n)| (vec![("result", r.to_string())], n as f64))
+            .collect(),
+    ));
+    families
+}
+
+/// KV event ingestion per worker (kv_aware): nothing when no source was subscribed.
+pub fn ingestion_families(kv: &KvStats) -> Vec<MetricFamily> {
+    if kv.workers.is_empty() {
+        return Vec::new();
+    }
+    let per = |f: &dyn Fn(&KvWorkerStats) -> u64| -> Vec<Sample<'static>> {
+        (kv.workers.iter())
+            .map(|(w, s)| (vec![("worker", w.clone())], f(s) as f64))
+            .collect()
+    };
+    let mut families = Vec::new();
+    for (name, help, kind, samples) in [
+        (
+            "vllm_router_kv_events_received_total",
+            "KV event messages received from the worker's publishers (live and replayed).",
+            MetricType::COUNTER,
+            per(&|s| s.received),
+        ),
+        (
+            "vllm_router_kv_events_applied_total",
+            "KV events applied to the block index.",
+            MetricType::COUNTER,
+            per(&|s| s.applied),
+        ),
+        (
+            "vllm_router_kv_sequence_gaps_total",
+            "Sequence gaps in a worker's KV event stream.",
+            MetricType::COUNTER,
+            per(&|s| s.gaps),
+        ),
+        (
+            "vllm_router_kv_replays_total",
+            "Replays asked of a worker's replay endpoint after a gap.",
+            MetricType::COUNTER,
+            per(&|s| s.replays),
+        ),
+        (
+            "vllm_router_kv_publisher_restarts_total",
+            "KV event publishers seen starting over (the worker's blocks were dropped).",
+            MetricType::COUNTER,
+            per(&|s| s.restarts),
+        ),
+        (
+            "vllm_router_kv_index_blocks",
+            "Blocks of the worker in the KV block index.",
+            MetricType::GAUGE,
+            per(&|s| s.blocks),
+        ),
+    ] {
+        families.push(family(name, help, kind, samples));
+    }
+    let dropped = (kv.workers.iter())
+        .flat_map(|(w, s)| {
+            (s.dropped.iter()).map(move |(why, n)| {
+                (
+                    vec![("worker", w.clone()), ("reason", why.to_string())],
+                    *n as f64,
+                )
+            })
+        })
+        .collect();
+    families.push(family(
+        "vllm_router_kv_events_dropped_total",
+        "KV event messages or blocks not applied, per worker and reason.",
+        MetricType::COUNTER,
+        dropped,
+    ));
+    families
+}
