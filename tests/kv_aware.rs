@@ -100,6 +100,50 @@ fn a_prefix_cached_by_traffic_that_bypassed_the_router_draws_matching_requests()
 }
 
 #[test]
+fn a_chat_is_tokenized_by_one_worker_once_and_follows_its_cached_prefix() {
+    let a = kv_mock("a", &[]);
+    let b = kv_mock("b", &[]);
+    let mut r = router(&[&a, &b], &["--policy", "kv_aware", "--shards", "1"]);
+    wait_subscribed(&mut r, &[&a, &b]);
+    let system = "You answer questions about routers, briefly. ".repeat(8);
+    let chat = json!({"model": "m", "max_tokens": 1, "messages": [
+        {"role": "system", "content": system}, {"role": "user", "content": "what is a shard?"}]});
+    // Straight to b (another replica's traffic, say) until the router knows it.
+    for attempt in 0.. {
+        assert!(attempt < 20, "never indexed:\n{}", r.metrics());
+        let resp = post_json(b.port, "/v1/chat/completions", &chat);
+        assert_eq!(resp.status, 200);
+        if eventually(Duration::from_secs(2), || blocks_of(&r, &b) >= 20.0) {
+            break;
+        }
+        request(b.port, "POST", "/reset_prefix_cache", &[], b"");
+    }
+    for _ in 0..4 {
+        let resp = post_json(r.port, "/v1/chat/completions", &chat);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-mock-worker"), Some("b"));
+    }
+    // One /tokenize call for four identical requests, to one worker.
+    let calls = |w: &Proc| mock_stats(w)["by_path"]["/tokenize"].as_u64().unwrap_or(0);
+    assert_eq!(calls(&a) + calls(&b), 1);
+    let inputs = |result: &str| {
+        let m = r.metrics();
+        metric(
+            &m,
+            "vllm_router_kv_routing_inputs_total",
+            &[("result", result)],
+        )
+        .unwrap_or(0.0)
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || inputs("tokenize") == 1.0
+            && inputs("cache") == 3.0),
+        "{}",
+        r.metrics()
+    );
+}
+
+#[test]
 fn cleared_and_evicted_blocks_stop_drawing_requests() {
     // b holds 8 blocks at most: a second 6-block prompt evicts most of the first.
     let a = kv_mock("a", &[]);

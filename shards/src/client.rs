@@ -27,6 +27,8 @@ pub struct Client {
     /// When the connection last became idle (accepted, or an answer ended): the
     /// keep-alive timeout counts from here.
     pub idle_since: Instant,
+    /// kv_aware: the current request's prompt tokens, when a worker told them.
+    pub tokens: Option<std::rc::Rc<[u32]>>,
     /// CORS headers every answer to the current request carries (`server::cors`).
     pub cors: Vec<(&'static [u8], Vec<u8>)>,
 }

@@ -36,6 +36,7 @@ mod run;
 mod server;
 mod shard;
 mod state;
+mod token_cache;
 mod worker;
 
 pub use config::{AccessKeys, CorsConfig, KvConnector, PdConfig, RetryConfig, ShardConfig};

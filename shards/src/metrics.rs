@@ -114,6 +114,8 @@ pub struct ShardMetrics {
     pub cache_misses: u64,
     /// kv_aware lookups: credited, not credited, no tokens to look up.
     pub kv_lookups: [u64; 3],
+    /// kv_aware prompt tokens: asked of a worker, from the shard's cache, not had.
+    pub kv_inputs: [u64; 3],
     /// cache_aware decisions of other shards this shard applied to its trees.
     pub shared_inserts: u64,
     /// Requests waiting in this shard's admission queue when the copy was taken.
@@ -176,6 +178,9 @@ impl ShardMetrics {
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
         for (a, b) in self.kv_lookups.iter_mut().zip(other.kv_lookups) {
+            *a += b;
+        }
+        for (a, b) in self.kv_inputs.iter_mut().zip(other.kv_inputs) {
             *a += b;
         }
         self.shared_inserts += other.shared_inserts;

@@ -142,6 +142,7 @@ async fn run_shard(
         pending_inserts: RefCell::new(Vec::new()),
         admission,
         starting: RefCell::new(None),
+        tokens: RefCell::new(Default::default()),
     });
     // Deltas queued before the shard started (the initial worker set) apply first.
     while let Ok(d) = link.rx.try_recv() {

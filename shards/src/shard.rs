@@ -59,6 +59,8 @@ pub struct Shard {
     pub rate: Option<crate::rate_limit::TokenBucket>,
     /// Request bodies buffered on this shard, together.
     pub bodies: crate::body_budget::BodyBudget,
+    /// kv_aware: prompt tokens of recent requests (`proxy::tokenize`).
+    pub tokens: RefCell<crate::token_cache::TokenCache>,
     /// What the start-up wait is waiting for, while it lasts (`Delta::StartupWait`).
     pub starting: RefCell<Option<Arc<str>>>,
 }
@@ -278,6 +280,7 @@ impl Shard {
                 *a += b;
             }
         }
+        m.kv_inputs = self.tokens.borrow().counts;
         m.queued = self.admission.usage().1 as u64;
         m.buffered_body_bytes = self.bodies.used();
         let _ = self.reports.send(Report::Metrics {

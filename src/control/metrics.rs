@@ -226,6 +226,7 @@ fn worker_families(
     if policy == "kv_aware" {
         families.extend(super::kv_events::metrics::decision_families(
             total.kv_lookups,
+            total.kv_inputs,
         ));
     }
     if policy == "cache_aware" {

@@ -128,7 +128,14 @@ pub async fn drive<L: Leg>(
             }
             Waited::Deadline => return Driven::TimedOut,
         }
-        match pick(shard, &c.head, json, leg.role(), &failed) {
+        match pick(
+            shard,
+            &c.head,
+            json,
+            leg.role(),
+            &failed,
+            c.tokens.as_deref(),
+        ) {
             Some(w) => worker = w,
             None => return Driven::NoWorker { status, message },
         }

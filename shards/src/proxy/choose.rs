@@ -14,11 +14,12 @@ pub fn pick(
     json: Option<&serde_json::Value>,
     role: WorkerRole,
     excluded: &[WorkerId],
+    tokens: Option<&[u32]>,
 ) -> Option<WorkerId> {
     let input = RouteInput {
         head,
         json,
-        tokens: None,
+        tokens,
         now: shard.deadlines.now(),
     };
     let (picked, insert) = match igw_model(shard, json, role) {

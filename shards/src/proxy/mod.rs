@@ -28,6 +28,7 @@ pub mod pipeline;
 mod relay;
 mod request_id;
 mod route;
+mod tokenize;
 mod wait;
 
 pub use request_id::DEFAULT_REQUEST_ID_HEADERS;

@@ -109,10 +109,23 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
             return keep;
         }
     }
+    c.tokens = None;
+    if generation && !pd {
+        if let Some(body) = json.as_ref().filter(|b| wants_tokens(shard, b)) {
+            c.tokens = super::tokenize::tokens(shard, c, body, role, deadline).await;
+        }
+    }
     let keep = if pd {
         super::pd::handle(shard, c, json.as_ref(), deadline).await
     } else {
-        match pick(shard, &c.head, json.as_ref(), role, &[]) {
+        match pick(
+            shard,
+            &c.head,
+            json.as_ref(),
+            role,
+            &[],
+            c.tokens.as_deref(),
+        ) {
             Some(worker) => {
                 let declared = c.head.has_body();
                 let leg = Relayed {
@@ -135,11 +148,22 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
     keep
 }
 
+/// kv_aware needs the prompt's tokens, and the body does not give them (a prompt of
+/// token ids does).
+fn wants_tokens(shard: &Shard, body: &serde_json::Value) -> bool {
+    let kv = shard.policy(shard.main_role()).borrow().kind() == crate::policy::PolicyKind::KvAware;
+    let ids = body
+        .get("prompt")
+        .and_then(|p| p.as_array())
+        .is_some_and(|a| a.first().is_some_and(|t| t.is_u64()));
+    kv && !ids
+}
+
 /// Mode 1. A body that already sits whole in the read buffer is copied out so the
 /// request stays replayable; otherwise it streams through.
 async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
     let role = shard.main_role();
-    let Some(worker) = pick(shard, &c.head, None, role, &[]) else {
+    let Some(worker) = pick(shard, &c.head, None, role, &[], None) else {
         return no_worker(shard, c, !c.head.has_body(), role).await;
     };
     let whole = match c.head.framing {

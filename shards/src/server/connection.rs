@@ -38,6 +38,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         started: accepted,
         idle_since: accepted,
         cors: Vec::new(),
+        tokens: None,
     };
     loop {
         match read_head(&shard, &mut c).await {

@@ -5,10 +5,22 @@ use super::stats::{KvStats, KvWorkerStats};
 use crate::control::exposition::{family, Sample};
 use prometheus::proto::{MetricFamily, MetricType};
 
-/// Decisions by outcome and lookups by result, from the shards' counts: credited, not
-/// credited, without tokens.
-pub fn decision_families(lookups: [u64; 3]) -> Vec<MetricFamily> {
+/// Decisions by outcome and lookups by result, from the shards' counts (credited, not
+/// credited, without tokens), and where the tokens came from.
+pub fn decision_families(lookups: [u64; 3], inputs: [u64; 3]) -> Vec<MetricFamily> {
     let mut families = Vec::new();
+    families.push(family(
+        "vllm_router_kv_routing_inputs_total",
+        "Where kv_aware got a request's prompt tokens: tokenize (one worker's /tokenize), cache (the shard had them), preparation_rejected (no worker could say; routed by load).",
+        MetricType::COUNTER,
+        [("tokenize", inputs[0]), ("cache", inputs[1]), ("preparation_rejected", inputs[2])]
+            .into_iter()
+            .map(|(r, n)| {
+                let labels = vec![("transport", "http".to_string()), ("result", r.to_string())];
+                (labels, n as f64)
+            })
+            .collect(),
+    ));
     let [hit, miss, missing] = lookups;
     families.push(family(
         "vllm_router_prefix_routing_decisions_total",
