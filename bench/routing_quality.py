@@ -44,10 +44,17 @@ def start_workers(args, procs):
         hosts = ["127.0.0.1"] * args.workers
         ports = [free_port() for _ in range(args.workers)]
     for i, (h, p) in enumerate(zip(hosts, ports)):
+        cache = ["--cache-blocks", str(args.cache_blocks), "--block-chars", "64",
+                 "--prefill-us-per-block", str(args.prefill_us_per_block)]
+        if args.kv_events:
+            # Token blocks of 16 one-byte tokens: four times the blocks of 64 characters
+            # hold the same text, and each costs a quarter of the prefill.
+            cache = ["--cache-blocks", str(args.cache_blocks * 4), "--kv-block-size", "16",
+                     "--prefill-us-per-block", str(args.prefill_us_per_block // 4),
+                     "--kv-events-port", str(free_port()), "--kv-event-sources-form", "object",
+                     "--kv-events-encoding", args.kv_encoding]
         m = subprocess.Popen([os.path.join(args.bin, "mock-vllm"), "--host", h, "--port", str(p), "--name", f"w{i}",
-                              "--cache-blocks", str(args.cache_blocks), "--block-chars", "64",
-                              "--prefill-us-per-block", str(args.prefill_us_per_block),
-                              "--token-delay-us", str(args.token_delay_us), "--threads", "1"],
+                              "--token-delay-us", str(args.token_delay_us), "--threads", "1"] + cache,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         procs.append(m); wait_port(p, m, "mock", host=h)
     return [f"http://{h}:{p}" for h, p in zip(hosts, ports)]
@@ -202,6 +209,10 @@ def main():
                     help="workers on 127.0.0.2, .3, ... at this port: the same URLs every run")
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--trace", action="store_true", help="print where each system prompt's requests went")
+    ap.add_argument("--kv-events", action="store_true",
+                    help="workers cache token blocks and publish vLLM KV events (for kv_aware)")
+    ap.add_argument("--kv-encoding", default="tagged", choices=["tagged", "map", "positional"],
+                    help="tagged: 0.1.17 reads only this; positional: what vLLM itself sends")
     args = ap.parse_args()
     replicas = [int(r) for r in args.replicas.split(",")]
     rows = [run(args, "oracle")]

@@ -57,12 +57,18 @@ pub struct MockConfig {
     /// Answer replay requests for missed KV events (ZMQ ROUTER on this port).
     #[arg(long)]
     pub kv_events_replay_port: Option<u16>,
-    /// How events are encoded: `positional` (vLLM's msgspec array_like) or `map`.
-    #[arg(long, default_value = "positional", value_parser = ["positional", "map"])]
+    /// How events are encoded: `positional` (vLLM's msgspec array_like: batch and
+    /// events are arrays), `map` (both maps) or `tagged` (an array batch of maps: the
+    /// only form vllm-router 0.1.17 reads).
+    #[arg(long, default_value = "positional", value_parser = ["positional", "map", "tagged"])]
     pub kv_events_encoding: String,
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     pub kv_block_size: usize,
+    /// How `/kv_event_sources` answers: `list` (current vLLM) or `object` (keyed by DP
+    /// rank: the only form vllm-router 0.1.17 reads).
+    #[arg(long, default_value = "list", value_parser = ["list", "object"])]
+    pub kv_event_sources_form: String,
     /// Leave out every Nth live event message (a lossy network: the router sees a
     /// sequence gap). 0 sends all.
     #[arg(long, default_value_t = 0)]

@@ -26,7 +26,8 @@ impl KvState {
             port,
             replay_port: cfg.kv_events_replay_port,
             block_size: cfg.kv_block_size,
-            positional: cfg.kv_events_encoding == "positional",
+            positional_events: cfg.kv_events_encoding == "positional",
+            positional_batch: cfg.kv_events_encoding != "map",
             skip_every: cfg.kv_events_skip_every,
         })?;
         // Engine hashes differ per worker, as with vLLM's random hash seed.
@@ -129,6 +130,9 @@ pub fn event_sources(cfg: &MockConfig) -> Option<Value> {
     });
     if let Some(r) = cfg.kv_events_replay_port {
         source["replay_endpoint"] = json!(format!("tcp://*:{r}"));
+    }
+    if cfg.kv_event_sources_form == "object" {
+        return Some(json!({"0": source}));
     }
     Some(json!([source]))
 }

@@ -125,7 +125,8 @@ impl TokenBlockCache {
         block
             .iter()
             .for_each(|t| bytes.extend_from_slice(&t.to_le_bytes()));
-        xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, self.seed)
+        // 63 bits: a positive int64, as Python hashes are.
+        xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, self.seed) >> 1
     }
 
     fn touch(&mut self, h: u64, evicted: &mut Vec<u64>) {
@@ -166,6 +167,7 @@ pub fn encode_event(e: &CacheEvent, block_size: usize, positional: bool) -> Valu
                 ("block_size", Value::from(block_size as u64)),
                 ("lora_id", Value::Nil),
                 ("medium", Value::from("GPU")),
+                ("lora_name", Value::Nil),
             ],
         ),
         CacheEvent::Removed { hashes: hs } => (

@@ -38,7 +38,9 @@ pub struct PublisherConfig {
     pub port: u16,
     pub replay_port: Option<u16>,
     pub block_size: usize,
-    pub positional: bool,
+    /// Events as arrays (vLLM) or tagged maps; batches as arrays (vLLM) or maps.
+    pub positional_events: bool,
+    pub positional_batch: bool,
     pub skip_every: u64,
 }
 
@@ -96,7 +98,7 @@ async fn run(
         tokio::select! {
             events = rx.recv() => {
                 let Some(events) = events else { return };
-                let payload = encode_batch(&events, cfg.block_size, cfg.positional);
+                let payload = encode_batch(&events, &cfg);
                 buffer.push_back((seq, payload.clone()));
                 if buffer.len() > REPLAY_BUFFER {
                     buffer.pop_front();
@@ -159,17 +161,17 @@ async fn answer_replay(
     let _ = r.send(end).await;
 }
 
-fn encode_batch(events: &[CacheEvent], block_size: usize, positional: bool) -> Bytes {
+fn encode_batch(events: &[CacheEvent], cfg: &PublisherConfig) -> Bytes {
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let events = Value::Array(
         events
             .iter()
-            .map(|e| encode_event(e, block_size, positional))
+            .map(|e| encode_event(e, cfg.block_size, cfg.positional_events))
             .collect(),
     );
-    let batch = if positional {
+    let batch = if cfg.positional_batch {
         Value::Array(vec![Value::F64(ts), events, Value::from(0)])
     } else {
         Value::Map(vec![
