@@ -1,6 +1,7 @@
 //! Routing decision time per policy: 64 workers, a 4 KiB chat prompt
 //! (`cargo bench -p vllm-router-bench --bench policies`). cache_aware includes
-//! extracting the text, matching it in the tree and inserting it.
+//! extracting the text, matching it in the tree and inserting it; kv_aware naming a
+//! 4k-token prompt's blocks and looking them up.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use shards::codec::request::RequestHead;
@@ -97,5 +98,50 @@ fn bench_consistent_hash_text_key(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench_policies, bench_consistent_hash_text_key);
+/// kv_aware: a 4,096-token prompt (256 blocks of 16) over 64 workers, each holding the
+/// first blocks of it to another depth (1 to 64 blocks), the index holding 16,384 other
+/// blocks. The time covers naming the blocks, the index lookup and the cost per worker.
+fn bench_kv_aware(c: &mut Criterion) {
+    use shards::kv_blocks::{block_hashes, BlockChanges, KvBlockDelta, Medium};
+    let set = workers(64);
+    let head = RequestHead::default();
+    let tokens: Vec<u32> = (0..4096).map(|t| (t * 7919) % 50_000).collect();
+    let mut names = Vec::new();
+    block_hashes(&tokens, 16, &mut names);
+    let mut policy = PolicyKind::KvAware.build(1, &PolicyOptions::default());
+    policy.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
+    for w in 0..64u32 {
+        let mut stored: Vec<(u64, Medium)> = names[..(w as usize + 1)]
+            .iter()
+            .map(|n| (*n, Medium::Device))
+            .collect();
+        stored.extend((0..256u64).map(|k| ((u64::from(w) << 32) | k, Medium::Device)));
+        policy.kv_blocks(&KvBlockDelta {
+            worker: w,
+            block_size: 16,
+            changes: BlockChanges {
+                stored,
+                ..Default::default()
+            },
+        });
+    }
+    c.bench_function("kv_aware/64 workers/4k-token prompt", |b| {
+        b.iter(|| {
+            let input = RouteInput {
+                head: &head,
+                json: None,
+                tokens: Some(&tokens),
+                now: std::time::Instant::now(),
+            };
+            black_box(policy.pick(&set.view(WorkerRole::Regular, &[]), &input))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_policies,
+    bench_consistent_hash_text_key,
+    bench_kv_aware
+);
 criterion_main!(benches);

@@ -54,12 +54,22 @@ pub struct KvBlockDelta {
 /// The parent of a sequence's first block.
 pub const ROOT: u64 = 0x6b76_2d72_6f6f_7421;
 
-/// Most tokens a block may have: vLLM's block sizes are 16 to 256 (a bigger one is
-/// hashed in pieces, still deterministically).
-const MAX_BLOCK_TOKENS: usize = 256;
+/// Tokens hashed in one piece: vLLM's usual block of 16 fits four times over; a bigger
+/// block is hashed in pieces, still deterministically. Small, because the stack buffer
+/// is cleared on every call (a 1 KiB one was most of a 4k-token request's naming).
+const MAX_BLOCK_TOKENS: usize = 64;
 
 /// The name of a block holding `tokens` after the block named `parent`.
 pub fn chain_hash(parent: u64, tokens: &[u32]) -> u64 {
+    if tokens.len() <= 16 {
+        // vLLM's default block: a buffer just big enough.
+        let mut buf = [0u8; 8 + 4 * 16];
+        buf[..8].copy_from_slice(&parent.to_le_bytes());
+        for (i, t) in tokens.iter().enumerate() {
+            buf[8 + 4 * i..12 + 4 * i].copy_from_slice(&t.to_le_bytes());
+        }
+        return xxh3_64(&buf[..8 + 4 * tokens.len()]);
+    }
     // parent, then each token, little-endian, on the stack.
     let mut buf = [0u8; 8 + 4 * MAX_BLOCK_TOKENS];
     let mut h = parent;

@@ -19,7 +19,7 @@
 use super::kv_index::{Depth, KvIndex};
 use super::placement::Rendezvous;
 use super::{Policy, PolicyKind, RouteInput};
-use crate::kv_blocks::{block_hashes, KvBlockDelta};
+use crate::kv_blocks::{chain_hash, KvBlockDelta, ROOT};
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
 
@@ -52,7 +52,6 @@ pub struct KvAware {
     rank: Rendezvous,
     rng: u64,
     tokens: Vec<u32>,
-    names: Vec<u64>,
     depths: Vec<Depth>,
     /// Lookups: credited, not credited, without tokens (`kv_placement_lookups_total`).
     lookups: [u64; 3],
@@ -74,7 +73,6 @@ impl KvAware {
             rank: Rendezvous::default(),
             rng: seed | 1,
             tokens: Vec::new(),
-            names: Vec::new(),
             depths: Vec::new(),
             lookups: [0; 3],
         }
@@ -173,14 +171,20 @@ impl Policy for KvAware {
             .find(|b| *b > 0)
             .unwrap_or(self.cfg.default_block_size)
             .max(1) as usize;
-        block_hashes(&self.tokens, block, &mut self.names);
-        self.index.depths(&self.names, &mut self.depths);
-        let key = self.names.first().copied().unwrap_or(0);
+        let names = self.tokens.chunks_exact(block).scan(ROOT, |parent, b| {
+            *parent = chain_hash(*parent, b);
+            Some(*parent)
+        });
+        self.index.depths(names, &mut self.depths);
+        let key = self
+            .tokens
+            .get(..block)
+            .map_or(0, |first| chain_hash(ROOT, first));
         let n = self.tokens.len();
         let mut best: Option<Scored<'_>> = None;
         let mut scored: smallvec::SmallVec<[(WorkerId, f64); 16]> = smallvec::SmallVec::new();
         for w in workers.routable() {
-            let depth = self.depths.iter().find(|d| d.worker == w.spec.id);
+            let depth = self.index.depth_of(w.spec.id, &self.depths);
             let credited = depth.map_or(0.0, |d| self.credited(d, n, block));
             let new = (n as f64 - credited).max(0.0).ceil();
             let score = new * (f64::from(w.load()) + 1.0);
@@ -216,9 +220,9 @@ impl Policy for KvAware {
                 }
             }
             credited = self
-                .depths
-                .iter()
-                .any(|d| d.worker == chosen && self.credited(d, n, block) > 0.0);
+                .index
+                .depth_of(chosen, &self.depths)
+                .is_some_and(|d| self.credited(d, n, block) > 0.0);
         }
         self.lookups[usize::from(!credited)] += 1;
         Some(chosen)
@@ -233,7 +237,7 @@ impl Policy for KvAware {
 mod tests {
     use super::*;
     use crate::codec::request::RequestHead;
-    use crate::kv_blocks::{BlockChanges, Medium};
+    use crate::kv_blocks::{block_hashes, BlockChanges, Medium};
     use crate::state::{test_workers, WorkerSet};
     use crate::worker::WorkerRole;
 

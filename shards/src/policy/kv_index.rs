@@ -7,6 +7,29 @@ use crate::kv_blocks::{BlockChanges, Medium};
 use crate::worker::WorkerId;
 use smallvec::SmallVec;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Block names are already hashes: the map uses them as they are (SipHash was a third
+/// of a lookup).
+#[derive(Default)]
+pub struct NameHasher(u64);
+
+impl Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// No place in a lookup's output.
+const NONE: u32 = u32::MAX;
 
 /// One worker holding a block, in which media (bits of [`Medium::bit`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -27,11 +50,13 @@ pub struct Depth {
 
 #[derive(Default)]
 pub struct KvIndex {
-    blocks: HashMap<u64, SmallVec<[Owner; 2]>>,
+    blocks: HashMap<u64, SmallVec<[Owner; 2]>, BuildHasherDefault<NameHasher>>,
     /// Blocks held per worker id.
     held: Vec<usize>,
     /// Tokens per block, per worker id (0: no events yet).
     block_sizes: Vec<u32>,
+    /// Per worker id, its place in a lookup's output (scratch, reused).
+    slot: Vec<u32>,
 }
 
 impl KvIndex {
@@ -116,35 +141,46 @@ impl KvIndex {
     }
 
     /// For each worker holding the first of `names`, how deep it holds them (into
-    /// `out`, cleared first).
-    pub fn depths(&self, names: &[u64], out: &mut Vec<Depth>) {
+    /// `out`, cleared first). Each block costs a lookup and a step per owner.
+    /// Names are taken lazily: a prompt's blocks past the deepest holder are never
+    /// named (most of a long prompt, usually).
+    pub fn depths(&mut self, names: impl IntoIterator<Item = u64>, out: &mut Vec<Depth>) {
+        // The previous lookup's places (kept for `depth_of`) are forgotten first.
+        for d in out.iter() {
+            self.slot[d.worker as usize] = NONE;
+        }
         out.clear();
-        for (i, name) in names.iter().enumerate() {
-            let Some(owners) = self.blocks.get(name) else {
+        for (i, name) in names.into_iter().enumerate() {
+            let Some(owners) = self.blocks.get(&name) else {
                 break;
             };
             let mut any = false;
-            if i == 0 {
-                out.extend(owners.iter().map(|o| Depth {
-                    worker: o.worker,
-                    ..Depth::default()
-                }));
-            }
-            for d in out.iter_mut() {
-                let media = owners
-                    .iter()
-                    .find(|o| o.worker == d.worker)
-                    .map_or(0, |o| o.media);
-                let dev = media & Medium::Device.bit() != 0;
+            for o in owners {
+                let w = o.worker as usize;
+                if i == 0 {
+                    if self.slot.len() <= w {
+                        self.slot.resize(w + 1, NONE);
+                    }
+                    self.slot[w] = out.len() as u32;
+                    out.push(Depth {
+                        worker: o.worker,
+                        ..Depth::default()
+                    });
+                }
+                let Some(&at) = self.slot.get(w).filter(|s| **s != NONE) else {
+                    continue;
+                };
+                let d = &mut out[at as usize];
+                let dev = o.media & Medium::Device.bit() != 0;
                 if d.device == i && dev {
                     d.device += 1;
                     any = true;
                 }
-                if d.host == i && (dev || media & Medium::Host.bit() != 0) {
+                if d.host == i && (dev || o.media & Medium::Host.bit() != 0) {
                     d.host += 1;
                     any = true;
                 }
-                if d.disk == i && (dev || media & Medium::Disk.bit() != 0) {
+                if d.disk == i && (dev || o.media & Medium::Disk.bit() != 0) {
                     d.disk += 1;
                     any = true;
                 }
@@ -153,6 +189,12 @@ impl KvIndex {
                 break;
             }
         }
+    }
+
+    /// `worker`'s entry in the output of the last [`KvIndex::depths`] (given again).
+    pub fn depth_of<'a>(&self, worker: WorkerId, out: &'a [Depth]) -> Option<&'a Depth> {
+        let at = *self.slot.get(worker as usize)?;
+        out.get(at as usize).filter(|d| d.worker == worker)
     }
 }
 
@@ -174,7 +216,7 @@ mod tests {
         x.apply(2, &stored(&[10], Medium::Device));
         x.apply(2, &stored(&[11, 12, 13], Medium::Host));
         let mut d = Vec::new();
-        x.depths(&[10, 11, 12, 13], &mut d);
+        x.depths([10, 11, 12, 13], &mut d);
         d.sort_by_key(|d| d.worker);
         assert_eq!(
             d,
@@ -200,12 +242,12 @@ mod tests {
                 ..Default::default()
             },
         );
-        x.depths(&[10, 11, 12], &mut d);
+        x.depths([10, 11, 12], &mut d);
         let one = d.iter().find(|d| d.worker == 1).unwrap();
         assert_eq!(one.device, 1, "a hole ends the prefix");
         assert_eq!(x.held(1), 2);
         x.forget(2);
-        x.depths(&[10], &mut d);
+        x.depths([10], &mut d);
         assert_eq!(d.len(), 1);
         assert_eq!(x.held(2), 0);
     }
@@ -218,7 +260,7 @@ mod tests {
         c.cleared = true;
         x.apply(3, &c);
         let mut d = Vec::new();
-        x.depths(&[1, 2], &mut d);
+        x.depths([1, 2], &mut d);
         assert!(d.is_empty());
         assert_eq!(x.held(3), 1);
     }
