@@ -10,8 +10,11 @@
 //! worker URLs, not on the order traffic arrived in, so replicas that see the same
 //! system prompts give them the same homes without talking.
 //!
-//! A key not shared yet (a new prompt, one conversation's own start) goes where its
-//! home would be were it shared, so it does not move when its second request comes.
+//! A key not shared yet (a new prompt, one conversation's own start) goes to its
+//! best-ranked worker: that depends on nothing the shards of a router may briefly
+//! disagree on, so a burst of one new prompt lands on one worker. (Placing it where its
+//! home would be once shared split such bursts whenever the shards differed on the set
+//! of keys, which a 2 ms report lag makes common.)
 //!
 //! A key that becomes shared while only one worker holds it is pinned there until the
 //! set of keys changes again: the shards of a router may briefly differ on the set (a
@@ -29,10 +32,6 @@ use std::collections::HashMap;
 /// least recently used eighth is dropped.
 pub const MAX_KEYS: usize = 1024;
 
-/// Placing the keys before a new one again costs keys x workers rank computations;
-/// past this many the new key is placed with the homes as they are.
-const MAX_REPLAY_WORK: usize = 16 * 1024;
-
 /// The shared keys of one policy instance and their homes.
 #[derive(Default)]
 pub struct PrefixHomes {
@@ -43,8 +42,6 @@ pub struct PrefixHomes {
     homes: Vec<(u64, WorkerId)>,
     /// Per worker id: the keys homed there.
     counts: Vec<u32>,
-    /// Per worker id: keys counted while placing a new key.
-    scratch: Vec<u32>,
     /// The key that became shared last, held by one worker then (see the module doc).
     pin: Option<(u64, WorkerId)>,
     /// The keys or the workers changed since the homes were computed.
@@ -143,41 +140,9 @@ impl PrefixHomes {
         }
     }
 
-    /// Where the greedy would put `key` were it shared too: the keys before it (in
-    /// hash order) fill their homes first, with the share the set would have with it.
-    /// So a new key's first request goes where its home will be once it is shared,
-    /// and every shard and replica that knows the same shared keys agrees.
-    fn home_if_shared<'a>(
-        &mut self,
-        key: u64,
-        rank: &Rendezvous,
-        workers: &PoolView<'a>,
-        cap: u64,
-    ) -> Option<&'a Worker> {
-        let n = workers.routable_count();
-        let share = (self.homes.len() + 1).div_ceil(n) as u32;
-        let before = self.homes.partition_point(|(k, _)| *k < key);
-        self.scratch.clear();
-        if share == self.homes.len().div_ceil(n) as u32 || before * n > MAX_REPLAY_WORK {
-            // The keys before it keep their homes: count them.
-            for (_, w) in &self.homes[..before] {
-                bump(&mut self.scratch, *w);
-            }
-        } else {
-            // The share grows with this key: the keys before it are placed again.
-            for i in 0..before {
-                let k = self.homes[i].0;
-                if let Some(w) = best_under(&self.scratch, k, share, rank, workers, u64::MAX) {
-                    bump(&mut self.scratch, w.spec.id);
-                }
-            }
-        }
-        best_under(&self.scratch, key, share, rank, workers, cap)
-    }
-
-    /// Where `key` goes: its home while that is under the load cap (else its
-    /// best-ranked worker under the cap); a key without one where its home would be
-    /// ([`PrefixHomes::home_if_shared`]); [`Rendezvous::place`] when every worker is
+    /// Where `key` goes: its home while that is under the load cap, else its
+    /// best-ranked worker under the cap (a key without a home too: that depends on
+    /// nothing the shards may disagree on); [`Rendezvous::place`] when every worker is
     /// over the cap.
     pub fn place<'a>(
         &mut self,
@@ -197,7 +162,7 @@ impl PrefixHomes {
                 .routable_get(id)
                 .filter(|home| u64::from(home.load()) < cap)
                 .or_else(|| best_under(&[], key, 1, rank, workers, cap)),
-            None => self.home_if_shared(key, rank, workers, cap),
+            None => best_under(&[], key, 1, rank, workers, cap),
         }
         .or_else(|| rank.place(key, workers, total))
     }
