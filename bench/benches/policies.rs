@@ -61,7 +61,6 @@ fn bench_policies(c: &mut Criterion) {
                     head: &head,
                     json: Some(&bodies[i]),
                     tokens: None,
-                    now: std::time::Instant::now(),
                 };
                 let picked = policy.pick(&set.view(WorkerRole::Regular, &[]), &input);
                 black_box(policy.take_insert());
@@ -91,7 +90,6 @@ fn bench_consistent_hash_text_key(c: &mut Criterion) {
                     head: &head,
                     json: Some(&body),
                     tokens: None,
-                    now: std::time::Instant::now(),
                 },
             ))
         })
@@ -131,7 +129,6 @@ fn bench_kv_aware(c: &mut Criterion) {
                 head: &head,
                 json: None,
                 tokens: Some(&tokens),
-                now: std::time::Instant::now(),
             };
             black_box(policy.pick(&set.view(WorkerRole::Regular, &[]), &input))
         })

@@ -30,7 +30,6 @@ fn pick(p: &mut CacheAware, s: &WorkerSet, prompt: &str) -> WorkerId {
         head: &h,
         json: Some(&body),
         tokens: None,
-        now: std::time::Instant::now(),
     };
     p.pick(&s.view(WorkerRole::Regular, &[]), &input).unwrap()
 }
@@ -113,7 +112,6 @@ fn chat(p: &mut CacheAware, s: &WorkerSet, messages: &[(&str, &str)]) -> WorkerI
         head: &h,
         json: Some(&body),
         tokens: None,
-        now: std::time::Instant::now(),
     };
     p.pick(&s.view(WorkerRole::Regular, &[]), &input).unwrap()
 }

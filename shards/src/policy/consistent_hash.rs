@@ -164,7 +164,6 @@ mod tests {
                 head: &h,
                 json: None,
                 tokens: None,
-                now: std::time::Instant::now(),
             },
         )
         .unwrap()

@@ -251,7 +251,6 @@ mod tests {
             head: &h,
             json: Some(body),
             tokens: None,
-            now: std::time::Instant::now(),
         };
         p.pick(&s.view(WorkerRole::Regular, &[]), &input).unwrap()
     }

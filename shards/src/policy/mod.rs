@@ -133,8 +133,6 @@ pub struct RouteInput<'a> {
     pub json: Option<&'a serde_json::Value>,
     /// The prompt's tokens, when the pipeline tokenized it (kv_aware).
     pub tokens: Option<&'a [u32]>,
-    /// The shard's clock (read once per loop turn, not per request).
-    pub now: std::time::Instant,
 }
 
 /// Chooses a worker for one request.

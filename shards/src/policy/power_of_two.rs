@@ -66,7 +66,6 @@ mod tests {
                         head: &h,
                         json: None,
                         tokens: None,
-                        now: std::time::Instant::now(),
                     }
                 ),
                 Some(1)

@@ -230,7 +230,6 @@ mod tests {
             head: &h,
             json: Some(&body),
             tokens: None,
-            now: std::time::Instant::now(),
         };
         p.pick(&set.view(WorkerRole::Regular, &[]), &input).unwrap()
     }

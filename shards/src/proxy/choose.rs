@@ -16,12 +16,7 @@ pub fn pick(
     excluded: &[WorkerId],
     tokens: Option<&[u32]>,
 ) -> Option<WorkerId> {
-    let input = RouteInput {
-        head,
-        json,
-        tokens,
-        now: shard.deadlines.now(),
-    };
+    let input = RouteInput { head, json, tokens };
     let (picked, insert) = match igw_model(shard, json, role) {
         Some(model) => {
             let mut pools = shard.model_pools.borrow_mut();
