@@ -158,17 +158,6 @@ impl CacheAware {
         }
     }
 
-    /// The least loaded worker, ties broken by rank (the published router's choice
-    /// when loads are imbalanced).
-    fn least_loaded<'a>(&self, workers: &PoolView<'a>, key: u64) -> Option<&'a Worker> {
-        workers.routable().min_by_key(|w| {
-            (
-                w.load(),
-                std::cmp::Reverse(self.placement.score(key, w.spec.id)),
-            )
-        })
-    }
-
     fn imbalanced(&self, loads: &Loads) -> bool {
         loads.max - loads.min > self.cfg.balance_abs_threshold
             && f64::from(loads.max) > f64::from(loads.min) * self.cfg.balance_rel_threshold
@@ -227,7 +216,7 @@ impl CacheAware {
         // least loaded worker competes only with workers that already hold the prefix.
         let warm = !self.matches.is_empty();
         let idle = if warm {
-            self.least_loaded(workers, key)
+            self.placement.least_loaded(workers, key)
         } else {
             None
         };
@@ -264,7 +253,7 @@ impl CacheAware {
             return best;
         }
         // Every candidate over the cap: the least loaded of all.
-        let idle = idle.or_else(|| self.least_loaded(workers, key))?;
+        let idle = idle.or_else(|| self.placement.least_loaded(workers, key))?;
         Some(self.candidate(idle, matched_on(idle.spec.id), len, key))
     }
 
@@ -336,12 +325,12 @@ impl Policy for CacheAware {
         let len = floor_boundary(&self.text, MAX_ROUTING_TEXT_BYTES);
         let key = placement_key(&self.text);
         if len == 0 {
-            return self.least_loaded(workers, key).map(|w| w.spec.id);
+            return self.placement.least_loaded(workers, key).map(|w| w.spec.id);
         }
         let loads = Loads::of(workers);
         let chosen = if self.imbalanced(&loads) {
             self.misses += 1;
-            self.least_loaded(workers, key)?.spec.id
+            self.placement.least_loaded(workers, key)?.spec.id
         } else {
             let best = self.cheapest(workers, len, key, &loads)?;
             if best.matched > 0 {

@@ -18,6 +18,7 @@
 
 use super::kv_index::{Depth, KvIndex};
 use super::placement::Rendezvous;
+use super::random::Random;
 use super::{Policy, PolicyKind, RouteInput};
 use crate::kv_blocks::{chain_hash, KvBlockDelta, ROOT};
 use crate::state::{PoolView, Worker};
@@ -50,7 +51,7 @@ pub struct KvAware {
     cfg: KvAwareConfig,
     index: KvIndex,
     rank: Rendezvous,
-    rng: u64,
+    rng: Random,
     tokens: Vec<u32>,
     depths: Vec<Depth>,
     /// Lookups: credited, not credited, without tokens (`kv_placement_lookups_total`).
@@ -71,7 +72,7 @@ impl KvAware {
             cfg,
             index: KvIndex::default(),
             rank: Rendezvous::default(),
-            rng: seed | 1,
+            rng: Random::new(seed),
             tokens: Vec::new(),
             depths: Vec::new(),
             lookups: [0; 3],
@@ -94,14 +95,6 @@ impl KvAware {
             .max_by(|a, b| (a.0, a.1).partial_cmp(&(b.0, b.1)).unwrap())
             .unwrap_or((0.0, 0.0));
         (block as f64 * (d as f64 + c * e)).min(n.saturating_sub(1) as f64)
-    }
-
-    fn next_random(&mut self) -> f64 {
-        // xorshift64*: per-shard, no syscall.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// The request's prompt tokens: given by the pipeline (tokenized), or the
@@ -158,11 +151,7 @@ impl Policy for KvAware {
         if !self.load_tokens(input) {
             // No tokens (0.1.17's `missing_tokens`): by load alone.
             self.lookups[2] += 1;
-            let key = 0;
-            return workers
-                .routable()
-                .min_by_key(|w| (w.load(), std::cmp::Reverse(self.rank.score(key, w.spec.id))))
-                .map(|w| w.spec.id);
+            return self.rank.least_loaded(workers, 0).map(|w| w.spec.id);
         }
         // One block size for the request: the first routable worker's that has said.
         let block = workers
@@ -211,7 +200,7 @@ impl Policy for KvAware {
                 .iter()
                 .map(|(_, s)| (-(s - best.score) / t).exp())
                 .collect();
-            let mut r = self.next_random() * weights.iter().sum::<f64>();
+            let mut r = self.rng.unit() * weights.iter().sum::<f64>();
             for ((id, _), w) in scored.iter().zip(&weights) {
                 r -= w;
                 if r <= 0.0 {

@@ -55,6 +55,14 @@ impl Rendezvous {
         mix(key ^ seed)
     }
 
+    /// The least loaded routable worker, ties broken by `key`'s rank (the same on
+    /// every replica).
+    pub fn least_loaded<'a>(&self, workers: &PoolView<'a>, key: u64) -> Option<&'a Worker> {
+        workers
+            .routable()
+            .min_by_key(|w| (w.load(), std::cmp::Reverse(self.score(key, w.spec.id))))
+    }
+
     /// Where `key` goes: of its two best-ranked routable workers under the load cap,
     /// the second only when it has [`CHOICE_MARGIN`] fewer requests in flight. Two
     /// choices, because with a few prefixes per worker one choice leaves some workers
