@@ -3,8 +3,8 @@
 //! (seeded per worker, like vLLM with a random `PYTHONHASHSEED`), so a router must
 //! name blocks by their tokens to match requests against them.
 
+use super::cache::{BlockLru, Lookup};
 use rmpv::Value;
-use std::collections::{BTreeMap, HashMap};
 
 /// One event, before encoding.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,19 +20,10 @@ pub enum CacheEvent {
     Cleared,
 }
 
-/// What one lookup found.
-pub struct TokenLookup {
-    pub blocks: u64,
-    pub hit_blocks: u64,
-}
-
 pub struct TokenBlockCache {
     block_size: usize,
-    capacity: usize,
     seed: u64,
-    tick: u64,
-    by_hash: HashMap<u64, u64>,
-    by_tick: BTreeMap<u64, u64>,
+    lru: BlockLru,
     pub queries_tokens: u64,
     pub hits_tokens: u64,
 }
@@ -41,11 +32,8 @@ impl TokenBlockCache {
     pub fn new(block_size: usize, capacity: usize, seed: u64) -> Self {
         TokenBlockCache {
             block_size: block_size.max(1),
-            capacity: capacity.max(1),
             seed,
-            tick: 0,
-            by_hash: HashMap::new(),
-            by_tick: BTreeMap::new(),
+            lru: BlockLru::new(capacity),
             queries_tokens: 0,
             hits_tokens: 0,
         }
@@ -56,19 +44,18 @@ impl TokenBlockCache {
     }
 
     pub fn usage(&self) -> f64 {
-        self.by_hash.len() as f64 / self.capacity as f64
+        self.lru.usage()
     }
 
     /// Drops every block (`/reset_prefix_cache`).
     pub fn clear(&mut self, events: &mut Vec<CacheEvent>) {
-        self.by_hash.clear();
-        self.by_tick.clear();
+        self.lru.clear();
         events.push(CacheEvent::Cleared);
     }
 
     /// Looks up the full blocks of `tokens`, caches the missing ones (all become most
     /// recent) and evicts the least recent past capacity, reporting both as events.
-    pub fn lookup_insert(&mut self, tokens: &[u32], events: &mut Vec<CacheEvent>) -> TokenLookup {
+    pub fn lookup_insert(&mut self, tokens: &[u32], events: &mut Vec<CacheEvent>) -> Lookup {
         let mut parent: Option<u64> = None;
         let (mut blocks, mut hits, mut hitting) = (0, 0, true);
         let mut new_run: Option<CacheEvent> = None;
@@ -76,7 +63,7 @@ impl TokenBlockCache {
         for block in tokens.chunks_exact(self.block_size) {
             let h = self.engine_hash(parent, block);
             blocks += 1;
-            let present = self.by_hash.contains_key(&h);
+            let present = self.lru.contains(h);
             if hitting && present {
                 hits += 1;
             } else {
@@ -103,7 +90,7 @@ impl TokenBlockCache {
                     }
                 }
             }
-            self.touch(h, &mut evicted);
+            self.lru.touch(h, |v| evicted.push(v));
             parent = Some(h);
         }
         events.extend(new_run);
@@ -113,7 +100,7 @@ impl TokenBlockCache {
         let size = self.block_size as u64;
         self.queries_tokens += blocks * size;
         self.hits_tokens += hits * size;
-        TokenLookup {
+        Lookup {
             blocks,
             hit_blocks: hits,
         }
@@ -127,22 +114,6 @@ impl TokenBlockCache {
             .for_each(|t| bytes.extend_from_slice(&t.to_le_bytes()));
         // 63 bits: a positive int64, as Python hashes are.
         xxhash_rust::xxh3::xxh3_64_with_seed(&bytes, self.seed) >> 1
-    }
-
-    fn touch(&mut self, h: u64, evicted: &mut Vec<u64>) {
-        self.tick += 1;
-        if let Some(old) = self.by_hash.insert(h, self.tick) {
-            self.by_tick.remove(&old);
-        }
-        self.by_tick.insert(self.tick, h);
-        while self.by_hash.len() > self.capacity {
-            let Some((&t, &victim)) = self.by_tick.iter().next() else {
-                break;
-            };
-            self.by_tick.remove(&t);
-            self.by_hash.remove(&victim);
-            evicted.push(victim);
-        }
     }
 }
 
