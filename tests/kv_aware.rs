@@ -28,14 +28,22 @@ fn served_by(port: u16, body: &serde_json::Value) -> String {
     r.header("x-mock-worker").unwrap().to_string()
 }
 
+/// A sample of the router's metrics (0 while it is not exposed yet).
+fn sample(r: &Router, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric(&r.metrics(), name, labels).unwrap_or(0.0)
+}
+
 fn blocks_of(r: &Router, w: &Proc) -> f64 {
-    let url = w.url();
-    metric(
-        &r.metrics(),
-        "vllm_router_kv_index_blocks",
-        &[("worker", &url)],
+    sample(r, "vllm_router_kv_index_blocks", &[("worker", &w.url())])
+}
+
+/// kv_aware lookups with this result (`hit`, `miss`, `missing_tokens`).
+fn lookups(r: &Router, result: &str) -> f64 {
+    sample(
+        r,
+        "vllm_router_kv_placement_lookups_total",
+        &[("result", result)],
     )
-    .unwrap_or(0.0)
 }
 
 /// Waits until the router has subscribed to `n` publishers.
@@ -83,17 +91,8 @@ fn a_prefix_cached_by_traffic_that_bypassed_the_router_draws_matching_requests()
     for _ in 0..6 {
         assert_eq!(served_by(r.port, &body), "a");
     }
-    let hits = || {
-        let m = r.metrics();
-        metric(
-            &m,
-            "vllm_router_kv_placement_lookups_total",
-            &[("result", "hit")],
-        )
-        .unwrap_or(0.0)
-    };
     assert!(
-        eventually(Duration::from_secs(5), || hits() >= 12.0),
+        eventually(Duration::from_secs(5), || lookups(&r, "hit") >= 12.0),
         "{}",
         r.metrics()
     );
@@ -127,13 +126,11 @@ fn a_chat_is_tokenized_by_one_worker_once_and_follows_its_cached_prefix() {
     let calls = |w: &Proc| mock_stats(w)["by_path"]["/tokenize"].as_u64().unwrap_or(0);
     assert_eq!(calls(&a) + calls(&b), 1);
     let inputs = |result: &str| {
-        let m = r.metrics();
-        metric(
-            &m,
+        sample(
+            &r,
             "vllm_router_kv_routing_inputs_total",
             &[("result", result)],
         )
-        .unwrap_or(0.0)
     };
     assert!(
         eventually(Duration::from_secs(5), || inputs("tokenize") == 1.0
@@ -167,34 +164,17 @@ fn cleared_and_evicted_blocks_stop_drawing_requests() {
         "{}",
         r.metrics()
     );
-    let misses = |r: &Router| {
-        let m = r.metrics();
-        metric(
-            &m,
-            "vllm_router_kv_placement_lookups_total",
-            &[("result", "miss")],
-        )
-        .unwrap_or(0.0)
-    };
     // The first request above was a hit; wait until the counters say so.
-    let hits = |r: &Router| {
-        let m = r.metrics();
-        metric(
-            &m,
-            "vllm_router_kv_placement_lookups_total",
-            &[("result", "hit")],
-        )
-        .unwrap_or(0.0)
-    };
     assert!(
-        eventually(Duration::from_secs(5), || hits(&r) == 1.0),
+        eventually(Duration::from_secs(5), || lookups(&r, "hit") == 1.0),
         "{}",
         r.metrics()
     );
-    let before = misses(&r);
+    let before = lookups(&r, "miss");
     served_by(r.port, &first);
     assert!(
-        eventually(Duration::from_secs(5), || misses(&r) == before + 1.0),
+        eventually(Duration::from_secs(5), || lookups(&r, "miss")
+            == before + 1.0),
         "a request for a cleared prefix is not a hit:\n{}",
         r.metrics()
     );
