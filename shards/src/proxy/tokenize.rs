@@ -12,7 +12,8 @@ use crate::codec::Status;
 use crate::deadline::Deadline;
 use crate::shard::Shard;
 use crate::worker::{WorkerId, WorkerRole};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use xxhash_rust::xxh3::xxh3_64;
 
@@ -20,22 +21,24 @@ use xxhash_rust::xxh3::xxh3_64;
 const TOKENIZE_PATH_HEAD: &[u8] =
     b"POST /tokenize HTTP/1.1\r\ncontent-type: application/json\r\n\r\n";
 
-/// The `/tokenize` body for a chat or completion request, as 0.1.17 sends it; None
-/// when there is nothing to tokenize.
-pub fn tokenize_body(body: &Value) -> Option<Value> {
-    let model = body.get("model").cloned().unwrap_or(Value::Null);
+/// The `/tokenize` body's fields for a chat or completion request, as 0.1.17 sends
+/// them, borrowed from the request (serialized once: the call's body and the cache's
+/// key); None when there is nothing to tokenize.
+pub fn tokenize_body(body: &Value) -> Option<BTreeMap<&'static str, &Value>> {
+    static NULL: Value = Value::Null;
+    static FALSE: Value = Value::Bool(false);
+    let mut m = BTreeMap::new();
+    m.insert("model", body.get("model").unwrap_or(&NULL));
     if let Some(messages) = body.get("messages") {
-        let mut m = Map::new();
-        m.insert("model".into(), model);
-        m.insert("messages".into(), messages.clone());
-        m.insert("continue_final_message".into(), Value::Bool(false));
+        m.insert("messages", messages);
+        m.insert("continue_final_message", &FALSE);
         if let Some(kw) = body.get("chat_template_kwargs") {
-            m.insert("chat_template_kwargs".into(), kw.clone());
+            m.insert("chat_template_kwargs", kw);
         }
-        return Some(Value::Object(m));
+        return Some(m);
     }
-    let prompt = body.get("prompt")?;
-    Some(json!({"model": model, "prompt": prompt}))
+    m.insert("prompt", body.get("prompt")?);
+    Some(m)
 }
 
 /// The prompt tokens in a `/tokenize` answer.
@@ -114,19 +117,21 @@ async fn ask(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn chat_and_completion_bodies() {
         let chat = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                           "temperature": 0.2});
+        let as_value = |b: &Value| serde_json::to_value(tokenize_body(b)).unwrap();
         assert_eq!(
-            tokenize_body(&chat).unwrap(),
+            as_value(&chat),
             json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                    "continue_final_message": false})
         );
         let completion = json!({"model": "m", "prompt": "once", "max_tokens": 3});
         assert_eq!(
-            tokenize_body(&completion).unwrap(),
+            as_value(&completion),
             json!({"model": "m", "prompt": "once"})
         );
         assert!(tokenize_body(&json!({"model": "m"})).is_none());

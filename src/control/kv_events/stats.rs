@@ -26,7 +26,12 @@ pub struct KvStats {
 }
 
 impl KvStats {
+    /// The counters of `worker`, created at its first message (the name is copied
+    /// only then: this runs several times per message).
     pub fn of(&mut self, worker: &str) -> &mut KvWorkerStats {
-        self.workers.entry(worker.to_string()).or_default()
+        if !self.workers.contains_key(worker) {
+            self.workers.insert(worker.to_string(), KvWorkerStats::default());
+        }
+        self.workers.get_mut(worker).expect("inserted above")
     }
 }
