@@ -161,7 +161,8 @@ async fn answer_replay(
     let _ = r.send(end).await;
 }
 
-fn encode_batch(events: &[CacheEvent], cfg: &PublisherConfig) -> Bytes {
+/// One batch's msgpack payload, as `cfg` says to encode it.
+pub fn encode_batch(events: &[CacheEvent], cfg: &PublisherConfig) -> Bytes {
     let ts = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());

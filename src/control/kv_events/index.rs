@@ -81,6 +81,10 @@ impl SourceBlocks {
         self.blocks.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+
     /// Drops everything (a sequence gap nobody replayed, a publisher restart).
     pub fn purge(&mut self, out: &mut BlockChanges) {
         self.blocks.clear();

@@ -30,7 +30,8 @@ impl KvStats {
     /// only then: this runs several times per message).
     pub fn of(&mut self, worker: &str) -> &mut KvWorkerStats {
         if !self.workers.contains_key(worker) {
-            self.workers.insert(worker.to_string(), KvWorkerStats::default());
+            self.workers
+                .insert(worker.to_string(), KvWorkerStats::default());
         }
         self.workers.get_mut(worker).expect("inserted above")
     }
