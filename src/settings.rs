@@ -234,6 +234,10 @@ fn shard_config(
                 penalty_external: cli.published.kv_penalty_external,
                 penalty_disk: cli.published.kv_penalty_disk,
                 default_block_size: cli.published.kv_event_block_size,
+                session_affinity_ttl: cli
+                    .published
+                    .kv_aware_session_affinity_ttl_secs
+                    .map(Duration::from_secs),
             },
         },
         api_key: cli.api_key.clone(),

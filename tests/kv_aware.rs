@@ -180,6 +180,82 @@ fn cleared_and_evicted_blocks_stop_drawing_requests() {
     );
 }
 
+/// The worker that served `body`, sent with `headers`.
+fn served_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> String {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    let r = request(port, "POST", path, &all, body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header("x-mock-worker").unwrap().to_string()
+}
+
+#[test]
+fn a_session_stays_on_its_worker_without_tokenizing_until_it_idles_out() {
+    let a = kv_mock("a", &[]);
+    let b = kv_mock("b", &[]);
+    let ttl = Duration::from_secs(2);
+    let ttl_flag = ttl.as_secs().to_string();
+    let args = ["--policy", "kv_aware", "--shards", "1"];
+    let mut r = router(
+        &[&a, &b],
+        &[
+            &args[..],
+            &["--kv-aware-session-affinity-ttl-secs", &ttl_flag],
+        ]
+        .concat(),
+    );
+    wait_subscribed(&mut r, &[&a, &b]);
+    let on_a = prime(&r, &a, 0, 6.0);
+    let on_b = prime(&r, &b, 500_000, 6.0);
+    // A second prefix only b holds: a holds the first once the session sends it there.
+    let only_on_b = prime(&r, &b, 600_000, 12.0);
+    let session = [("x-session-id", "s1")];
+    // The session's first request goes by cost, and binds it to a.
+    assert_eq!(served_with(r.port, "/v1/completions", &session, &on_a), "a");
+    // Then b's prefix goes to a too, as does a chat, which nobody is asked to tokenize.
+    assert_eq!(served_with(r.port, "/v1/completions", &session, &on_b), "a");
+    let chat = json!({"model": "m", "max_tokens": 1,
+        "messages": [{"role": "user", "content": "and the same session"}]});
+    assert_eq!(
+        served_with(r.port, "/v1/chat/completions", &session, &chat),
+        "a"
+    );
+    let calls = |w: &Proc| mock_stats(w)["by_path"]["/tokenize"].as_u64().unwrap_or(0);
+    assert_eq!(calls(&a) + calls(&b), 0, "a bound session needs no tokens");
+    // The body's session_id is the same session; without one, b's prefix goes to b.
+    let mut named = only_on_b.clone();
+    named["session_id"] = json!("s1");
+    assert_eq!(served_with(r.port, "/v1/completions", &[], &named), "a");
+    let on_b = prime(&r, &b, 700_000, 18.0);
+    assert_eq!(served_with(r.port, "/v1/completions", &[], &on_b), "b");
+    assert_eq!(
+        served_with(r.port, "/v1/completions", &[("x-user-id", "s1")], &on_b),
+        "b",
+        "x-user-id does not name a kv_aware session"
+    );
+    let sticky = || {
+        sample(
+            &r,
+            "vllm_router_prefix_routing_decisions_total",
+            &[("policy", "kv_aware"), ("outcome", "sticky_hit")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || sticky() == 3.0),
+        "{}",
+        r.metrics()
+    );
+    // Idle past the TTL, the session is placed by cost again (and bound anew).
+    std::thread::sleep(ttl + Duration::from_millis(300));
+    assert_eq!(served_with(r.port, "/v1/completions", &session, &on_b), "b");
+    assert_eq!(served_with(r.port, "/v1/completions", &session, &on_a), "b");
+}
+
 #[test]
 fn missed_events_are_replayed() {
     // Every second live message is lost on the way; the replay socket has them all.

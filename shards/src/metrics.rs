@@ -112,8 +112,8 @@ pub struct ShardMetrics {
     pub tree_sizes: HashMap<WorkerId, usize>,
     pub cache_hits: u64,
     pub cache_misses: u64,
-    /// kv_aware lookups: credited, not credited, no tokens to look up.
-    pub kv_lookups: [u64; 3],
+    /// kv_aware decisions: credited, not credited, no tokens to look up, by session.
+    pub kv_lookups: [u64; 4],
     /// kv_aware prompt tokens: asked of a worker, from the shard's cache, not had.
     pub kv_inputs: [u64; 3],
     /// cache_aware decisions of other shards this shard applied to its trees.

@@ -424,6 +424,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("Must be finite and between 0.0 and 1.0"), "{e}");
+        for bad in ["0", "31536001", "x"] {
+            let e = Cli::command()
+                .try_get_matches_from(["vllm-router", "--kv-aware-session-affinity-ttl-secs", bad])
+                .unwrap_err()
+                .to_string();
+            let want = "kv_aware_session_affinity_ttl_secs must be between 1 and 31536000";
+            assert!(e.contains(want), "{e}");
+        }
+        let (c, _) = parse(&["--kv-aware-session-affinity-ttl-secs", "600"]);
+        assert_eq!(c.published.kv_aware_session_affinity_ttl_secs, Some(600));
         let (c, _) = parse(&[]);
         assert_eq!(c.max_tree_size, 33_554_432);
     }

@@ -22,7 +22,7 @@ pub struct PublishedFlags {
     pub kv_penalty_disk: f64,
     /// kv_aware: keep a session on its worker for this many seconds (1-31536000;
     /// unset: off).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    #[arg(long, value_parser = affinity_ttl)]
     pub kv_aware_session_affinity_ttl_secs: Option<u64>,
     /// kv_aware: a worker's KV event publisher, WORKER_URL=ENDPOINT[,ENDPOINT...] by DP
     /// rank; repeatable.
@@ -78,6 +78,14 @@ fn non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("{s} - Must be finite and >= 0.0")),
+    }
+}
+
+/// 0.1.17's launcher: a year at most.
+fn affinity_ttl(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(v) if (1..=31_536_000).contains(&v) => Ok(v),
+        _ => Err("kv_aware_session_affinity_ttl_secs must be between 1 and 31536000".into()),
     }
 }
 

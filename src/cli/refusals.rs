@@ -8,10 +8,6 @@ use clap::ArgMatches;
 
 /// (argument id, the feature it needs).
 const NOT_BUILT: &[(&str, &str)] = &[
-    (
-        "kv_aware_session_affinity_ttl_secs",
-        "kv_aware's session affinity",
-    ),
     ("pd_kv_events", "kv_aware in P/D mode"),
     ("mini_lb", "0.1.17's Python debug balancer"),
     ("enable_program_scheduling", "program scheduling"),

@@ -14,8 +14,10 @@
 //! `load` is the requests in flight to the worker from the whole router plus what the
 //! worker reports beyond that (other replicas). Ties go to the worker ranked first by
 //! rendezvous hashing of the first block's name, the same on every replica (0.1.17
-//! takes its internal worker order).
+//! takes its internal worker order). With session affinity a named session goes where
+//! its first request went ([`Affinity`]).
 
+use super::kv_affinity::Affinity;
 use super::kv_index::{Depth, KvIndex};
 use super::placement::Rendezvous;
 use super::random::Random;
@@ -23,6 +25,8 @@ use super::{Policy, PolicyKind, RouteInput};
 use crate::kv_blocks::{chain_hash, KvBlockDelta, ROOT};
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// `--router-temperature`, `--kv-penalty-*`.
 #[derive(Clone, Debug)]
@@ -33,6 +37,8 @@ pub struct KvAwareConfig {
     pub penalty_disk: f64,
     /// `--kv-event-block-size`: how a request is cut before any worker said.
     pub default_block_size: u32,
+    /// `--kv-aware-session-affinity-ttl-secs` (None: no affinity).
+    pub session_affinity_ttl: Option<Duration>,
 }
 
 impl Default for KvAwareConfig {
@@ -43,6 +49,7 @@ impl Default for KvAwareConfig {
             penalty_external: 0.6,
             penalty_disk: 0.3,
             default_block_size: 16,
+            session_affinity_ttl: None,
         }
     }
 }
@@ -54,8 +61,10 @@ pub struct KvAware {
     rng: Random,
     tokens: Vec<u32>,
     depths: Vec<Depth>,
-    /// Lookups: credited, not credited, without tokens (`kv_placement_lookups_total`).
-    lookups: [u64; 3],
+    affinity: Option<Affinity>,
+    /// Decisions: credited, not credited, without tokens, by session
+    /// (`kv_placement_lookups_total`).
+    lookups: [u64; 4],
 }
 
 /// One worker's score for a request.
@@ -69,13 +78,14 @@ struct Scored<'a> {
 impl KvAware {
     pub fn new(cfg: KvAwareConfig, seed: u64) -> Self {
         KvAware {
+            affinity: cfg.session_affinity_ttl.map(Affinity::new),
             cfg,
             index: KvIndex::default(),
             rank: Rendezvous::default(),
             rng: Random::new(seed),
             tokens: Vec::new(),
             depths: Vec::new(),
-            lookups: [0; 3],
+            lookups: [0; 4],
         }
     }
 
@@ -133,6 +143,25 @@ impl Policy for KvAware {
 
     fn on_workers_changed(&mut self, workers: &PoolView<'_>) {
         self.rank.on_workers_changed(workers);
+        if let Some(a) = &mut self.affinity {
+            a.retain_workers(workers);
+        }
+    }
+
+    fn routes_by_session(&self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> bool {
+        self.affinity
+            .as_ref()
+            .is_some_and(|a| a.is_bound(workers, input))
+    }
+
+    fn take_insert(&mut self) -> Option<(WorkerId, Arc<str>)> {
+        self.affinity.as_mut()?.take_pending()
+    }
+
+    fn remote_insert(&mut self, worker: WorkerId, session: &str) {
+        if let Some(a) = &mut self.affinity {
+            a.remote(worker, session);
+        }
     }
 
     fn kv_blocks(&mut self, delta: &KvBlockDelta) {
@@ -145,6 +174,29 @@ impl Policy for KvAware {
     }
 
     fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
+        let Some(affinity) = &mut self.affinity else {
+            return self.pick_by_cost(workers, input);
+        };
+        let now = Instant::now();
+        if let Some(w) = affinity.bound(workers, input, now) {
+            self.lookups[3] += 1;
+            return Some(w);
+        }
+        let chosen = self.pick_by_cost(workers, input)?;
+        if let Some(a) = &mut self.affinity {
+            a.bind(input, chosen, now);
+        }
+        Some(chosen)
+    }
+
+    fn kv_lookups(&self) -> [u64; 4] {
+        self.lookups
+    }
+}
+
+impl KvAware {
+    /// 0.1.17's cost over the routable workers.
+    fn pick_by_cost(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
         if workers.routable_count() == 0 {
             return None;
         }
@@ -216,10 +268,6 @@ impl Policy for KvAware {
         self.lookups[usize::from(!credited)] += 1;
         Some(chosen)
     }
-
-    fn kv_lookups(&self) -> [u64; 3] {
-        self.lookups
-    }
 }
 
 #[cfg(test)]
@@ -272,7 +320,7 @@ mod tests {
         assert_eq!(pick(&mut p, &s, &prompt(80)), 1);
         s.get_mut(1).unwrap().in_flight = 5;
         assert_eq!(pick(&mut p, &s, &prompt(80)), 0);
-        assert_eq!(p.kv_lookups(), [2, 1, 0]);
+        assert_eq!(p.kv_lookups(), [2, 1, 0, 0]);
     }
 
     #[test]
@@ -314,6 +362,6 @@ mod tests {
         s.get_mut(2).unwrap().in_flight = 1;
         let chat = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
         assert_eq!(pick(&mut p, &s, &chat), 1, "the least loaded");
-        assert_eq!(p.kv_lookups(), [0, 0, 1]);
+        assert_eq!(p.kv_lookups(), [0, 0, 1, 0]);
     }
 }

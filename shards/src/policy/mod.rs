@@ -2,6 +2,7 @@
 
 mod cache_aware;
 mod consistent_hash;
+mod kv_affinity;
 mod kv_aware;
 mod kv_index;
 mod placement;
@@ -10,6 +11,7 @@ mod prefix_homes;
 mod radix_tree;
 mod random;
 mod round_robin;
+mod sessions;
 mod sticky_least_loaded;
 pub mod text;
 mod text_key;
@@ -178,9 +180,15 @@ pub trait Policy {
         Vec::new()
     }
 
-    /// kv_aware lookups: credited, not credited, without tokens.
-    fn kv_lookups(&self) -> [u64; 3] {
-        [0; 3]
+    /// kv_aware decisions: credited, not credited, without tokens, by session.
+    fn kv_lookups(&self) -> [u64; 4] {
+        [0; 4]
+    }
+
+    /// The request goes where its session is bound, so its prompt's tokens are not
+    /// needed (kv_aware's session affinity).
+    fn routes_by_session(&self, _workers: &PoolView<'_>, _input: &RouteInput<'_>) -> bool {
+        false
     }
 
     /// Decisions taken from the cache, and not (`cache_hits_total`, `cache_misses_total`).

@@ -12,12 +12,13 @@
 //!   the rendezvous weight of its text; nothing is recorded.
 //!
 //! Shards share the sessions they open (the inserts channel cache_aware uses) and the
-//! ones finished, so every shard counts the same sessions, as of 50 ms ago: two shards
+//! ones finished, so every shard counts the same sessions, as of 2 ms ago: two shards
 //! opening one session inside that window can choose two workers (then the later
-//! report wins on every shard). The table is bounded ([`MAX_SESSIONS`]): a client that
-//! sends a new `x-request-id` every time opens a session per request.
+//! report wins on every shard). The table is bounded ([`super::sessions`]): a client
+//! that sends a new `x-request-id` every time opens a session per request.
 
 use super::placement::Rendezvous;
+use super::sessions::SessionTable;
 use super::text::{request_text, BodyFields};
 use super::{Policy, PolicyKind, RouteInput, SESSION_HEADERS};
 use crate::codec::eq_ignore_case;
@@ -31,26 +32,28 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Idle time after which a session is forgotten, as 0.1.17's default.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(7200);
 
-/// Expired sessions are swept at most this often (during a decision).
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// Active sessions per worker id, kept as sessions are bound and released.
+#[derive(Default)]
+struct Counts(HashMap<WorkerId, u32>);
 
-/// Sessions one shard remembers; past it the least recently used go first. A million
-/// is about 64 MiB, and covers a session per request at 100 requests a second for the
-/// whole default TTL.
-pub const MAX_SESSIONS: usize = 1 << 20;
+impl Counts {
+    fn get(&self, w: WorkerId) -> u32 {
+        self.0.get(&w).copied().unwrap_or(0)
+    }
 
-struct Session {
-    worker: WorkerId,
-    used: Instant,
+    fn released(&mut self) -> impl FnMut(WorkerId) + '_ {
+        |w| {
+            if let Some(n) = self.0.get_mut(&w) {
+                *n = n.saturating_sub(1);
+            }
+        }
+    }
 }
 
 pub struct StickyLeastLoaded {
-    sessions: HashMap<u64, Session>,
-    /// Active sessions per worker id.
-    active: HashMap<WorkerId, u32>,
-    ttl: Duration,
+    sessions: SessionTable,
+    active: Counts,
     placement: Rendezvous,
-    swept: Instant,
     text: String,
     /// A session this shard just opened, for the others.
     pending: Option<(WorkerId, Arc<str>)>,
@@ -59,64 +62,25 @@ pub struct StickyLeastLoaded {
 impl StickyLeastLoaded {
     pub fn new(ttl: Duration) -> Self {
         StickyLeastLoaded {
-            sessions: HashMap::new(),
-            active: HashMap::new(),
-            ttl,
+            sessions: SessionTable::new(ttl),
+            active: Counts::default(),
             placement: Rendezvous::default(),
-            swept: Instant::now(),
             text: String::new(),
             pending: None,
         }
     }
 
-    fn count(&self, w: WorkerId) -> u32 {
-        self.active.get(&w).copied().unwrap_or(0)
-    }
-
-    fn release(&mut self, key: u64) {
-        if let Some(s) = self.sessions.remove(&key) {
-            if let Some(n) = self.active.get_mut(&s.worker) {
-                *n = n.saturating_sub(1);
-            }
-        }
-    }
-
     fn record(&mut self, key: u64, worker: WorkerId, now: Instant) {
-        self.release(key);
-        if self.sessions.len() >= MAX_SESSIONS {
-            self.sweep(now, true);
-        }
-        self.sessions.insert(key, Session { worker, used: now });
-        *self.active.entry(worker).or_default() += 1;
-    }
-
-    /// Drops expired sessions; `full`: also the oldest tenth, to make room.
-    fn sweep(&mut self, now: Instant, full: bool) {
-        self.swept = now;
-        let mut cutoff = now.checked_sub(self.ttl);
-        if full {
-            let mut ages: Vec<Instant> = self.sessions.values().map(|s| s.used).collect();
-            let tenth = ages.len() / 10;
-            ages.select_nth_unstable(tenth);
-            cutoff = cutoff.max(Some(ages[tenth]));
-        }
-        let Some(cutoff) = cutoff else { return };
-        let stale: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| s.used <= cutoff)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in stale {
-            self.release(k);
-        }
+        self.sessions
+            .record(key, worker, now, &mut self.active.released());
+        *self.active.0.entry(worker).or_default() += 1;
     }
 
     /// The routable worker with the fewest sessions, ties by rendezvous weight.
     fn least_loaded<'a>(&self, workers: &PoolView<'a>, key: u64) -> Option<&'a Worker> {
         workers.routable().min_by_key(|w| {
             (
-                self.count(w.spec.id),
+                self.active.get(w.spec.id),
                 std::cmp::Reverse(self.placement.score(key, w.spec.id)),
             )
         })
@@ -145,22 +109,12 @@ impl Policy for StickyLeastLoaded {
 
     fn on_workers_changed(&mut self, workers: &PoolView<'_>) {
         self.placement.on_workers_changed(workers);
-        let gone: Vec<u64> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| workers.get(s.worker).is_none())
-            .map(|(k, _)| *k)
-            .collect();
-        for k in gone {
-            self.release(k);
-        }
+        self.sessions
+            .retain_workers(|w| workers.get(w).is_some(), &mut self.active.released());
     }
 
     fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
         let now = Instant::now();
-        if now.duration_since(self.swept) >= SWEEP_EVERY {
-            self.sweep(now, false);
-        }
         let Some(session) = session_of(input) else {
             self.text.clear();
             if let Some(body) = input.json {
@@ -170,20 +124,18 @@ impl Policy for StickyLeastLoaded {
             return self.least_loaded(workers, key).map(|w| w.spec.id);
         };
         let key = xxh3_64(session);
-        if let Some(s) = self.sessions.get_mut(&key) {
-            let fresh = now.duration_since(s.used) < self.ttl;
-            if fresh && workers.routable_get(s.worker).is_some() {
-                s.used = now;
-                return Some(s.worker);
-            }
+        let fresh = self.sessions.fresh(key, now, &mut self.active.released());
+        if let Some(s) = fresh.filter(|s| workers.routable_get(s.worker).is_some()) {
+            s.used = now;
+            return Some(s.worker);
         }
-        self.release(key);
+        self.sessions.release(key, &mut self.active.released());
         let worker = self.least_loaded(workers, key)?.spec.id;
         self.record(key, worker, now);
         let name = String::from_utf8_lossy(session);
         crate::debug!(
             "SLL: new session '{name}' -> worker #{worker} (active sessions on it: {})",
-            self.count(worker)
+            self.active.get(worker)
         );
         self.pending = Some((worker, Arc::from(name.as_ref())));
         Some(worker)
@@ -199,9 +151,7 @@ impl Policy for StickyLeastLoaded {
 
     fn finish_session(&mut self, session: &str) -> bool {
         let key = xxh3_64(session.as_bytes());
-        let known = self.sessions.contains_key(&key);
-        self.release(key);
-        known
+        self.sessions.release(key, &mut self.active.released())
     }
 }
 
@@ -268,7 +218,7 @@ mod tests {
         assert_eq!((worker, &*name), (first, "a"));
         // TTL 0: expired at once, released and placed again (counts stay right).
         pick(&mut p, &set, Some("a"));
-        assert_eq!(p.active.values().sum::<u32>(), 1);
+        assert_eq!(p.active.0.values().sum::<u32>(), 1);
         let mut other = StickyLeastLoaded::new(DEFAULT_SESSION_TTL);
         other.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
         other.remote_insert(1, "b");

@@ -16,9 +16,12 @@ use super::wait::{watch_client, ClientWatch, Waited};
 use crate::admission::{Admit, Permit};
 use crate::client::Client;
 use crate::codec::framing::BodyFraming;
+use crate::codec::request::RequestHead;
 use crate::deadline::Deadline;
+use crate::policy::RouteInput;
 use crate::request_body::read_body;
 use crate::shard::Shard;
+use crate::worker::WorkerRole;
 use std::time::Instant;
 
 /// A buffered body larger than this is freed after its request instead of being kept
@@ -111,7 +114,10 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
     }
     c.tokens = None;
     if generation && !pd {
-        if let Some(body) = json.as_ref().filter(|b| wants_tokens(shard, b)) {
+        if let Some(body) = json
+            .as_ref()
+            .filter(|b| wants_tokens(shard, &c.head, b, role))
+        {
             c.tokens = super::tokenize::tokens(shard, c, body, role, deadline).await;
         }
     }
@@ -149,14 +155,27 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
 }
 
 /// kv_aware needs the prompt's tokens, and the body does not give them (a prompt of
-/// token ids does).
-fn wants_tokens(shard: &Shard, body: &serde_json::Value) -> bool {
-    let kv = shard.policy(shard.main_role()).borrow().kind() == crate::policy::PolicyKind::KvAware;
+/// token ids does) nor does a session binding make them moot.
+fn wants_tokens(
+    shard: &Shard,
+    head: &RequestHead,
+    body: &serde_json::Value,
+    role: WorkerRole,
+) -> bool {
+    let policy = shard.policy(role).borrow();
+    if policy.kind() != crate::policy::PolicyKind::KvAware {
+        return false;
+    }
     let ids = body
         .get("prompt")
         .and_then(|p| p.as_array())
         .is_some_and(|a| a.first().is_some_and(|t| t.is_u64()));
-    kv && !ids
+    let input = RouteInput {
+        head,
+        json: Some(body),
+        tokens: None,
+    };
+    !ids && !policy.routes_by_session(&shard.workers.borrow().view(role, &[]), &input)
 }
 
 /// Mode 1. A body that already sits whole in the read buffer is copied out so the

@@ -6,8 +6,8 @@ use crate::control::exposition::{family, Sample};
 use prometheus::proto::{MetricFamily, MetricType};
 
 /// Decisions by outcome and lookups by result, from the shards' counts (credited, not
-/// credited, without tokens), and where the tokens came from.
-pub fn decision_families(lookups: [u64; 3], inputs: [u64; 3]) -> Vec<MetricFamily> {
+/// credited, without tokens, by session), and where the tokens came from.
+pub fn decision_families(lookups: [u64; 4], inputs: [u64; 3]) -> Vec<MetricFamily> {
     let mut families = Vec::new();
     families.push(family(
         "vllm_router_kv_routing_inputs_total",
@@ -21,12 +21,12 @@ pub fn decision_families(lookups: [u64; 3], inputs: [u64; 3]) -> Vec<MetricFamil
             })
             .collect(),
     ));
-    let [hit, miss, missing] = lookups;
+    let [hit, miss, missing, sticky] = lookups;
     families.push(family(
         "vllm_router_prefix_routing_decisions_total",
-        "kv_aware decisions by outcome (0.1.17's names): prefix_cost when the prompt's tokens were known, missing_tokens when it went by load alone.",
+        "kv_aware decisions by outcome (0.1.17's names): prefix_cost when the prompt's tokens were known, missing_tokens when it went by load alone, sticky_hit when its session was bound to a worker.",
         MetricType::COUNTER,
-        [("prefix_cost", hit + miss), ("missing_tokens", missing)]
+        [("prefix_cost", hit + miss), ("missing_tokens", missing), ("sticky_hit", sticky)]
             .into_iter()
             .map(|(o, n)| {
                 let labels = vec![
@@ -40,9 +40,9 @@ pub fn decision_families(lookups: [u64; 3], inputs: [u64; 3]) -> Vec<MetricFamil
     ));
     families.push(family(
         "vllm_router_kv_placement_lookups_total",
-        "KV-aware placement lookups: hit (a worker holds a prefix of the prompt), miss, or missing_tokens (not looked up).",
+        "KV-aware placement lookups: hit (a worker holds a prefix of the prompt), miss, or why none was made: missing_tokens, sticky_hit (the session's worker).",
         MetricType::COUNTER,
-        [("hit", hit), ("miss", miss), ("missing_tokens", missing)]
+        [("hit", hit), ("miss", miss), ("missing_tokens", missing), ("sticky_hit", sticky)]
             .into_iter()
             .map(|(r, n)| (vec![("result", r.to_string())], n as f64))
             .collect(),
