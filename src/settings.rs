@@ -29,7 +29,7 @@ impl Settings {
         let pools = Pools::from_cli(cli)?;
         let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
         let access = access_keys(cli)?;
-        let kv_events = crate::kv_settings::kv_events(cli, policy, &pools.regular)?;
+        let kv_events = crate::kv_settings::kv_events(cli, policy, &pools.regular, &pools.prefill)?;
         let shard = Arc::new(shard_config(
             cli,
             shard_count,

@@ -299,6 +299,73 @@ fn missed_events_are_replayed() {
     );
 }
 
+/// Requests a mock answered on `path`.
+fn answered(w: &Proc, path: &str) -> u64 {
+    mock_stats(w)["by_path"][path].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn in_p_d_mode_the_prefill_leg_follows_the_prefill_workers_blocks() {
+    let pa = kv_mock("pa", &[]);
+    let pb = kv_mock("pb", &[]);
+    let d = mock(&["--name", "d"]);
+    let args = [
+        "--vllm-pd-disaggregation",
+        "--prefill",
+        &pa.url(),
+        "--prefill",
+        &pb.url(),
+        "--decode",
+        &d.url(),
+        "--prefill-policy",
+        "kv_aware",
+        "--decode-policy",
+        "round_robin",
+        "--shards",
+        "1",
+    ];
+    let mut r = router(&[], &args);
+    wait_subscribed(&mut r, &[&pa, &pb]);
+    for (owner, other, from) in [(&pb, &pa, 0), (&pa, &pb, 500_000)] {
+        let body = prime(&r, owner, from, 6.0);
+        let before = (
+            answered(owner, "/v1/completions"),
+            answered(other, "/v1/completions"),
+        );
+        for _ in 0..4 {
+            let resp = post_json(r.port, "/v1/completions", &body);
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            assert_eq!(resp.header("x-mock-worker"), Some("d"), "decode answers");
+        }
+        assert_eq!(
+            answered(owner, "/v1/completions"),
+            before.0 + 4,
+            "every prefill leg"
+        );
+        assert_eq!(answered(other, "/v1/completions"), before.1);
+    }
+    // A chat's tokens are asked of one prefill worker.
+    let resp = post_json(
+        r.port,
+        "/v1/chat/completions",
+        &chat_body("hello", 1, false),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(answered(&pa, "/tokenize") + answered(&pb, "/tokenize"), 1);
+    let prefill_decisions = || {
+        sample(
+            &r,
+            "vllm_router_prefix_routing_decisions_total",
+            &[("stage", "prefill"), ("outcome", "prefix_cost")],
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || prefill_decisions() == 9.0),
+        "{}",
+        r.metrics()
+    );
+}
+
 #[test]
 fn a_dead_or_garbage_event_source_never_stops_routing() {
     let a = mock(&["--name", "a"]);
@@ -390,6 +457,41 @@ fn static_sources_are_checked_with_the_published_messages() {
             "--kv-event-replay-source requires a matching --kv-event-source",
         ),
     ];
+    let pd_cases: [(&[&str], &str); 2] = [
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--pd-kv-events",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
+            ],
+            "pd_kv_event_sources requires vllm_prefill_decode mode",
+        ),
+        (
+            &[
+                "--vllm-pd-disaggregation",
+                "--prefill",
+                "http://127.0.0.1:1",
+                "--decode",
+                "http://127.0.0.1:2",
+                "--prefill-policy",
+                "round_robin",
+                "--pd-kv-events",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
+            ],
+            "pd_kv_event_sources requires a kv_aware prefill policy",
+        ),
+    ];
+    for (args, message) in pd_cases {
+        let out = Command::new(router_bin())
+            .args(["--port", "0", "--prometheus-port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(text.contains(message), "{args:?}: {text}");
+    }
     for (args, message) in cases {
         let out = Command::new(router_bin())
             .args([

@@ -92,7 +92,8 @@ fn bench_ingest(c: &mut Criterion) {
     for (name, positional) in [("vllm arrays", true), ("tagged maps", false)] {
         let (payloads, blocks) = stream(positional);
         group.throughput(Throughput::Elements(blocks));
-        let mut shard = PolicyKind::KvAware.build(1, &PolicyOptions::default());
+        let mut shard =
+            PolicyKind::KvAware.build(1, &PolicyOptions::default(), WorkerRole::Regular);
         shard.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
         let mut source = SourceBlocks::new(BLOCK as u32);
         group.bench_function(format!("decode+table+shard index/{name}"), |b| {

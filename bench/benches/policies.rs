@@ -51,7 +51,7 @@ fn bench_policies(c: &mut Criterion) {
         PolicyKind::ConsistentHash,
         PolicyKind::CacheAware,
     ] {
-        let mut policy = kind.build(1, &PolicyOptions::default());
+        let mut policy = kind.build(1, &PolicyOptions::default(), WorkerRole::Regular);
         policy.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
         let mut i = 0;
         c.bench_function(&format!("{}/64 workers/4 KiB prompt", kind.name()), |b| {
@@ -80,7 +80,8 @@ fn bench_consistent_hash_text_key(c: &mut Criterion) {
         {"role": "system", "content": "You are a support assistant. ".repeat(100)},
         {"role": "user", "content": "why? ".repeat(200)},
     ]});
-    let mut policy = PolicyKind::ConsistentHash.build(1, &PolicyOptions::default());
+    let mut policy =
+        PolicyKind::ConsistentHash.build(1, &PolicyOptions::default(), WorkerRole::Regular);
     policy.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
     c.bench_function("consistent_hash/64 workers/4 KiB prompt, text key", |b| {
         b.iter(|| {
@@ -106,7 +107,7 @@ fn bench_kv_aware(c: &mut Criterion) {
     let tokens: Vec<u32> = (0..4096).map(|t| (t * 7919) % 50_000).collect();
     let mut names = Vec::new();
     block_hashes(&tokens, 16, &mut names);
-    let mut policy = PolicyKind::KvAware.build(1, &PolicyOptions::default());
+    let mut policy = PolicyKind::KvAware.build(1, &PolicyOptions::default(), WorkerRole::Regular);
     policy.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
     for w in 0..64u32 {
         let mut stored: Vec<(u64, Medium)> = names[..(w as usize + 1)]

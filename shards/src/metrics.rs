@@ -112,8 +112,9 @@ pub struct ShardMetrics {
     pub tree_sizes: HashMap<WorkerId, usize>,
     pub cache_hits: u64,
     pub cache_misses: u64,
-    /// kv_aware decisions: credited, not credited, no tokens to look up, by session.
-    pub kv_lookups: [u64; 4],
+    /// kv_aware decisions per pool (`WorkerRole as usize`): credited, not credited, no
+    /// tokens to look up, by session.
+    pub kv_lookups: [[u64; 4]; 3],
     /// kv_aware prompt tokens: asked of a worker, from the shard's cache, not had.
     pub kv_inputs: [u64; 3],
     /// cache_aware decisions of other shards this shard applied to its trees.
@@ -177,7 +178,12 @@ impl ShardMetrics {
         self.pd_decode_duration.merge(&other.pd_decode_duration);
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
-        for (a, b) in self.kv_lookups.iter_mut().zip(other.kv_lookups) {
+        for (a, b) in self
+            .kv_lookups
+            .iter_mut()
+            .flatten()
+            .zip(other.kv_lookups.as_flattened())
+        {
             *a += b;
         }
         for (a, b) in self.kv_inputs.iter_mut().zip(other.kv_inputs) {

@@ -25,7 +25,7 @@ impl ModelPools {
     ) -> &mut Box<dyn Policy> {
         if !self.policies.contains_key(model) {
             let seed = shard as u64 + 1 + self.policies.len() as u64 * 7919;
-            let mut p = kind.build(seed, options);
+            let mut p = kind.build(seed, options, WorkerRole::Regular);
             p.on_workers_changed(&workers.view_serving(WorkerRole::Regular, &[], model));
             self.policies.insert(model.to_string(), p);
         }

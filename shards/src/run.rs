@@ -120,6 +120,7 @@ async fn run_shard(
             RefCell::new(kind.build(
                 index as u64 + 1 + role as u64 * 1000,
                 &config.policy_options,
+                role,
             ))
         }),
         bodies: crate::body_budget::BodyBudget::new(config.body_budget_bytes),

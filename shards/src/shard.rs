@@ -117,8 +117,9 @@ impl Shard {
                 self.workers_changed();
             }
             Delta::KvBlocks(delta) => {
-                for p in &self.policies {
-                    p.borrow_mut().kv_blocks(delta);
+                let role = self.workers.borrow().get(delta.worker).map(|w| w.spec.role);
+                if let Some(role) = role {
+                    self.policy(role).borrow_mut().kv_blocks(delta);
                 }
             }
             Delta::StartupWait(why) => {
@@ -270,15 +271,13 @@ impl Shard {
             m.decisions.insert(w.spec.id, w.decisions);
             m.outcomes.insert(w.spec.id, w.outcomes);
         }
-        for p in &self.policies {
+        for (p, lookups) in self.policies.iter().zip(&mut m.kv_lookups) {
             let policy = p.borrow();
             m.tree_sizes.extend(policy.tree_sizes());
             let (hits, misses) = policy.cache_counts();
             m.cache_hits += hits;
             m.cache_misses += misses;
-            for (a, b) in m.kv_lookups.iter_mut().zip(policy.kv_lookups()) {
-                *a += b;
-            }
+            *lookups = policy.kv_lookups();
         }
         m.kv_inputs = self.tokens.borrow().counts;
         m.queued = self.admission.usage().1 as u64;

@@ -397,14 +397,11 @@ mod tests {
         assert!(bad.is_empty(), "{bad:?}");
         let (_, bad) = parse(&["--kv-connector", "moriio"]);
         assert_eq!(bad.len(), 1, "{bad:?}");
-        // kv_aware is built for the regular pool, not yet for P/D or per-model pools.
+        // kv_aware is built for the regular pool and P/D, not yet for per-model pools.
         let (_, bad) = parse(&["--policy", "kv_aware", "--router-temperature", "2"]);
         assert!(bad.is_empty(), "{bad:?}");
         let (_, bad) = parse(&["--vllm-pd-disaggregation", "--prefill-policy", "kv_aware"]);
-        assert_eq!(
-            bad,
-            ["--prefill-policy kv_aware is not supported yet in P/D mode"]
-        );
+        assert!(bad.is_empty(), "{bad:?}");
         let (_, bad) = parse(&["--policy", "kv_aware", "--enable-igw"]);
         assert_eq!(
             bad,

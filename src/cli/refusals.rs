@@ -8,7 +8,6 @@ use clap::ArgMatches;
 
 /// (argument id, the feature it needs).
 const NOT_BUILT: &[(&str, &str)] = &[
-    ("pd_kv_events", "kv_aware in P/D mode"),
     ("mini_lb", "0.1.17's Python debug balancer"),
     ("enable_program_scheduling", "program scheduling"),
     ("program_scheduling_config_json", "program scheduling"),
@@ -30,8 +29,8 @@ pub fn refusals(cli: &Cli, m: &ArgMatches) -> Vec<String> {
             )
         })
         .collect();
-    // kv_aware is built for the regular pool; its P/D prefill policy and its
-    // per-model pools (IGW) are not yet.
+    // kv_aware is built for the regular pool and P/D; its per-model pools (IGW) are
+    // not yet.
     let policies = [
         ("--policy", Some(&cli.policy)),
         ("--prefill-policy", cli.prefill_policy.as_ref()),
@@ -41,9 +40,7 @@ pub fn refusals(cli: &Cli, m: &ArgMatches) -> Vec<String> {
         let Some(v) = value.filter(|v| v.as_str() == "kv_aware") else {
             continue;
         };
-        if cli.vllm_pd_disaggregation {
-            out.push(format!("{flag} {v} is not supported yet in P/D mode"));
-        } else if cli.published.enable_igw {
+        if cli.published.enable_igw && !cli.vllm_pd_disaggregation {
             out.push(format!("{flag} {v} is not supported yet with --enable-igw"));
         }
     }

@@ -92,6 +92,8 @@ pub struct ControlView<'a> {
     pub reloads: [u64; 2],
     /// KV event ingestion (kv_aware).
     pub kv: &'a super::kv_events::stats::KvStats,
+    /// The pool kv_aware prices by blocks, if any.
+    pub kv_stage: Option<shards::messages::WorkerRole>,
 }
 
 /// One sample per route with a non-zero count.
@@ -223,8 +225,9 @@ fn worker_families(
             vec![(vec![], total.shared_inserts as f64)],
         ));
     }
-    if policy == "kv_aware" {
+    if let Some(stage) = view.kv_stage {
         families.extend(super::kv_events::metrics::decision_families(
+            stage,
             total.kv_lookups,
             total.kv_inputs,
         ));

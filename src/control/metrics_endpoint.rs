@@ -48,6 +48,7 @@ fn answer(state: &Rc<RefCell<ControlState>>, req: &Request<Incoming>) -> Respons
             let text = s.metrics.render(&ControlView {
                 registry: &s.registry,
                 policy: s.policy.name(),
+                kv_stage: s.kv_stage,
                 breakers: &s.breakers,
                 discovery: [s.discovery_updates, s.discovery_added, s.discovery_removed],
                 reloads: s.reloads,

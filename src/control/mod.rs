@@ -264,6 +264,7 @@ fn initial_state(
         metrics: metrics::Aggregator::default(),
         probe: config.probe.clone(),
         policy: config.policy,
+        kv_stage: config.kv_events.as_ref().map(|k| k.role),
         loads_dirty: false,
         scraped: std::collections::HashMap::new(),
         breakers: breakers::Breakers::new(config.breaker.clone()),
@@ -290,10 +291,11 @@ fn spawn_loops(state: &Rc<RefCell<ControlState>>, config: &ControlConfig, bound:
     if config.breaker.enabled {
         spawn_local(breaker_loop::breaker_loop(state.clone()));
     }
-    if matches!(
+    let load_aware = matches!(
         config.policy,
         PolicyKind::PowerOfTwo | PolicyKind::CacheAware | PolicyKind::KvAware
-    ) {
+    );
+    if load_aware || config.kv_events.is_some() {
         spawn_local(loads::scrape_loop(state.clone(), config.probe.timeout));
     }
     if let Some(kv) = config.kv_events.clone() {

@@ -23,6 +23,8 @@ pub struct ControlState {
     pub probe: ProbeConfig,
     /// The policy, for `policy_decisions_total`.
     pub policy: PolicyKind,
+    /// The pool kv_aware prices by blocks (regular, or prefill in P/D mode), if any.
+    pub kv_stage: Option<shards::messages::WorkerRole>,
     /// A shard reported new in-flight counts since the last load broadcast.
     pub loads_dirty: bool,
     /// Per worker, what its own `/metrics` said at the last scrape.

@@ -16,6 +16,10 @@
 //! rendezvous hashing of the first block's name, the same on every replica (0.1.17
 //! takes its internal worker order). With session affinity a named session goes where
 //! its first request went ([`Affinity`]).
+//!
+//! In P/D mode the prefill pool's kv_aware prices prefill as above, without session
+//! affinity; the decode pool's takes the least loaded decode worker, and binds sessions
+//! there (0.1.17 §1.7: decode holds no prompt blocks to match).
 
 use super::kv_affinity::Affinity;
 use super::kv_index::{Depth, KvIndex};
@@ -24,7 +28,7 @@ use super::random::Random;
 use super::{Policy, PolicyKind, RouteInput};
 use crate::kv_blocks::{chain_hash, KvBlockDelta, ROOT};
 use crate::state::{PoolView, Worker};
-use crate::worker::WorkerId;
+use crate::worker::{WorkerId, WorkerRole};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +60,8 @@ impl Default for KvAwareConfig {
 
 pub struct KvAware {
     cfg: KvAwareConfig,
+    /// The pool this instance routes: decode prices load alone.
+    stage: WorkerRole,
     index: KvIndex,
     rank: Rendezvous,
     rng: Random,
@@ -76,9 +82,13 @@ struct Scored<'a> {
 }
 
 impl KvAware {
-    pub fn new(cfg: KvAwareConfig, seed: u64) -> Self {
+    pub fn new(cfg: KvAwareConfig, seed: u64, stage: WorkerRole) -> Self {
+        let ttl = cfg
+            .session_affinity_ttl
+            .filter(|_| stage != WorkerRole::Prefill);
         KvAware {
-            affinity: cfg.session_affinity_ttl.map(Affinity::new),
+            affinity: ttl.map(Affinity::new),
+            stage,
             cfg,
             index: KvIndex::default(),
             rank: Rendezvous::default(),
@@ -200,6 +210,9 @@ impl KvAware {
         if workers.routable_count() == 0 {
             return None;
         }
+        if self.stage == WorkerRole::Decode {
+            return self.rank.least_loaded(workers, 0).map(|w| w.spec.id);
+        }
         if !self.load_tokens(input) {
             // No tokens (0.1.17's `missing_tokens`): by load alone.
             self.lookups[2] += 1;
@@ -276,7 +289,6 @@ mod tests {
     use crate::codec::request::RequestHead;
     use crate::kv_blocks::{block_hashes, BlockChanges, Medium};
     use crate::state::{test_workers, WorkerSet};
-    use crate::worker::WorkerRole;
 
     fn prompt(n: u32) -> serde_json::Value {
         serde_json::json!({ "prompt": (0..n).collect::<Vec<u32>>() })
@@ -310,7 +322,7 @@ mod tests {
     #[test]
     fn the_worker_holding_the_prefix_wins_until_load_outweighs_it() {
         let mut s = test_workers(2);
-        let mut p = KvAware::new(KvAwareConfig::default(), 1);
+        let mut p = KvAware::new(KvAwareConfig::default(), 1, WorkerRole::Regular);
         p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
         hold(&mut p, 1, 4, Medium::Device);
         // 80 tokens: worker 1 prefills 80 - 64 = 16, worker 0 all 80.
@@ -325,7 +337,7 @@ mod tests {
 
     #[test]
     fn credits_follow_0_1_17_examples() {
-        let p = KvAware::new(KvAwareConfig::default(), 1);
+        let p = KvAware::new(KvAwareConfig::default(), 1, WorkerRole::Regular);
         let d = |device, host, disk| Depth {
             worker: 0,
             device,
@@ -356,12 +368,29 @@ mod tests {
     #[test]
     fn without_tokens_it_routes_by_load() {
         let mut s = test_workers(3);
-        let mut p = KvAware::new(KvAwareConfig::default(), 1);
+        let mut p = KvAware::new(KvAwareConfig::default(), 1, WorkerRole::Regular);
         p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
         s.get_mut(0).unwrap().in_flight = 2;
         s.get_mut(2).unwrap().in_flight = 1;
         let chat = serde_json::json!({"messages": [{"role": "user", "content": "hi"}]});
         assert_eq!(pick(&mut p, &s, &chat), 1, "the least loaded");
         assert_eq!(p.kv_lookups(), [0, 0, 1, 0]);
+    }
+
+    #[test]
+    fn the_decode_pool_goes_by_load_and_the_prefill_pool_keeps_no_sessions() {
+        let mut s = test_workers(2);
+        let cfg = KvAwareConfig {
+            session_affinity_ttl: Some(Duration::from_secs(60)),
+            ..Default::default()
+        };
+        let mut decode = KvAware::new(cfg.clone(), 1, WorkerRole::Decode);
+        decode.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+        hold(&mut decode, 1, 4, Medium::Device);
+        s.get_mut(1).unwrap().in_flight = 1;
+        assert_eq!(pick(&mut decode, &s, &prompt(80)), 0, "blocks do not count");
+        assert_eq!(decode.kv_lookups(), [0; 4]);
+        let prefill = KvAware::new(cfg, 1, WorkerRole::Prefill);
+        assert!(prefill.affinity.is_none());
     }
 }

@@ -27,7 +27,7 @@ pub use sticky_least_loaded::{StickyLeastLoaded, DEFAULT_SESSION_TTL};
 
 use crate::codec::request::RequestHead;
 use crate::state::PoolView;
-use crate::worker::WorkerId;
+use crate::worker::{WorkerId, WorkerRole};
 
 /// Headers that name a session, in priority order (0.1.17's consistent_hash and
 /// sticky_least_loaded; docs/cli.md).
@@ -78,9 +78,9 @@ impl PolicyKind {
         }
     }
 
-    /// Builds the shard-local instance; `seed` differs per shard so shards do not
-    /// move in lockstep.
-    pub fn build(self, seed: u64, options: &PolicyOptions) -> Box<dyn Policy> {
+    /// Builds the shard-local instance for `role`'s pool; `seed` differs per shard so
+    /// shards do not move in lockstep.
+    pub fn build(self, seed: u64, options: &PolicyOptions, role: WorkerRole) -> Box<dyn Policy> {
         match self {
             PolicyKind::Random => Box::new(Random::new(seed)),
             PolicyKind::ConsistentHash => {
@@ -90,7 +90,7 @@ impl PolicyKind {
             PolicyKind::CacheAware => Box::new(CacheAware::new(options.cache_aware.clone())),
             PolicyKind::RoundRobin => Box::new(RoundRobin::new(seed as usize)),
             PolicyKind::StickyLeastLoaded => Box::new(StickyLeastLoaded::new(options.session_ttl)),
-            PolicyKind::KvAware => Box::new(KvAware::new(options.kv_aware.clone(), seed)),
+            PolicyKind::KvAware => Box::new(KvAware::new(options.kv_aware.clone(), seed, role)),
         }
     }
 }

@@ -52,7 +52,8 @@ pub async fn handle(
         pd_error(shard, "no_decode_worker");
         return no_worker(shard, c, true, WorkerRole::Decode).await;
     };
-    let Some(first) = pick(shard, &c.head, json, WorkerRole::Prefill, &[], None) else {
+    let tokens = c.tokens.as_deref();
+    let Some(first) = pick(shard, &c.head, json, WorkerRole::Prefill, &[], tokens) else {
         pd_error(shard, "no_prefill_worker");
         return no_worker(shard, c, true, WorkerRole::Prefill).await;
     };

@@ -113,7 +113,9 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
         }
     }
     c.tokens = None;
-    if generation && !pd {
+    if generation {
+        // In P/D mode the prefill pool's policy reads the prompt.
+        let role = if pd { WorkerRole::Prefill } else { role };
         if let Some(body) = json
             .as_ref()
             .filter(|b| wants_tokens(shard, &c.head, b, role))

@@ -4,10 +4,17 @@
 use super::stats::{KvStats, KvWorkerStats};
 use crate::control::exposition::{family, Sample};
 use prometheus::proto::{MetricFamily, MetricType};
+use shards::messages::WorkerRole;
 
-/// Decisions by outcome and lookups by result, from the shards' counts (credited, not
-/// credited, without tokens, by session), and where the tokens came from.
-pub fn decision_families(lookups: [u64; 4], inputs: [u64; 3]) -> Vec<MetricFamily> {
+/// Decisions by stage and outcome and lookups by result, from the shards' counts per
+/// pool (credited, not credited, without tokens, by session), and where the tokens
+/// came from. `stage`'s rows are always there; another pool's once it has counts (the
+/// decode pool's sessions in P/D mode).
+pub fn decision_families(
+    stage: WorkerRole,
+    lookups: [[u64; 4]; 3],
+    inputs: [u64; 3],
+) -> Vec<MetricFamily> {
     let mut families = Vec::new();
     families.push(family(
         "vllm_router_kv_routing_inputs_total",
@@ -21,23 +28,34 @@ pub fn decision_families(lookups: [u64; 4], inputs: [u64; 3]) -> Vec<MetricFamil
             })
             .collect(),
     ));
-    let [hit, miss, missing, sticky] = lookups;
+    let mut decisions = Vec::new();
+    for role in WorkerRole::ALL {
+        let [hit, miss, missing, sticky] = lookups[role as usize];
+        if role != stage && hit + miss + missing + sticky == 0 {
+            continue;
+        }
+        let outcomes = [
+            ("prefix_cost", hit + miss),
+            ("missing_tokens", missing),
+            ("sticky_hit", sticky),
+        ];
+        for (o, n) in outcomes {
+            let labels = vec![
+                ("policy", "kv_aware".to_string()),
+                ("stage", role.name().to_string()),
+                ("outcome", o.to_string()),
+            ];
+            decisions.push((labels, n as f64));
+        }
+    }
     families.push(family(
         "vllm_router_prefix_routing_decisions_total",
-        "kv_aware decisions by outcome (0.1.17's names): prefix_cost when the prompt's tokens were known, missing_tokens when it went by load alone, sticky_hit when its session was bound to a worker.",
+        "kv_aware decisions by pool and outcome (0.1.17's names): prefix_cost when the prompt's tokens were known, missing_tokens when it went by load alone, sticky_hit when its session was bound to a worker.",
         MetricType::COUNTER,
-        [("prefix_cost", hit + miss), ("missing_tokens", missing), ("sticky_hit", sticky)]
-            .into_iter()
-            .map(|(o, n)| {
-                let labels = vec![
-                    ("policy", "kv_aware".to_string()),
-                    ("stage", "regular".to_string()),
-                    ("outcome", o.to_string()),
-                ];
-                (labels, n as f64)
-            })
-            .collect(),
+        decisions,
     ));
+    let [hit, miss, missing, sticky] =
+        [0, 1, 2, 3].map(|i| lookups.iter().map(|l| l[i]).sum::<u64>());
     families.push(family(
         "vllm_router_kv_placement_lookups_total",
         "KV-aware placement lookups: hit (a worker holds a prefix of the prompt), miss, or why none was made: missing_tokens, sticky_hit (the session's worker).",

@@ -45,6 +45,8 @@ pub struct KvEventsConfig {
     /// `--kv-event-block-size`, for the static sources.
     pub block_size: u32,
     pub api_key: Option<String>,
+    /// The pool whose workers are followed: regular, or prefill in P/D mode.
+    pub role: WorkerRole,
 }
 
 impl KvEventsConfig {
@@ -69,7 +71,7 @@ impl KvEventsConfig {
     }
 }
 
-/// Follows the regular workers forever, one ingestion task per base URL.
+/// Follows the workers of `cfg.role` forever, one ingestion task per base URL.
 pub async fn run(state: Rc<RefCell<ControlState>>, cfg: KvEventsConfig) {
     let cfg = Rc::new(cfg);
     let mut tasks: HashMap<String, JoinHandle<()>> = HashMap::new();
@@ -78,14 +80,13 @@ pub async fn run(state: Rc<RefCell<ControlState>>, cfg: KvEventsConfig) {
         tick.tick().await;
         let bases: Vec<(String, SocketAddr, String)> = {
             let s = state.borrow();
-            let regular = |b: &str| {
-                (s.registry.workers.iter())
-                    .any(|w| w.base_url == b && w.spec.role == WorkerRole::Regular)
+            let followed = |b: &str| {
+                (s.registry.workers.iter()).any(|w| w.base_url == b && w.spec.role == cfg.role)
             };
             s.registry
                 .bases()
                 .into_iter()
-                .filter(|(b, _, _)| regular(b))
+                .filter(|(b, _, _)| followed(b))
                 .collect()
         };
         tasks.retain(|base, task| {
