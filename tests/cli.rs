@@ -329,3 +329,110 @@ fn every_flag_of_0_1_17_is_built_or_refused_by_name() {
     let refused = results.iter().filter(|r| r == &&Ok("refused")).count();
     assert!(refused > 0 && refused < lines.len());
 }
+
+#[test]
+fn kv_event_sources_are_checked_with_the_published_messages() {
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--kv-event-source",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
+            ],
+            "static KV event sources require worker URLs and model identity",
+        ),
+        (
+            &[
+                "--kv-event-model",
+                "m",
+                "--kv-event-source",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
+            ],
+            "--kv-event-source requires the kv_aware policy",
+        ),
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--kv-event-model",
+                "m",
+                "--kv-event-source",
+                "http://127.0.0.1:9=tcp://127.0.0.1:5557",
+            ],
+            "static KV event source worker 'http://127.0.0.1:9' is not in --worker-urls",
+        ),
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--kv-event-model",
+                "m",
+                "--kv-event-source",
+                "http://127.0.0.1:1=tcp://*:5557",
+            ],
+            "KV connect host cannot be a wildcard",
+        ),
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--kv-event-replay-source",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5558",
+            ],
+            "--kv-event-replay-source requires a matching --kv-event-source",
+        ),
+    ];
+    let pd_cases: [(&[&str], &str); 2] = [
+        (
+            &[
+                "--policy",
+                "kv_aware",
+                "--pd-kv-events",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
+            ],
+            "pd_kv_event_sources requires vllm_prefill_decode mode",
+        ),
+        (
+            &[
+                "--vllm-pd-disaggregation",
+                "--prefill",
+                "http://127.0.0.1:1",
+                "--decode",
+                "http://127.0.0.1:2",
+                "--prefill-policy",
+                "round_robin",
+                "--pd-kv-events",
+                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
+            ],
+            "pd_kv_event_sources requires a kv_aware prefill policy",
+        ),
+    ];
+    for (args, message) in pd_cases {
+        let out = Command::new(router_bin())
+            .args(["--port", "0", "--prometheus-port", "0"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(text.contains(message), "{args:?}: {text}");
+    }
+    for (args, message) in cases {
+        let out = Command::new(router_bin())
+            .args([
+                "--port",
+                "0",
+                "--prometheus-port",
+                "0",
+                "--worker-urls",
+                "http://127.0.0.1:1",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(text.contains(message), "{args:?}: {text}");
+    }
+}

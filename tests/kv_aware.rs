@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use serde_json::json;
-use std::process::Command;
 use std::time::Duration;
 
 /// A mock publishing KV events (discovered by the router from `/kv_event_sources`).
@@ -402,111 +401,4 @@ fn a_dead_or_garbage_event_source_never_stops_routing() {
     let chat = post_json(r.port, "/v1/chat/completions", &chat_body("hi", 1, false));
     assert_eq!(chat.status, 200);
     assert!(!seen.is_empty());
-}
-
-#[test]
-fn static_sources_are_checked_with_the_published_messages() {
-    let cases: [(&[&str], &str); 5] = [
-        (
-            &[
-                "--policy",
-                "kv_aware",
-                "--kv-event-source",
-                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
-            ],
-            "static KV event sources require worker URLs and model identity",
-        ),
-        (
-            &[
-                "--kv-event-model",
-                "m",
-                "--kv-event-source",
-                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
-            ],
-            "--kv-event-source requires the kv_aware policy",
-        ),
-        (
-            &[
-                "--policy",
-                "kv_aware",
-                "--kv-event-model",
-                "m",
-                "--kv-event-source",
-                "http://127.0.0.1:9=tcp://127.0.0.1:5557",
-            ],
-            "static KV event source worker 'http://127.0.0.1:9' is not in --worker-urls",
-        ),
-        (
-            &[
-                "--policy",
-                "kv_aware",
-                "--kv-event-model",
-                "m",
-                "--kv-event-source",
-                "http://127.0.0.1:1=tcp://*:5557",
-            ],
-            "KV connect host cannot be a wildcard",
-        ),
-        (
-            &[
-                "--policy",
-                "kv_aware",
-                "--kv-event-replay-source",
-                "http://127.0.0.1:1=tcp://127.0.0.1:5558",
-            ],
-            "--kv-event-replay-source requires a matching --kv-event-source",
-        ),
-    ];
-    let pd_cases: [(&[&str], &str); 2] = [
-        (
-            &[
-                "--policy",
-                "kv_aware",
-                "--pd-kv-events",
-                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
-            ],
-            "pd_kv_event_sources requires vllm_prefill_decode mode",
-        ),
-        (
-            &[
-                "--vllm-pd-disaggregation",
-                "--prefill",
-                "http://127.0.0.1:1",
-                "--decode",
-                "http://127.0.0.1:2",
-                "--prefill-policy",
-                "round_robin",
-                "--pd-kv-events",
-                "http://127.0.0.1:1=tcp://127.0.0.1:5557",
-            ],
-            "pd_kv_event_sources requires a kv_aware prefill policy",
-        ),
-    ];
-    for (args, message) in pd_cases {
-        let out = Command::new(router_bin())
-            .args(["--port", "0", "--prometheus-port", "0"])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} started");
-        assert!(text.contains(message), "{args:?}: {text}");
-    }
-    for (args, message) in cases {
-        let out = Command::new(router_bin())
-            .args([
-                "--port",
-                "0",
-                "--prometheus-port",
-                "0",
-                "--worker-urls",
-                "http://127.0.0.1:1",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} started");
-        assert!(text.contains(message), "{args:?}: {text}");
-    }
 }
