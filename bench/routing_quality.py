@@ -61,12 +61,14 @@ def start_workers(args, procs):
 
 
 def start_router(exe, policy, worker_urls, procs):
+    # "kv_aware:--flag=value --other=value": a policy with flags of its own.
+    policy, _, extra = policy.partition(":")
     port = free_port()
     # A 1 s health-check interval: a worker that missed the start-up probe joins in
     # seconds instead of a minute.
     log = tempfile.NamedTemporaryFile(prefix="vr-quality-", suffix=".log", delete=False)
     r = subprocess.Popen([exe, "--port", str(port), "--prometheus-port", str(free_port()), "--policy", policy,
-                          "--health-check-interval-secs", "1", "--worker-urls"] + worker_urls,
+                          "--health-check-interval-secs", "1"] + extra.split() + ["--worker-urls"] + worker_urls,
                          stdout=subprocess.DEVNULL, stderr=log)
     procs.append(r); wait_port(port, r, f"router {exe}")
     # A router serves once one worker is healthy; measure only once every worker is
@@ -189,7 +191,8 @@ def run(args, name, exe=None, policy=None, replicas=1):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--policies", default="round_robin,consistent_hash,power_of_two,cache_aware")
+    ap.add_argument("--policies", default="round_robin,consistent_hash,power_of_two,cache_aware",
+                    help="comma separated; a policy may carry flags: kv_aware:--kv-provisional-ttl-secs=0")
     ap.add_argument("--replicas", default="1,2", help="router replicas to run each policy with")
     ap.add_argument("--published", default=DEFAULT_PUBLISHED if os.path.exists(DEFAULT_PUBLISHED) else "",
                     help="the published vllm-router executable (empty: skip it)")

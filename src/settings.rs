@@ -234,6 +234,8 @@ fn shard_config(
                 penalty_external: cli.published.kv_penalty_external,
                 penalty_disk: cli.published.kv_penalty_disk,
                 default_block_size: cli.published.kv_event_block_size,
+                provisional_ttl: (cli.kv_provisional_ttl_secs > 0)
+                    .then(|| Duration::from_secs(cli.kv_provisional_ttl_secs)),
                 session_affinity_ttl: cli
                     .published
                     .kv_aware_session_affinity_ttl_secs

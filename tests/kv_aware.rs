@@ -298,6 +298,62 @@ fn missed_events_are_replayed() {
     );
 }
 
+/// Where a burst of `n` requests for one new prompt went, sent at once over fresh
+/// connections while each takes the mock `ms` to answer.
+fn burst(port: u16, from: u32, n: usize, ms: u64) -> Vec<String> {
+    let body = prompt(from, 200).to_string();
+    let delay = (ms * 1000).to_string();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (body, delay) = (body.clone(), delay.clone());
+            std::thread::spawn(move || {
+                let headers = [
+                    ("content-type", "application/json"),
+                    ("x-mock-token-delay-us", delay.as_str()),
+                ];
+                let r = request(port, "POST", "/v1/completions", &headers, body.as_bytes());
+                assert_eq!(r.status, 200, "{}", r.text());
+                r.header("x-mock-worker").unwrap().to_string()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn a_burst_of_one_new_prompt_waits_for_no_event_to_stay_together() {
+    // The router hears no events at all (nothing listens where the sources are), so
+    // only what it routed itself can hold the burst together: each request is still
+    // in flight when the next comes, and by load alone they would spread.
+    let a = mock(&["--name", "a"]);
+    let b = mock(&["--name", "b"]);
+    let dead = |w: &Proc| format!("{}=tcp://127.0.0.1:{}", w.url(), free_low_port());
+    let (da, db) = (dead(&a), dead(&b));
+    let args = [
+        "--policy",
+        "kv_aware",
+        "--shards",
+        "1",
+        "--kv-event-model",
+        "m",
+    ];
+    let sources = ["--kv-event-source", &da, "--kv-event-source", &db];
+    let r = router(&[&a, &b], &[&args[..], &sources].concat());
+    for (i, from) in [0, 100_000, 200_000].into_iter().enumerate() {
+        let went = burst(r.port, from, 4, 300);
+        assert!(went.iter().all(|w| *w == went[0]), "burst {i}: {went:?}");
+    }
+    let off = router(
+        &[&a, &b],
+        &[&args[..], &sources, &["--kv-provisional-ttl-secs", "0"]].concat(),
+    );
+    let went = burst(off.port, 300_000, 4, 300);
+    assert!(
+        went.iter().any(|w| *w != went[0]),
+        "without it the burst spreads: {went:?}"
+    );
+}
+
 /// Requests a mock answered on `path`.
 fn answered(w: &Proc, path: &str) -> u64 {
     mock_stats(w)["by_path"][path].as_u64().unwrap_or(0)

@@ -98,8 +98,10 @@ fn bench_consistent_hash_text_key(c: &mut Criterion) {
 }
 
 /// kv_aware: a 4,096-token prompt (256 blocks of 16) over 64 workers, each holding the
-/// first blocks of it to another depth (1 to 64 blocks), the index holding 16,384 other
-/// blocks. The time covers naming the blocks, the index lookup and the cost per worker.
+/// first blocks of it to another depth (1 to 64 blocks; with `whole`, the last one all
+/// 256), the index holding 16,384 other blocks. The time covers naming the blocks, the
+/// index lookup and the cost per worker. Provisional copies are off, so that every
+/// iteration sees the same index.
 fn bench_kv_aware(c: &mut Criterion) {
     use shards::kv_blocks::{block_hashes, BlockChanges, KvBlockDelta, Medium};
     let set = workers(64);
@@ -107,33 +109,47 @@ fn bench_kv_aware(c: &mut Criterion) {
     let tokens: Vec<u32> = (0..4096).map(|t| (t * 7919) % 50_000).collect();
     let mut names = Vec::new();
     block_hashes(&tokens, 16, &mut names);
-    let mut policy = PolicyKind::KvAware.build(1, &PolicyOptions::default(), WorkerRole::Regular);
-    policy.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
-    for w in 0..64u32 {
-        let mut stored: Vec<(u64, Medium)> = names[..(w as usize + 1)]
-            .iter()
-            .map(|n| (*n, Medium::Device))
-            .collect();
-        stored.extend((0..256u64).map(|k| ((u64::from(w) << 32) | k, Medium::Device)));
-        policy.kv_blocks(&KvBlockDelta {
-            worker: w,
-            block_size: 16,
-            changes: BlockChanges {
-                stored,
-                ..Default::default()
-            },
+    for whole in [false, true] {
+        let mut options = PolicyOptions::default();
+        options.kv_aware.provisional_ttl = None;
+        let mut policy = PolicyKind::KvAware.build(1, &options, WorkerRole::Regular);
+        policy.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
+        for w in 0..64u32 {
+            let depth = if whole && w == 63 {
+                256
+            } else {
+                w as usize + 1
+            };
+            let mut stored: Vec<(u64, Medium)> = names[..depth]
+                .iter()
+                .map(|n| (*n, Medium::Device))
+                .collect();
+            stored.extend((0..256u64).map(|k| ((u64::from(w) << 32) | k, Medium::Device)));
+            policy.kv_blocks(&KvBlockDelta {
+                worker: w,
+                block_size: 16,
+                changes: BlockChanges {
+                    stored,
+                    ..Default::default()
+                },
+            });
+        }
+        let name = if whole {
+            "kv_aware/64 workers/4k-token prompt, one worker holding all of it"
+        } else {
+            "kv_aware/64 workers/4k-token prompt"
+        };
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let input = RouteInput {
+                    head: &head,
+                    json: None,
+                    tokens: Some(&tokens),
+                };
+                black_box(policy.pick(&set.view(WorkerRole::Regular, &[]), &input))
+            })
         });
     }
-    c.bench_function("kv_aware/64 workers/4k-token prompt", |b| {
-        b.iter(|| {
-            let input = RouteInput {
-                head: &head,
-                json: None,
-                tokens: Some(&tokens),
-            };
-            black_box(policy.pick(&set.view(WorkerRole::Regular, &[]), &input))
-        })
-    });
 }
 
 criterion_group!(

@@ -69,6 +69,10 @@ pub struct Cli {
     /// router adds no CORS headers and the workers' own apply.
     #[arg(long, num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
+    /// kv_aware: seconds a just-routed request's blocks count as on its worker before
+    /// the worker's KV events say so (ours; 0: off).
+    #[arg(long, default_value_t = 10)]
+    pub kv_provisional_ttl_secs: u64,
     /// Data-plane shards (one glommio executor pinned per CPU). Default: the CPUs in
     /// the process's affinity mask.
     #[arg(long)]

@@ -43,6 +43,9 @@ pub struct KvAwareConfig {
     pub default_block_size: u32,
     /// `--kv-aware-session-affinity-ttl-secs` (None: no affinity).
     pub session_affinity_ttl: Option<Duration>,
+    /// `--kv-provisional-ttl-secs` (None: off): how long a routed request's blocks
+    /// count as on its worker before its events arrive.
+    pub provisional_ttl: Option<Duration>,
 }
 
 impl Default for KvAwareConfig {
@@ -54,9 +57,14 @@ impl Default for KvAwareConfig {
             penalty_disk: 0.3,
             default_block_size: 16,
             session_affinity_ttl: None,
+            provisional_ttl: Some(Duration::from_secs(10)),
         }
     }
 }
+
+/// Blocks of one request noted provisionally at most (8k tokens of 16): naming them
+/// is most of the cost, and a prefix past it is rarely shared.
+const MAX_PROVISIONAL_BLOCKS: usize = 512;
 
 pub struct KvAware {
     cfg: KvAwareConfig,
@@ -66,6 +74,10 @@ pub struct KvAware {
     rank: Rendezvous,
     rng: Random,
     tokens: Vec<u32>,
+    /// Blocks the lookup named, and the last one's name.
+    named: (usize, u64),
+    /// The request's block names for provisional copies (scratch).
+    names: Vec<u64>,
     depths: Vec<Depth>,
     affinity: Option<Affinity>,
     /// Decisions: credited, not credited, without tokens, by session
@@ -94,6 +106,8 @@ impl KvAware {
             rank: Rendezvous::default(),
             rng: Random::new(seed),
             tokens: Vec::new(),
+            named: (0, ROOT),
+            names: Vec::new(),
             depths: Vec::new(),
             lookups: [0; 4],
         }
@@ -225,8 +239,11 @@ impl KvAware {
             .find(|b| *b > 0)
             .unwrap_or(self.cfg.default_block_size)
             .max(1) as usize;
+        let named = &mut self.named;
+        *named = (0, ROOT);
         let names = self.tokens.chunks_exact(block).scan(ROOT, |parent, b| {
             *parent = chain_hash(*parent, b);
+            *named = (named.0 + 1, *parent);
             Some(*parent)
         });
         self.index.depths(names, &mut self.depths);
@@ -279,7 +296,40 @@ impl KvAware {
                 .is_some_and(|d| self.credited(d, n, block) > 0.0);
         }
         self.lookups[usize::from(!credited)] += 1;
+        self.note_provisional(chosen, block);
         Some(chosen)
+    }
+
+    /// The chosen worker will hold the request's blocks: noted provisionally, so the
+    /// next request with this prefix finds them before the worker's events arrive.
+    fn note_provisional(&mut self, chosen: WorkerId, block: usize) {
+        let Some(ttl) = self.cfg.provisional_ttl else {
+            return;
+        };
+        let held = self
+            .index
+            .depth_of(chosen, &self.depths)
+            .map_or(0, |d| d.device);
+        let upto = (self.tokens.len() / block).min(MAX_PROVISIONAL_BLOCKS);
+        if held >= upto {
+            return;
+        }
+        // The blocks past the lookup's are named on from its last; when the worker holds
+        // fewer than the lookup named, the chain is named again from its start.
+        let (mut at, mut parent) = match self.named {
+            (n, last) if n <= held => (n, last),
+            _ => (0, ROOT),
+        };
+        self.names.clear();
+        for b in self.tokens.chunks_exact(block).take(upto).skip(at) {
+            parent = chain_hash(parent, b);
+            if at >= held {
+                self.names.push(parent);
+            }
+            at += 1;
+        }
+        let now = Instant::now();
+        self.index.provisional(chosen, &self.names, now, now + ttl);
     }
 }
 

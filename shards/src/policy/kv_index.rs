@@ -6,8 +6,18 @@
 use crate::kv_blocks::{BlockChanges, Medium};
 use crate::worker::WorkerId;
 use smallvec::SmallVec;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::time::Instant;
+
+/// The media bit of a provisional copy: a block a request just routed to the worker
+/// will leave there. Looked up as if on the GPU, so a burst of one new prefix follows
+/// its first request instead of scattering before the worker's events say so.
+const PROVISIONAL: u8 = 0x80;
+
+/// Provisional copies one shard keeps at most (about 40 bytes each); past it no new
+/// ones are made until old ones expire.
+const MAX_PROVISIONAL: usize = 1 << 20;
 
 /// Block names are already hashes: the map uses them as they are (SipHash was a third
 /// of a lookup).
@@ -57,6 +67,8 @@ pub struct KvIndex {
     block_sizes: Vec<u32>,
     /// Per worker id, its place in a lookup's output (scratch, reused).
     slot: Vec<u32>,
+    /// Provisional copies in the order they expire.
+    provisional: VecDeque<(Instant, WorkerId, u64)>,
 }
 
 impl KvIndex {
@@ -116,7 +128,8 @@ impl KvIndex {
             let Some(i) = owners.iter().position(|o| o.worker == worker) else {
                 continue;
             };
-            owners[i].media &= !m.bit();
+            // A block the worker dropped is not coming back provisionally either.
+            owners[i].media &= !(m.bit() | PROVISIONAL);
             if owners[i].media == 0 {
                 owners.swap_remove(i);
                 let empty = owners.is_empty();
@@ -138,6 +151,56 @@ impl KvIndex {
             !owners.is_empty()
         });
         self.held[worker as usize] = 0;
+    }
+
+    /// Notes that `worker` will soon hold `names` on its GPU (it was just sent a request
+    /// for them), until its events say so or `until` (`--kv-provisional-ttl-secs`: longer
+    /// than a long prompt's prefill behind a queue plus the events' way back, short
+    /// enough that a request that failed misleads only briefly).
+    pub fn provisional(&mut self, worker: WorkerId, names: &[u64], now: Instant, until: Instant) {
+        self.expire(now);
+        if self.provisional.len() + names.len() > MAX_PROVISIONAL {
+            return;
+        }
+        for name in names {
+            let owners = self.blocks.entry(*name).or_default();
+            match owners.iter_mut().find(|o| o.worker == worker) {
+                Some(o) if o.media & (Medium::Device.bit() | PROVISIONAL) != 0 => continue,
+                Some(o) => o.media |= PROVISIONAL,
+                None => {
+                    owners.push(Owner {
+                        worker,
+                        media: PROVISIONAL,
+                    });
+                    self.count(worker, true);
+                }
+            }
+            self.provisional.push_back((until, worker, *name));
+        }
+    }
+
+    /// Drops the provisional copies that expired by `now`.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(&(at, worker, name)) = self.provisional.front() {
+            if at > now {
+                break;
+            }
+            self.provisional.pop_front();
+            let Some(owners) = self.blocks.get_mut(&name) else {
+                continue;
+            };
+            let Some(i) = owners.iter().position(|o| o.worker == worker) else {
+                continue;
+            };
+            owners[i].media &= !PROVISIONAL;
+            if owners[i].media == 0 {
+                owners.swap_remove(i);
+                if owners.is_empty() {
+                    self.blocks.remove(&name);
+                }
+                self.count(worker, false);
+            }
+        }
     }
 
     /// For each worker holding the first of `names`, how deep it holds them (into
@@ -171,7 +234,7 @@ impl KvIndex {
                     continue;
                 };
                 let d = &mut out[at as usize];
-                let dev = o.media & Medium::Device.bit() != 0;
+                let dev = o.media & (Medium::Device.bit() | PROVISIONAL) != 0;
                 if d.device == i && dev {
                     d.device += 1;
                     any = true;
@@ -263,5 +326,34 @@ mod tests {
         x.depths([1, 2], &mut d);
         assert!(d.is_empty());
         assert_eq!(x.held(3), 1);
+    }
+
+    #[test]
+    fn a_provisional_copy_counts_as_on_the_gpu_until_it_expires_or_is_removed() {
+        let mut x = KvIndex::default();
+        let t0 = Instant::now();
+        let later = t0 + std::time::Duration::from_secs(10);
+        x.provisional(1, &[10, 11, 12], t0, later);
+        let mut d = Vec::new();
+        x.depths([10, 11, 12], &mut d);
+        assert_eq!((d[0].worker, d[0].device), (1, 3));
+        // The worker's events confirm two; it drops the third.
+        x.apply(1, &stored(&[10, 11], Medium::Device));
+        x.apply(
+            1,
+            &BlockChanges {
+                removed: vec![(12, Medium::Device)],
+                ..Default::default()
+            },
+        );
+        x.depths([10, 11, 12], &mut d);
+        assert_eq!(d[0].device, 2);
+        // Expired: only what the events said is left.
+        x.provisional(2, &[10], t0, later);
+        x.expire(later);
+        x.depths([10, 11, 12], &mut d);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!((d[0].worker, d[0].device), (1, 2));
+        assert_eq!((x.held(1), x.held(2)), (2, 0));
     }
 }
