@@ -90,6 +90,16 @@ def start_router(exe, policy, worker_urls, procs):
     sys.exit(f"router {exe}: not every worker became healthy; its log: {log.name}")
 
 
+def stream_text(data):
+    """The content of an SSE chat completion."""
+    text = []
+    for line in data.decode().splitlines():
+        if line.startswith("data: ") and line != "data: [DONE]":
+            for choice in json.loads(line[6:]).get("choices", []):
+                text.append(choice.get("delta", {}).get("content") or "")
+    return "".join(text)
+
+
 def drive(args, route):
     """Runs the sessions; `route(k, turn)` gives the port for system prompt k's turn."""
     rng = random.Random(args.seed)
@@ -111,7 +121,8 @@ def drive(args, route):
             messages = [{"role": "system", "content": systems[k]}]
             for turn in range(args.turns):
                 messages.append({"role": "user", "content": f"{sid} turn {turn}: " + "please explain more. " * 8})
-                body = json.dumps({"model": "m", "messages": messages, "max_tokens": args.tokens})
+                body = json.dumps({"model": "m", "messages": messages, "max_tokens": args.tokens,
+                                   "stream": args.stream})
                 url = route(k, turn)
                 if url not in conns:
                     host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
@@ -126,10 +137,9 @@ def drive(args, route):
                     raise SystemExit(f"status {resp.status}: {data[:200]}")
                 with lock:
                     latencies.append(dt)
-                answer = json.loads(data)
                 with lock:
-                    placed.append((k, sid, turn, answer.get("system_fingerprint", "?")))
-                answer = answer["choices"][0]["message"]["content"]
+                    placed.append((k, sid, turn, resp.getheader("x-mock-worker", "?")))
+                answer = stream_text(data) if args.stream else json.loads(data)["choices"][0]["message"]["content"]
                 messages.append({"role": "assistant", "content": answer})
         for c in conns.values():
             c.close()
@@ -211,6 +221,7 @@ def main():
     ap.add_argument("--fixed-port", type=int, default=0,
                     help="workers on 127.0.0.2, .3, ... at this port: the same URLs every run")
     ap.add_argument("--json", help="also write the rows here")
+    ap.add_argument("--stream", action="store_true", help="stream the answers (SSE)")
     ap.add_argument("--trace", action="store_true", help="print where each system prompt's requests went")
     ap.add_argument("--kv-events", action="store_true",
                     help="workers cache token blocks and publish vLLM KV events (for kv_aware)")

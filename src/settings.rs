@@ -234,6 +234,7 @@ fn shard_config(
                 penalty_external: cli.published.kv_penalty_external,
                 penalty_disk: cli.published.kv_penalty_disk,
                 default_block_size: cli.published.kv_event_block_size,
+                pending_prefill_weight: cli.kv_pending_prefill_weight,
                 provisional_ttl: (cli.kv_provisional_ttl_secs > 0)
                     .then(|| Duration::from_secs(cli.kv_provisional_ttl_secs)),
                 session_affinity_ttl: cli

@@ -29,6 +29,9 @@ pub struct Client {
     pub idle_since: Instant,
     /// kv_aware: the current request's prompt tokens, when a worker told them.
     pub tokens: Option<std::rc::Rc<[u32]>>,
+    /// kv_aware: the worker last chosen for the request and the prompt tokens it must
+    /// prefill, counted against it until its answer starts (`proxy::exchange`).
+    pub prefill_charge: Option<(crate::worker::WorkerId, u32)>,
     /// CORS headers every answer to the current request carries (`server::cors`).
     pub cors: Vec<(&'static [u8], Vec<u8>)>,
 }

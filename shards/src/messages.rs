@@ -3,7 +3,7 @@
 //! Deltas flow out (control -> every shard), reports flow back (shard -> control),
 //! both over crossbeam channels. A shard drains its deltas between requests.
 
-pub use crate::worker::{MooncakeBootstrap, WorkerId, WorkerRole, WorkerSpec};
+pub use crate::worker::{MooncakeBootstrap, WorkerId, WorkerInFlight, WorkerRole, WorkerSpec};
 
 /// A change to a shard's view, sent by the control core.
 #[derive(Clone, Debug)]
@@ -39,8 +39,8 @@ pub enum Delta {
     CacheEvict {
         max: usize,
     },
-    /// Requests the other shards have in flight, per worker (absent: 0).
-    Loads(Vec<(WorkerId, u32)>),
+    /// What the other shards have in flight, per worker (absent: nothing).
+    Loads(Vec<WorkerInFlight>),
     /// The control core's answer to a `Report::Admin`.
     AdminReply {
         token: u64,
@@ -93,10 +93,10 @@ pub enum Report {
         shard: usize,
         session: std::sync::Arc<str>,
     },
-    /// Requests this shard has in flight per worker; sent every 100 ms when changed.
+    /// What this shard has in flight per worker; sent every 100 ms when changed.
     Loads {
         shard: usize,
-        loads: Vec<(WorkerId, u32)>,
+        loads: Vec<WorkerInFlight>,
     },
     /// The shard's cumulative counters, sent once a second.
     Metrics {

@@ -9,7 +9,7 @@ use crate::metrics::ShardMetrics;
 use crate::policy::{Policy, Random};
 use crate::pool::Pool;
 use crate::state::WorkerSet;
-use crate::worker::{WorkerId, WorkerRole};
+use crate::worker::{WorkerId, WorkerInFlight, WorkerRole};
 use crossbeam_channel::Sender;
 use glommio::sync::Gate;
 use std::cell::{Cell, RefCell};
@@ -43,7 +43,7 @@ pub struct Shard {
     /// Admin calls waiting for the control core's answer.
     pub admin: AdminWaiters,
     /// The last in-flight counts reported (to report only changes).
-    pub last_loads: RefCell<Vec<(WorkerId, u32)>>,
+    pub last_loads: RefCell<Vec<WorkerInFlight>>,
     /// cache_aware inserts not yet reported: sent as one batch [`INSERT_FLUSH_DELAY`]
     /// after the first, so a request never costs a channel wake-up or a doorbell on
     /// the other shards of its own.
@@ -245,12 +245,16 @@ impl Shard {
 
     /// Reports in-flight counts per worker if they changed since the last report.
     pub fn send_loads(&self) {
-        let loads: Vec<(WorkerId, u32)> = self
+        let loads: Vec<WorkerInFlight> = self
             .workers
             .borrow()
             .all()
             .iter()
-            .map(|w| (w.spec.id, w.in_flight))
+            .map(|w| WorkerInFlight {
+                worker: w.spec.id,
+                requests: w.in_flight,
+                prefill_tokens: w.prefill_tokens,
+            })
             .collect();
         if *self.last_loads.borrow() == loads {
             return;

@@ -2,7 +2,7 @@
 //! read by every request.
 
 use crate::breaker::{BreakerState, BreakerView};
-use crate::worker::{WorkerId, WorkerRole, WorkerSpec};
+use crate::worker::{WorkerId, WorkerInFlight, WorkerRole, WorkerSpec};
 use smallvec::SmallVec;
 
 /// One worker as this shard sees it.
@@ -15,6 +15,10 @@ pub struct Worker {
     pub processed: u64,
     /// Requests the other shards have in flight to it (control core's last view).
     pub remote_load: u32,
+    /// Prompt tokens of this shard's requests to it that have no answer byte yet, as
+    /// kv_aware priced them; and the other shards' (control core's last view).
+    pub prefill_tokens: u32,
+    pub remote_prefill_tokens: u32,
     /// Times this shard's policy chose the worker.
     pub decisions: u64,
     /// This shard's copy of the worker's circuit breaker.
@@ -36,6 +40,12 @@ impl Worker {
     /// current, plus the other shards' from the last view.
     pub fn load(&self) -> u32 {
         self.in_flight + self.remote_load
+    }
+
+    /// Prompt tokens the worker has yet to start on for this router (kv_aware's `A`).
+    pub fn prefill_load(&self) -> u32 {
+        self.prefill_tokens
+            .saturating_add(self.remote_prefill_tokens)
     }
 }
 
@@ -64,6 +74,8 @@ impl WorkerSet {
                 in_flight: 0,
                 processed: 0,
                 remote_load: 0,
+                prefill_tokens: 0,
+                remote_prefill_tokens: 0,
                 decisions: 0,
                 breaker: BreakerView::default(),
                 outcomes: (0, 0),
@@ -95,12 +107,12 @@ impl WorkerSet {
 
     /// What the other shards (and other clients) have in flight; absent means 0. The
     /// routable set does not change.
-    pub fn set_remote_loads(&mut self, loads: &[(WorkerId, u32)]) {
+    pub fn set_remote_loads(&mut self, loads: &[WorkerInFlight]) {
         for w in &mut self.workers {
-            w.remote_load = loads
-                .iter()
-                .find(|(id, _)| *id == w.spec.id)
-                .map_or(0, |(_, l)| *l);
+            let l = loads.iter().find(|l| l.worker == w.spec.id);
+            let l = l.copied().unwrap_or_default();
+            w.remote_load = l.requests;
+            w.remote_prefill_tokens = l.prefill_tokens;
         }
     }
 

@@ -79,3 +79,12 @@ impl WorkerRole {
         }
     }
 }
+
+/// What is in flight to one worker: requests, and the prompt tokens of those still
+/// waiting for their first answer byte that the worker must prefill (kv_aware's `A`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkerInFlight {
+    pub worker: WorkerId,
+    pub requests: u32,
+    pub prefill_tokens: u32,
+}

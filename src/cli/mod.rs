@@ -69,6 +69,10 @@ pub struct Cli {
     /// router adds no CORS headers and the workers' own apply.
     #[arg(long, num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
+    /// kv_aware: weight of the prompt tokens a worker has yet to start on, in the cost
+    /// (ours; 1 is 0.1.17's `A`; 0 leaves it out, measured better: docs/kv-aware.md).
+    #[arg(long, default_value_t = 0.0, value_parser = published::non_negative)]
+    pub kv_pending_prefill_weight: f64,
     /// kv_aware: seconds a just-routed request's blocks count as on its worker before
     /// the worker's KV events say so (ours; 0: off).
     #[arg(long, default_value_t = 10)]

@@ -74,7 +74,7 @@ pub struct PublishedFlags {
 }
 
 /// 0.1.17: "Must be finite and >= 0.0".
-fn non_negative(s: &str) -> Result<f64, String> {
+pub fn non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("{s} - Must be finite and >= 0.0")),

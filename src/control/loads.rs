@@ -4,7 +4,7 @@
 
 use super::scrape::scrape;
 use super::state::ControlState;
-use shards::messages::{Delta, WorkerId};
+use shards::messages::{Delta, WorkerId, WorkerInFlight};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -40,9 +40,13 @@ impl ControlState {
         for (i, link) in self.links.iter().enumerate() {
             let mut view = self.metrics.loads_excluding(i);
             for (id, n) in &external {
-                match view.iter_mut().find(|(w, _)| w == id) {
-                    Some(e) => e.1 += n,
-                    None => view.push((*id, *n)),
+                match view.iter_mut().find(|l| l.worker == *id) {
+                    Some(e) => e.requests += n,
+                    None => view.push(WorkerInFlight {
+                        worker: *id,
+                        requests: *n,
+                        prefill_tokens: 0,
+                    }),
                 }
             }
             link.send(Delta::Loads(view));

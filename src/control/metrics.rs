@@ -8,7 +8,7 @@ use super::registry::Registry;
 use super::registry::WorkerEntry;
 use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
-use shards::messages::WorkerId;
+use shards::messages::{WorkerId, WorkerInFlight};
 use shards::metrics::{ShardMetrics, METHODS, ROUTES};
 use std::collections::{BTreeMap, HashMap};
 
@@ -16,18 +16,27 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Default)]
 pub struct Aggregator {
     shards: HashMap<usize, Box<ShardMetrics>>,
-    /// Per shard, in-flight requests per worker (fresher than `shards`: 100 ms).
-    loads: HashMap<usize, Vec<(WorkerId, u32)>>,
+    /// Per shard, what is in flight per worker (fresher than `shards`: 100 ms).
+    loads: HashMap<usize, Vec<WorkerInFlight>>,
 }
 
 impl Aggregator {
     pub fn update(&mut self, shard: usize, m: Box<ShardMetrics>) {
-        let loads = m.in_flight.iter().map(|(k, v)| (*k, *v)).collect();
-        self.loads.insert(shard, loads);
+        // A shard's first counters stand in for its load until it reports one.
+        self.loads.entry(shard).or_insert_with(|| {
+            let in_flight = m.in_flight.iter();
+            in_flight
+                .map(|(k, v)| WorkerInFlight {
+                    worker: *k,
+                    requests: *v,
+                    prefill_tokens: 0,
+                })
+                .collect()
+        });
         self.shards.insert(shard, m);
     }
 
-    pub fn update_loads(&mut self, shard: usize, loads: Vec<(WorkerId, u32)>) {
+    pub fn update_loads(&mut self, shard: usize, loads: Vec<WorkerInFlight>) {
         self.loads.insert(shard, loads);
     }
 
@@ -35,22 +44,28 @@ impl Aggregator {
     pub fn load(&self, id: WorkerId) -> u64 {
         self.loads
             .values()
-            .flat_map(|l| l.iter().filter(|(w, _)| *w == id))
-            .map(|(_, n)| u64::from(*n))
+            .flat_map(|l| l.iter().filter(|l| l.worker == id))
+            .map(|l| u64::from(l.requests))
             .sum()
     }
 
-    /// Per worker, the in-flight requests of every shard but `shard`.
-    pub fn loads_excluding(&self, shard: usize) -> Vec<(WorkerId, u32)> {
-        let mut sum: BTreeMap<WorkerId, u32> = BTreeMap::new();
+    /// Per worker, what every shard but `shard` has in flight.
+    pub fn loads_excluding(&self, shard: usize) -> Vec<WorkerInFlight> {
+        let mut sum: BTreeMap<WorkerId, WorkerInFlight> = BTreeMap::new();
         for (s, loads) in &self.loads {
             if *s != shard {
-                for (w, n) in loads {
-                    *sum.entry(*w).or_default() += n;
+                for l in loads {
+                    let e = sum.entry(l.worker).or_insert(WorkerInFlight {
+                        worker: l.worker,
+                        ..Default::default()
+                    });
+                    e.requests += l.requests;
+                    e.prefill_tokens = e.prefill_tokens.saturating_add(l.prefill_tokens);
                 }
             }
         }
-        sum.into_iter().filter(|(_, n)| *n > 0).collect()
+        let busy = |l: &WorkerInFlight| l.requests > 0 || l.prefill_tokens > 0;
+        sum.into_values().filter(busy).collect()
     }
 
     pub fn processed(&self, id: WorkerId) -> u64 {

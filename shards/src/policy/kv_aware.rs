@@ -8,11 +8,16 @@
 //! credited = min(B * (d + c * e), N - 1)     d: blocks on the GPU, e: more blocks in
 //!                                            the best lower tier, c: its penalty
 //! new      = N - credited                    tokens the worker must prefill
-//! score    = new * (load + 1)                lowest wins; softmax with temperature
+//! score    = (new + w * A) * (load + 1)      lowest wins; softmax with temperature
 //! ```
 //!
-//! `load` is the requests in flight to the worker from the whole router plus what the
-//! worker reports beyond that (other replicas). Ties go to the worker ranked first by
+//! `A` is the tokens the router's requests to the worker must still prefill (priced
+//! so when routed, until their answers start), less the blocks this request shares
+//! with them ([`ahead`]); `w` is `--kv-pending-prefill-weight` (0.1.17: 1; ours 0 by
+//! default: at 1 a conversation leaves its cached blocks whenever another prompt is
+//! prefilling at home, see docs/kv-aware.md); `load` is the requests in flight to the
+//! worker from the whole router plus what the worker reports beyond that (other
+//! replicas). Ties go to the worker ranked first by
 //! rendezvous hashing of the first block's name, the same on every replica (0.1.17
 //! takes its internal worker order). With session affinity a named session goes where
 //! its first request went ([`Affinity`]).
@@ -43,6 +48,9 @@ pub struct KvAwareConfig {
     pub default_block_size: u32,
     /// `--kv-aware-session-affinity-ttl-secs` (None: no affinity).
     pub session_affinity_ttl: Option<Duration>,
+    /// `--kv-pending-prefill-weight`: how much `A` counts (1: as 0.1.17; 0, the
+    /// default: not, which measured better, docs/kv-aware.md).
+    pub pending_prefill_weight: f64,
     /// `--kv-provisional-ttl-secs` (None: off): how long a routed request's blocks
     /// count as on its worker before its events arrive.
     pub provisional_ttl: Option<Duration>,
@@ -57,6 +65,7 @@ impl Default for KvAwareConfig {
             penalty_disk: 0.3,
             default_block_size: 16,
             session_affinity_ttl: None,
+            pending_prefill_weight: 0.0,
             provisional_ttl: Some(Duration::from_secs(10)),
         }
     }
@@ -79,6 +88,8 @@ pub struct KvAware {
     /// The request's block names for provisional copies (scratch).
     names: Vec<u64>,
     depths: Vec<Depth>,
+    /// What the last pick's worker must prefill.
+    charge: Option<u32>,
     affinity: Option<Affinity>,
     /// Decisions: credited, not credited, without tokens, by session
     /// (`kv_placement_lookups_total`).
@@ -89,6 +100,8 @@ pub struct KvAware {
 struct Scored<'a> {
     worker: &'a Worker,
     score: f64,
+    /// Tokens it would prefill.
+    new: f64,
     credited: bool,
     rank: u64,
 }
@@ -109,6 +122,7 @@ impl KvAware {
             named: (0, ROOT),
             names: Vec::new(),
             depths: Vec::new(),
+            charge: None,
             lookups: [0; 4],
         }
     }
@@ -154,6 +168,15 @@ impl KvAware {
         }
         !self.tokens.is_empty()
     }
+}
+
+/// `A`: the prompt tokens the worker must prefill before this request, less what
+/// the request shares with them (blocks it is credited only provisionally: they are
+/// being computed for a request in flight, and it would compute them anywhere else).
+/// Without that, a burst of one new prompt would scatter, each copy computing it again.
+fn ahead(w: &Worker, depth: Option<&Depth>, block: usize) -> f64 {
+    let shared = depth.map_or(0, |d| d.provisional * block);
+    (f64::from(w.prefill_load()) - shared as f64).max(0.0)
 }
 
 impl Policy for KvAware {
@@ -216,6 +239,10 @@ impl Policy for KvAware {
     fn kv_lookups(&self) -> [u64; 4] {
         self.lookups
     }
+
+    fn take_charge(&mut self) -> Option<u32> {
+        self.charge.take()
+    }
 }
 
 impl KvAware {
@@ -253,15 +280,17 @@ impl KvAware {
             .map_or(0, |first| chain_hash(ROOT, first));
         let n = self.tokens.len();
         let mut best: Option<Scored<'_>> = None;
-        let mut scored: smallvec::SmallVec<[(WorkerId, f64); 16]> = smallvec::SmallVec::new();
+        let mut scored: smallvec::SmallVec<[(WorkerId, f64, f64); 16]> = smallvec::SmallVec::new();
         for w in workers.routable() {
             let depth = self.index.depth_of(w.spec.id, &self.depths);
             let credited = depth.map_or(0.0, |d| self.credited(d, n, block));
             let new = (n as f64 - credited).max(0.0).ceil();
-            let score = new * (f64::from(w.load()) + 1.0);
+            let a = self.cfg.pending_prefill_weight * ahead(w, depth, block);
+            let score = (new + a) * (f64::from(w.load()) + 1.0);
             let s = Scored {
                 worker: w,
                 score,
+                new,
                 credited: credited > 0.0,
                 rank: self.rank.score(key, w.spec.id),
             };
@@ -271,22 +300,22 @@ impl KvAware {
             {
                 best = Some(s);
             }
-            scored.push((w.spec.id, score));
+            scored.push((w.spec.id, score, new));
         }
         let best = best?;
-        let (mut chosen, mut credited) = (best.worker.spec.id, best.credited);
+        let (mut chosen, mut credited, mut new) = (best.worker.spec.id, best.credited, best.new);
         if self.cfg.temperature > 0.0 && scored.len() > 1 {
             // P(i) ~ exp(-(score_i - min) / T).
             let t = self.cfg.temperature;
             let weights: smallvec::SmallVec<[f64; 16]> = scored
                 .iter()
-                .map(|(_, s)| (-(s - best.score) / t).exp())
+                .map(|(_, s, _)| (-(s - best.score) / t).exp())
                 .collect();
             let mut r = self.rng.unit() * weights.iter().sum::<f64>();
-            for ((id, _), w) in scored.iter().zip(&weights) {
+            for ((id, _, n), w) in scored.iter().zip(&weights) {
                 r -= w;
                 if r <= 0.0 {
-                    chosen = *id;
+                    (chosen, new) = (*id, *n);
                     break;
                 }
             }
@@ -296,6 +325,7 @@ impl KvAware {
                 .is_some_and(|d| self.credited(d, n, block) > 0.0);
         }
         self.lookups[usize::from(!credited)] += 1;
+        self.charge = Some(new as u32);
         self.note_provisional(chosen, block);
         Some(chosen)
     }
@@ -386,6 +416,28 @@ mod tests {
     }
 
     #[test]
+    fn tokens_still_to_prefill_weigh_as_0_1_17_says() {
+        // 40 tokens: worker 1 prefills 8, worker 0 24; worker 1 has one request in
+        // flight. Its prefill ahead decides: (8 + 2) x 2 = 20 < 24, (8 + 8) x 2 = 32 > 24.
+        let mut s = test_workers(2);
+        let cfg = KvAwareConfig {
+            pending_prefill_weight: 1.0,
+            ..Default::default()
+        };
+        let mut p = KvAware::new(cfg, 1, WorkerRole::Regular);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+        hold(&mut p, 0, 1, Medium::Device);
+        hold(&mut p, 1, 2, Medium::Device);
+        s.get_mut(1).unwrap().in_flight = 1;
+        s.get_mut(1).unwrap().prefill_tokens = 2;
+        assert_eq!(pick(&mut p, &s, &prompt(40)), 1);
+        assert_eq!(p.take_charge(), Some(8), "what worker 1 must prefill");
+        s.get_mut(1).unwrap().remote_prefill_tokens = 6;
+        assert_eq!(pick(&mut p, &s, &prompt(40)), 0);
+        assert_eq!(p.take_charge(), Some(24));
+    }
+
+    #[test]
     fn credits_follow_0_1_17_examples() {
         let p = KvAware::new(KvAwareConfig::default(), 1, WorkerRole::Regular);
         let d = |device, host, disk| Depth {
@@ -393,6 +445,7 @@ mod tests {
             device,
             host,
             disk,
+            provisional: 0,
         };
         // B = 16, N = 80 (new = N - credited).
         let new = |x: Depth| 80.0 - p.credited(&x, 80, 16);
@@ -442,5 +495,26 @@ mod tests {
         assert_eq!(decode.kv_lookups(), [0; 4]);
         let prefill = KvAware::new(cfg, 1, WorkerRole::Prefill);
         assert!(prefill.affinity.is_none());
+    }
+
+    #[test]
+    fn the_prefill_ahead_leaves_out_what_the_request_shares_with_it() {
+        // A burst: the first request (200 tokens) is prefilling on worker 1, so its 12
+        // blocks are there provisionally; the second shares them and waits on 8.
+        let mut s = test_workers(2);
+        let cfg = KvAwareConfig {
+            pending_prefill_weight: 1.0,
+            ..Default::default()
+        };
+        let mut p = KvAware::new(cfg, 1, WorkerRole::Regular);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+        let first = pick(&mut p, &s, &prompt(200));
+        let charge = p.take_charge().unwrap();
+        assert_eq!(charge, 200);
+        let w = s.get_mut(first).unwrap();
+        (w.in_flight, w.prefill_tokens) = (1, charge);
+        assert_eq!(pick(&mut p, &s, &prompt(200)), first, "(8 + 8) x 2 < 200");
+        let depth = p.index.depth_of(first, &p.depths).copied();
+        assert_eq!(ahead(s.get(first).unwrap(), depth.as_ref(), 16), 8.0);
     }
 }

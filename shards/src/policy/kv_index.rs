@@ -56,6 +56,9 @@ pub struct Depth {
     pub device: usize,
     pub host: usize,
     pub disk: usize,
+    /// Of the `device` blocks, those only provisionally there: requests in flight are
+    /// computing them.
+    pub provisional: usize,
 }
 
 #[derive(Default)]
@@ -237,6 +240,9 @@ impl KvIndex {
                 let dev = o.media & (Medium::Device.bit() | PROVISIONAL) != 0;
                 if d.device == i && dev {
                     d.device += 1;
+                    if o.media & Medium::Device.bit() == 0 {
+                        d.provisional += 1;
+                    }
                     any = true;
                 }
                 if d.host == i && (dev || o.media & Medium::Host.bit() != 0) {
@@ -288,13 +294,15 @@ mod tests {
                     worker: 1,
                     device: 3,
                     host: 3,
-                    disk: 3
+                    disk: 3,
+                    provisional: 0,
                 },
                 Depth {
                     worker: 2,
                     device: 1,
                     host: 4,
-                    disk: 1
+                    disk: 1,
+                    provisional: 0,
                 },
             ]
         );
@@ -336,7 +344,7 @@ mod tests {
         x.provisional(1, &[10, 11, 12], t0, later);
         let mut d = Vec::new();
         x.depths([10, 11, 12], &mut d);
-        assert_eq!((d[0].worker, d[0].device), (1, 3));
+        assert_eq!((d[0].worker, d[0].device, d[0].provisional), (1, 3, 3));
         // The worker's events confirm two; it drops the third.
         x.apply(1, &stored(&[10, 11], Medium::Device));
         x.apply(
@@ -347,7 +355,7 @@ mod tests {
             },
         );
         x.depths([10, 11, 12], &mut d);
-        assert_eq!(d[0].device, 2);
+        assert_eq!((d[0].device, d[0].provisional), (2, 0));
         // Expired: only what the events said is left.
         x.provisional(2, &[10], t0, later);
         x.expire(later);

@@ -157,6 +157,12 @@ pub trait Policy {
         None
     }
 
+    /// The prompt tokens the last `pick`'s worker must prefill (kv_aware), to count
+    /// against it until its answer starts.
+    fn take_charge(&mut self) -> Option<u32> {
+        None
+    }
+
     /// Another shard routed `text` to `worker`.
     fn remote_insert(&mut self, _worker: WorkerId, _text: &str) {}
 

@@ -128,14 +128,7 @@ pub async fn drive<L: Leg>(
             }
             Waited::Deadline => return Driven::TimedOut,
         }
-        match pick(
-            shard,
-            &c.head,
-            json,
-            leg.role(),
-            &failed,
-            c.tokens.as_deref(),
-        ) {
+        match pick(shard, c, json, leg.role(), &failed) {
             Some(w) => worker = w,
             None => return Driven::NoWorker { status, message },
         }

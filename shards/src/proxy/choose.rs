@@ -1,38 +1,50 @@
 //! Asking a pool's policy for a worker, and the 503 a client gets when there is none.
 
 use crate::client::Client;
-use crate::codec::request::RequestHead;
 use crate::policy::RouteInput;
 use crate::shard::Shard;
 use crate::worker::{WorkerId, WorkerRole};
 
 /// A routable worker of `role`'s pool for the request, leaving out `excluded` (the
-/// workers a retried request failed on) when others can serve.
+/// workers a retried request failed on) when others can serve. What the policy says
+/// the worker must prefill is noted in `c.prefill_charge` when the answer's start
+/// tells when the prefill ended: a stream's first event, or a P/D prefill leg's answer
+/// (one token). A whole answer comes after the last token: counting its prompt until
+/// then (0.1.17 does) prices a worker long past that prefill as if it were not, and
+/// on a chat workload cost a fifth of the prefix-cache hits (docs/kv-aware.md).
 pub fn pick(
     shard: &Shard,
-    head: &RequestHead,
+    c: &mut Client,
     json: Option<&serde_json::Value>,
     role: WorkerRole,
     excluded: &[WorkerId],
-    tokens: Option<&[u32]>,
 ) -> Option<WorkerId> {
-    let input = RouteInput { head, json, tokens };
-    let (picked, insert) = match igw_model(shard, json, role) {
+    let input = RouteInput {
+        head: &c.head,
+        json,
+        tokens: c.tokens.as_deref(),
+    };
+    let (picked, insert, charge) = match igw_model(shard, json, role) {
         Some(model) => {
             let mut pools = shard.model_pools.borrow_mut();
             let workers = shard.workers.borrow();
             let kind = (shard.config.policy, &shard.config.policy_options);
             let policy = pools.policy(model, &workers, kind, shard.index);
             let picked = policy.pick(&workers.view_serving(role, excluded, model), &input);
-            (picked, policy.take_insert())
+            (picked, policy.take_insert(), policy.take_charge())
         }
         None => {
             let mut policy = shard.policy(role).borrow_mut();
             let workers = shard.workers.borrow();
             let picked = policy.pick(&workers.view(role, excluded), &input);
-            (picked, policy.take_insert())
+            (picked, policy.take_insert(), policy.take_charge())
         }
     };
+    let streamed = json
+        .and_then(|j| j.get("stream"))
+        .and_then(serde_json::Value::as_bool)
+        == Some(true);
+    c.prefill_charge = picked.zip(charge.filter(|_| streamed || role == WorkerRole::Prefill));
     if let Some(insert) = insert {
         shard.queue_insert(insert);
     }

@@ -51,7 +51,7 @@ pub struct Exchange<'s> {
     shard: &'s Shard,
     pub worker: WorkerId,
     pub conn: Upstream,
-    _in_flight: InFlight<'s>,
+    in_flight: InFlight<'s>,
 }
 
 impl<'s> Exchange<'s> {
@@ -67,7 +67,9 @@ impl<'s> Exchange<'s> {
         let Some(addr) = stage_request(shard, c, worker, body) else {
             return Err(Failure::Removed);
         };
-        let in_flight = InFlight::start(shard, worker);
+        // Charged only to the worker it was priced for (a decode leg is not).
+        let charge = c.prefill_charge.take().filter(|(w, _)| *w == worker);
+        let in_flight = InFlight::start(shard, worker, charge.map_or(0, |(_, n)| n));
         let mut allow_pool = body.replayable();
         let ask = loop {
             let to = Target { worker, addr };
@@ -82,7 +84,7 @@ impl<'s> Exchange<'s> {
                 shard,
                 worker,
                 conn,
-                _in_flight: in_flight,
+                in_flight,
             }),
             Err((failure, reused)) => {
                 if matches!(failure, Failure::Refused(_))
@@ -104,6 +106,12 @@ impl<'s> Exchange<'s> {
         &self.conn.head
     }
 
+    /// The answer's first body bytes came: the worker is past the request's prefill
+    /// (vLLM sends a stream's head before it; a whole answer's with it).
+    pub fn answered(&mut self) {
+        self.in_flight.answered();
+    }
+
     /// The answer's body ended cleanly (`decoder` says where it ended): the
     /// connection goes back to the pool when the worker allows it. Dropping an
     /// exchange instead closes the connection, which makes vLLM abort a generation.
@@ -115,20 +123,23 @@ impl<'s> Exchange<'s> {
     }
 }
 
-/// Counts a request in flight to a worker on this shard, for as long as it lives; a
+/// Counts a request in flight to a worker on this shard, for as long as it lives, and
+/// the prompt tokens it must prefill until its answer starts (kv_aware's `A`); a
 /// request to a half-open worker also holds one of its probe places.
 struct InFlight<'a> {
     shard: &'a Shard,
     worker: WorkerId,
+    prefill_tokens: u32,
     probe: bool,
 }
 
 impl<'a> InFlight<'a> {
-    fn start(shard: &'a Shard, worker: WorkerId) -> Self {
+    fn start(shard: &'a Shard, worker: WorkerId, prefill_tokens: u32) -> Self {
         let mut workers = shard.workers.borrow_mut();
         let mut probe = false;
         if let Some(w) = workers.get_mut(worker) {
             w.in_flight += 1;
+            w.prefill_tokens = w.prefill_tokens.saturating_add(prefill_tokens);
             if w.breaker.state == BreakerState::HalfOpen {
                 w.breaker.probes += 1;
                 probe = true;
@@ -140,7 +151,18 @@ impl<'a> InFlight<'a> {
         InFlight {
             shard,
             worker,
+            prefill_tokens,
             probe,
+        }
+    }
+
+    /// The answer started: the worker is past this request's prefill.
+    fn answered(&mut self) {
+        let n = std::mem::take(&mut self.prefill_tokens);
+        if n > 0 {
+            if let Some(w) = self.shard.workers.borrow_mut().get_mut(self.worker) {
+                w.prefill_tokens = w.prefill_tokens.saturating_sub(n);
+            }
         }
     }
 }
@@ -150,6 +172,7 @@ impl Drop for InFlight<'_> {
         let mut workers = self.shard.workers.borrow_mut();
         if let Some(w) = workers.get_mut(self.worker) {
             w.in_flight = w.in_flight.saturating_sub(1);
+            w.prefill_tokens = w.prefill_tokens.saturating_sub(self.prefill_tokens);
             if self.probe {
                 w.breaker.probes = w.breaker.probes.saturating_sub(1);
             }

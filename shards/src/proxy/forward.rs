@@ -143,10 +143,9 @@ async fn relay_answer(
     let mut decoder = BodyDecoder::new(resp.framing);
     let mut sse = resp.is_event_stream().then(SseScanner::default);
     let idle = shard.config.stream_idle_timeout;
-    let up = &mut exchange.conn;
     let end = relay_body(
         c,
-        up,
+        &mut exchange,
         framing,
         &mut decoder,
         sse.as_mut(),

@@ -48,12 +48,11 @@ pub async fn handle(
     };
     let route = crate::metrics::route_index(c.head.path());
     shard.metrics.borrow_mut().pd_requests[route] += 1;
-    let Some(decode) = pick(shard, &c.head, json, WorkerRole::Decode, &[], None) else {
+    let Some(decode) = pick(shard, c, json, WorkerRole::Decode, &[]) else {
         pd_error(shard, "no_decode_worker");
         return no_worker(shard, c, true, WorkerRole::Decode).await;
     };
-    let tokens = c.tokens.as_deref();
-    let Some(first) = pick(shard, &c.head, json, WorkerRole::Prefill, &[], tokens) else {
+    let Some(first) = pick(shard, c, json, WorkerRole::Prefill, &[]) else {
         pd_error(shard, "no_prefill_worker");
         return no_worker(shard, c, true, WorkerRole::Prefill).await;
     };

@@ -126,14 +126,7 @@ async fn handle_buffered(shard: &Shard, c: &mut Client, deadline: &mut Deadline<
     let keep = if pd {
         super::pd::handle(shard, c, json.as_ref(), deadline).await
     } else {
-        match pick(
-            shard,
-            &c.head,
-            json.as_ref(),
-            role,
-            &[],
-            c.tokens.as_deref(),
-        ) {
+        match pick(shard, c, json.as_ref(), role, &[]) {
             Some(worker) => {
                 let declared = c.head.has_body();
                 let leg = Relayed {
@@ -184,7 +177,7 @@ fn wants_tokens(
 /// request stays replayable; otherwise it streams through.
 async fn handle_streamed(shard: &Shard, c: &mut Client, deadline: &mut Deadline<'_>) -> bool {
     let role = shard.main_role();
-    let Some(worker) = pick(shard, &c.head, None, role, &[], None) else {
+    let Some(worker) = pick(shard, c, None, role, &[]) else {
         return no_worker(shard, c, !c.head.has_body(), role).await;
     };
     let whole = match c.head.framing {

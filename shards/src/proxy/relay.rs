@@ -5,6 +5,7 @@
 //! as it arrives, nothing waits to be coalesced, and a slow client slows the reads from
 //! the worker (backpressure) instead of growing a buffer.
 
+use super::exchange::Exchange;
 use super::headers::ClientFraming;
 use super::wait::{read_upstream, ClientWatch, Wake};
 use crate::client::Client;
@@ -13,7 +14,6 @@ use crate::codec::encode;
 use crate::codec::limits::READ_BUFFER_BYTES;
 use crate::codec::sse::SseScanner;
 use crate::deadline::Deadline;
-use crate::pool::Upstream;
 use futures_lite::AsyncWriteExt;
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ pub enum RelayEnd {
 #[allow(clippy::too_many_arguments)]
 pub async fn relay_body(
     c: &mut Client,
-    up: &mut Upstream,
+    exchange: &mut Exchange<'_>,
     framing: ClientFraming,
     decoder: &mut BodyDecoder,
     mut sse: Option<&mut SseScanner>,
@@ -44,8 +44,8 @@ pub async fn relay_body(
 ) -> RelayEnd {
     deadline.phase(idle);
     loop {
-        if !up.rbuf.is_empty() || decoder.is_done() {
-            let input = up.rbuf.filled();
+        if !exchange.conn.rbuf.is_empty() || decoder.is_done() {
+            let input = exchange.conn.rbuf.filled();
             let out = &mut c.out;
             let mut sse = sse.as_deref_mut();
             let fed = decoder.feed(input, |d| {
@@ -77,13 +77,14 @@ pub async fn relay_body(
                 }
                 c.flush_out().await
             };
-            up.rbuf.consume(progress.consumed);
+            exchange.conn.rbuf.consume(progress.consumed);
             if written.is_err() {
                 return RelayEnd::ClientGone;
             }
-            if progress.consumed > 0 || progress.done {
+            if (progress.consumed > 0 || progress.done) && c.outcome.first_byte.is_none() {
                 // First body byte (or a bodiless answer): the TTFT for a stream.
-                c.outcome.first_byte.get_or_insert_with(Instant::now);
+                c.outcome.first_byte = Some(Instant::now());
+                exchange.answered();
             }
             if progress.done {
                 return RelayEnd::Complete;
@@ -93,7 +94,7 @@ pub async fn relay_body(
             // The head came alone (a stream before its first event): send it now.
             return RelayEnd::ClientGone;
         }
-        match read_upstream(up, READ_BUFFER_BYTES, c, watch, deadline).await {
+        match read_upstream(&mut exchange.conn, READ_BUFFER_BYTES, c, watch, deadline).await {
             Wake::Upstream(Ok(0)) => {
                 if !decoder.complete_at_eof() {
                     return RelayEnd::UpstreamFailed;

@@ -39,6 +39,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         idle_since: accepted,
         cors: Vec::new(),
         tokens: None,
+        prefill_charge: None,
     };
     loop {
         match read_head(&shard, &mut c).await {
@@ -64,6 +65,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         }
         c.started = Instant::now();
         c.outcome = Outcome::default();
+        c.tokens = None;
+        c.prefill_charge = None;
         match &shard.config.cors {
             Some(cfg) => cors::answer_headers(cfg, &c.head, &mut c.cors),
             None => c.cors.clear(),
