@@ -30,12 +30,28 @@ impl Settings {
         let policy = PolicyKind::parse(&cli.policy).expect("clap validated the policy");
         let access = access_keys(cli)?;
         let kv_events = crate::kv_settings::kv_events(cli, policy, &pools.regular, &pools.prefill)?;
+        // The model's tokenizer is read here, once: a shard never touches a file.
+        let tokenizer = match &cli.tokenizer_path {
+            Some(dir) => {
+                let t = shards::chat_tokens::ChatTokenizer::load(dir)
+                    .map_err(|e| format!("--tokenizer-path: {e}"))?;
+                shards::info!(
+                    "kv_aware tokenizes on the router with {} (chat template: {}; chats cut at special tokens: {})",
+                    dir.display(),
+                    if t.has_template() { "yes" } else { "none, chats ask a worker" },
+                    if t.cuts_chats() { "yes" } else { "no" }
+                );
+                Some(Arc::new(t))
+            }
+            None => None,
+        };
         let shard = Arc::new(shard_config(
             cli,
             shard_count,
             reserved.addr,
             policy,
             access,
+            tokenizer,
         ));
         let control = ControlConfig {
             worker_urls: pools.regular,
@@ -161,6 +177,7 @@ fn shard_config(
     listen: SocketAddr,
     policy: PolicyKind,
     access: shards::AccessKeys,
+    tokenizer: Option<Arc<shards::chat_tokens::ChatTokenizer>>,
 ) -> ShardConfig {
     let request_id_headers = if cli.request_id_headers.is_empty() {
         shards::DEFAULT_REQUEST_ID_HEADERS
@@ -252,6 +269,7 @@ fn shard_config(
         }),
         request_id_headers,
         admin_timeout: secs(cli.health_check_timeout_secs) + ADMIN_MARGIN,
+        tokenizer,
     }
 }
 

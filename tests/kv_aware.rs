@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use serde_json::json;
+use std::process::Command;
 use std::time::Duration;
 
 /// A mock publishing KV events (discovered by the router from `/kv_event_sources`).
@@ -353,6 +354,62 @@ fn a_burst_of_one_new_prompt_waits_for_no_event_to_stay_together() {
         went.iter().any(|w| *w != went[0]),
         "without it the burst spreads: {went:?}"
     );
+}
+
+#[test]
+fn with_the_models_tokenizer_the_router_asks_no_worker_and_matches_its_blocks() {
+    let dir = std::env::temp_dir().join(format!("vr-tokenizer-{}", std::process::id()));
+    let made = Command::new(mock_bin())
+        .arg("--write-test-tokenizer")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let path = dir.to_str().unwrap();
+    let a = kv_mock("a", &["--tokenizer-path", path]);
+    let b = kv_mock("b", &["--tokenizer-path", path]);
+    let args = [
+        "--policy",
+        "kv_aware",
+        "--shards",
+        "1",
+        "--tokenizer-path",
+        path,
+    ];
+    let mut r = router(&[&a, &b], &args);
+    wait_subscribed(&mut r, &[&a, &b]);
+    let system = "You are a helpful assistant. Answer the question briefly and well. ".repeat(6);
+    let chat = json!({"model": "m", "max_tokens": 1, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "What is a prefix cache? Why does it save time?"}]});
+    // Straight to b until the router has its blocks (b tokenized the chat whole).
+    for attempt in 0.. {
+        assert!(attempt < 20, "never indexed:\n{}", r.metrics());
+        assert_eq!(post_json(b.port, "/v1/chat/completions", &chat).status, 200);
+        if eventually(Duration::from_secs(2), || blocks_of(&r, &b) >= 4.0) {
+            break;
+        }
+        request(b.port, "POST", "/reset_prefix_cache", &[], b"");
+    }
+    for _ in 0..4 {
+        let resp = post_json(r.port, "/v1/chat/completions", &chat);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        assert_eq!(resp.header("x-mock-worker"), Some("b"));
+    }
+    assert_eq!(answered(&a, "/tokenize") + answered(&b, "/tokenize"), 0);
+    // Credited every time: the router's tokens name the blocks b's events named.
+    assert!(
+        eventually(Duration::from_secs(5), || lookups(&r, "hit") == 4.0),
+        "{}",
+        r.metrics()
+    );
+    let tokenized = sample(
+        &r,
+        "vllm_router_kv_routing_inputs_total",
+        &[("result", "tokenizer")],
+    );
+    assert_eq!(tokenized, 4.0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Requests a mock answered on `path`.

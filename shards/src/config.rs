@@ -50,6 +50,8 @@ pub struct ShardConfig {
     pub cors: Option<CorsConfig>,
     /// Who may use the router (`--admin-api-key`, `--client-api-key`).
     pub access: AccessKeys,
+    /// `--tokenizer-path`: kv_aware tokenizes on the shard (each clones it).
+    pub tokenizer: Option<std::sync::Arc<crate::chat_tokens::ChatTokenizer>>,
 }
 
 /// Bearer tokens the router itself checks (not `api_key`, which it sends to workers).

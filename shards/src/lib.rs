@@ -9,6 +9,7 @@
 //! request path stays inside.
 
 pub mod breaker;
+pub mod chat_tokens;
 pub mod codec;
 pub mod kv_blocks;
 pub mod link;

@@ -115,8 +115,9 @@ pub struct ShardMetrics {
     /// kv_aware decisions per pool (`WorkerRole as usize`): credited, not credited, no
     /// tokens to look up, by session.
     pub kv_lookups: [[u64; 4]; 3],
-    /// kv_aware prompt tokens: asked of a worker, from the shard's cache, not had.
-    pub kv_inputs: [u64; 3],
+    /// kv_aware prompt tokens: asked of a worker, from the shard's cache, not had,
+    /// tokenized on the shard (`--tokenizer-path`).
+    pub kv_inputs: [u64; 4],
     /// cache_aware decisions of other shards this shard applied to its trees.
     pub shared_inserts: u64,
     /// Requests waiting in this shard's admission queue when the copy was taken.

@@ -2,6 +2,7 @@
 //! beside the connections (the delta loop and the periodic sweeper).
 
 use crate::admin_waiters::AdminWaiters;
+use crate::chat_tokens::ChatTokenizer;
 use crate::config::ShardConfig;
 use crate::deadline::{Deadlines, DEADLINE_TICK};
 use crate::link::ShardEnd;
@@ -108,6 +109,11 @@ async fn run_shard(
     let admission =
         crate::admission::Admission::new(config.admission_slots, config.admission_queue);
     let (insert_bell, insert_rung) = glommio::channels::local_channel::new_bounded(1);
+    let chat_tokenizer = (config.tokenizer.as_ref()).map(|t| {
+        RefCell::new(crate::chat_tokens::ShardTokenizer::new(
+            ChatTokenizer::clone(t),
+        ))
+    });
     let shard = Rc::new(Shard {
         index,
         insert_bell,
@@ -144,6 +150,7 @@ async fn run_shard(
         admission,
         starting: RefCell::new(None),
         tokens: RefCell::new(Default::default()),
+        chat_tokenizer,
     });
     // Deltas queued before the shard started (the initial worker set) apply first.
     while let Ok(d) = link.rx.try_recv() {

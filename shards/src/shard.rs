@@ -61,6 +61,8 @@ pub struct Shard {
     pub bodies: crate::body_budget::BodyBudget,
     /// kv_aware: prompt tokens of recent requests (`proxy::tokenize`).
     pub tokens: RefCell<crate::token_cache::TokenCache>,
+    /// `--tokenizer-path`: this shard's own copy of the model's tokenizer.
+    pub chat_tokenizer: Option<RefCell<crate::chat_tokens::ShardTokenizer>>,
     /// What the start-up wait is waiting for, while it lasts (`Delta::StartupWait`).
     pub starting: RefCell<Option<Arc<str>>>,
 }
@@ -283,7 +285,12 @@ impl Shard {
             m.cache_misses += misses;
             *lookups = policy.kv_lookups();
         }
-        m.kv_inputs = self.tokens.borrow().counts;
+        let [asked, cached, failed] = self.tokens.borrow().counts;
+        let here = self
+            .chat_tokenizer
+            .as_ref()
+            .map_or(0, |t| t.borrow().counts[0]);
+        m.kv_inputs = [asked, cached, failed, here];
         m.queued = self.admission.usage().1 as u64;
         m.buffered_body_bytes = self.bodies.used();
         let _ = self.reports.send(Report::Metrics {

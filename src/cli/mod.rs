@@ -69,6 +69,11 @@ pub struct Cli {
     /// router adds no CORS headers and the workers' own apply.
     #[arg(long, num_args = 0..)]
     pub cors_allowed_origins: Vec<String>,
+    /// kv_aware: a directory with the model's `tokenizer.json` and
+    /// `tokenizer_config.json`: prompts are tokenized on the router, not by a worker's
+    /// `/tokenize` (ours).
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer_path: Option<std::path::PathBuf>,
     /// kv_aware: weight of the prompt tokens a worker has yet to start on, in the cost
     /// (ours; 1 is 0.1.17's `A`; 0 leaves it out, measured better: docs/kv-aware.md).
     #[arg(long, default_value_t = 0.0, value_parser = published::non_negative)]

@@ -65,6 +65,14 @@ pub struct MockConfig {
     /// Tokens per KV block.
     #[arg(long, default_value_t = 16)]
     pub kv_block_size: usize,
+    /// A model's `tokenizer.json` and `tokenizer_config.json`: `/tokenize` and the KV
+    /// cache use its tokens (the chat rendered with its template and tokenized whole,
+    /// as vLLM does) instead of one token per byte.
+    #[arg(long, value_name = "DIR")]
+    pub tokenizer_path: Option<std::path::PathBuf>,
+    /// Write a small test tokenizer (byte-level BPE, ChatML) into DIR and exit.
+    #[arg(long, value_name = "DIR")]
+    pub write_test_tokenizer: Option<std::path::PathBuf>,
     /// How `/kv_event_sources` answers: `list` (current vLLM) or `object` (keyed by DP
     /// rank: the only form vllm-router 0.1.17 reads).
     #[arg(long, default_value = "list", value_parser = ["list", "object"])]

@@ -46,7 +46,7 @@ pub async fn handle(shared: &Shared, c: &mut Conn) -> bool {
         }
         (b"POST", "/tokenize") => {
             let v: Value = serde_json::from_slice(&c.body).unwrap_or(Value::Null);
-            let body = kv::tokenize_answer(&v);
+            let body = kv::tokenize_answer(&v, shared.tokenizer.as_ref());
             reply(c, 200, "application/json", body.to_string().as_bytes()).await
         }
         (b"GET", "/get_server_info") if shared.kv.is_some() => {
@@ -149,7 +149,7 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
 
     let text = kv::rendered_text(&v);
     let (blocks, hit_blocks) = match &shared.kv {
-        Some(kv) => kv.lookup(&kv::tokens_of(&v)),
+        Some(kv) => kv.lookup(&kv::tokens_of(&v, shared.tokenizer.as_ref())),
         None => {
             let l = (shared.cache.lock().unwrap()).lookup_insert(text.as_bytes(), cfg.block_chars);
             (l.blocks, l.hit_blocks)

@@ -7,6 +7,7 @@ use super::kv_cache::TokenBlockCache;
 use super::kv_publisher::{self, KvPublisher, PublisherConfig};
 use super::MockConfig;
 use serde_json::{json, Value};
+use shards::chat_tokens::ChatTokenizer;
 use std::sync::Mutex;
 
 /// The cache and its publisher.
@@ -94,8 +95,9 @@ pub fn rendered_text(v: &Value) -> String {
 }
 
 /// A request's prompt tokens: its token ids when the prompt is a list of them, else
-/// one token per byte of the rendered text.
-pub fn tokens_of(v: &Value) -> Vec<u32> {
+/// the model's tokens of the text vLLM would render (`--tokenizer-path`; empty when
+/// that fails), else one token per byte of the rendered text.
+pub fn tokens_of(v: &Value, tokenizer: Option<&ChatTokenizer>) -> Vec<u32> {
     if let Some(ids) = v.get("prompt").and_then(Value::as_array) {
         let ids: Option<Vec<u32>> = ids
             .iter()
@@ -105,12 +107,18 @@ pub fn tokens_of(v: &Value) -> Vec<u32> {
             return ids;
         }
     }
+    if let Some(t) = tokenizer {
+        let whole = t
+            .prompt(v)
+            .and_then(|(text, special)| t.whole(&text, special));
+        return whole.unwrap_or_default();
+    }
     rendered_text(v).bytes().map(u32::from).collect()
 }
 
 /// `POST /tokenize`, vLLM's answer shape.
-pub fn tokenize_answer(v: &Value) -> Value {
-    let tokens = tokens_of(v);
+pub fn tokenize_answer(v: &Value, tokenizer: Option<&ChatTokenizer>) -> Value {
+    let tokens = tokens_of(v, tokenizer);
     json!({"count": tokens.len(), "max_model_len": 32768, "tokens": tokens})
 }
 
@@ -144,14 +152,14 @@ mod tests {
 
     #[test]
     fn tokens_are_ids_or_bytes_of_the_rendered_text() {
-        assert_eq!(tokens_of(&json!({"prompt": [5, 6]})), vec![5, 6]);
-        assert_eq!(tokens_of(&json!({"prompt": "ab"})), vec![97, 98]);
+        assert_eq!(tokens_of(&json!({"prompt": [5, 6]}), None), vec![5, 6]);
+        assert_eq!(tokens_of(&json!({"prompt": "ab"}), None), vec![97, 98]);
         let chat = json!({"messages": [{"role": "user", "content": "hi"}]});
         assert_eq!(
-            tokens_of(&chat),
+            tokens_of(&chat, None),
             "user: hi\n".bytes().map(u32::from).collect::<Vec<_>>()
         );
-        assert_eq!(tokenize_answer(&chat)["count"], 9);
+        assert_eq!(tokenize_answer(&chat, None)["count"], 9);
     }
 
     #[test]

@@ -12,5 +12,6 @@ pub mod kv_cache;
 pub mod kv_publisher;
 pub mod server;
 pub mod state;
+pub mod test_tokenizer;
 
 pub use config::MockConfig;

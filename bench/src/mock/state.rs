@@ -25,6 +25,8 @@ pub struct Shared {
     /// `--kv-events-port`: the token-block cache that publishes KV events; it then
     /// stands for the prefix cache.
     pub kv: Option<KvState>,
+    /// `--tokenizer-path`: the model's tokenizer (else a token per byte).
+    pub tokenizer: Option<shards::chat_tokens::ChatTokenizer>,
     pub by_path: Mutex<HashMap<String, u64>>,
     pub recent: Mutex<VecDeque<serde_json::Value>>,
 }
@@ -32,7 +34,14 @@ pub struct Shared {
 impl Shared {
     pub fn new(cfg: MockConfig) -> std::io::Result<Arc<Shared>> {
         let name = cfg.worker_name();
+        let tokenizer = match &cfg.tokenizer_path {
+            Some(dir) => {
+                Some(shards::chat_tokens::ChatTokenizer::load(dir).map_err(std::io::Error::other)?)
+            }
+            None => None,
+        };
         Ok(Arc::new(Shared {
+            tokenizer,
             kv: KvState::start(&cfg, &name)?,
             name,
             cache: Mutex::new(PrefixCache::new(cfg.cache_blocks)),

@@ -1,4 +1,6 @@
-//! A request's prompt tokens for kv_aware, asked of one worker: vLLM's `/tokenize`
+//! A request's prompt tokens for kv_aware: from the model's tokenizer on the shard
+//! when `--tokenizer-path` gave one (`chat_tokens`), else asked of one worker: vLLM's
+//! `/tokenize`
 //! renders a chat with the model's own template and tokenizer, so the tokens are what
 //! the worker will see and hash into KV blocks. One call per request to one worker (the
 //! published router asks every candidate), cached per shard by the request's content,
@@ -60,6 +62,12 @@ pub async fn tokens(
     role: WorkerRole,
     deadline: &mut Deadline<'_>,
 ) -> Option<Rc<[u32]>> {
+    if let Some(t) = &shard.chat_tokenizer {
+        // The model's own tokenizer, here: no worker is asked.
+        if let Some(tokens) = t.borrow_mut().tokens(body) {
+            return Some(tokens);
+        }
+    }
     let request = tokenize_body(body)?;
     let bytes = serde_json::to_vec(&request).ok()?;
     let key = xxh3_64(&bytes);

@@ -13,14 +13,19 @@ use shards::messages::WorkerRole;
 pub fn decision_families(
     stage: WorkerRole,
     lookups: [[u64; 4]; 3],
-    inputs: [u64; 3],
+    inputs: [u64; 4],
 ) -> Vec<MetricFamily> {
     let mut families = Vec::new();
     families.push(family(
         "vllm_router_kv_routing_inputs_total",
-        "Where kv_aware got a request's prompt tokens: tokenize (one worker's /tokenize), cache (the shard had them), preparation_rejected (no worker could say; routed by load).",
+        "Where kv_aware got a request's prompt tokens: tokenizer (the model's tokenizer on the router, --tokenizer-path), tokenize (one worker's /tokenize), cache (the shard had them), preparation_rejected (no worker could say; routed by load).",
         MetricType::COUNTER,
-        [("tokenize", inputs[0]), ("cache", inputs[1]), ("preparation_rejected", inputs[2])]
+        [
+            ("tokenizer", inputs[3]),
+            ("tokenize", inputs[0]),
+            ("cache", inputs[1]),
+            ("preparation_rejected", inputs[2]),
+        ]
             .into_iter()
             .map(|(r, n)| {
                 let labels = vec![("transport", "http".to_string()), ("result", r.to_string())];

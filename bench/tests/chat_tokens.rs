@@ -1,0 +1,45 @@
+//! The router's tokenizing on the shard (`shards::chat_tokens`) against the same
+//! model tokenizer used whole, as vLLM uses it: the tokens must be equal, chat after
+//! chat, from a cold cache and a warm one.
+
+use serde_json::json;
+use shards::chat_tokens::{ChatTokenizer, ShardTokenizer};
+use vllm_router_bench::mock::test_tokenizer;
+
+#[test]
+fn cut_at_special_tokens_and_cached_the_tokens_equal_the_whole_texts() {
+    let dir = std::env::temp_dir().join(format!("vr-chat-tokens-{}", std::process::id()));
+    test_tokenizer::write(&dir).unwrap();
+    let model = ChatTokenizer::load(&dir).unwrap();
+    assert!(model.has_template());
+    assert!(model.cuts_chats(), "ChatML's tokens cut a chat");
+    let mut shard = ShardTokenizer::new(model.clone());
+    let mut messages = vec![json!({"role": "system", "content": "You are a helpful assistant."})];
+    let turns = [
+        "What is a prefix cache?",
+        "  Why does it save time on the GPU?\n\nAnswer  briefly.",
+        "<|im_start|> inside a message, and <|im_end|> too",
+        "Tokens are cut into blocks of sixteen; é, ü and 東京 are bytes too.",
+    ];
+    for (i, turn) in turns.iter().enumerate() {
+        messages.push(json!({"role": "user", "content": turn}));
+        let chat = json!({"model": "m", "messages": messages});
+        let (text, special) = model.prompt(&chat).unwrap();
+        assert!(!special, "a rendered chat gets no added special tokens");
+        let whole = model.whole(&text, false).unwrap();
+        // Twice: from pieces new and cached.
+        for _ in 0..2 {
+            assert_eq!(
+                &*shard.tokens(&chat).unwrap(),
+                &whole[..],
+                "turn {i}: {text:?}"
+            );
+        }
+        messages.push(json!({"role": "assistant", "content": format!("Answer {i}.")}));
+    }
+    let completion = json!({"model": "m", "prompt": "Please explain more."});
+    let whole = model.whole("Please explain more.", true).unwrap();
+    assert_eq!(&*shard.tokens(&completion).unwrap(), &whole[..]);
+    assert_eq!(shard.counts, [9, 0]);
+    let _ = std::fs::remove_dir_all(&dir);
+}

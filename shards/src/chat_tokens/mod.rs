@@ -1,0 +1,203 @@
+//! Prompt tokens computed on the shard (`--tokenizer-path`, kv_aware): the model's own
+//! `tokenizer.json` (Hugging Face `tokenizers`) and chat template (`template`), so no
+//! worker is asked. CPU work only: the files are read once at start.
+//!
+//! A chat's rendered text is cut at the tokenizer's special tokens (`<|im_start|>`,
+//! ...), which the tokenizer never merges with their neighbours, and each piece's
+//! tokens are cached: turn n+1 of a conversation tokenizes only what is new. At load
+//! the cut is checked against tokenizing the whole text; a tokenizer for which they
+//! differ is used whole.
+
+mod template;
+
+use crate::token_cache::TokenCache;
+use serde_json::Value;
+use std::path::Path;
+use std::rc::Rc;
+use template::ChatTemplate;
+use tokenizers::Tokenizer;
+use xxhash_rust::xxh3::xxh3_64;
+
+/// A conversation the load-time check renders and tokenizes both ways.
+const PROBE: &str = r#"{"messages": [
+    {"role": "system", "content": "You are a helpful assistant. Answer briefly."},
+    {"role": "user", "content": "Hello, how are you? 123 + 456 = ?"},
+    {"role": "assistant", "content": " Fine, thanks.\n\n579."},
+    {"role": "user", "content": "Tell me more  about   tokenizers."}]}"#;
+
+/// A model's tokenizer and chat template, as loaded (each shard clones it).
+#[derive(Clone)]
+pub struct ChatTokenizer {
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    /// Special tokens a rendered chat is cut at, by first byte, longest first; empty
+    /// when cutting would change the tokens.
+    cuts: Vec<Vec<(String, u32)>>,
+}
+
+impl ChatTokenizer {
+    /// Reads `dir/tokenizer.json` and `dir/tokenizer_config.json` (the template).
+    pub fn load(dir: &Path) -> Result<ChatTokenizer, String> {
+        let file = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let config_file = dir.join("tokenizer_config.json");
+        let config: Value = match std::fs::read(&config_file) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: {e}", config_file.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+            Err(e) => return Err(format!("cannot read {}: {e}", config_file.display())),
+        };
+        let mut t = ChatTokenizer {
+            cuts: cuts_of(&tokenizer),
+            tokenizer,
+            template: ChatTemplate::from_config(&config)?,
+        };
+        if !t.cut_matches_whole() {
+            crate::warn!(
+                "{}: cutting a chat at special tokens changes its tokens; chats are tokenized whole",
+                file.display()
+            );
+            t.cuts.clear();
+        }
+        Ok(t)
+    }
+
+    /// Whether the tokenizer has the chat template a chat request needs.
+    pub fn has_template(&self) -> bool {
+        self.template.is_some()
+    }
+
+    /// Whether chats are cut at special tokens (else tokenized whole).
+    pub fn cuts_chats(&self) -> bool {
+        self.cuts.iter().any(|c| !c.is_empty())
+    }
+
+    /// The text vLLM's `/tokenize` would tokenize for the request, and whether the
+    /// tokenizer adds its special tokens (a completion: yes; a rendered chat: no).
+    pub fn prompt(&self, body: &Value) -> Option<(String, bool)> {
+        if body.get("messages").is_some() {
+            let text = self.template.as_ref()?.render(body).ok()?;
+            return Some((text, false));
+        }
+        Some((body.get("prompt")?.as_str()?.to_string(), true))
+    }
+
+    /// The text's tokens, tokenized whole (what vLLM does).
+    pub fn whole(&self, text: &str, add_special: bool) -> Option<Vec<u32>> {
+        let e = self.tokenizer.encode_fast(text, add_special).ok()?;
+        Some(e.get_ids().to_vec())
+    }
+
+    /// The text's tokens, piece by piece through `cache`.
+    fn by_pieces(&self, text: &str, cache: &mut TokenCache) -> Option<Vec<u32>> {
+        let mut out = Vec::new();
+        let mut piece = |s: &str, out: &mut Vec<u32>| -> Option<()> {
+            if s.is_empty() {
+                return Some(());
+            }
+            let key = xxh3_64(s.as_bytes());
+            if let Some(t) = cache.get(key) {
+                out.extend_from_slice(&t);
+                return Some(());
+            }
+            let t: Rc<[u32]> = self.whole(s, false)?.into();
+            out.extend_from_slice(&t);
+            cache.put(key, t);
+            Some(())
+        };
+        let bytes = text.as_bytes();
+        let (mut start, mut at) = (0, 0);
+        // Jump from one byte that may begin a special token to the next.
+        let may_begin = |b: &u8| !self.cuts[*b as usize].is_empty();
+        while let Some(skip) = bytes[at..].iter().position(may_begin) {
+            at += skip;
+            let cands = &self.cuts[bytes[at] as usize];
+            match cands
+                .iter()
+                .find(|(s, _)| bytes[at..].starts_with(s.as_bytes()))
+            {
+                Some((s, id)) => {
+                    piece(&text[start..at], &mut out)?;
+                    out.push(*id);
+                    at += s.len();
+                    start = at;
+                }
+                None => at += 1,
+            }
+        }
+        piece(&text[start..], &mut out)?;
+        Some(out)
+    }
+
+    fn cut_matches_whole(&self) -> bool {
+        let body: Value = serde_json::from_str(PROBE).expect("the probe is JSON");
+        let text = match self.prompt(&body) {
+            Some((text, _)) => text,
+            None => body["messages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["content"].as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        let mut cache = TokenCache::default();
+        self.whole(&text, false) == self.by_pieces(&text, &mut cache)
+    }
+}
+
+impl std::fmt::Debug for ChatTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTokenizer")
+            .field("template", &self.template.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Special tokens that are cut at: matched exactly as written (not normalized, no
+/// stripping of neighbouring spaces), by first byte, longest first.
+fn cuts_of(tokenizer: &Tokenizer) -> Vec<Vec<(String, u32)>> {
+    let mut cuts: Vec<Vec<(String, u32)>> = vec![Vec::new(); 256];
+    for (id, t) in tokenizer.get_added_tokens_decoder() {
+        let plain = t.special && !t.normalized && !t.lstrip && !t.rstrip && !t.single_word;
+        if plain && !t.content.is_empty() {
+            cuts[t.content.as_bytes()[0] as usize].push((t.content.clone(), id));
+        }
+    }
+    for c in &mut cuts {
+        c.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+    }
+    cuts
+}
+
+/// One shard's tokenizer and its cache of pieces.
+pub struct ShardTokenizer {
+    model: ChatTokenizer,
+    pieces: TokenCache,
+    /// Tokenized here, and not (no template, a failed render, not text).
+    pub counts: [u64; 2],
+}
+
+impl ShardTokenizer {
+    pub fn new(model: ChatTokenizer) -> Self {
+        ShardTokenizer {
+            model,
+            pieces: TokenCache::default(),
+            counts: [0; 2],
+        }
+    }
+
+    /// The request's prompt tokens; None when they cannot be computed here.
+    pub fn tokens(&mut self, body: &Value) -> Option<Rc<[u32]>> {
+        let tokens = self.model.prompt(body).and_then(|(text, add_special)| {
+            if add_special {
+                self.model.whole(&text, true)
+            } else {
+                self.model.by_pieces(&text, &mut self.pieces)
+            }
+        });
+        self.counts[usize::from(tokens.is_none())] += 1;
+        tokens.map(Rc::from)
+    }
+}
