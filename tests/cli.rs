@@ -408,31 +408,12 @@ fn kv_event_sources_are_checked_with_the_published_messages() {
             "pd_kv_event_sources requires a kv_aware prefill policy",
         ),
     ];
-    for (args, message) in pd_cases {
-        let out = Command::new(router_bin())
-            .args(["--port", "0", "--prometheus-port", "0"])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} started");
-        assert!(text.contains(message), "{args:?}: {text}");
-    }
-    for (args, message) in cases {
-        let out = Command::new(router_bin())
-            .args([
-                "--port",
-                "0",
-                "--prometheus-port",
-                "0",
-                "--worker-urls",
-                "http://127.0.0.1:1",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} started");
+    let regular: &[&str] = &["--worker-urls", "http://127.0.0.1:1"];
+    let all = (cases.iter().map(|c| (regular, c))).chain(pd_cases.iter().map(|c| (&[][..], c)));
+    for (workers, (args, message)) in all {
+        let ports: &[&str] = &["--port", "0", "--prometheus-port", "0"];
+        let (code, text) = run(&[ports, workers, args].concat());
+        assert_ne!(code, 0, "{args:?} started");
         assert!(text.contains(message), "{args:?}: {text}");
     }
 }

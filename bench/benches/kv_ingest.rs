@@ -10,11 +10,11 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use shards::kv_blocks::KvBlockDelta;
-use shards::messages::{WorkerRole, WorkerSpec};
+use shards::messages::WorkerRole;
 use shards::policy::{PolicyKind, PolicyOptions};
-use shards::WorkerSet;
 use std::hint::black_box;
 use vllm_router::kv_ingest::{decode_batch, BlockChanges, SourceBlocks};
+use vllm_router_bench::fixtures::workers;
 use vllm_router_bench::mock::kv_cache::CacheEvent;
 use vllm_router_bench::mock::kv_publisher::{encode_batch, PublisherConfig};
 
@@ -75,19 +75,7 @@ fn stream(positional: bool) -> (Vec<bytes::Bytes>, u64) {
 }
 
 fn bench_ingest(c: &mut Criterion) {
-    let mut set = WorkerSet::default();
-    set.upsert(&WorkerSpec {
-        id: 0,
-        url: "http://10.0.0.1:8000".into(),
-        addr: "127.0.0.1:8000".parse().unwrap(),
-        authority: "10.0.0.1:8000".into(),
-        dp_rank: None,
-        healthy: true,
-        role: Default::default(),
-        pd_address: None,
-        mooncake: None,
-        models: Vec::new(),
-    });
+    let set = workers(1);
     let mut group = c.benchmark_group("kv_ingest");
     for (name, positional) in [("vllm arrays", true), ("tagged maps", false)] {
         let (payloads, blocks) = stream(positional);

@@ -5,29 +5,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use shards::codec::request::RequestHead;
-use shards::messages::{WorkerRole, WorkerSpec};
+use shards::messages::WorkerRole;
 use shards::policy::{PolicyKind, PolicyOptions, RouteInput};
-use shards::WorkerSet;
 use std::hint::black_box;
-
-fn workers(n: u32) -> WorkerSet {
-    let mut s = WorkerSet::default();
-    for id in 0..n {
-        s.upsert(&WorkerSpec {
-            id,
-            url: format!("http://10.0.{}.{}:8000", id / 250, id % 250),
-            addr: "127.0.0.1:8000".parse().unwrap(),
-            authority: "10.0.0.1:8000".into(),
-            dp_rank: None,
-            healthy: true,
-            role: Default::default(),
-            pd_address: None,
-            mooncake: None,
-            models: Vec::new(),
-        });
-    }
-    s
-}
+use vllm_router_bench::fixtures::workers;
 
 fn bench_policies(c: &mut Criterion) {
     let set = workers(64);

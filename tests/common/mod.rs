@@ -3,6 +3,8 @@
 //! shares no code with the router's codec.
 #![allow(dead_code)]
 
+pub mod kv;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

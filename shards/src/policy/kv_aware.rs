@@ -415,17 +415,23 @@ mod tests {
         assert_eq!(p.kv_lookups(), [2, 1, 0, 0]);
     }
 
-    #[test]
-    fn tokens_still_to_prefill_weigh_as_0_1_17_says() {
-        // 40 tokens: worker 1 prefills 8, worker 0 24; worker 1 has one request in
-        // flight. Its prefill ahead decides: (8 + 2) x 2 = 20 < 24, (8 + 8) x 2 = 32 > 24.
-        let mut s = test_workers(2);
+    /// Two workers, and kv_aware weighing their pending prefill as 0.1.17 does.
+    fn weighing_pending_prefill() -> (WorkerSet, KvAware) {
+        let s = test_workers(2);
         let cfg = KvAwareConfig {
             pending_prefill_weight: 1.0,
             ..Default::default()
         };
         let mut p = KvAware::new(cfg, 1, WorkerRole::Regular);
         p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+        (s, p)
+    }
+
+    #[test]
+    fn tokens_still_to_prefill_weigh_as_0_1_17_says() {
+        // 40 tokens: worker 1 prefills 8, worker 0 24; worker 1 has one request in
+        // flight. Its prefill ahead decides: (8 + 2) x 2 = 20 < 24, (8 + 8) x 2 = 32 > 24.
+        let (mut s, mut p) = weighing_pending_prefill();
         hold(&mut p, 0, 1, Medium::Device);
         hold(&mut p, 1, 2, Medium::Device);
         s.get_mut(1).unwrap().in_flight = 1;
@@ -501,13 +507,7 @@ mod tests {
     fn the_prefill_ahead_leaves_out_what_the_request_shares_with_it() {
         // A burst: the first request (200 tokens) is prefilling on worker 1, so its 12
         // blocks are there provisionally; the second shares them and waits on 8.
-        let mut s = test_workers(2);
-        let cfg = KvAwareConfig {
-            pending_prefill_weight: 1.0,
-            ..Default::default()
-        };
-        let mut p = KvAware::new(cfg, 1, WorkerRole::Regular);
-        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+        let (mut s, mut p) = weighing_pending_prefill();
         let first = pick(&mut p, &s, &prompt(200));
         let charge = p.take_charge().unwrap();
         assert_eq!(charge, 200);

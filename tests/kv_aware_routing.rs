@@ -1,0 +1,242 @@
+//! kv_aware's routing beyond the cost of cached blocks: session affinity, bursts held
+//! together by provisional copies, tokenizing on the router with the model's own
+//! tokenizer, and the prefill leg in P/D mode, against mock workers publishing real
+//! KV events.
+
+mod common;
+
+use common::kv::*;
+use common::*;
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+fn served_with(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> String {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    let r = request(port, "POST", path, &all, body.to_string().as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.header("x-mock-worker").unwrap().to_string()
+}
+
+#[test]
+fn a_session_stays_on_its_worker_without_tokenizing_until_it_idles_out() {
+    let a = kv_mock("a", &[]);
+    let b = kv_mock("b", &[]);
+    let ttl = Duration::from_secs(2);
+    let ttl_flag = ttl.as_secs().to_string();
+    let args = ["--policy", "kv_aware", "--shards", "1"];
+    let mut r = router(
+        &[&a, &b],
+        &[
+            &args[..],
+            &["--kv-aware-session-affinity-ttl-secs", &ttl_flag],
+        ]
+        .concat(),
+    );
+    wait_subscribed(&mut r, &[&a, &b]);
+    let on_a = prime(&r, &a, 0, 6.0);
+    let on_b = prime(&r, &b, 500_000, 6.0);
+    // A second prefix only b holds: a holds the first once the session sends it there.
+    let only_on_b = prime(&r, &b, 600_000, 12.0);
+    let session = [("x-session-id", "s1")];
+    // The session's first request goes by cost, and binds it to a.
+    assert_eq!(served_with(r.port, "/v1/completions", &session, &on_a), "a");
+    // Then b's prefix goes to a too, as does a chat, which nobody is asked to tokenize.
+    assert_eq!(served_with(r.port, "/v1/completions", &session, &on_b), "a");
+    let chat = json!({"model": "m", "max_tokens": 1,
+        "messages": [{"role": "user", "content": "and the same session"}]});
+    assert_eq!(
+        served_with(r.port, "/v1/chat/completions", &session, &chat),
+        "a"
+    );
+    let calls = |w: &Proc| mock_stats(w)["by_path"]["/tokenize"].as_u64().unwrap_or(0);
+    assert_eq!(calls(&a) + calls(&b), 0, "a bound session needs no tokens");
+    // The body's session_id is the same session; without one, b's prefix goes to b.
+    let mut named = only_on_b.clone();
+    named["session_id"] = json!("s1");
+    assert_eq!(served_with(r.port, "/v1/completions", &[], &named), "a");
+    let on_b = prime(&r, &b, 700_000, 18.0);
+    assert_eq!(served_with(r.port, "/v1/completions", &[], &on_b), "b");
+    assert_eq!(
+        served_with(r.port, "/v1/completions", &[("x-user-id", "s1")], &on_b),
+        "b",
+        "x-user-id does not name a kv_aware session"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || decisions(
+            &r,
+            "regular",
+            "sticky_hit"
+        ) == 3.0),
+        "{}",
+        r.metrics()
+    );
+    // Idle past the TTL, the session is placed by cost again (and bound anew).
+    std::thread::sleep(ttl + Duration::from_millis(300));
+    assert_eq!(served_with(r.port, "/v1/completions", &session, &on_b), "b");
+    assert_eq!(served_with(r.port, "/v1/completions", &session, &on_a), "b");
+}
+
+fn burst(port: u16, from: u32, n: usize, ms: u64) -> Vec<String> {
+    let body = prompt(from, 200).to_string();
+    let delay = (ms * 1000).to_string();
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (body, delay) = (body.clone(), delay.clone());
+            std::thread::spawn(move || {
+                let headers = [
+                    ("content-type", "application/json"),
+                    ("x-mock-token-delay-us", delay.as_str()),
+                ];
+                let r = request(port, "POST", "/v1/completions", &headers, body.as_bytes());
+                assert_eq!(r.status, 200, "{}", r.text());
+                r.header("x-mock-worker").unwrap().to_string()
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn a_burst_of_one_new_prompt_waits_for_no_event_to_stay_together() {
+    // The router hears no events at all (nothing listens where the sources are), so
+    // only what it routed itself can hold the burst together: each request is still
+    // in flight when the next comes, and by load alone they would spread.
+    let a = mock(&["--name", "a"]);
+    let b = mock(&["--name", "b"]);
+    let dead = |w: &Proc| format!("{}=tcp://127.0.0.1:{}", w.url(), free_low_port());
+    let (da, db) = (dead(&a), dead(&b));
+    let args = [
+        "--policy",
+        "kv_aware",
+        "--shards",
+        "1",
+        "--kv-event-model",
+        "m",
+    ];
+    let sources = ["--kv-event-source", &da, "--kv-event-source", &db];
+    let r = router(&[&a, &b], &[&args[..], &sources].concat());
+    for (i, from) in [0, 100_000, 200_000].into_iter().enumerate() {
+        let went = burst(r.port, from, 4, 300);
+        assert!(went.iter().all(|w| *w == went[0]), "burst {i}: {went:?}");
+    }
+    let off = router(
+        &[&a, &b],
+        &[&args[..], &sources, &["--kv-provisional-ttl-secs", "0"]].concat(),
+    );
+    let went = burst(off.port, 300_000, 4, 300);
+    assert!(
+        went.iter().any(|w| *w != went[0]),
+        "without it the burst spreads: {went:?}"
+    );
+}
+
+#[test]
+fn with_the_models_tokenizer_the_router_asks_no_worker_and_matches_its_blocks() {
+    let dir = std::env::temp_dir().join(format!("vr-tokenizer-{}", std::process::id()));
+    let made = Command::new(mock_bin())
+        .arg("--write-test-tokenizer")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let path = dir.to_str().unwrap();
+    let a = kv_mock("a", &["--tokenizer-path", path]);
+    let b = kv_mock("b", &["--tokenizer-path", path]);
+    let args = [
+        "--policy",
+        "kv_aware",
+        "--shards",
+        "1",
+        "--tokenizer-path",
+        path,
+    ];
+    let mut r = router(&[&a, &b], &args);
+    wait_subscribed(&mut r, &[&a, &b]);
+    let system = "You are a helpful assistant. Answer the question briefly and well. ".repeat(6);
+    let chat = json!({"model": "m", "max_tokens": 1, "messages": [
+        {"role": "system", "content": system},
+        {"role": "user", "content": "What is a prefix cache? Why does it save time?"}]});
+    // Straight to b until the router has its blocks (b tokenized the chat whole).
+    prime_chat(&r, &b, &chat, 4.0);
+    chats_go_to(&r, &chat, 4, "b");
+    assert_eq!(answered(&a, "/tokenize") + answered(&b, "/tokenize"), 0);
+    // Credited every time: the router's tokens name the blocks b's events named.
+    assert!(
+        eventually(Duration::from_secs(5), || lookups(&r, "hit") == 4.0),
+        "{}",
+        r.metrics()
+    );
+    let tokenized = sample(
+        &r,
+        "vllm_router_kv_routing_inputs_total",
+        &[("result", "tokenizer")],
+    );
+    assert_eq!(tokenized, 4.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn in_p_d_mode_the_prefill_leg_follows_the_prefill_workers_blocks() {
+    let pa = kv_mock("pa", &[]);
+    let pb = kv_mock("pb", &[]);
+    let d = mock(&["--name", "d"]);
+    let args = [
+        "--vllm-pd-disaggregation",
+        "--prefill",
+        &pa.url(),
+        "--prefill",
+        &pb.url(),
+        "--decode",
+        &d.url(),
+        "--prefill-policy",
+        "kv_aware",
+        "--decode-policy",
+        "round_robin",
+        "--shards",
+        "1",
+    ];
+    let mut r = router(&[], &args);
+    wait_subscribed(&mut r, &[&pa, &pb]);
+    for (owner, other, from) in [(&pb, &pa, 0), (&pa, &pb, 500_000)] {
+        let body = prime(&r, owner, from, 6.0);
+        let before = (
+            answered(owner, "/v1/completions"),
+            answered(other, "/v1/completions"),
+        );
+        for _ in 0..4 {
+            let resp = post_json(r.port, "/v1/completions", &body);
+            assert_eq!(resp.status, 200, "{}", resp.text());
+            assert_eq!(resp.header("x-mock-worker"), Some("d"), "decode answers");
+        }
+        assert_eq!(
+            answered(owner, "/v1/completions"),
+            before.0 + 4,
+            "every prefill leg"
+        );
+        assert_eq!(answered(other, "/v1/completions"), before.1);
+    }
+    // A chat's tokens are asked of one prefill worker.
+    let resp = post_json(
+        r.port,
+        "/v1/chat/completions",
+        &chat_body("hello", 1, false),
+    );
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(answered(&pa, "/tokenize") + answered(&pb, "/tokenize"), 1);
+    assert!(
+        eventually(Duration::from_secs(5), || decisions(
+            &r,
+            "prefill",
+            "prefix_cost"
+        ) == 9.0),
+        "{}",
+        r.metrics()
+    );
+}
