@@ -240,3 +240,37 @@ fn in_p_d_mode_the_prefill_leg_follows_the_prefill_workers_blocks() {
         r.metrics()
     );
 }
+
+#[test]
+fn with_igw_each_models_policy_follows_its_own_workers_blocks() {
+    let a1 = kv_mock("a1", &["--model", "model-a"]);
+    let a2 = kv_mock("a2", &["--model", "model-a"]);
+    let b1 = kv_mock("b1", &["--model", "model-b"]);
+    let args = ["--enable-igw", "--policy", "kv_aware", "--shards", "1"];
+    let mut r = router(&[&a1, &a2, &b1], &args);
+    wait_subscribed(&mut r, &[&a1, &a2, &b1]);
+    let as_model = |body: &serde_json::Value, model: &str| {
+        let mut b = body.clone();
+        b["model"] = json!(model);
+        b
+    };
+    // Each model's policy exists once its workers listed it.
+    let ready = eventually(Duration::from_secs(15), || {
+        ["model-a", "model-b"].iter().all(|m| {
+            let r = post_json(r.port, "/v1/completions", &as_model(&prompt(900_000, 8), m));
+            r.status == 200
+        })
+    });
+    assert!(ready, "{}", r.metrics());
+    let body = prime(&r, &a2, 0, 6.0);
+    for _ in 0..4 {
+        assert_eq!(served_by(r.port, &as_model(&body, "model-a")), "a2");
+    }
+    // model-b's only worker serves it whatever model-a's workers hold.
+    assert_eq!(served_by(r.port, &as_model(&body, "model-b")), "b1");
+    assert!(
+        eventually(Duration::from_secs(5), || lookups(&r, "hit") == 4.0),
+        "{}",
+        r.metrics()
+    );
+}

@@ -1,7 +1,9 @@
 //! `--enable-igw`: one policy instance per model. A request naming a `model` is routed
 //! among the workers whose `/v1/models` list it (the control core asks them), by that
 //! model's own policy (its own counters, trees, sessions), so one model's traffic
-//! never skews another's decisions. Only models some worker serves get an instance.
+//! never skews another's decisions. Only models some worker serves get an instance;
+//! each is made when a worker first lists its model, so that kv_aware's index sees
+//! every KV event about the model's workers from then on.
 
 use crate::policy::{Policy, PolicyKind, PolicyOptions};
 use crate::state::WorkerSet;
@@ -32,12 +34,21 @@ impl ModelPools {
         self.policies.get_mut(model).expect("inserted above")
     }
 
-    /// Workers came, went or changed models: every model's policy sees its workers
-    /// again, and a model nobody serves any more loses its instance.
-    pub fn on_workers_changed(&mut self, workers: &WorkerSet) {
+    /// Workers came, went or changed models: a model served for the first time gets
+    /// its policy, every model's policy sees its workers again, and a model nobody
+    /// serves any more loses its instance.
+    pub fn on_workers_changed(
+        &mut self,
+        workers: &WorkerSet,
+        kind: (PolicyKind, &PolicyOptions),
+        shard: usize,
+    ) {
         let served = workers.models(WorkerRole::Regular);
         self.policies
             .retain(|model, _| served.binary_search(&model.as_str()).is_ok());
+        for model in &served {
+            self.policy(model, workers, kind, shard);
+        }
         for (model, p) in self.policies.iter_mut() {
             p.on_workers_changed(&workers.view_serving(WorkerRole::Regular, &[], model));
         }
@@ -52,6 +63,46 @@ impl ModelPools {
                 p.remote_insert(worker, text);
             }
         }
+    }
+
+    /// Whether `model`'s policy routes the request by its session (kv_aware).
+    pub fn routes_by_session(
+        &self,
+        model: &str,
+        workers: &crate::state::PoolView<'_>,
+        input: &crate::policy::RouteInput<'_>,
+    ) -> bool {
+        (self.policies.get(model)).is_some_and(|p| p.routes_by_session(workers, input))
+    }
+
+    /// A worker's KV blocks changed: every model it serves hears of it.
+    pub fn kv_blocks(&mut self, workers: &WorkerSet, delta: &crate::kv_blocks::KvBlockDelta) {
+        let Some(w) = workers.get(delta.worker) else {
+            return;
+        };
+        for model in &w.spec.models {
+            if let Some(p) = self.policies.get_mut(model) {
+                p.kv_blocks(delta);
+            }
+        }
+    }
+
+    /// A worker left: every model forgets its blocks.
+    pub fn forget_worker(&mut self, worker: WorkerId) {
+        for p in self.policies.values_mut() {
+            p.forget_worker(worker);
+        }
+    }
+
+    /// kv_aware's decisions over every model.
+    pub fn kv_lookups(&self) -> [u64; 4] {
+        let mut sum = [0; 4];
+        for p in self.policies.values() {
+            for (a, b) in sum.iter_mut().zip(p.kv_lookups()) {
+                *a += b;
+            }
+        }
+        sum
     }
 
     /// `POST /finish_session` in every model's policy.

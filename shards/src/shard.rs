@@ -116,12 +116,18 @@ impl Shard {
                 for p in &self.policies {
                     p.borrow_mut().forget_worker(*id);
                 }
+                self.model_pools.borrow_mut().forget_worker(*id);
                 self.workers_changed();
             }
             Delta::KvBlocks(delta) => {
-                let role = self.workers.borrow().get(delta.worker).map(|w| w.spec.role);
-                if let Some(role) = role {
-                    self.policy(role).borrow_mut().kv_blocks(delta);
+                let workers = self.workers.borrow();
+                match workers.get(delta.worker).map(|w| w.spec.role) {
+                    // `--enable-igw`: the regular pool routes by each model's policy.
+                    Some(WorkerRole::Regular) if self.config.igw => {
+                        self.model_pools.borrow_mut().kv_blocks(&workers, delta)
+                    }
+                    Some(role) => self.policy(role).borrow_mut().kv_blocks(delta),
+                    None => {}
                 }
             }
             Delta::StartupWait(why) => {
@@ -152,7 +158,8 @@ impl Shard {
     fn workers_changed(&self) {
         let workers = self.workers.borrow();
         if self.config.igw {
-            self.model_pools.borrow_mut().on_workers_changed(&workers);
+            let kind = (self.config.policy, &self.config.policy_options);
+            (self.model_pools.borrow_mut()).on_workers_changed(&workers, kind, self.index);
         }
         for role in WorkerRole::ALL {
             self.policy(role)
@@ -284,6 +291,13 @@ impl Shard {
             m.cache_hits += hits;
             m.cache_misses += misses;
             *lookups = policy.kv_lookups();
+        }
+        if self.config.igw {
+            let pools = self.model_pools.borrow().kv_lookups();
+            let regular = &mut m.kv_lookups[WorkerRole::Regular as usize];
+            for (a, b) in regular.iter_mut().zip(pools) {
+                *a += b;
+            }
         }
         let [asked, cached, failed] = self.tokens.borrow().counts;
         let here = self

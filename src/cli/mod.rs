@@ -9,8 +9,7 @@ mod refusals;
 
 pub use published::PublishedFlags;
 
-/// The policy names 0.1.17 accepts (kv_aware in P/D mode or with `--enable-igw` is
-/// refused at start by name: `refusals`).
+/// The policy names 0.1.17 accepts.
 const POLICIES: [&str; 7] = [
     "round_robin",
     "random",
@@ -410,16 +409,13 @@ mod tests {
         assert!(bad.is_empty(), "{bad:?}");
         let (_, bad) = parse(&["--kv-connector", "moriio"]);
         assert_eq!(bad.len(), 1, "{bad:?}");
-        // kv_aware is built for the regular pool and P/D, not yet for per-model pools.
+        // kv_aware is built for the regular pool, P/D and per-model pools.
         let (_, bad) = parse(&["--policy", "kv_aware", "--router-temperature", "2"]);
         assert!(bad.is_empty(), "{bad:?}");
         let (_, bad) = parse(&["--vllm-pd-disaggregation", "--prefill-policy", "kv_aware"]);
         assert!(bad.is_empty(), "{bad:?}");
         let (_, bad) = parse(&["--policy", "kv_aware", "--enable-igw"]);
-        assert_eq!(
-            bad,
-            ["--policy kv_aware is not supported yet with --enable-igw"]
-        );
+        assert!(bad.is_empty(), "{bad:?}");
     }
 
     #[test]

@@ -29,21 +29,6 @@ pub fn refusals(cli: &Cli, m: &ArgMatches) -> Vec<String> {
             )
         })
         .collect();
-    // kv_aware is built for the regular pool and P/D; its per-model pools (IGW) are
-    // not yet.
-    let policies = [
-        ("--policy", Some(&cli.policy)),
-        ("--prefill-policy", cli.prefill_policy.as_ref()),
-        ("--decode-policy", cli.decode_policy.as_ref()),
-    ];
-    for (flag, value) in policies {
-        let Some(v) = value.filter(|v| v.as_str() == "kv_aware") else {
-            continue;
-        };
-        if cli.published.enable_igw && !cli.vllm_pd_disaggregation {
-            out.push(format!("{flag} {v} is not supported yet with --enable-igw"));
-        }
-    }
     if cli.published.kv_connector == "moriio" {
         out.push("--kv-connector moriio is not supported yet (nixl and mooncake are built)".into());
     }

@@ -165,12 +165,25 @@ fn wants_tokens(
         .get("prompt")
         .and_then(|p| p.as_array())
         .is_some_and(|a| a.first().is_some_and(|t| t.is_u64()));
+    if ids {
+        return false;
+    }
     let input = RouteInput {
         head,
         json: Some(body),
         tokens: None,
     };
-    !ids && !policy.routes_by_session(&shard.workers.borrow().view(role, &[]), &input)
+    let workers = shard.workers.borrow();
+    let bound = match igw_model(shard, Some(body), role) {
+        // `--enable-igw`: the model's own policy holds its sessions.
+        Some(model) => shard.model_pools.borrow().routes_by_session(
+            model,
+            &workers.view_serving(role, &[], model),
+            &input,
+        ),
+        None => policy.routes_by_session(&workers.view(role, &[]), &input),
+    };
+    !bound
 }
 
 /// Mode 1. A body that already sits whole in the read buffer is copied out so the
