@@ -179,6 +179,12 @@ fn with_the_models_tokenizer_the_router_asks_no_worker_and_matches_its_blocks() 
         &[("result", "tokenizer")],
     );
     assert_eq!(tokenized, 4.0);
+    let timed = sample(
+        &r,
+        "vllm_router_kv_prepare_seconds_count",
+        &[("source", "tokenizer")],
+    );
+    assert_eq!(timed, 4.0, "each timed");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -118,6 +118,9 @@ pub struct ShardMetrics {
     /// kv_aware prompt tokens: asked of a worker, from the shard's cache, not had,
     /// tokenized on the shard (`--tokenizer-path`).
     pub kv_inputs: [u64; 4],
+    /// kv_aware: time to a request's tokens, on the shard and by a worker's
+    /// `/tokenize` (cache hits not counted).
+    pub kv_prepare: [Histogram; 2],
     /// cache_aware decisions of other shards this shard applied to its trees.
     pub shared_inserts: u64,
     /// Requests waiting in this shard's admission queue when the copy was taken.
@@ -186,6 +189,9 @@ impl ShardMetrics {
             .zip(other.kv_lookups.as_flattened())
         {
             *a += b;
+        }
+        for (a, b) in self.kv_prepare.iter_mut().zip(&other.kv_prepare) {
+            a.merge(b);
         }
         for (a, b) in self.kv_inputs.iter_mut().zip(other.kv_inputs) {
             *a += b;

@@ -245,6 +245,7 @@ fn worker_families(
             stage,
             total.kv_lookups,
             total.kv_inputs,
+            &total.kv_prepare,
         ));
     }
     if policy == "cache_aware" {

@@ -17,6 +17,7 @@ use crate::worker::{WorkerId, WorkerRole};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// The head of the call (the body's length is added when it is sent).
@@ -64,7 +65,9 @@ pub async fn tokens(
 ) -> Option<Rc<[u32]>> {
     if let Some(t) = &shard.chat_tokenizer {
         // The model's own tokenizer, here: no worker is asked.
+        let started = Instant::now();
         if let Some(tokens) = t.borrow_mut().tokens(body) {
+            shard.metrics.borrow_mut().kv_prepare[0].observe(started.elapsed());
             return Some(tokens);
         }
     }
@@ -77,7 +80,9 @@ pub async fn tokens(
         return Some(t);
     }
     let worker = least_loaded(shard, role)?;
+    let started = Instant::now();
     let answer = ask(shard, c, worker, &bytes, deadline).await;
+    shard.metrics.borrow_mut().kv_prepare[1].observe(started.elapsed());
     let mut cache = shard.tokens.borrow_mut();
     match answer.and_then(|a| parse_answer(&a)) {
         Some(t) => {

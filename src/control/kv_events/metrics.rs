@@ -2,9 +2,10 @@
 //! shards' decisions went (0.1.17's metric names).
 
 use super::stats::{KvStats, KvWorkerStats};
-use crate::control::exposition::{family, Sample};
+use crate::control::exposition::{family, histograms, labels, Sample};
 use prometheus::proto::{MetricFamily, MetricType};
 use shards::messages::WorkerRole;
+use shards::metrics::Histogram;
 
 /// Decisions by stage and outcome and lookups by result, from the shards' counts per
 /// pool (credited, not credited, without tokens, by session), and where the tokens
@@ -14,8 +15,18 @@ pub fn decision_families(
     stage: WorkerRole,
     lookups: [[u64; 4]; 3],
     inputs: [u64; 4],
+    prepare: &[Histogram; 2],
 ) -> Vec<MetricFamily> {
     let mut families = Vec::new();
+    let mut times = histograms(
+        "vllm_router_kv_prepare_seconds",
+        "Time to a request's prompt tokens for kv_aware, by source: tokenizer (on the router, --tokenizer-path) or tokenize (a worker's /tokenize); cached ones not counted.",
+        [("tokenizer", &prepare[0]), ("tokenize", &prepare[1])].into_iter(),
+    );
+    for (m, source) in times.mut_metric().iter_mut().zip(["tokenizer", "tokenize"]) {
+        m.set_label(labels(vec![("source", source.to_string())]));
+    }
+    families.push(times);
     families.push(family(
         "vllm_router_kv_routing_inputs_total",
         "Where kv_aware got a request's prompt tokens: tokenizer (the model's tokenizer on the router, --tokenizer-path), tokenize (one worker's /tokenize), cache (the shard had them), preparation_rejected (no worker could say; routed by load).",
