@@ -186,3 +186,54 @@ fn a_dead_or_garbage_event_source_never_stops_routing() {
     assert_eq!(chat.status, 200);
     assert!(!seen.is_empty());
 }
+
+/// A completion of the 16 tokens `0..16` followed by 84 others from `rest`.
+fn one_block_then(rest: u32) -> serde_json::Value {
+    let tokens: Vec<u32> = (0..16).chain(rest..rest + 84).collect();
+    json!({"model": "m", "max_tokens": 1, "prompt": tokens})
+}
+
+#[test]
+fn load_outweighs_a_small_overlap_as_the_cost_says() {
+    let a = kv_mock("a", &[]);
+    let b = kv_mock("b", &[]);
+    let mut r = router(&[&a, &b], &["--policy", "kv_aware", "--shards", "1"]);
+    wait_subscribed(&mut r, &[&a, &b]);
+    // b holds one block (16 tokens) of each prompt below: it prefills 84, a 100.
+    for attempt in 0.. {
+        assert!(attempt < 20, "never indexed:\n{}", r.metrics());
+        served_by(b.port, &prompt(0, 20));
+        if eventually(Duration::from_secs(2), || blocks_of(&r, &b) >= 1.0) {
+            break;
+        }
+        // Published before the router's subscription joined: store it again.
+        request(b.port, "POST", "/reset_prefix_cache", &[], b"");
+    }
+    assert_eq!(
+        served_by(r.port, &one_block_then(10_000)),
+        "b",
+        "84 x 1 < 100"
+    );
+    // One slow request in flight to b: 84 x 2 = 168 > 100 x 1, so a.
+    let slow = one_block_then(20_000).to_string();
+    let port = r.port;
+    let held = std::thread::spawn(move || {
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-mock-token-delay-us", "3000000"),
+        ];
+        let resp = request(port, "POST", "/v1/completions", &headers, slow.as_bytes());
+        resp.header("x-mock-worker").unwrap().to_string()
+    });
+    let in_flight = eventually(Duration::from_secs(5), || {
+        let w = metric(
+            &r.metrics(),
+            "vllm_router_worker_load",
+            &[("worker", &b.url())],
+        );
+        w == Some(1.0)
+    });
+    assert!(in_flight, "{}", r.metrics());
+    assert_eq!(served_by(r.port, &one_block_then(30_000)), "a", "168 > 100");
+    assert_eq!(held.join().unwrap(), "b");
+}
