@@ -3,7 +3,7 @@
 //! chat, from a cold cache and a warm one.
 
 use serde_json::json;
-use shards::chat_tokens::{ChatTokenizer, ShardTokenizer};
+use shards::chat_tokens::{ChatTokenizer, ShardTokenizer, MAX_NEW_TEXT_BYTES};
 use vllm_router_bench::mock::test_tokenizer;
 
 #[test]
@@ -41,5 +41,10 @@ fn cut_at_special_tokens_and_cached_the_tokens_equal_the_whole_texts() {
     let whole = model.whole("Please explain more.", true).unwrap();
     assert_eq!(&*shard.tokens(&completion).unwrap(), &whole[..]);
     assert_eq!(shard.counts, [9, 0]);
+    // More new text than a shard tokenizes for one request: a worker is asked.
+    let long = "Please explain more about caches. ".repeat(1 + MAX_NEW_TEXT_BYTES / 34);
+    let chat = json!({"model": "m", "messages": [{"role": "user", "content": long}]});
+    assert!(shard.tokens(&chat).is_none());
+    assert_eq!(shard.counts, [9, 1]);
     let _ = std::fs::remove_dir_all(&dir);
 }
