@@ -64,7 +64,7 @@ impl ChatTokenizer {
                 "{}: cutting a chat at special tokens changes its tokens; chats are tokenized whole",
                 file.display()
             );
-            t.cuts.clear();
+            t.cuts.iter_mut().for_each(Vec::clear);
         }
         Ok(t)
     }
@@ -118,7 +118,7 @@ impl ChatTokenizer {
         let bytes = text.as_bytes();
         let (mut start, mut at) = (0, 0);
         // Jump from one byte that may begin a special token to the next.
-        let may_begin = |b: &u8| !self.cuts[*b as usize].is_empty();
+        let may_begin = |b: &u8| self.cuts.get(*b as usize).is_some_and(|c| !c.is_empty());
         while let Some(skip) = bytes[at..].iter().position(may_begin) {
             at += skip;
             let cands = &self.cuts[bytes[at] as usize];
@@ -212,5 +212,62 @@ impl ShardTokenizer {
         });
         self.counts[usize::from(tokens.is_none())] += 1;
         tokens.map(Rc::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Words of a tiny vocabulary, split on whitespace; `<s>` is special.
+    const WORDS: &str = r#"{"version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 3, "content": "<s>", "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": {"hello": 0, "world": 1, "[UNK]": 2, "<s>": 3},
+            "unk_token": "[UNK]"}}"#;
+
+    fn words(cut: bool) -> ChatTokenizer {
+        let tokenizer: Tokenizer = WORDS.parse().unwrap();
+        let mut t = ChatTokenizer {
+            cuts: cuts_of(&tokenizer),
+            tokenizer,
+            template: None,
+        };
+        if !cut {
+            t.cuts.iter_mut().for_each(Vec::clear);
+        }
+        t
+    }
+
+    #[test]
+    fn pieces_equal_the_whole_with_or_without_cuts_and_within_the_budget() {
+        let text = "hello<s>world hello <s><s>bye";
+        for cut in [true, false] {
+            let t = words(cut);
+            assert_eq!(t.cuts_chats(), cut);
+            let whole = t.whole(text, false).unwrap();
+            assert_eq!(whole, [0, 3, 1, 0, 3, 3, 2]);
+            let mut cache = TokenCache::default();
+            assert_eq!(t.by_pieces(text, &mut cache, usize::MAX).unwrap(), whole);
+            assert_eq!(
+                t.by_pieces(text, &mut cache, 0).unwrap(),
+                whole,
+                "all cached"
+            );
+            assert!(
+                t.by_pieces("world world", &mut cache, 5).is_none(),
+                "over budget"
+            );
+        }
+        // Without a template a chat cannot be rendered here; a text prompt can.
+        let t = words(true);
+        assert!(t.prompt(&json!({"messages": []})).is_none());
+        assert_eq!(
+            t.prompt(&json!({"prompt": "hello"})),
+            Some(("hello".into(), true))
+        );
     }
 }
