@@ -162,6 +162,16 @@ impl RequestHead {
             .map(|(_, v)| v)
     }
 
+    /// The value of the first non-empty header among `names`, in their order (a
+    /// session a request names, say).
+    pub fn first_of(&self, names: &[&[u8]]) -> Option<&[u8]> {
+        names.iter().find_map(|name| {
+            self.headers()
+                .find(|(n, v)| eq_ignore_case(n, name) && !v.is_empty())
+                .map(|(_, v)| v)
+        })
+    }
+
     pub fn is_head(&self) -> bool {
         self.method() == b"HEAD"
     }

@@ -10,7 +10,6 @@
 use super::text::{request_text, BodyFields};
 use super::text_key::{TextKey, TextKeyBuffers};
 use super::{Policy, PolicyKind, RouteInput, SESSION_HEADERS};
-use crate::codec::eq_ignore_case;
 use crate::state::PoolView;
 use crate::worker::WorkerId;
 use serde_json::Value;
@@ -44,14 +43,8 @@ impl ConsistentHash {
 
     /// The routing key of a request.
     fn key(&mut self, input: &RouteInput<'_>) -> u64 {
-        for name in SESSION_HEADERS {
-            if let Some((_, v)) = input
-                .head
-                .headers()
-                .find(|(n, v)| eq_ignore_case(n, name) && !v.is_empty())
-            {
-                return xxh3_64(v);
-            }
+        if let Some(session) = input.head.first_of(&SESSION_HEADERS) {
+            return xxh3_64(session);
         }
         if let Some(body) = input.json {
             let body = BodyFields::of(body);

@@ -14,7 +14,6 @@
 
 use super::sessions::SessionTable;
 use super::RouteInput;
-use crate::codec::eq_ignore_case;
 use crate::state::PoolView;
 use crate::worker::WorkerId;
 use std::sync::Arc;
@@ -26,15 +25,8 @@ const IDENTITY_HEADERS: [&[u8]; 3] = [b"x-session-id", b"session-id", b"x-claude
 
 /// The session a request names, if any.
 fn identity<'a>(input: &RouteInput<'a>) -> Option<&'a [u8]> {
-    let header = IDENTITY_HEADERS.iter().find_map(|name| {
-        input
-            .head
-            .headers()
-            .find(|(n, v)| eq_ignore_case(n, name) && !v.is_empty())
-            .map(|(_, v)| v)
-    });
-    if header.is_some() {
-        return header;
+    if let Some(header) = input.head.first_of(&IDENTITY_HEADERS) {
+        return Some(header);
     }
     let body = input.json?;
     let field = |v: Option<&'a serde_json::Value>| {

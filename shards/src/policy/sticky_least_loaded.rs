@@ -21,7 +21,6 @@ use super::placement::Rendezvous;
 use super::sessions::SessionTable;
 use super::text::{request_text, BodyFields};
 use super::{Policy, PolicyKind, RouteInput, SESSION_HEADERS};
-use crate::codec::eq_ignore_case;
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
 use std::collections::HashMap;
@@ -87,17 +86,6 @@ impl StickyLeastLoaded {
     }
 }
 
-/// The session a request names, if any.
-fn session_of<'a>(input: &RouteInput<'a>) -> Option<&'a [u8]> {
-    SESSION_HEADERS.iter().find_map(|name| {
-        input
-            .head
-            .headers()
-            .find(|(n, v)| eq_ignore_case(n, name) && !v.is_empty())
-            .map(|(_, v)| v)
-    })
-}
-
 impl Policy for StickyLeastLoaded {
     fn kind(&self) -> PolicyKind {
         PolicyKind::StickyLeastLoaded
@@ -115,7 +103,7 @@ impl Policy for StickyLeastLoaded {
 
     fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
         let now = Instant::now();
-        let Some(session) = session_of(input) else {
+        let Some(session) = input.head.first_of(&SESSION_HEADERS) else {
             self.text.clear();
             if let Some(body) = input.json {
                 request_text(&BodyFields::of(body), &mut self.text);
