@@ -280,6 +280,8 @@ impl KvAware {
             .map_or(0, |first| chain_hash(ROOT, first));
         let n = self.tokens.len();
         let mut best: Option<Scored<'_>> = None;
+        // Every worker's score, for sampling with a temperature.
+        let sample = self.cfg.temperature > 0.0;
         let mut scored: smallvec::SmallVec<[(WorkerId, f64, f64); 16]> = smallvec::SmallVec::new();
         for w in workers.routable() {
             let depth = self.index.depth_of(w.spec.id, &self.depths);
@@ -300,11 +302,13 @@ impl KvAware {
             {
                 best = Some(s);
             }
-            scored.push((w.spec.id, score, new));
+            if sample {
+                scored.push((w.spec.id, score, new));
+            }
         }
         let best = best?;
         let (mut chosen, mut credited, mut new) = (best.worker.spec.id, best.credited, best.new);
-        if self.cfg.temperature > 0.0 && scored.len() > 1 {
+        if scored.len() > 1 {
             // P(i) ~ exp(-(score_i - min) / T).
             let t = self.cfg.temperature;
             let weights: smallvec::SmallVec<[f64; 16]> = scored

@@ -151,3 +151,28 @@ fn the_prefill_ahead_leaves_out_what_the_request_shares_with_it() {
     let depth = p.index.depth_of(first, &p.depths).copied();
     assert_eq!(ahead(s.get(first).unwrap(), depth.as_ref(), 16), 8.0);
 }
+
+#[test]
+fn a_temperature_samples_by_the_softmax_of_the_scores() {
+    // Scores 8 (worker 1) and 24 (worker 0); T = 16: weights 1 and e^-1, so worker 1
+    // about 73% of the time (0.1.17: 30 of 40).
+    let s = test_workers(2);
+    let cfg = KvAwareConfig {
+        temperature: 16.0,
+        provisional_ttl: None,
+        ..Default::default()
+    };
+    let mut p = KvAware::new(cfg, 7, WorkerRole::Regular);
+    p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+    hold(&mut p, 0, 1, Medium::Device);
+    hold(&mut p, 1, 2, Medium::Device);
+    let ones = (0..4000)
+        .filter(|_| pick(&mut p, &s, &prompt(40)) == 1)
+        .count();
+    assert!((2700..3150).contains(&ones), "{ones} of 4000");
+    assert_eq!(
+        p.kv_lookups()[..2].iter().sum::<u64>(),
+        4000,
+        "all credited"
+    );
+}

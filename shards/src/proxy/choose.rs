@@ -40,11 +40,13 @@ pub fn pick(
             (picked, policy.take_insert(), policy.take_charge())
         }
     };
-    let streamed = json
-        .and_then(|j| j.get("stream"))
-        .and_then(serde_json::Value::as_bool)
-        == Some(true);
-    c.prefill_charge = picked.zip(charge.filter(|_| streamed || role == WorkerRole::Prefill));
+    let timed = |_: &u32| {
+        let streamed = json
+            .and_then(|j| j.get("stream"))
+            .and_then(serde_json::Value::as_bool);
+        role == WorkerRole::Prefill || streamed == Some(true)
+    };
+    c.prefill_charge = picked.zip(charge.filter(timed));
     if let Some(insert) = insert {
         shard.queue_insert(insert);
     }
