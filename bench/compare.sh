@@ -35,3 +35,8 @@ python3 bench/pd_overhead.py --requests "$pdn" --stream
 
 echo "== 4. Routing quality (§3) =="
 python3 bench/routing_quality.py
+
+echo "== 5. Memory per idle keep-alive connection (§10) =="
+idle=10000,18000
+[ "$quick" = 1 ] && idle=2000
+python3 bench/idle_connections.py --published "$venv/bin/vllm-router" --connections "$idle"

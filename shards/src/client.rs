@@ -34,6 +34,29 @@ pub struct Client {
     pub prefill_charge: Option<(crate::worker::WorkerId, u32)>,
     /// CORS headers every answer to the current request carries (`server::cors`).
     pub cors: Vec<(&'static [u8], Vec<u8>)>,
+    /// Between requests: the request's memory is among the shard's spare kits.
+    pub parked: bool,
+}
+
+/// Spare kits a shard keeps: one per request in flight at a busy moment; past it,
+/// a parked connection's memory goes back to the allocator.
+pub const MAX_KITS: usize = 256;
+
+/// Largest answer staging or body buffer kept in a spare kit: a bigger one (a long
+/// prompt) is freed rather than pinned.
+pub const MAX_KIT_BYTES: usize = 64 * 1024;
+
+/// The memory of one request, reused by the shard's next request on any connection.
+struct Kit {
+    head: RequestHead,
+    out: Vec<u8>,
+    body: Vec<u8>,
+    request_id: Vec<u8>,
+}
+
+thread_local! {
+    /// This shard's spare kits (a shard is one thread: no lock).
+    static KITS: std::cell::RefCell<Vec<Kit>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The observable result of one request.
@@ -46,6 +69,48 @@ pub struct Outcome {
 }
 
 impl Client {
+    /// Between requests, with nothing buffered: the request's memory goes to the
+    /// shard's spare kits, so a connection waiting for its next request holds none.
+    pub fn park(&mut self) {
+        if !self.rbuf.is_empty() {
+            return; // a pipelined request is already here
+        }
+        self.rbuf.release();
+        if self.parked {
+            return;
+        }
+        self.parked = true;
+        self.cors = Vec::new();
+        let kit = Kit {
+            head: std::mem::take(&mut self.head),
+            out: std::mem::take(&mut self.out),
+            body: std::mem::take(&mut self.body),
+            request_id: std::mem::take(&mut self.request_id),
+        };
+        if kit.out.capacity() <= MAX_KIT_BYTES && kit.body.capacity() <= MAX_KIT_BYTES {
+            KITS.with(|k| {
+                let mut k = k.borrow_mut();
+                if k.len() < MAX_KITS {
+                    k.push(kit);
+                }
+            });
+        }
+    }
+
+    /// Bytes of a request arrived: takes a spare kit (or starts with empty ones).
+    pub fn unpark(&mut self) {
+        if !self.parked {
+            return;
+        }
+        self.parked = false;
+        if let Some(kit) = KITS.with(|k| k.borrow_mut().pop()) {
+            self.head = kit.head;
+            self.out = kit.out;
+            self.body = kit.body;
+            self.request_id = kit.request_id;
+        }
+    }
+
     /// Writes and clears `out`. An error means the client is gone.
     pub async fn flush_out(&mut self) -> std::io::Result<()> {
         let r = self.stream.write_all(&self.out).await;

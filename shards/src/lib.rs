@@ -32,6 +32,7 @@ mod model_pools;
 mod pool;
 mod proxy;
 mod rate_limit;
+mod recycled;
 mod request_body;
 mod run;
 mod server;

@@ -5,7 +5,6 @@
 //! longer than the worker keeps it; and look at an idle socket before reuse, so a close
 //! or stray bytes from the worker are noticed before a request is written into it.
 
-use crate::codec::limits::READ_BUFFER_BYTES;
 use crate::codec::response::ResponseHead;
 use crate::io::ReadBuf;
 use crate::worker::WorkerId;
@@ -33,8 +32,8 @@ pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(50);
 /// bounds the file descriptors a quiet router holds.
 pub const POOL_MAX_IDLE_PER_WORKER: usize = 256;
 
-/// A connection to a worker with its own read buffer (bytes past one response stay
-/// with the connection) and the head of its current answer (reused, like the buffer,
+/// A connection to a worker with its own read buffer while bytes are in flight (bytes
+/// past one response stay with the connection) and the head of its current answer (reused, like the buffer,
 /// for as long as the connection lives).
 pub struct Upstream {
     pub stream: TcpStream,
@@ -75,10 +74,12 @@ impl Pool {
     }
 
     /// Returns a connection whose last exchange ended cleanly.
-    pub fn give(&mut self, conn: Upstream, now: Instant) {
+    pub fn give(&mut self, mut conn: Upstream, now: Instant) {
         if !conn.rbuf.is_empty() {
             return; // bytes past the response: the worker is out of step, drop it
         }
+        // An idle connection holds no read buffer (`io`): the next answer takes one.
+        conn.rbuf.release();
         let list = self.idle.entry(conn.worker).or_default();
         if list.len() < POOL_MAX_IDLE_PER_WORKER {
             list.push(Idle { conn, since: now });
@@ -121,7 +122,7 @@ pub async fn connect(
     stream.set_nodelay(true).map_err(io::Error::from)?;
     Ok(Upstream {
         stream,
-        rbuf: ReadBuf::with_capacity(READ_BUFFER_BYTES),
+        rbuf: ReadBuf::default(),
         head: ResponseHead::default(),
         worker,
         reused: false,

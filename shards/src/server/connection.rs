@@ -4,13 +4,14 @@
 
 use super::{admin, auth, endpoints, session};
 use crate::client::{Client, Outcome};
-use crate::codec::limits::{MAX_REQUEST_HEAD_BYTES, READ_BUFFER_BYTES};
+use crate::codec::limits::MAX_REQUEST_HEAD_BYTES;
 use crate::codec::request::{HeadError, RequestHead};
 use crate::codec::Status;
 use crate::cors;
 use crate::deadline::Deadline;
 use crate::errors::write_error;
 use crate::io::ReadBuf;
+use crate::recycled::Recycled;
 use crate::shard::Shard;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
@@ -25,13 +26,15 @@ enum HeadRead {
     TimedOut,
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves one client connection until it closes; `_pass` keeps the shard's drain
+/// waiting for it.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _pass: glommio::sync::Pass) {
     let accepted = Instant::now();
     let mut c = Client {
         stream,
-        rbuf: ReadBuf::with_capacity(READ_BUFFER_BYTES),
+        rbuf: ReadBuf::default(),
         head: RequestHead::default(),
-        out: Vec::with_capacity(1024),
+        out: Vec::new(),
         body: Vec::new(),
         request_id: Vec::new(),
         outcome: Outcome::default(),
@@ -40,6 +43,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         cors: Vec::new(),
         tokens: None,
         prefill_charge: None,
+        parked: true,
     };
     loop {
         match read_head(&shard, &mut c).await {
@@ -63,40 +67,51 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
                 break;
             }
         }
-        c.started = Instant::now();
-        c.outcome = Outcome::default();
-        c.tokens = None;
-        c.prefill_charge = None;
-        match &shard.config.cors {
-            Some(cfg) => cors::answer_headers(cfg, &c.head, &mut c.cors),
-            None => c.cors.clear(),
-        }
-        let preflight = shard.config.cors.is_some() && cors::is_preflight(&c.head);
-        let keep = if preflight {
-            preflight_answer(&shard, &mut c).await
-        } else if let Some(status) = endpoints::local_answer(&shard, &mut c) {
-            c.outcome.status = status;
-            c.outcome.first_byte = Some(Instant::now());
-            c.flush_out().await.is_ok() && !c.head.has_body() && c.head.keep_alive
-        } else if let Some(why) = auth::refusal(
-            &shard.config.access,
-            &c.head,
-            admin::is_admin_path(c.head.path()),
-        ) {
-            auth::refuse(&mut c, why).await
-        } else if admin::is_admin_path(c.head.path()) {
-            admin::answer(&shard, &mut c).await
-        } else if c.head.path() == b"/finish_session" {
-            session::finish(&shard, &mut c).await
-        } else {
-            crate::proxy::pipeline::handle(&shard, &mut c).await
-        };
+        // On the heap: answering a request is most of a connection's future (about
+        // 3 KiB); a connection waiting for its next request then holds only this
+        // loop's state (docs/benchmarks.md, idle connections).
+        let keep = Recycled::new(answer(&shard, &mut c)).await;
         c.idle_since = record(&shard, &c);
         if !keep || shard.draining.get() {
             break;
         }
+        c.park();
     }
     let _ = c.stream.close().await;
+}
+
+/// Answers one request whose head is in `c.head`: on the shard (health, metrics,
+/// admin, CORS preflight, refusals) or through a worker. Returns whether the
+/// connection may carry another request.
+async fn answer(shard: &Rc<Shard>, c: &mut Client) -> bool {
+    c.started = Instant::now();
+    c.outcome = Outcome::default();
+    c.tokens = None;
+    c.prefill_charge = None;
+    match &shard.config.cors {
+        Some(cfg) => cors::answer_headers(cfg, &c.head, &mut c.cors),
+        None => c.cors.clear(),
+    }
+    let preflight = shard.config.cors.is_some() && cors::is_preflight(&c.head);
+    if preflight {
+        preflight_answer(shard, c).await
+    } else if let Some(status) = endpoints::local_answer(shard, c) {
+        c.outcome.status = status;
+        c.outcome.first_byte = Some(Instant::now());
+        c.flush_out().await.is_ok() && !c.head.has_body() && c.head.keep_alive
+    } else if let Some(why) = auth::refusal(
+        &shard.config.access,
+        &c.head,
+        admin::is_admin_path(c.head.path()),
+    ) {
+        auth::refuse(c, why).await
+    } else if admin::is_admin_path(c.head.path()) {
+        admin::answer(shard, c).await
+    } else if c.head.path() == b"/finish_session" {
+        session::finish(shard, c).await
+    } else {
+        crate::proxy::pipeline::handle(shard, c).await
+    }
 }
 
 /// Answers a CORS preflight on the shard: 200, no body (as 0.1.17).
@@ -157,6 +172,7 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
     let mut deadline: Option<Deadline<'_>> = None;
     loop {
         if !c.rbuf.is_empty() {
+            c.unpark();
             match c.head.parse(c.rbuf.filled()) {
                 Ok(Status::Complete(n)) => {
                     c.rbuf.consume(n);

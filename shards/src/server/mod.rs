@@ -7,10 +7,12 @@ mod endpoints;
 mod session;
 
 use crate::shard::Shard;
-use futures_lite::FutureExt;
 use glommio::net::TcpListener;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 /// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS): the condition lasts until
 /// connections close, so retrying at once would spin; 10 ms is far below a client's
@@ -24,26 +26,50 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
         match listener.accept().await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let s = shard.clone();
-                let index = shard.index;
-                // A panic is a bug, but it must cost one connection, not the shard.
-                let guarded = AssertUnwindSafe(connection::serve(s, stream)).catch_unwind();
-                if shard
-                    .connections
-                    .spawn(async move {
-                        if guarded.await.is_err() {
-                            crate::error!("shard {index}: a connection task panicked (bug); connection closed");
-                        }
-                    })
-                    .map(|t| t.detach())
-                    .is_err()
-                {
+                let Ok(pass) = shard.connections.enter() else {
                     return; // gate closed: draining
-                }
+                };
+                let serve = connection::serve(shard.clone(), stream, pass);
+                let task = Contained {
+                    serve,
+                    shard: shard.index,
+                };
+                glommio::spawn_local(task).detach();
             }
             Err(e) => {
                 crate::warn!("shard {}: accept failed: {e}", shard.index);
                 glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// A connection's task: its future, polled so that a panic in it (a bug) costs that
+/// connection, not the shard. A plain struct rather than an `async` block around
+/// the connection's future: a block that awaits a captured future holds it twice
+/// (once captured, once awaited), and with glommio's gate wrapping it again a
+/// connection's task took four times its future's size.
+struct Contained<F> {
+    serve: F,
+    shard: usize,
+}
+
+impl<F: Future<Output = ()>> Future for Contained<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        // SAFETY: `serve` is structurally pinned: it is never moved out of `self`,
+        // and `Contained` has no Drop of its own that could move it.
+        let this = unsafe { self.get_unchecked_mut() };
+        let serve = unsafe { Pin::new_unchecked(&mut this.serve) };
+        match std::panic::catch_unwind(AssertUnwindSafe(|| serve.poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                crate::error!(
+                    "shard {}: a connection task panicked (bug); connection closed",
+                    this.shard
+                );
+                Poll::Ready(())
             }
         }
     }
