@@ -9,6 +9,7 @@
 //! target k mod n, so each sees the same rate and the same moments of machine noise.
 
 pub mod client;
+mod pacer;
 pub mod report;
 pub mod workload;
 
@@ -153,10 +154,11 @@ async fn run_async(cfg: &RunConfig, workload: Workload) -> std::io::Result<Resul
         Load::Open { rate, poisson } => {
             // Slot k for target k mod n; the combined rate is n x rate.
             let gap = 1.0 / (rate * n as f64);
+            let pacer = pacer::Pacer::new()?;
             let mut due = start;
             let mut k = 0usize;
             while due < end {
-                tokio::time::sleep_until(due.into()).await;
+                pacer.until(due).await?;
                 let target = k % n;
                 let request = workload.borrow_mut().next(&mut rng.borrow_mut());
                 let ctx = (

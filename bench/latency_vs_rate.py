@@ -1,0 +1,139 @@
+#!/usr/bin/env python3
+"""Latency added by each proxy against the offered rate: direct to an nginx `return 200`
+backend, this router, nginx proxy_pass and the published router, driven open loop
+(vllm-router-bench: latency counts from each request's due time, so a stall is not
+hidden) at several fixed rates. At each rate the four targets are interleaved in one
+run (request k goes to target k mod 4), so they share the same moments of machine
+noise. Prints a table of added p50/p99 per rate and writes an SVG plot.
+
+    python3 bench/latency_vs_rate.py [--rates 500,2000,8000] [--published PATH]
+"""
+import argparse, json, os, subprocess, sys, tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+from benchlib import RELEASE, free_port, wait_port  # noqa: E402
+
+COLORS = {"router": "#1f77b4", "nginx": "#2ca02c", "published": "#d62728"}
+
+
+def svg(rows, rates, path):
+    """Added p50 (solid) and p99 (dashed) in microseconds against the rate (log x)."""
+    import math
+    w, h, left, right, top, bottom = 760, 420, 70, 150, 30, 50
+    names = [n for n in COLORS if any(n in r for r in rows.values())]
+    ys = [rows[rate][n][q] for rate in rates for n in names if n in rows[rate] for q in ("p50", "p99")]
+    ymax = max(max(ys), 1.0) * 1.1
+    ymin = min(0.0, min(ys) * 1.1)
+    lx0, lx1 = math.log10(min(rates)), math.log10(max(rates))
+    x_of = lambda r: left + (w - left - right) * ((math.log10(r) - lx0) / max(lx1 - lx0, 1e-9))
+    y_of = lambda v: top + (h - top - bottom) * (1 - (v - ymin) / (ymax - ymin))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+           f'<text x="{left}" y="18">Latency added over direct, open loop (us): p50 solid, p99 dashed</text>']
+    for i in range(6):
+        v = ymin + (ymax - ymin) * i / 5
+        out.append(f'<line x1="{left}" x2="{w - right}" y1="{y_of(v):.1f}" y2="{y_of(v):.1f}" stroke="#ddd"/>'
+                   f'<text x="{left - 8}" y="{y_of(v) + 4:.1f}" text-anchor="end">{v:.0f}</text>')
+    for r in rates:
+        out.append(f'<text x="{x_of(r):.1f}" y="{h - bottom + 18}" text-anchor="middle">{r:g}</text>')
+    out.append(f'<text x="{(left + w - right) / 2}" y="{h - 12}" text-anchor="middle">offered rate per target (req/s)</text>')
+    for k, n in enumerate(names):
+        for q, dash in (("p50", ""), ("p99", ' stroke-dasharray="6 4"')):
+            pts = " ".join(f"{x_of(r):.1f},{y_of(rows[r][n][q]):.1f}" for r in rates if n in rows[r])
+            out.append(f'<polyline points="{pts}" fill="none" stroke="{COLORS[n]}" stroke-width="2"{dash}/>')
+        out.append(f'<text x="{w - right + 10}" y="{top + 20 + 18 * k}" fill="{COLORS[n]}">{n}</text>')
+    out.append("</svg>")
+    open(path, "w").write("\n".join(out))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rates", default="500,2000,8000", help="requests/s per target, comma separated")
+    ap.add_argument("--duration", type=float, default=10.0, help="measured seconds per rate")
+    ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--published", default=os.environ.get("PUBLISHED_ROUTER", os.path.join(
+        ROOT, "target/published-venv/bin/vllm-router")), help="empty: skip it")
+    ap.add_argument("--router", default=os.path.join(RELEASE, "vllm-router"))
+    ap.add_argument("--out", default=os.path.join(ROOT, "target/bench-latency-vs-rate"))
+    args = ap.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    run = tempfile.mkdtemp(prefix="vr-rate-")
+    procs = []
+
+    def start(cmd, port, name):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"),
+                             start_new_session=True)
+        procs.append(p)
+        wait_port(port, p, name)
+
+    def nginx_conf(template, **subs):
+        text = open(os.path.join(ROOT, "bench/nginx", template)).read()
+        for k, v in subs.items():
+            text = text.replace(f"__{k}__", str(v))
+        path = os.path.join(run, template)
+        open(path, "w").write(text)
+        return path
+
+    try:
+        backend = free_port()
+        start(["nginx", "-p", run, "-c", nginx_conf("backend.conf", BACKEND_PORT=backend)], backend, "backend")
+        upstream = f"http://127.0.0.1:{backend}"
+        targets = [f"direct={upstream}"]
+        ours = free_port()
+        start([args.router, "--port", str(ours), "--prometheus-port", str(free_port()), "--shards", str(args.shards),
+               "--policy", "round_robin", "--worker-urls", upstream], ours, "router")
+        targets.append(f"router=http://127.0.0.1:{ours}")
+        ngx = free_port()
+        start(["nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
+                                                    WORKERS=args.shards)], ngx, "nginx")
+        targets.append(f"nginx=http://127.0.0.1:{ngx}")
+        if args.published and os.path.exists(args.published):
+            pub = free_port()
+            start([args.published, "--port", str(pub), "--prometheus-port", str(free_port()),
+                   "--policy", "round_robin", "--worker-urls", upstream], pub, "published")
+            targets.append(f"published=http://127.0.0.1:{pub}")
+        rows = {}
+        for rate in rates:
+            doc = os.path.join(args.out, f"rate-{rate:g}.json")
+            cmd = [os.path.join(RELEASE, "vllm-router-bench"), "--rate", str(rate), "--duration", str(args.duration),
+                   "--warmup", "2", "--max-tokens", "1", "--prompt-words", "8", "--json", doc]
+            for t in targets:
+                cmd += ["--target", t]
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+            result = json.load(open(doc))["targets"]
+            direct = result["direct"]["e2e_ms"]
+            rows[rate] = {}
+            for name, r in result.items():
+                if name == "direct":
+                    continue
+                e2e = r["e2e_ms"]
+                rows[rate][name] = {q: (e2e[q] - direct[q]) * 1000 for q in ("p50", "p99")}
+                rows[rate][name]["errors"] = r["errors"] + r["non_2xx"]
+            rows[rate]["direct"] = {q: direct[q] * 1000 for q in ("p50", "p99")}
+            print(f"{rate:g} req/s: " + ", ".join(f"{n} {v['p50']:+.0f}/{v['p99']:+.0f} us"
+                                                for n, v in rows[rate].items() if n != "direct"), file=sys.stderr)
+        names = [n for n in ("router", "nginx", "published") if n in rows[rates[0]]]
+        print("| rate per target | direct p50 / p99 | " + " | ".join(f"{n}: added p50 / p99" for n in names) + " |")
+        print("|---:|---:|" + "---:|" * len(names))
+        for rate in rates:
+            d = rows[rate]["direct"]
+            cells = []
+            for n in names:
+                v = rows[rate][n]
+                errs = f" ({v['errors']} errors)" if v["errors"] else ""
+                cells.append(f"{v['p50']:+.0f} / {v['p99']:+.0f} us{errs}")
+            print(f"| {rate:g} req/s | {d['p50']:.0f} / {d['p99']:.0f} us | " + " | ".join(cells) + " |")
+        plot = os.path.join(args.out, "latency-vs-rate.svg")
+        svg({r: {n: rows[r][n] for n in names} for r in rates}, rates, plot)
+        print(f"plot: {plot}", file=sys.stderr)
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, 15)
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    main()
