@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 from benchlib import RELEASE, free_port, wait_port  # noqa: E402
 
-COLORS = {"router": "#1f77b4", "nginx": "#2ca02c", "published": "#d62728"}
+COLORS = {"router": "#1f77b4", "baseline": "#9467bd", "nginx": "#2ca02c", "published": "#d62728"}
 
 
 def svg(rows, rates, path):
@@ -54,6 +54,7 @@ def main():
     ap.add_argument("--published", default=os.environ.get("PUBLISHED_ROUTER", os.path.join(
         ROOT, "target/published-venv/bin/vllm-router")), help="empty: skip it")
     ap.add_argument("--router", default=os.path.join(RELEASE, "vllm-router"))
+    ap.add_argument("--baseline-router", default=None, help="another build measured alongside (A/B)")
     ap.add_argument("--out", default=os.path.join(ROOT, "target/bench-latency-vs-rate"))
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -84,6 +85,11 @@ def main():
         start([args.router, "--port", str(ours), "--prometheus-port", str(free_port()), "--shards", str(args.shards),
                "--policy", "round_robin", "--worker-urls", upstream], ours, "router")
         targets.append(f"router=http://127.0.0.1:{ours}")
+        if args.baseline_router:
+            base = free_port()
+            start([args.baseline_router, "--port", str(base), "--prometheus-port", str(free_port()), "--shards",
+                   str(args.shards), "--policy", "round_robin", "--worker-urls", upstream], base, "baseline")
+            targets.append(f"baseline=http://127.0.0.1:{base}")
         ngx = free_port()
         start(["nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
                                                     WORKERS=args.shards)], ngx, "nginx")
@@ -113,7 +119,7 @@ def main():
             rows[rate]["direct"] = {q: direct[q] * 1000 for q in ("p50", "p99")}
             print(f"{rate:g} req/s: " + ", ".join(f"{n} {v['p50']:+.0f}/{v['p99']:+.0f} us"
                                                 for n, v in rows[rate].items() if n != "direct"), file=sys.stderr)
-        names = [n for n in ("router", "nginx", "published") if n in rows[rates[0]]]
+        names = [n for n in COLORS if n in rows[rates[0]]]
         print("| rate per target | direct p50 / p99 | " + " | ".join(f"{n}: added p50 / p99" for n in names) + " |")
         print("|---:|---:|" + "---:|" * len(names))
         for rate in rates:
