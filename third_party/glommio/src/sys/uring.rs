@@ -1298,6 +1298,10 @@ pub(crate) struct Reactor {
     // vllm-router patch 6: the duration the latency timeout was armed with when
     // it is a preemption timer (None for a user timer armed before sleeping).
     latency_preemption_armed_for: Cell<Option<Duration>>,
+    /// vllm-router patch 9: the latency timer fired since the last park, so the
+    /// executor is idle or nearly: the next park does not keep a preemption timer
+    /// (it would only wake it again, every slice, while idle).
+    latency_timer_fired: Cell<bool>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
     /// vllm-router patch 8: whether `wait` arms the throughput-preemption timer.
     throughput_preemption_wanted: Cell<bool>,
@@ -1432,6 +1436,7 @@ impl Reactor {
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
             latency_preemption_armed_for: Cell::new(None),
+            latency_timer_fired: Cell::new(false),
             throughput_preemption_timeout_src: Cell::new(None),
             throughput_preemption_wanted: Cell::new(true),
             blocking_thread,
@@ -1914,13 +1919,30 @@ impl Reactor {
         // Otherwise cancel the old timer: if we will sleep, there might be a
         // timer registered that needs to be removed otherwise we'll wake up
         // when it expires.
-        let kept_preemption_timer = match (
+        let latency_timer = self.latency_preemption_timeout_src.take();
+        if latency_timer.as_ref().is_some_and(|t| t.result().is_some()) {
+            self.latency_timer_fired.set(true);
+        }
+        let mut kept_preemption_timer = match (
             preempt_timer(),
-            self.latency_preemption_timeout_src.take(),
+            latency_timer,
             self.latency_preemption_armed_for.take(),
         ) {
             (Some(preempt), Some(src), Some(armed_for))
                 if armed_for <= preempt && src.result().is_none() =>
+            {
+                Some((src, armed_for))
+            }
+            // vllm-router patch 9: about to sleep (no preemption wanted). A timer that
+            // has not fired and fires no later than the user timer needs is kept: it
+            // wakes the executor at most early, never late. Upstream cancels it and
+            // arms the user timer on every park, and arms a preemption timer again
+            // on every wake-up: three `io_uring_enter` calls per park, two parks per
+            // proxied request at low load.
+            (None, Some(src), Some(armed_for))
+                if src.result().is_none()
+                    && !self.latency_timer_fired.get()
+                    && user_timer.is_none_or(|t| armed_for <= t) =>
             {
                 Some((src, armed_for))
             }
@@ -1958,11 +1980,22 @@ impl Reactor {
         if should_sleep {
             // We are about to go to sleep. It's ok to sleep, but if there
             // is a timer set, we need to make sure we wake up to handle it.
-            if let Some(dur) = user_timer {
-                self.latency_preemption_timeout_src
-                    .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
-                assert!(flush_rings!(lat_ring)? > 0);
+            match (user_timer, kept_preemption_timer.take()) {
+                // vllm-router patch 9: the timer kept above wakes us in time.
+                (_, Some((src, armed_for))) => {
+                    self.latency_preemption_timeout_src.set(Some(src));
+                    self.latency_preemption_armed_for.set(Some(armed_for));
+                }
+                (Some(dur), None) => {
+                    self.latency_preemption_timeout_src
+                        .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
+                    // vllm-router patch 9: remembered, so the next park may keep it.
+                    self.latency_preemption_armed_for.set(Some(dur));
+                    assert!(flush_rings!(lat_ring)? > 0);
+                }
+                (None, None) => {}
             }
+            self.latency_timer_fired.set(false);
             // From this moment on the remote executors are aware that we are sleeping
             // We have to sweep the remote channels function once more because since
             // last time until now it could be that something happened in a remote executor
@@ -1988,6 +2021,19 @@ impl Reactor {
         }
 
         if let Some(preempt) = preempt_timer() {
+            // vllm-router patch 9: the timer may have been kept for a sleep (slept on
+            // or not); judged again as a preemption timer.
+            let kept_preemption_timer = kept_preemption_timer
+                .or_else(|| {
+                    match (
+                        self.latency_preemption_timeout_src.take(),
+                        self.latency_preemption_armed_for.take(),
+                    ) {
+                        (Some(src), Some(armed_for)) => Some((src, armed_for)),
+                        _ => None,
+                    }
+                })
+                .filter(|(src, armed_for)| *armed_for <= preempt && src.result().is_none());
             if let Some((src, armed_for)) = kept_preemption_timer {
                 self.latency_preemption_timeout_src.set(Some(src));
                 self.latency_preemption_armed_for.set(Some(armed_for));
@@ -1997,6 +2043,11 @@ impl Reactor {
                 self.latency_preemption_armed_for.set(Some(preempt));
                 flush_rings!(lat_ring, main_ring)?;
             }
+        } else if let Some((src, armed_for)) = kept_preemption_timer {
+            // vllm-router patch 9: kept for a sleep that did not happen (events came
+            // in); it stays for the next one.
+            self.latency_preemption_timeout_src.set(Some(src));
+            self.latency_preemption_armed_for.set(Some(armed_for));
         }
 
         // A Note about `need_preempt`:
