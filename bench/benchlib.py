@@ -31,3 +31,25 @@ def wait_port(port, proc, name, timeout=60, host="127.0.0.1"):
                 sys.exit(f"{name} exited: {proc.returncode}")
             time.sleep(0.05)
     sys.exit(f"{name} did not listen on {port}")
+
+
+def nginx_conf(run, template, edit=None, **subs):
+    """bench/nginx/`template` with __KEY__ placeholders filled from `subs` (and the
+    text passed through `edit` when given), written under `run`; returns its path."""
+    text = open(os.path.join(ROOT, "bench/nginx", template)).read()
+    for k, v in subs.items():
+        text = text.replace(f"__{k}__", str(v))
+    if edit:
+        text = edit(text)
+    path = os.path.join(run, template)
+    open(path, "w").write(text)
+    return path
+
+
+def stop_groups(procs):
+    """Stops processes started with start_new_session=True, with their children."""
+    for p in procs:
+        try:
+            os.killpg(p.pid, 15)
+        except OSError:
+            pass

@@ -15,7 +15,7 @@ import argparse, os, resource, socket, struct, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from benchlib import RELEASE, free_port, wait_port  # noqa: E402
+from benchlib import RELEASE, free_port, nginx_conf, stop_groups, wait_port  # noqa: E402
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"Say hello in one word."}],"max_tokens":1}'
 REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
@@ -131,20 +131,14 @@ def main():
         wait_port(port, p, name)
         return p
 
-    def nginx_conf(template, **subs):
-        text = open(os.path.join(ROOT, "bench/nginx", template)).read()
-        for k, v in subs.items():
-            text = text.replace(f"__{k}__", str(v))
+    def room_for_everyone(text):
         # Room for every client connection in one worker (reuseport spreads them).
         text = text.replace("worker_connections 4096;", f"worker_connections {limit};")
-        text = text.replace("daemon off;", f"daemon off;\nworker_rlimit_nofile {limit};")
-        path = os.path.join(run, template)
-        open(path, "w").write(text)
-        return path
+        return text.replace("daemon off;", f"daemon off;\nworker_rlimit_nofile {limit};")
 
     try:
         backend = free_port()
-        start(["nginx", "-p", run, "-c", nginx_conf("backend.conf", BACKEND_PORT=backend)], backend, "backend")
+        start(["nginx", "-p", run, "-c", nginx_conf(run, "backend.conf", room_for_everyone, BACKEND_PORT=backend)], backend, "backend")
         upstream = f"http://127.0.0.1:{backend}"
         # (name, command for a port): each count gets fresh processes, so memory the
         # allocator kept from a larger count does not hide the next one's growth.
@@ -156,7 +150,7 @@ def main():
                     "--policy", "round_robin", "--worker-urls", upstream]))
         if not args.no_nginx_proxy:
             targets.append((f"nginx proxy_pass ({args.shards} workers)", lambda port: [
-                "nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=port,
+                "nginx", "-p", run, "-c", nginx_conf(run, "proxy.conf", room_for_everyone, BACKEND_PORT=backend, PROXY_PORT=port,
                                                      WORKERS=args.shards)]))
         if args.published and os.path.exists(args.published):
             targets.append(("published vllm-router", lambda port: [
@@ -194,11 +188,7 @@ def main():
             print(f"| {n:,} | {name} | {before / 1024:.1f} MiB | {after / 1024:.1f} MiB | {each:.2f} KiB "
                   f"| {quiet[0]:.0f} / {quiet[1]:.0f} us | {busy[0]:.0f} / {busy[1]:.0f} us |")
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, 15)
-            except OSError:
-                pass
+        stop_groups(procs)
 
 
 if __name__ == "__main__":

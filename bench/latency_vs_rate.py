@@ -12,7 +12,7 @@ import argparse, json, os, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from benchlib import RELEASE, free_port, wait_port  # noqa: E402
+from benchlib import RELEASE, free_port, nginx_conf, stop_groups, wait_port  # noqa: E402
 
 COLORS = {"router": "#1f77b4", "baseline": "#9467bd", "nginx": "#2ca02c", "published": "#d62728"}
 
@@ -68,17 +68,9 @@ def main():
         procs.append(p)
         wait_port(port, p, name)
 
-    def nginx_conf(template, **subs):
-        text = open(os.path.join(ROOT, "bench/nginx", template)).read()
-        for k, v in subs.items():
-            text = text.replace(f"__{k}__", str(v))
-        path = os.path.join(run, template)
-        open(path, "w").write(text)
-        return path
-
     try:
         backend = free_port()
-        start(["nginx", "-p", run, "-c", nginx_conf("backend.conf", BACKEND_PORT=backend)], backend, "backend")
+        start(["nginx", "-p", run, "-c", nginx_conf(run, "backend.conf", BACKEND_PORT=backend)], backend, "backend")
         upstream = f"http://127.0.0.1:{backend}"
         targets = [f"direct={upstream}"]
         ours = free_port()
@@ -91,7 +83,7 @@ def main():
                    str(args.shards), "--policy", "round_robin", "--worker-urls", upstream], base, "baseline")
             targets.append(f"baseline=http://127.0.0.1:{base}")
         ngx = free_port()
-        start(["nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
+        start(["nginx", "-p", run, "-c", nginx_conf(run, "proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
                                                     WORKERS=args.shards)], ngx, "nginx")
         targets.append(f"nginx=http://127.0.0.1:{ngx}")
         if args.published and os.path.exists(args.published):
@@ -134,11 +126,7 @@ def main():
         svg({r: {n: rows[r][n] for n in names} for r in rates}, rates, plot)
         print(f"plot: {plot}", file=sys.stderr)
     finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, 15)
-            except OSError:
-                pass
+        stop_groups(procs)
 
 
 if __name__ == "__main__":
