@@ -61,6 +61,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let shard_count = cli.shards.unwrap_or(cpus.len()).max(1);
     preflight::check_io_uring()?;
     preflight::check_memlock(shard_count)?;
+    if let Some((before, after)) = preflight::raise_nofile() {
+        shards::debug!("open-file limit raised from {before} to {after}");
+    }
 
     let settings = settings::Settings::from_cli(&cli, shard_count)?;
     let (listen, policy) = (settings.shard.listen, settings.shard.policy);

@@ -1,5 +1,6 @@
 //! Start-up checks that turn obscure executor failures into one clear line each:
-//! io_uring blocked (seccomp, sysctl) and a locked-memory limit too low.
+//! io_uring blocked (seccomp, sysctl) and a locked-memory limit too low; and the
+//! open-file limit raised as far as the process may.
 
 use nix::libc;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
@@ -60,6 +61,27 @@ pub fn check_memlock(shards: usize) -> Result<(), String> {
         MEMLOCK_PER_SHARD / 1024,
         need / 1024
     ))
+}
+
+/// Raises the soft open-file limit to the hard one. Every client connection and every
+/// upstream connection is a file descriptor, and an idle keep-alive connection costs
+/// the router about 1.5 KiB, so the limit, not memory, is what caps connections: a
+/// login shell's soft limit is often 1,024 while the hard limit allows far more (nginx
+/// has `worker_rlimit_nofile` for this; systemd units set `LimitNOFILE=`). Returns
+/// (before, after) when it raised it.
+pub fn raise_nofile() -> Option<(u64, u64)> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    // An unlimited hard limit is refused above the kernel's fs.nr_open.
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    let target = hard.min(most);
+    if soft >= target {
+        return None;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, target, hard).ok()?;
+    Some((soft, target))
 }
 
 /// CAP_IPC_LOCK (bit 14 of the effective set) exempts a process from RLIMIT_MEMLOCK.

@@ -200,6 +200,53 @@ fn a_memlock_limit_too_low_is_reported() {
 }
 
 #[test]
+fn a_low_open_file_limit_is_raised_to_the_hard_limit() {
+    // A login shell's soft limit of 1,024 would refuse the 1,025th connection.
+    fn low_nofile() -> std::io::Result<()> {
+        use nix::libc;
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: plain syscalls on this (child) process.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = 1024.min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(router_bin());
+    cmd.args(["--policy", "random"]);
+    // SAFETY: the hook only makes async-signal-safe syscalls.
+    unsafe { cmd.pre_exec(low_nofile) };
+    let r = start_router(cmd);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", r.proc.child.id())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    let (soft, hard) = (nums[0], nums[1]);
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let want = if hard == "unlimited" {
+        nr_open
+    } else {
+        hard.parse::<u64>().unwrap().min(nr_open)
+    };
+    assert_eq!(soft.parse::<u64>().unwrap(), want, "{line}");
+}
+
+#[test]
 fn log_dir_gets_the_log() {
     let dir = std::env::temp_dir().join(format!("vr-logs-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
