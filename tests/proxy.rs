@@ -509,19 +509,10 @@ fn a_slow_client_slows_the_worker_instead_of_filling_memory() {
         1,
         "the worker finished: nothing held it back"
     );
-    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", r.child.id()))
-        .unwrap()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .map(|v| v.parse::<u64>().unwrap())
-        })
-        .unwrap();
+    let rss = rss_kib(r.child.id());
     assert!(
-        rss_kib < 32 * 1024,
-        "router RSS {rss_kib} KiB while a client stalls"
+        rss < 32 * 1024,
+        "router RSS {rss} KiB while a client stalls"
     );
     c.discard_until(b"data: [DONE]");
     assert!(eventually(Duration::from_secs(2), || mock_stats(&w)

@@ -79,11 +79,6 @@ impl ReadBuf {
         self.start == self.end
     }
 
-    /// Bytes of memory held (0 while released).
-    pub fn held(&self) -> usize {
-        self.buf.len()
-    }
-
     pub fn consume(&mut self, n: usize) {
         debug_assert!(n <= self.len());
         self.start += n;
@@ -209,7 +204,7 @@ mod tests {
             }
         }
         let mut b = ReadBuf::default();
-        assert_eq!(b.held(), 0);
+        assert_eq!(b.buf.len(), 0);
         let mut src = Script(vec![None, Some(b"GET /"), None, Some(b" HTTP/1.1")]);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let spares = || SPARES.with(|s| s.borrow().len());
@@ -221,7 +216,7 @@ mod tests {
             assert!(matches!(read.as_mut().poll(&mut cx), Poll::Ready(Ok(5))));
         }
         assert_eq!(b.filled(), b"GET /");
-        assert_eq!((b.held(), spares()), (READ_BUFFER_BYTES, 0));
+        assert_eq!((b.buf.len(), spares()), (READ_BUFFER_BYTES, 0));
         {
             // Bytes buffered: a waiting read keeps them (and the memory).
             let mut read = std::pin::pin!(b.read_from(&mut src, 1024));
@@ -232,7 +227,7 @@ mod tests {
         assert_eq!(b.filled(), b"GET / HTTP/1.1");
         b.consume(14);
         b.release();
-        assert_eq!((b.held(), spares()), (0, 1));
+        assert_eq!((b.buf.len(), spares()), (0, 1));
     }
 
     #[test]

@@ -33,8 +33,8 @@ pub const PEEK_AFTER_IDLE: Duration = Duration::from_millis(50);
 pub const POOL_MAX_IDLE_PER_WORKER: usize = 256;
 
 /// A connection to a worker with its own read buffer while bytes are in flight (bytes
-/// past one response stay with the connection) and the head of its current answer (reused, like the buffer,
-/// for as long as the connection lives).
+/// past one response stay with the connection) and the head of its current answer
+/// (reused for as long as the connection lives).
 pub struct Upstream {
     pub stream: TcpStream,
     pub rbuf: ReadBuf,

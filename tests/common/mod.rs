@@ -395,12 +395,7 @@ impl Conn {
 
     /// Sends a POST with extra header fields (the mock's `x-mock-*` controls).
     pub fn post_with_headers(&mut self, path: &str, headers: &[(&str, &str)], body: &str) {
-        let mut head = format!("POST {path} HTTP/1.1\r\nhost: x\r\n");
-        for (name, value) in headers {
-            head.push_str(&format!("{name}: {value}\r\n"));
-        }
-        head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
-        self.send(&[head.as_bytes(), body.as_bytes()].concat());
+        self.send(&post_bytes(path, headers, body));
     }
 
     pub fn send(&mut self, raw: &[u8]) {
@@ -554,6 +549,27 @@ impl Conn {
 
 /// The value of the first sample of `name` whose labels contain every `labels` pair
 /// (`name{a="x"}` style), or None when absent.
+/// A whole `POST path` request with a Content-Length (HTTP/1.1), to send as is or
+/// several in one write (pipelining).
+pub fn post_bytes(path: &str, headers: &[(&str, &str)], body: &str) -> Vec<u8> {
+    let mut head = format!("POST {path} HTTP/1.1\r\nhost: x\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    [head.as_bytes(), body.as_bytes()].concat()
+}
+
+/// A process's resident memory in KiB, from /proc.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))

@@ -1295,8 +1295,8 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    // vllm-router patch 6: the duration the latency timeout was armed with when
-    // it is a preemption timer (None for a user timer armed before sleeping).
+    // vllm-router patch 6: the duration the latency timeout was armed with (patch
+    // 9: a user timer armed before sleeping too, so the next park may keep it).
     latency_preemption_armed_for: Cell<Option<Duration>>,
     /// vllm-router patch 9: the latency timer fired since the last park, so the
     /// executor is idle or nearly: the next park does not keep a preemption timer
