@@ -147,6 +147,36 @@ fn missed_events_are_replayed() {
     );
 }
 
+#[test]
+fn a_restarted_router_learns_what_workers_still_buffer_for_replay() {
+    // b keeps its batches for replay (as vLLM's publisher does); a does not.
+    let replay = free_low_port().to_string();
+    let a = kv_mock("a", &[]);
+    let b = kv_mock("b", &["--kv-events-replay-port", &replay]);
+    let mut first = router(&[&a, &b], &["--policy", "kv_aware"]);
+    wait_subscribed(&mut first, &[&a, &b]);
+    let body = prime(&first, &b, 0, 6.0);
+    drop(first);
+    // While no router listens, b caches one more prompt.
+    let unseen = prompt(900_000, 100);
+    served_by(b.port, &unseen);
+    let mut second = router(&[&a, &b], &["--policy", "kv_aware"]);
+    wait_subscribed(&mut second, &[&a, &b]);
+    assert!(
+        eventually(Duration::from_secs(5), || blocks_of(&second, &b) >= 12.0),
+        "the new router's index is empty:\n{}",
+        second.metrics()
+    );
+    for body in [&body, &unseen] {
+        assert_eq!(served_by(second.port, body), "b");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || lookups(&second, "hit") >= 2.0),
+        "{}",
+        second.metrics()
+    );
+}
+
 /// Where a burst of `n` requests for one new prompt went, sent at once over fresh
 /// connections while each takes the mock `ms` to answer.
 #[test]

@@ -61,6 +61,9 @@ pub async fn run(state: Rc<RefCell<ControlState>>, spec: SourceSpec, target: Tar
         target,
         topic: spec.topic.clone(),
     };
+    if let Some(endpoint) = spec.replay.as_deref() {
+        source.catch_up(endpoint).await;
+    }
     while let Ok(msg) = socket.recv().await {
         let frames: Vec<Bytes> = msg.into_vec();
         let frames: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
@@ -144,6 +147,24 @@ impl Source {
                 self.drop_message("malformed");
             }
         }
+    }
+
+    /// Fills the new index from what the publisher still buffers (vLLM keeps its last
+    /// `buffer_steps` batches): a restarted router, or one that just learned of a busy
+    /// worker, starts knowing the worker's recent blocks instead of none. Blocks stored
+    /// before the buffer's first batch stay unknown (their children are skipped as
+    /// unanchored), which costs hits, never a wrong one.
+    async fn catch_up(&mut self, endpoint: &str) {
+        let mut changes = BlockChanges::default();
+        self.count(|s| s.replays += 1);
+        let before = self.blocks.len();
+        self.replay(endpoint, 0, &mut changes).await;
+        shards::info!(
+            "kv events: {} blocks of {} from its replay buffer at start",
+            self.blocks.len() - before,
+            self.target.url
+        );
+        self.publish(changes);
     }
 
     /// Asks the replay endpoint for everything from `from` on, applying what is next.
