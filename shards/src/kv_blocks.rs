@@ -8,16 +8,19 @@ use crate::worker::WorkerId;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// Where a block lives on its worker: what it costs to use it again differs
-/// (`--kv-penalty-host`, `--kv-penalty-disk`).
+/// (`--kv-penalty-host`, `--kv-penalty-disk`, `--kv-penalty-external`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Medium {
     Device,
     Host,
     Disk,
+    /// Outside the worker (a KV connector's shared store, LMCache's remote tier):
+    /// fetched over the network before use.
+    External,
 }
 
 impl Medium {
-    pub const ALL: [Medium; 3] = [Medium::Device, Medium::Host, Medium::Disk];
+    pub const ALL: [Medium; 4] = [Medium::Device, Medium::Host, Medium::Disk, Medium::External];
 
     /// A bit per medium, for sets of them.
     pub fn bit(self) -> u8 {

@@ -136,6 +136,7 @@ impl KvAware {
         let lower = [
             (extra(depth.host), self.cfg.penalty_host),
             (extra(depth.disk), self.cfg.penalty_disk),
+            (extra(depth.external), self.cfg.penalty_external),
         ];
         // The tier adding the most blocks; at equal blocks the better credit.
         let (e, c) = lower

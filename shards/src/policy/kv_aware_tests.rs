@@ -85,6 +85,7 @@ fn credits_follow_0_1_17_examples() {
         device,
         host,
         disk,
+        external: 0,
         provisional: 0,
     };
     // B = 16, N = 80 (new = N - credited).
@@ -99,6 +100,23 @@ fn credits_follow_0_1_17_examples() {
     assert!(
         (new(d(1, 2, 4)) - 49.6).abs() < 1e-9,
         "disk adds more blocks"
+    );
+    let external = |device, external| Depth {
+        external,
+        ..d(device, device, device)
+    };
+    assert!(
+        (new(external(0, 3)) - 51.2).abs() < 1e-9,
+        "external 3 blocks: 80 - 48 x 0.6"
+    );
+    assert!(
+        (new(Depth {
+            external: 4,
+            ..d(1, 4, 1)
+        }) - 25.6)
+            .abs()
+            < 1e-9,
+        "at equal blocks the better credit: host's 0.8 over external's 0.6"
     );
     assert_eq!(new(d(5, 5, 5)), 16.0, "the last token is never credited");
     assert_eq!(

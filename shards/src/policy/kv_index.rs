@@ -49,13 +49,15 @@ struct Owner {
 }
 
 /// How deep a worker holds a request's leading blocks, per medium: blocks `0..device`
-/// on its GPU; `0..host` on its GPU or in host memory; `0..disk` on its GPU or disk.
+/// on its GPU; `0..host` on its GPU or in host memory; `0..disk` on its GPU or disk;
+/// `0..external` on its GPU or outside it.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Depth {
     pub worker: WorkerId,
     pub device: usize,
     pub host: usize,
     pub disk: usize,
+    pub external: usize,
     /// Of the `device` blocks, those only provisionally there: requests in flight are
     /// computing them.
     pub provisional: usize,
@@ -253,6 +255,10 @@ impl KvIndex {
                     d.disk += 1;
                     any = true;
                 }
+                if d.external == i && (dev || o.media & Medium::External.bit() != 0) {
+                    d.external += 1;
+                    any = true;
+                }
             }
             if !any {
                 break;
@@ -284,6 +290,7 @@ mod tests {
         x.apply(1, &stored(&[10, 11, 12], Medium::Device));
         x.apply(2, &stored(&[10], Medium::Device));
         x.apply(2, &stored(&[11, 12, 13], Medium::Host));
+        x.apply(2, &stored(&[11], Medium::External));
         let mut d = Vec::new();
         x.depths([10, 11, 12, 13], &mut d);
         d.sort_by_key(|d| d.worker);
@@ -295,6 +302,7 @@ mod tests {
                     device: 3,
                     host: 3,
                     disk: 3,
+                    external: 3,
                     provisional: 0,
                 },
                 Depth {
@@ -302,6 +310,7 @@ mod tests {
                     device: 1,
                     host: 4,
                     disk: 1,
+                    external: 2,
                     provisional: 0,
                 },
             ]

@@ -48,8 +48,8 @@ impl Rejected {
 struct Block {
     /// The router's name for it.
     name: u64,
-    /// Copies per medium (device, host, disk): vLLM may store one block twice.
-    copies: [u16; 3],
+    /// Copies per medium (device, host, disk, external): vLLM may store one block twice.
+    copies: [u16; 4],
 }
 
 /// The blocks of one source.
@@ -65,6 +65,7 @@ fn slot(m: Medium) -> usize {
         Medium::Device => 0,
         Medium::Host => 1,
         Medium::Disk => 2,
+        Medium::External => 3,
     }
 }
 
@@ -122,7 +123,7 @@ impl SourceBlocks {
                     *c -= 1;
                     if *c == 0 {
                         out.removed.push((b.name, *m));
-                        if b.copies == [0; 3] {
+                        if b.copies == [0; 4] {
                             self.blocks.remove(h);
                         }
                     }
@@ -170,7 +171,7 @@ impl SourceBlocks {
                     name = chain_hash(name, tokens);
                     let b = self.blocks.entry(*h).or_insert(Block {
                         name,
-                        copies: [0; 3],
+                        copies: [0; 4],
                     });
                     // The engine's hash names the same tokens on a later store.
                     b.name = name;

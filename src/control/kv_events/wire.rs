@@ -18,9 +18,15 @@ pub type WireHash = u64;
 
 pub use shards::kv_blocks::Medium;
 
-/// vLLM's medium strings, case-insensitive; missing means the GPU. Another string (a
-/// tier the router has no price for) is None: not indexed.
-fn parse_medium(v: Option<&Value>) -> Option<Medium> {
+/// vLLM's medium strings, case-insensitive; missing means the GPU. A block whose
+/// `ownership` is `external` (a connector reporting what it stored outside the worker)
+/// is in the external tier whatever its medium. Another string (a tier the router has
+/// no price for, such as `NVME`) is None: not indexed.
+fn parse_medium(v: Option<&Value>, ownership: Option<&Value>) -> Option<Medium> {
+    let external = |s: &str| s.eq_ignore_ascii_case("external");
+    if ownership.and_then(Value::as_str).is_some_and(external) {
+        return Some(Medium::External);
+    }
     let Some(s) = v.and_then(Value::as_str) else {
         return Some(Medium::Device);
     };
@@ -28,6 +34,7 @@ fn parse_medium(v: Option<&Value>) -> Option<Medium> {
         "GPU" | "CUDA" | "DEVICE" => Some(Medium::Device),
         "CPU" | "HOST" | "HOST_PINNED" => Some(Medium::Host),
         "DISK" | "STORAGE" => Some(Medium::Disk),
+        "EXTERNAL" | "REMOTE" => Some(Medium::External),
         _ => None,
     }
 }
@@ -158,7 +165,7 @@ fn decode_event(e: &Value) -> Result<Option<KvEvent>, String> {
     };
     let f = Fields { event: e, names };
     let hashes = hash_list(f.get("block_hashes")).ok_or("block_hashes missing or not hashes")?;
-    let medium = parse_medium(f.get("medium"));
+    let medium = parse_medium(f.get("medium"), f.get("ownership"));
     if tag == "BlockRemoved" {
         return Ok(Some(KvEvent::BlockRemoved {
             block_hashes: hashes,
@@ -306,6 +313,18 @@ mod tests {
         assert_eq!(block_hashes[0], xxhash_rust::xxh3::xxh3_64(&[7; 32]));
         assert_eq!((*parent, *medium), (Some(5), None));
         assert_eq!(b.data_parallel_rank, None);
+    }
+
+    #[test]
+    fn external_ownership_or_medium_is_the_external_tier() {
+        let m = |medium: Option<&str>, ownership: Option<&str>| {
+            parse_medium(medium.map(s).as_ref(), ownership.map(s).as_ref())
+        };
+        assert_eq!(m(None, None), Some(Medium::Device));
+        assert_eq!(m(Some("cpu"), Some("local")), Some(Medium::Host));
+        assert_eq!(m(Some("GPU"), Some("External")), Some(Medium::External));
+        assert_eq!(m(Some("remote"), None), Some(Medium::External));
+        assert_eq!(m(Some("NVME"), None), None);
     }
 
     #[test]
