@@ -3,17 +3,12 @@
 //! touches no lock. Blocks are named by the router's chained hash of their tokens
 //! (`kv_blocks`), so a request's block names look up every worker at once.
 
+use super::kv_holders::{slots, Holders, DEVICE, PROVISIONAL, SLOTS};
 use crate::kv_blocks::{BlockChanges, Medium};
 use crate::worker::WorkerId;
-use smallvec::SmallVec;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
-
-/// The media bit of a provisional copy: a block a request just routed to the worker
-/// will leave there. Looked up as if on the GPU, so a burst of one new prefix follows
-/// its first request instead of scattering before the worker's events say so.
-const PROVISIONAL: u8 = 0x80;
 
 /// Provisional copies one shard keeps at most (about 40 bytes each); past it no new
 /// ones are made until old ones expire.
@@ -41,12 +36,8 @@ impl Hasher for NameHasher {
 /// No place in a lookup's output.
 const NONE: u32 = u32::MAX;
 
-/// One worker holding a block, in which media (bits of [`Medium::bit`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Owner {
-    worker: WorkerId,
-    media: u8,
-}
+/// A worker without a slot.
+const NO_SLOT: u8 = u8::MAX;
 
 /// How deep a worker holds a request's leading blocks, per medium: blocks `0..device`
 /// on its GPU; `0..host` on its GPU or in host memory; `0..disk` on its GPU or disk;
@@ -63,17 +54,47 @@ pub struct Depth {
     pub provisional: usize,
 }
 
-#[derive(Default)]
 pub struct KvIndex {
-    blocks: HashMap<u64, SmallVec<[Owner; 2]>, BuildHasherDefault<NameHasher>>,
+    blocks: HashMap<u64, Holders, BuildHasherDefault<NameHasher>>,
     /// Blocks held per worker id.
     held: Vec<usize>,
     /// Tokens per block, per worker id (0: no events yet).
     block_sizes: Vec<u32>,
+    /// Per worker id, its slot ([`NO_SLOT`]: none). A worker gets one only while it
+    /// holds nothing, so its copies are all bits or all listed, never both.
+    slot_of: Vec<u8>,
+    /// Per slot, its worker.
+    slot_worker: [WorkerId; SLOTS],
+    /// Slots nobody has.
+    free_slots: u64,
     /// Per worker id, its place in a lookup's output (scratch, reused).
-    slot: Vec<u32>,
+    place: Vec<u32>,
     /// Provisional copies in the order they expire.
     provisional: VecDeque<(Instant, WorkerId, u64)>,
+}
+
+impl Default for KvIndex {
+    fn default() -> Self {
+        KvIndex {
+            blocks: HashMap::default(),
+            held: Vec::new(),
+            block_sizes: Vec::new(),
+            slot_of: Vec::new(),
+            slot_worker: [0; SLOTS],
+            free_slots: u64::MAX,
+            place: Vec::new(),
+            provisional: VecDeque::new(),
+        }
+    }
+}
+
+/// A lookup's runs per tier, over slots: the slots whose run is still unbroken.
+#[derive(Clone, Copy)]
+struct Runs {
+    device: u64,
+    host: u64,
+    disk: u64,
+    external: u64,
 }
 
 impl KvIndex {
@@ -94,6 +115,29 @@ impl KvIndex {
         }
     }
 
+    fn slot(&self, worker: WorkerId) -> Option<u8> {
+        Some(*self.slot_of.get(worker as usize)?).filter(|s| *s != NO_SLOT)
+    }
+
+    /// `worker`'s slot, given now if it holds nothing yet and one is free.
+    fn slot_for_store(&mut self, worker: WorkerId) -> Option<u8> {
+        if let Some(s) = self.slot(worker) {
+            return Some(s);
+        }
+        if self.held(worker) != 0 || self.free_slots == 0 {
+            return None;
+        }
+        let s = self.free_slots.trailing_zeros() as u8;
+        self.free_slots &= !(1 << s);
+        let i = worker as usize;
+        if self.slot_of.len() <= i {
+            self.slot_of.resize(i + 1, NO_SLOT);
+        }
+        self.slot_of[i] = s;
+        self.slot_worker[s as usize] = worker;
+        Some(s)
+    }
+
     /// Tokens per block on `worker` (0 before its first events).
     pub fn block_size(&self, worker: WorkerId) -> u32 {
         self.block_sizes.get(worker as usize).copied().unwrap_or(0)
@@ -108,54 +152,66 @@ impl KvIndex {
         self.block_sizes[i] = size;
     }
 
+    /// Changes `worker`'s media bits for `name` by `f`, keeping the counts.
+    fn update(&mut self, worker: WorkerId, slot: Option<u8>, name: u64, f: impl Fn(u8) -> u8) {
+        let h = self.blocks.entry(name).or_default();
+        let before = h.media(worker, slot);
+        let after = f(before);
+        if after == before {
+            if h.is_empty() {
+                self.blocks.remove(&name);
+            }
+            return;
+        }
+        h.set_media(worker, slot, after);
+        if h.is_empty() {
+            self.blocks.remove(&name);
+        }
+        match (before, after) {
+            (0, _) => self.count(worker, true),
+            (_, 0) => self.count(worker, false),
+            _ => {}
+        }
+    }
+
     /// Applies one worker's changes.
     pub fn apply(&mut self, worker: WorkerId, c: &BlockChanges) {
         if c.cleared {
             self.forget(worker);
         }
+        let slot = if c.stored.is_empty() {
+            self.slot(worker)
+        } else {
+            self.slot_for_store(worker)
+        };
         for (name, m) in &c.stored {
-            let owners = self.blocks.entry(*name).or_default();
-            match owners.iter_mut().find(|o| o.worker == worker) {
-                Some(o) => o.media |= m.bit(),
-                None => {
-                    owners.push(Owner {
-                        worker,
-                        media: m.bit(),
-                    });
-                    self.count(worker, true);
-                }
-            }
+            self.update(worker, slot, *name, |media| media | m.bit());
         }
         for (name, m) in &c.removed {
-            let Some(owners) = self.blocks.get_mut(name) else {
+            if !self.blocks.contains_key(name) {
                 continue;
-            };
-            let Some(i) = owners.iter().position(|o| o.worker == worker) else {
-                continue;
-            };
-            // A block the worker dropped is not coming back provisionally either.
-            owners[i].media &= !(m.bit() | PROVISIONAL);
-            if owners[i].media == 0 {
-                owners.swap_remove(i);
-                let empty = owners.is_empty();
-                if empty {
-                    self.blocks.remove(name);
-                }
-                self.count(worker, false);
             }
+            // A block the worker dropped is not coming back provisionally either.
+            self.update(worker, slot, *name, |media| {
+                media & !(m.bit() | PROVISIONAL)
+            });
         }
     }
 
     /// Drops everything `worker` holds (it left, or its events were lost).
     pub fn forget(&mut self, worker: WorkerId) {
-        if self.held(worker) == 0 {
-            return;
+        let slot = self.slot(worker);
+        if self.held(worker) != 0 {
+            self.blocks.retain(|_, h| {
+                h.set_media(worker, slot, 0);
+                !h.is_empty()
+            });
+            self.held[worker as usize] = 0;
         }
-        self.blocks.retain(|_, owners| {
-            owners.retain(|o| o.worker != worker);
-            !owners.is_empty()
-        });
-        self.held[worker as usize] = 0;
+        if let Some(s) = slot {
+            self.slot_of[worker as usize] = NO_SLOT;
+            self.free_slots |= 1 << s;
+        }
     }
 
     /// Notes that `worker` will soon hold `names` on its GPU (it was just sent a request
@@ -167,19 +223,13 @@ impl KvIndex {
         if self.provisional.len() + names.len() > MAX_PROVISIONAL {
             return;
         }
+        let slot = self.slot_for_store(worker);
         for name in names {
-            let owners = self.blocks.entry(*name).or_default();
-            match owners.iter_mut().find(|o| o.worker == worker) {
-                Some(o) if o.media & (Medium::Device.bit() | PROVISIONAL) != 0 => continue,
-                Some(o) => o.media |= PROVISIONAL,
-                None => {
-                    owners.push(Owner {
-                        worker,
-                        media: PROVISIONAL,
-                    });
-                    self.count(worker, true);
-                }
+            let held = (self.blocks.get(name)).map_or(0, |h| h.media(worker, slot));
+            if held & (DEVICE | PROVISIONAL) != 0 {
+                continue;
             }
+            self.update(worker, slot, *name, |m| m | PROVISIONAL);
             self.provisional.push_back((until, worker, *name));
         }
     }
@@ -191,86 +241,157 @@ impl KvIndex {
                 break;
             }
             self.provisional.pop_front();
-            let Some(owners) = self.blocks.get_mut(&name) else {
-                continue;
-            };
-            let Some(i) = owners.iter().position(|o| o.worker == worker) else {
-                continue;
-            };
-            owners[i].media &= !PROVISIONAL;
-            if owners[i].media == 0 {
-                owners.swap_remove(i);
-                if owners.is_empty() {
-                    self.blocks.remove(&name);
-                }
-                self.count(worker, false);
+            if self.blocks.contains_key(&name) {
+                let slot = self.slot(worker);
+                self.update(worker, slot, name, |m| m & !PROVISIONAL);
             }
         }
     }
 
     /// For each worker holding the first of `names`, how deep it holds them (into
-    /// `out`, cleared first). Each block costs a lookup and a step per owner.
-    /// Names are taken lazily: a prompt's blocks past the deepest holder are never
-    /// named (most of a long prompt, usually).
+    /// `out`, cleared first). Each block costs a lookup and a word per tier for the
+    /// slotted workers, and a step per listed owner. Names are taken lazily: a prompt's
+    /// blocks past the deepest holder are never named (most of a long prompt, usually).
     pub fn depths(&mut self, names: impl IntoIterator<Item = u64>, out: &mut Vec<Depth>) {
         // The previous lookup's places (kept for `depth_of`) are forgotten first.
         for d in out.iter() {
-            self.slot[d.worker as usize] = NONE;
+            self.place[d.worker as usize] = NONE;
         }
         out.clear();
-        for (i, name) in names.into_iter().enumerate() {
-            let Some(owners) = self.blocks.get(&name) else {
-                break;
-            };
-            let mut any = false;
-            for o in owners {
-                let w = o.worker as usize;
-                if i == 0 {
-                    if self.slot.len() <= w {
-                        self.slot.resize(w + 1, NONE);
-                    }
-                    self.slot[w] = out.len() as u32;
-                    out.push(Depth {
-                        worker: o.worker,
-                        ..Depth::default()
-                    });
-                }
-                let Some(&at) = self.slot.get(w).filter(|s| **s != NONE) else {
-                    continue;
-                };
-                let d = &mut out[at as usize];
-                let dev = o.media & (Medium::Device.bit() | PROVISIONAL) != 0;
-                if d.device == i && dev {
-                    d.device += 1;
-                    if o.media & Medium::Device.bit() == 0 {
-                        d.provisional += 1;
-                    }
-                    any = true;
-                }
-                if d.host == i && (dev || o.media & Medium::Host.bit() != 0) {
-                    d.host += 1;
-                    any = true;
-                }
-                if d.disk == i && (dev || o.media & Medium::Disk.bit() != 0) {
-                    d.disk += 1;
-                    any = true;
-                }
-                if d.external == i && (dev || o.media & Medium::External.bit() != 0) {
-                    d.external += 1;
-                    any = true;
-                }
-            }
-            if !any {
-                break;
+        let mut names = names.into_iter();
+        let Some(mut h) = names.next().and_then(|n| self.blocks.get(&n)) else {
+            return;
+        };
+        // Everyone holding the first block gets a place.
+        let mut slot_place = [NONE; SLOTS];
+        let mut held = h.gpu | h.provisional;
+        for o in h.others() {
+            match self.slot_of.get(o.worker as usize) {
+                Some(&s) if s != NO_SLOT => held |= 1 << s,
+                _ => place(&mut self.place, out, o.worker),
             }
         }
+        for s in slots(held) {
+            slot_place[s] = out.len() as u32;
+            place(&mut self.place, out, self.slot_worker[s]);
+        }
+        let mut runs = Runs {
+            device: held,
+            host: held,
+            disk: held,
+            external: held,
+        };
+        let mut i = 0;
+        loop {
+            let listed_on = self.step(h, i, &mut runs, &slot_place, out);
+            i += 1;
+            let slotted_on = runs.device | runs.host | runs.disk | runs.external != 0;
+            if !slotted_on && !listed_on {
+                break;
+            }
+            match names.next().and_then(|n| self.blocks.get(&n)) {
+                Some(next) => h = next,
+                None => break,
+            }
+        }
+        // Unbroken runs reach the last block looked at.
+        let end = |bits: u64, out: &mut Vec<Depth>, f: fn(&mut Depth) -> &mut usize| {
+            for s in slots(bits) {
+                *f(&mut out[slot_place[s] as usize]) = i;
+            }
+        };
+        end(runs.device, out, |d| &mut d.device);
+        end(runs.host, out, |d| &mut d.host);
+        end(runs.disk, out, |d| &mut d.disk);
+        end(runs.external, out, |d| &mut d.external);
+    }
+
+    /// Block `i` of a lookup: the slotted runs it breaks get their depth (`i`); listed
+    /// owners step as before. Whether a listed owner's run went on.
+    fn step(
+        &self,
+        h: &Holders,
+        i: usize,
+        runs: &mut Runs,
+        slot_place: &[u32; SLOTS],
+        out: &mut [Depth],
+    ) -> bool {
+        let device = h.gpu | h.provisional;
+        let (mut host, mut disk, mut external) = (device, device, device);
+        let mut listed_on = false;
+        for o in h.others() {
+            let slot = self.slot_of.get(o.worker as usize).copied();
+            if let Some(s) = slot.filter(|s| *s != NO_SLOT) {
+                let bit = 1u64 << s;
+                let on = |m: Medium| if o.media & m.bit() != 0 { bit } else { 0 };
+                host |= on(Medium::Host);
+                disk |= on(Medium::Disk);
+                external |= on(Medium::External);
+                continue;
+            }
+            let Some(&at) = self.place.get(o.worker as usize).filter(|p| **p != NONE) else {
+                continue;
+            };
+            listed_on |= step_listed(&mut out[at as usize], o.media, i);
+        }
+        let mut cut = |run: &mut u64, holders: u64, f: fn(&mut Depth) -> &mut usize| {
+            for s in slots(*run & !holders) {
+                *f(&mut out[slot_place[s] as usize]) = i;
+            }
+            *run &= holders;
+        };
+        cut(&mut runs.device, device, |d| &mut d.device);
+        cut(&mut runs.host, host, |d| &mut d.host);
+        cut(&mut runs.disk, disk, |d| &mut d.disk);
+        cut(&mut runs.external, external, |d| &mut d.external);
+        for s in slots(runs.device & h.provisional & !h.gpu) {
+            out[slot_place[s] as usize].provisional += 1;
+        }
+        listed_on
     }
 
     /// `worker`'s entry in the output of the last [`KvIndex::depths`] (given again).
     pub fn depth_of<'a>(&self, worker: WorkerId, out: &'a [Depth]) -> Option<&'a Depth> {
-        let at = *self.slot.get(worker as usize)?;
+        let at = *self.place.get(worker as usize)?;
         out.get(at as usize).filter(|d| d.worker == worker)
     }
+}
+
+/// Gives `worker` the next place in `out`.
+fn place(places: &mut Vec<u32>, out: &mut Vec<Depth>, worker: WorkerId) {
+    let w = worker as usize;
+    if places.len() <= w {
+        places.resize(w + 1, NONE);
+    }
+    places[w] = out.len() as u32;
+    out.push(Depth {
+        worker,
+        ..Depth::default()
+    });
+}
+
+/// One listed (slotless) owner of block `i`: its runs that reach `i` go on.
+fn step_listed(d: &mut Depth, media: u8, i: usize) -> bool {
+    let dev = media & (DEVICE | PROVISIONAL) != 0;
+    let mut on = false;
+    if d.device == i && dev {
+        d.device += 1;
+        if media & DEVICE == 0 {
+            d.provisional += 1;
+        }
+        on = true;
+    }
+    for (depth, m) in [
+        (&mut d.host, Medium::Host),
+        (&mut d.disk, Medium::Disk),
+        (&mut d.external, Medium::External),
+    ] {
+        if *depth == i && (dev || media & m.bit() != 0) {
+            *depth += 1;
+            on = true;
+        }
+    }
+    on
 }
 
 #[cfg(test)]
@@ -372,5 +493,97 @@ mod tests {
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!((d[0].worker, d[0].device), (1, 2));
         assert_eq!((x.held(1), x.held(2)), (2, 0));
+    }
+
+    /// Random changes over 80 workers (so some have no slot) against a plain map of
+    /// (block, worker) -> media: every lookup must agree with the obvious walk.
+    #[test]
+    fn depths_agree_with_a_plain_model() {
+        const DEV: u8 = 1;
+        const PROV: u8 = 0x80;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut x = KvIndex::default();
+        let mut model: HashMap<(u64, WorkerId), u8> = HashMap::new();
+        let t0 = Instant::now();
+        let never = t0 + std::time::Duration::from_secs(3600);
+        let media = [Medium::Device, Medium::Host, Medium::Disk, Medium::External];
+        let mut out = Vec::new();
+        for round in 0..8_000 {
+            let w = rnd(80) as WorkerId;
+            let name = rnd(12);
+            let m = media[rnd(4) as usize];
+            match rnd(20) {
+                0..=9 => {
+                    x.apply(w, &stored(&[name], m));
+                    *model.entry((name, w)).or_default() |= m.bit();
+                }
+                10..=13 => {
+                    let removed = vec![(name, m)];
+                    x.apply(
+                        w,
+                        &BlockChanges {
+                            removed,
+                            ..Default::default()
+                        },
+                    );
+                    if let Some(v) = model.get_mut(&(name, w)) {
+                        *v &= !(m.bit() | PROV);
+                    }
+                }
+                14..=16 => {
+                    x.provisional(w, &[name], t0, never);
+                    let v = model.entry((name, w)).or_default();
+                    if *v & (DEV | PROV) == 0 {
+                        *v |= PROV;
+                    }
+                }
+                17 if rnd(8) == 0 => {
+                    x.forget(w);
+                    model.retain(|(_, o), _| *o != w);
+                }
+                _ => {}
+            }
+            model.retain(|_, v| *v != 0);
+            let names: Vec<u64> = (0..1 + rnd(6)).map(|_| rnd(12)).collect();
+            x.depths(names.iter().copied(), &mut out);
+            let mut got = out.clone();
+            got.sort_by_key(|d| d.worker);
+            let mut want: Vec<Depth> = (0..80)
+                .filter(|w| model.contains_key(&(names[0], *w)))
+                .map(|w| {
+                    let run = |ok: &dyn Fn(u8) -> bool| {
+                        (names.iter())
+                            .take_while(|n| model.get(&(**n, w)).is_some_and(|v| ok(*v)))
+                            .count()
+                    };
+                    let tier = |b: u8| run(&|v| v & (DEV | PROV | b) != 0);
+                    let device = run(&|v| v & (DEV | PROV) != 0);
+                    let provisional = (names[..device].iter())
+                        .filter(|n| model[&(**n, w)] & DEV == 0)
+                        .count();
+                    Depth {
+                        worker: w,
+                        device,
+                        host: tier(Medium::Host.bit()),
+                        disk: tier(Medium::Disk.bit()),
+                        external: tier(Medium::External.bit()),
+                        provisional,
+                    }
+                })
+                .collect();
+            want.sort_by_key(|d| d.worker);
+            assert_eq!(got, want, "round {round}, names {names:?}");
+            for d in &want {
+                assert_eq!(x.depth_of(d.worker, &out), Some(d));
+            }
+            let held = model.keys().filter(|(_, o)| *o == w).count();
+            assert_eq!(x.held(w), held, "round {round}");
+        }
     }
 }

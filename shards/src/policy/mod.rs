@@ -4,6 +4,7 @@ mod cache_aware;
 mod consistent_hash;
 mod kv_affinity;
 mod kv_aware;
+mod kv_holders;
 mod kv_index;
 mod placement;
 mod power_of_two;
