@@ -248,6 +248,46 @@ fn in_p_d_mode_the_prefill_leg_follows_the_prefill_workers_blocks() {
 }
 
 #[test]
+fn p_d_gauges_show_a_request_waiting_on_its_prefill() {
+    // The prefill worker takes 30 s to answer: the request stays in its prefill leg.
+    let p = kv_mock("p", &["--slow-headers-ms", "30000"]);
+    let d = mock(&["--name", "d"]);
+    let args = [
+        "--vllm-pd-disaggregation",
+        "--prefill",
+        &p.url(),
+        "--decode",
+        &d.url(),
+        "--prefill-policy",
+        "kv_aware",
+    ];
+    let r = router(&[], &args);
+    let gauge = |name: &str, w: &Proc| sample(&r, name, &[("worker", &w.url())]);
+    let now = |tokens: f64, pending: f64| {
+        gauge("vllm_router_pd_active_prefill_tokens", &p) == tokens
+            && gauge("vllm_router_pd_pending_decode_requests", &d) == pending
+            && gauge("vllm_router_pd_unknown_prefill_requests", &p) == 0.0
+            && gauge("vllm_router_pd_active_decode_requests", &d) == 0.0
+    };
+    {
+        let mut c = Conn::open(r.port);
+        // 100 token ids, none cached anywhere: all 100 to prefill.
+        c.post("/v1/completions", &prompt(0, 100).to_string());
+        assert!(
+            eventually(Duration::from_secs(5), || now(100.0, 1.0)),
+            "{}",
+            r.metrics()
+        );
+    }
+    // The client left: its prefill leg was cancelled and nothing waits.
+    assert!(
+        eventually(Duration::from_secs(5), || now(0.0, 0.0)),
+        "{}",
+        r.metrics()
+    );
+}
+
+#[test]
 fn with_igw_each_models_policy_follows_its_own_workers_blocks() {
     let a1 = kv_mock("a1", &["--model", "model-a"]);
     let a2 = kv_mock("a2", &["--model", "model-a"]);

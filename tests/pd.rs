@@ -147,6 +147,37 @@ fn a_client_leaving_during_the_prefill_leg_cancels_it() {
 }
 
 #[test]
+fn an_unpriced_prefill_leg_shows_in_the_p_d_gauges_while_it_runs() {
+    let p = mock(&["--slow-headers-ms", "30000"]);
+    let d = mock(&[]);
+    let r = pd_router(&[&p], &[&d], &[]);
+    let gauge =
+        |name: &str, w: &Proc| metric(&r.metrics(), name, &[("worker", &w.url())]).unwrap_or(-1.0);
+    let now = |unknown: f64, pending: f64| {
+        gauge("vllm_router_pd_unknown_prefill_requests", &p) == unknown
+            && gauge("vllm_router_pd_pending_decode_requests", &d) == pending
+            && gauge("vllm_router_pd_active_prefill_tokens", &p) == 0.0
+    };
+    {
+        let mut c = Conn::open(r.port);
+        c.post(
+            "/v1/completions",
+            &json!({"model": "m", "prompt": "x"}).to_string(),
+        );
+        assert!(
+            eventually(std::time::Duration::from_secs(5), || now(1.0, 1.0)),
+            "{}",
+            r.metrics()
+        );
+    }
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || now(0.0, 0.0)),
+        "{}",
+        r.metrics()
+    );
+}
+
+#[test]
 fn two_prefill_and_three_decode_workers_with_their_own_policies() {
     let ps: Vec<Proc> = ["p0", "p1"].iter().map(|n| mock(&["--name", n])).collect();
     let ds: Vec<Proc> = ["d0", "d1", "d2"]

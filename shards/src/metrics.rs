@@ -102,6 +102,10 @@ pub struct ShardMetrics {
     pub pd_prefill: HashMap<WorkerId, u64>,
     pub pd_decode: HashMap<WorkerId, u64>,
     pub pd_errors: HashMap<&'static str, u64>,
+    /// P/D, per worker when the copy was taken: unpriced prefill legs in flight, and
+    /// requests waiting for their prefill before their decode leg (nonzero only).
+    pub pd_unpriced: HashMap<WorkerId, u32>,
+    pub pd_pending_decodes: HashMap<WorkerId, u32>,
     pub pd_prefill_duration: Histogram,
     pub pd_decode_duration: Histogram,
     /// Breaker outcomes per worker: (successes, failures).
@@ -168,6 +172,8 @@ impl ShardMetrics {
         add_all(&mut self.pd_prefill, &other.pd_prefill);
         add_all(&mut self.pd_decode, &other.pd_decode);
         add_all(&mut self.pd_errors, &other.pd_errors);
+        add_all(&mut self.pd_unpriced, &other.pd_unpriced);
+        add_all(&mut self.pd_pending_decodes, &other.pd_pending_decodes);
         add_all(&mut self.decisions, &other.decisions);
         for (k, (ok, failed)) in &other.outcomes {
             let e = self.outcomes.entry(*k).or_default();

@@ -283,6 +283,12 @@ impl Shard {
             m.in_flight.insert(w.spec.id, w.in_flight);
             m.decisions.insert(w.spec.id, w.decisions);
             m.outcomes.insert(w.spec.id, w.outcomes);
+            if w.unpriced_prefills > 0 {
+                m.pd_unpriced.insert(w.spec.id, w.unpriced_prefills);
+            }
+            if w.pending_decodes > 0 {
+                m.pd_pending_decodes.insert(w.spec.id, w.pending_decodes);
+            }
         }
         for (p, lookups) in self.policies.iter().zip(&mut m.kv_lookups) {
             let policy = p.borrow();

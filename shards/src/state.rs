@@ -19,6 +19,10 @@ pub struct Worker {
     /// kv_aware priced them; and the other shards' (control core's last view).
     pub prefill_tokens: u32,
     pub remote_prefill_tokens: u32,
+    /// P/D, this shard's: prefill legs to it not priced (no token count) and not yet
+    /// answered; requests waiting for their prefill before their decode leg goes to it.
+    pub unpriced_prefills: u32,
+    pub pending_decodes: u32,
     /// Times this shard's policy chose the worker.
     pub decisions: u64,
     /// This shard's copy of the worker's circuit breaker.
@@ -76,6 +80,8 @@ impl WorkerSet {
                 remote_load: 0,
                 prefill_tokens: 0,
                 remote_prefill_tokens: 0,
+                unpriced_prefills: 0,
+                pending_decodes: 0,
                 decisions: 0,
                 breaker: BreakerView::default(),
                 outcomes: (0, 0),

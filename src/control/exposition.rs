@@ -4,7 +4,8 @@
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
-use shards::metrics::LATENCY_BUCKETS;
+use shards::metrics::{LATENCY_BUCKETS, ROUTES};
+use std::collections::HashMap;
 
 /// One sample: its labels and value.
 pub type Sample<'a> = (Vec<(&'a str, String)>, f64);
@@ -78,4 +79,16 @@ pub fn histograms<'a>(
         f.mut_metric().push(m);
     }
     f
+}
+
+/// One sample per route with a non-zero count.
+pub fn by_route(counts: &[u64; ROUTES.len()]) -> Vec<Sample<'static>> {
+    (0..ROUTES.len())
+        .filter(|&r| counts[r] > 0)
+        .map(|r| (vec![("route", ROUTES[r].to_string())], counts[r] as f64))
+        .collect()
+}
+
+pub fn count_of<K: Eq + std::hash::Hash>(map: &HashMap<K, u64>, k: &K) -> u64 {
+    map.get(k).copied().unwrap_or(0)
 }

@@ -3,7 +3,8 @@
 //! `--prometheus-host:--prometheus-port/metrics`.
 
 use super::breakers::Breakers;
-use super::exposition::{family, histograms, Sample};
+use super::exposition::{by_route, count_of, family, histograms, Sample};
+use super::pd_metrics::{pd_families, pd_gauges};
 use super::registry::Registry;
 use super::registry::WorkerEntry;
 use prometheus::proto::{MetricFamily, MetricType};
@@ -49,6 +50,15 @@ impl Aggregator {
             .sum()
     }
 
+    /// Prompt tokens each worker has yet to start on for this router, summed over shards.
+    pub fn prefill_tokens(&self, id: WorkerId) -> u64 {
+        self.loads
+            .values()
+            .flat_map(|l| l.iter().filter(|l| l.worker == id))
+            .map(|l| u64::from(l.prefill_tokens))
+            .sum()
+    }
+
     /// Per worker, what every shard but `shard` has in flight.
     pub fn loads_excluding(&self, shard: usize) -> Vec<WorkerInFlight> {
         let mut sum: BTreeMap<WorkerId, WorkerInFlight> = BTreeMap::new();
@@ -84,6 +94,14 @@ impl Aggregator {
         let mut families = request_families(&total);
         families.extend(worker_families(&total, self, view));
         families.extend(pd_families(&total, view.registry));
+        let (load, prefill_tokens) = (|id| self.load(id), |id| self.prefill_tokens(id));
+        families.extend(pd_gauges(
+            &total,
+            view.registry,
+            view.kv_stage,
+            &load,
+            &prefill_tokens,
+        ));
         families.extend(breaker_families(&total, view));
         families.extend(control_families(&total, view));
         families.extend(super::kv_events::metrics::ingestion_families(view.kv));
@@ -111,14 +129,6 @@ pub struct ControlView<'a> {
     pub kv_stage: Option<shards::messages::WorkerRole>,
 }
 
-/// One sample per route with a non-zero count.
-fn by_route(counts: &[u64; ROUTES.len()]) -> Vec<Sample<'static>> {
-    (0..ROUTES.len())
-        .filter(|&r| counts[r] > 0)
-        .map(|r| (vec![("route", ROUTES[r].to_string())], counts[r] as f64))
-        .collect()
-}
-
 /// One sample per registered worker.
 fn per_worker(registry: &Registry, f: impl Fn(&WorkerEntry) -> f64) -> Vec<Sample<'static>> {
     registry
@@ -126,10 +136,6 @@ fn per_worker(registry: &Registry, f: impl Fn(&WorkerEntry) -> f64) -> Vec<Sampl
         .iter()
         .map(|w| (vec![("worker", w.spec.url.clone())], f(w)))
         .collect()
-}
-
-fn count_of<K: Eq + std::hash::Hash>(map: &HashMap<K, u64>, k: &K) -> u64 {
-    map.get(k).copied().unwrap_or(0)
 }
 
 fn request_families(total: &ShardMetrics) -> Vec<MetricFamily> {
@@ -288,69 +294,6 @@ fn worker_families(
         MetricType::GAUGE,
         per_worker(registry, |w| if w.health.healthy { 1.0 } else { 0.0 }),
     ));
-    families
-}
-
-fn pd_families(total: &ShardMetrics, registry: &Registry) -> Vec<MetricFamily> {
-    let pd_workers = |counts: &HashMap<WorkerId, u64>| {
-        registry
-            .workers
-            .iter()
-            .filter_map(|w| {
-                let n = count_of(counts, &w.spec.id);
-                (n > 0).then(|| (vec![("worker", w.spec.url.clone())], n as f64))
-            })
-            .collect::<Vec<_>>()
-    };
-    let mut families = Vec::new();
-    families.push(family(
-        "vllm_router_pd_requests_total",
-        "Prefill/decode requests, by route.",
-        MetricType::COUNTER,
-        by_route(&total.pd_requests),
-    ));
-    families.push(family(
-        "vllm_router_pd_prefill_requests_total",
-        "Prefill legs sent to each worker (retries included).",
-        MetricType::COUNTER,
-        pd_workers(&total.pd_prefill),
-    ));
-    families.push(family(
-        "vllm_router_pd_decode_requests_total",
-        "Decode legs sent to each worker.",
-        MetricType::COUNTER,
-        pd_workers(&total.pd_decode),
-    ));
-    let pd_errors: BTreeMap<_, _> = total.pd_errors.iter().collect();
-    families.push(family(
-        "vllm_router_pd_errors_total",
-        "Prefill/decode failures, by kind.",
-        MetricType::COUNTER,
-        pd_errors
-            .into_iter()
-            .map(|(k, v)| (vec![("error_type", k.to_string())], *v as f64))
-            .collect(),
-    ));
-    for (name, help, h) in [
-        (
-            "vllm_router_pd_prefill_duration_seconds",
-            "Time of each prefill leg (one attempt), request sent to answer read.",
-            &total.pd_prefill_duration,
-        ),
-        (
-            "vllm_router_pd_decode_duration_seconds",
-            "Time of each decode leg, retries included, to the end of the answer.",
-            &total.pd_decode_duration,
-        ),
-    ] {
-        if h.count > 0 {
-            let mut f = histograms(name, help, std::iter::once(("all", h)));
-            for m in f.mut_metric().iter_mut() {
-                m.set_label(Vec::new());
-            }
-            families.push(f);
-        }
-    }
     families
 }
 

@@ -20,6 +20,7 @@ pub mod metrics;
 mod metrics_endpoint;
 mod models;
 mod mooncake;
+mod pd_metrics;
 pub mod registry;
 pub mod reload;
 pub mod scrape;

@@ -22,7 +22,7 @@ use crate::messages::Report;
 use crate::pool::{self, Upstream};
 use crate::request_body::{BodyError, BodyWait};
 use crate::shard::Shard;
-use crate::worker::WorkerId;
+use crate::worker::{WorkerId, WorkerRole};
 use futures_lite::AsyncWriteExt;
 use std::io;
 use std::net::SocketAddr;
@@ -69,7 +69,7 @@ impl<'s> Exchange<'s> {
         };
         // Charged only to the worker it was priced for (a decode leg is not).
         let charge = c.prefill_charge.take().filter(|(w, _)| *w == worker);
-        let in_flight = InFlight::start(shard, worker, charge.map_or(0, |(_, n)| n));
+        let in_flight = InFlight::start(shard, worker, charge.map(|(_, n)| n));
         let mut allow_pool = body.replayable();
         let ask = loop {
             let to = Target { worker, addr };
@@ -124,22 +124,28 @@ impl<'s> Exchange<'s> {
 }
 
 /// Counts a request in flight to a worker on this shard, for as long as it lives, and
-/// the prompt tokens it must prefill until its answer starts (kv_aware's `A`); a
-/// request to a half-open worker also holds one of its probe places.
+/// the prompt tokens it must prefill until its answer starts (kv_aware's `A`; a P/D
+/// prefill leg nobody priced counts as one unpriced prefill instead); a request to a
+/// half-open worker also holds one of its probe places.
 struct InFlight<'a> {
     shard: &'a Shard,
     worker: WorkerId,
     prefill_tokens: u32,
+    unpriced: bool,
     probe: bool,
 }
 
 impl<'a> InFlight<'a> {
-    fn start(shard: &'a Shard, worker: WorkerId, prefill_tokens: u32) -> Self {
+    fn start(shard: &'a Shard, worker: WorkerId, charge: Option<u32>) -> Self {
         let mut workers = shard.workers.borrow_mut();
         let mut probe = false;
+        let prefill_tokens = charge.unwrap_or(0);
+        let mut unpriced = false;
         if let Some(w) = workers.get_mut(worker) {
             w.in_flight += 1;
             w.prefill_tokens = w.prefill_tokens.saturating_add(prefill_tokens);
+            unpriced = charge.is_none() && w.spec.role == WorkerRole::Prefill;
+            w.unpriced_prefills += u32::from(unpriced);
             if w.breaker.state == BreakerState::HalfOpen {
                 w.breaker.probes += 1;
                 probe = true;
@@ -152,6 +158,7 @@ impl<'a> InFlight<'a> {
             shard,
             worker,
             prefill_tokens,
+            unpriced,
             probe,
         }
     }
@@ -159,9 +166,11 @@ impl<'a> InFlight<'a> {
     /// The answer started: the worker is past this request's prefill.
     fn answered(&mut self) {
         let n = std::mem::take(&mut self.prefill_tokens);
-        if n > 0 {
+        let unpriced = std::mem::take(&mut self.unpriced);
+        if n > 0 || unpriced {
             if let Some(w) = self.shard.workers.borrow_mut().get_mut(self.worker) {
                 w.prefill_tokens = w.prefill_tokens.saturating_sub(n);
+                w.unpriced_prefills = w.unpriced_prefills.saturating_sub(u32::from(unpriced));
             }
         }
     }
@@ -173,6 +182,7 @@ impl Drop for InFlight<'_> {
         if let Some(w) = workers.get_mut(self.worker) {
             w.in_flight = w.in_flight.saturating_sub(1);
             w.prefill_tokens = w.prefill_tokens.saturating_sub(self.prefill_tokens);
+            w.unpriced_prefills = w.unpriced_prefills.saturating_sub(u32::from(self.unpriced));
             if self.probe {
                 w.breaker.probes = w.breaker.probes.saturating_sub(1);
             }

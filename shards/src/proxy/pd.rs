@@ -52,6 +52,7 @@ pub async fn handle(
         pd_error(shard, "no_decode_worker");
         return no_worker(shard, c, true, WorkerRole::Decode).await;
     };
+    let pending = PendingDecode::start(shard, decode);
     let Some(first) = pick(shard, c, json, WorkerRole::Prefill, &[]) else {
         pd_error(shard, "no_prefill_worker");
         return no_worker(shard, c, true, WorkerRole::Prefill).await;
@@ -100,6 +101,7 @@ pub async fn handle(
         .pd_decode
         .entry(decode)
         .or_default() += 1;
+    drop(pending);
     let started = Instant::now();
     let leg = Relayed {
         body: RequestBody::Replayable {
@@ -119,6 +121,31 @@ pub async fn handle(
         pd_error(shard, "decode_failed");
     }
     keep
+}
+
+/// A request whose decode worker is chosen while its prefill runs: counted on the
+/// decode worker (`vllm_router_pd_pending_decode_requests`) until its decode leg goes
+/// out or the request ends.
+struct PendingDecode<'a> {
+    shard: &'a Shard,
+    worker: WorkerId,
+}
+
+impl<'a> PendingDecode<'a> {
+    fn start(shard: &'a Shard, worker: WorkerId) -> Self {
+        if let Some(w) = shard.workers.borrow_mut().get_mut(worker) {
+            w.pending_decodes += 1;
+        }
+        PendingDecode { shard, worker }
+    }
+}
+
+impl Drop for PendingDecode<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.shard.workers.borrow_mut().get_mut(self.worker) {
+            w.pending_decodes = w.pending_decodes.saturating_sub(1);
+        }
+    }
 }
 
 /// The prefill leg: its answer is read whole for the transfer params. Done(Ok): the
