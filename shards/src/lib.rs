@@ -30,6 +30,7 @@ mod io;
 mod listen;
 mod model_pools;
 mod pool;
+mod prehashed;
 mod proxy;
 mod rate_limit;
 mod recycled;

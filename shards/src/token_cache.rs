@@ -1,7 +1,7 @@
 //! A shard's cache of requests' prompt tokens (kv_aware), by a hash of what was
 //! tokenized: a retried or repeated request costs no second `/tokenize` call.
 
-use std::collections::HashMap;
+use crate::prehashed::PrehashedMap;
 use std::rc::Rc;
 
 /// Requests' tokens a shard keeps: a chat turn is some KiB of tokens, so this is some
@@ -11,7 +11,7 @@ pub const MAX_CACHED: usize = 4096;
 /// Tokens by request content.
 #[derive(Default)]
 pub struct TokenCache {
-    map: HashMap<u64, (Rc<[u32]>, u64)>,
+    map: PrehashedMap<(Rc<[u32]>, u64)>,
     tick: u64,
     /// Asked of a worker, answered from here, failed.
     pub counts: [u64; 3],

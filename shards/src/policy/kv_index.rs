@@ -5,33 +5,14 @@
 
 use super::kv_holders::{slots, Holders, DEVICE, PROVISIONAL, SLOTS};
 use crate::kv_blocks::{BlockChanges, Medium};
+use crate::prehashed::PrehashedMap;
 use crate::worker::WorkerId;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::VecDeque;
 use std::time::Instant;
 
 /// Provisional copies one shard keeps at most (about 40 bytes each); past it no new
 /// ones are made until old ones expire.
 const MAX_PROVISIONAL: usize = 1 << 20;
-
-/// Block names are already hashes: the map uses them as they are (SipHash was a third
-/// of a lookup).
-#[derive(Default)]
-pub struct NameHasher(u64);
-
-impl Hasher for NameHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
 
 /// No place in a lookup's output.
 const NONE: u32 = u32::MAX;
@@ -55,7 +36,7 @@ pub struct Depth {
 }
 
 pub struct KvIndex {
-    blocks: HashMap<u64, Holders, BuildHasherDefault<NameHasher>>,
+    blocks: PrehashedMap<Holders>,
     /// Blocks held per worker id.
     held: Vec<usize>,
     /// Tokens per block, per worker id (0: no events yet).
@@ -76,7 +57,7 @@ pub struct KvIndex {
 impl Default for KvIndex {
     fn default() -> Self {
         KvIndex {
-            blocks: HashMap::default(),
+            blocks: PrehashedMap::default(),
             held: Vec::new(),
             block_sizes: Vec::new(),
             slot_of: Vec::new(),

@@ -1,6 +1,7 @@
 //! The kv_aware index's unit tests: depths per medium, removals, provisional copies,
 //! and random changes against a plain model.
 use super::*;
+use std::collections::HashMap;
 
 fn stored(names: &[u64], m: Medium) -> BlockChanges {
     BlockChanges {
