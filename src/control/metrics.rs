@@ -43,20 +43,17 @@ impl Aggregator {
 
     /// Requests in flight to each worker, summed over shards.
     pub fn load(&self, id: WorkerId) -> u64 {
-        self.loads
-            .values()
-            .flat_map(|l| l.iter().filter(|l| l.worker == id))
-            .map(|l| u64::from(l.requests))
-            .sum()
+        self.sum_of(id, |l| l.requests)
     }
 
     /// Prompt tokens each worker has yet to start on for this router, summed over shards.
     pub fn prefill_tokens(&self, id: WorkerId) -> u64 {
-        self.loads
-            .values()
-            .flat_map(|l| l.iter().filter(|l| l.worker == id))
-            .map(|l| u64::from(l.prefill_tokens))
-            .sum()
+        self.sum_of(id, |l| l.prefill_tokens)
+    }
+
+    fn sum_of(&self, id: WorkerId, f: impl Fn(&WorkerInFlight) -> u32) -> u64 {
+        let of_worker = self.loads.values().flatten().filter(|l| l.worker == id);
+        of_worker.map(|l| u64::from(f(l))).sum()
     }
 
     /// Per worker, what every shard but `shard` has in flight.

@@ -1,7 +1,8 @@
 //! The P/D families of `/metrics`: requests and legs counted by the shards, and
 //! 0.1.17's gauges of what is in flight per prefill and decode worker.
 
-use super::exposition::{by_route, count_of, family, histograms, labels, Sample};
+use super::exposition::{by_route, count_of, family, histograms, Sample};
+use super::kv_events::metrics::prepare_times;
 use super::registry::Registry;
 use prometheus::proto::{MetricFamily, MetricType};
 use shards::messages::{WorkerId, WorkerRole};
@@ -125,16 +126,11 @@ pub fn pd_gauges(
         families.push(family(name, help, MetricType::GAUGE, pool(role, value)));
     }
     if kv_stage == Some(WorkerRole::Prefill) {
-        let prepare = &total.kv_prepare;
-        let mut times = histograms(
+        families.push(prepare_times(
             "vllm_router_pd_kv_prepare_seconds",
             "Time to a P/D request's prompt tokens for pricing its prefill, by source (as vllm_router_kv_prepare_seconds).",
-            [("tokenizer", &prepare[0]), ("tokenize", &prepare[1])].into_iter(),
-        );
-        for (m, source) in times.mut_metric().iter_mut().zip(["tokenizer", "tokenize"]) {
-            m.set_label(labels(vec![("source", source.to_string())]));
-        }
-        families.push(times);
+            &total.kv_prepare,
+        ));
     }
     families
 }

@@ -7,6 +7,17 @@ use prometheus::proto::{MetricFamily, MetricType};
 use shards::messages::WorkerRole;
 use shards::metrics::Histogram;
 
+/// The shards' times to a request's tokens, by source (`tokenizer`: on the router,
+/// `tokenize`: a worker's), as histogram `name`.
+pub fn prepare_times(name: &str, help: &str, prepare: &[Histogram; 2]) -> MetricFamily {
+    let sources = ["tokenizer", "tokenize"];
+    let mut times = histograms(name, help, sources.into_iter().zip(prepare));
+    for (m, source) in times.mut_metric().iter_mut().zip(sources) {
+        m.set_label(labels(vec![("source", source.to_string())]));
+    }
+    times
+}
+
 /// Decisions by stage and outcome and lookups by result, from the shards' counts per
 /// pool (credited, not credited, without tokens, by session), and where the tokens
 /// came from. `stage`'s rows are always there; another pool's once it has counts (the
@@ -18,15 +29,11 @@ pub fn decision_families(
     prepare: &[Histogram; 2],
 ) -> Vec<MetricFamily> {
     let mut families = Vec::new();
-    let mut times = histograms(
+    families.push(prepare_times(
         "vllm_router_kv_prepare_seconds",
         "Time to a request's prompt tokens for kv_aware, by source: tokenizer (on the router, --tokenizer-path) or tokenize (a worker's /tokenize); cached ones not counted.",
-        [("tokenizer", &prepare[0]), ("tokenize", &prepare[1])].into_iter(),
-    );
-    for (m, source) in times.mut_metric().iter_mut().zip(["tokenizer", "tokenize"]) {
-        m.set_label(labels(vec![("source", source.to_string())]));
-    }
-    families.push(times);
+        prepare,
+    ));
     families.push(family(
         "vllm_router_kv_routing_inputs_total",
         "Where kv_aware got a request's prompt tokens: tokenizer (the model's tokenizer on the router, --tokenizer-path), tokenize (one worker's /tokenize), cache (the shard had them), preparation_rejected (no worker could say; routed by load).",
