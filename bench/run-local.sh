@@ -13,8 +13,10 @@ cleanup() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; }
 trap cleanup EXIT
 if [ $# -eq 0 ]; then
   for port in 8001 8002; do
-    # Each publishes vLLM KV events (port + 10000), for ROUTER_ARGS="--policy kv_aware".
-    "$bin/mock-vllm" --port "$port" --token-delay-us 20000 --kv-events-port $((port + 10000)) &
+    # Each publishes vLLM KV events (port + 10000, replay port + 10100), for
+    # ROUTER_ARGS="--policy kv_aware".
+    "$bin/mock-vllm" --port "$port" --token-delay-us 20000 --kv-events-port $((port + 10000)) \
+      --kv-events-replay-port $((port + 10100)) &
     pids+=($!)
   done
   # Let the mocks listen before the router's first health check.
