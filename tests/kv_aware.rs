@@ -32,6 +32,17 @@ fn a_prefix_cached_by_traffic_that_bypassed_the_router_draws_matching_requests()
         "{}",
         r.metrics()
     );
+    // Each had 96 of its 100 tokens cached on its worker.
+    let ratio = |le: &str| {
+        let name = "vllm_router_kv_matched_prefix_ratio_bucket";
+        sample(&r, name, &[("le", le)])
+    };
+    assert_eq!(
+        (ratio("0.95"), ratio("0.98")),
+        (0.0, 36.0),
+        "{}",
+        r.metrics()
+    );
 }
 
 #[test]

@@ -48,6 +48,36 @@ pub const LATENCY_BUCKETS: [f64; 20] = [
     60.0, 120.0, 300.0, 600.0, 1800.0,
 ];
 
+/// Bucket bounds of a fraction (kv_aware: how much of a prompt its worker had cached):
+/// fine near 1, where conversations that stay put land.
+pub const RATIO_BUCKETS: [f64; 10] = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 1.0];
+
+/// A histogram of fractions in 0..=1 over [`RATIO_BUCKETS`] (non-cumulative counts).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct RatioHistogram {
+    pub counts: [u64; RATIO_BUCKETS.len()],
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl RatioHistogram {
+    pub fn observe(&mut self, r: f64) {
+        let r = r.clamp(0.0, 1.0);
+        let i = RATIO_BUCKETS.iter().position(|&b| r <= b).unwrap_or(0);
+        self.counts[i] += 1;
+        self.sum += r;
+        self.count += 1;
+    }
+
+    pub fn merge(&mut self, other: &RatioHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+}
+
 /// A fixed-bucket histogram (non-cumulative counts; the exposition accumulates).
 #[derive(Clone, Debug, Default)]
 pub struct Histogram {
@@ -125,6 +155,8 @@ pub struct ShardMetrics {
     /// kv_aware: time to a request's tokens, on the shard and by a worker's
     /// `/tokenize` (cache hits not counted).
     pub kv_prepare: [Histogram; 2],
+    /// kv_aware: the fraction of each priced prompt its chosen worker had cached.
+    pub kv_matched: RatioHistogram,
     /// cache_aware decisions of other shards this shard applied to its trees.
     pub shared_inserts: u64,
     /// Requests waiting in this shard's admission queue when the copy was taken.
@@ -199,6 +231,7 @@ impl ShardMetrics {
         for (a, b) in self.kv_prepare.iter_mut().zip(&other.kv_prepare) {
             a.merge(b);
         }
+        self.kv_matched.merge(&other.kv_matched);
         for (a, b) in self.kv_inputs.iter_mut().zip(other.kv_inputs) {
             *a += b;
         }

@@ -5,6 +5,7 @@
 //! each is made when a worker first lists its model, so that kv_aware's index sees
 //! every KV event about the model's workers from then on.
 
+use crate::metrics::RatioHistogram;
 use crate::policy::{Policy, PolicyKind, PolicyOptions};
 use crate::state::WorkerSet;
 use crate::worker::{WorkerId, WorkerRole};
@@ -101,6 +102,15 @@ impl ModelPools {
             for (a, b) in sum.iter_mut().zip(p.kv_lookups()) {
                 *a += b;
             }
+        }
+        sum
+    }
+
+    /// The cached fractions of every model's kv_aware decisions, together.
+    pub fn kv_matched(&self) -> RatioHistogram {
+        let mut sum = RatioHistogram::default();
+        for p in self.policies.values() {
+            sum.merge(&p.kv_matched());
         }
         sum
     }

@@ -297,8 +297,10 @@ impl Shard {
             m.cache_hits += hits;
             m.cache_misses += misses;
             *lookups = policy.kv_lookups();
+            m.kv_matched.merge(&policy.kv_matched());
         }
         if self.config.igw {
+            m.kv_matched.merge(&self.model_pools.borrow().kv_matched());
             let pools = self.model_pools.borrow().kv_lookups();
             let regular = &mut m.kv_lookups[WorkerRole::Regular as usize];
             for (a, b) in regular.iter_mut().zip(pools) {

@@ -4,7 +4,7 @@
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
 };
-use shards::metrics::{LATENCY_BUCKETS, ROUTES};
+use shards::metrics::{RatioHistogram, LATENCY_BUCKETS, RATIO_BUCKETS, ROUTES};
 use std::collections::HashMap;
 
 /// One sample: its labels and value.
@@ -59,25 +59,41 @@ pub fn histograms<'a>(
     for (route, h) in rows {
         let mut m = Metric::default();
         m.set_label(labels(vec![("route", route.to_string())]));
-        let mut hist = Histogram::default();
-        let mut cumulative = 0;
-        let buckets = LATENCY_BUCKETS
-            .iter()
-            .zip(h.counts.iter())
-            .map(|(&bound, &n)| {
-                cumulative += n;
-                let mut b = Bucket::default();
-                b.set_upper_bound(bound);
-                b.set_cumulative_count(cumulative);
-                b
-            })
-            .collect();
-        hist.set_bucket(buckets);
-        hist.set_sample_count(h.count);
-        hist.set_sample_sum(h.sum);
+        let hist = buckets(&LATENCY_BUCKETS, &h.counts, h.count, h.sum);
         m.set_histogram(hist);
         f.mut_metric().push(m);
     }
+    f
+}
+
+/// A histogram of counts per bucket (not cumulative) with these upper bounds.
+fn buckets(bounds: &[f64], counts: &[u64], count: u64, sum: f64) -> Histogram {
+    let mut hist = Histogram::default();
+    let mut cumulative = 0;
+    let buckets = (bounds.iter().zip(counts))
+        .map(|(&bound, &n)| {
+            cumulative += n;
+            let mut b = Bucket::default();
+            b.set_upper_bound(bound);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
+    hist.set_bucket(buckets);
+    hist.set_sample_count(count);
+    hist.set_sample_sum(sum);
+    hist
+}
+
+/// One unlabelled histogram of fractions.
+pub fn ratio_histogram(name: &str, help: &str, h: &RatioHistogram) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(MetricType::HISTOGRAM);
+    let mut m = Metric::default();
+    m.set_histogram(buckets(&RATIO_BUCKETS, &h.counts, h.count, h.sum));
+    f.mut_metric().push(m);
     f
 }
 

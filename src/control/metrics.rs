@@ -249,6 +249,7 @@ fn worker_families(
             total.kv_lookups,
             total.kv_inputs,
             &total.kv_prepare,
+            &total.kv_matched,
         ));
     }
     if policy == "cache_aware" {

@@ -32,6 +32,7 @@ use super::placement::Rendezvous;
 use super::random::Random;
 use super::{Policy, PolicyKind, RouteInput};
 use crate::kv_blocks::{chain_hash, KvBlockDelta, ROOT};
+use crate::metrics::RatioHistogram;
 use crate::state::{PoolView, Worker};
 use crate::worker::{WorkerId, WorkerRole};
 use std::sync::Arc;
@@ -94,6 +95,8 @@ pub struct KvAware {
     /// Decisions: credited, not credited, without tokens, by session
     /// (`kv_placement_lookups_total`).
     lookups: [u64; 4],
+    /// The chosen worker's cached fraction of each priced prompt.
+    matched: RatioHistogram,
 }
 
 /// One worker's score for a request.
@@ -124,6 +127,7 @@ impl KvAware {
             depths: Vec::new(),
             charge: None,
             lookups: [0; 4],
+            matched: RatioHistogram::default(),
         }
     }
 
@@ -241,6 +245,10 @@ impl Policy for KvAware {
         self.lookups
     }
 
+    fn kv_matched(&self) -> RatioHistogram {
+        self.matched
+    }
+
     fn take_charge(&mut self) -> Option<u32> {
         self.charge.take()
     }
@@ -330,6 +338,7 @@ impl KvAware {
                 .is_some_and(|d| self.credited(d, n, block) > 0.0);
         }
         self.lookups[usize::from(!credited)] += 1;
+        self.matched.observe((n as f64 - new) / n.max(1) as f64);
         self.charge = Some(new as u32);
         self.note_provisional(chosen, block);
         Some(chosen)

@@ -27,6 +27,7 @@ pub use round_robin::RoundRobin;
 pub use sticky_least_loaded::{StickyLeastLoaded, DEFAULT_SESSION_TTL};
 
 use crate::codec::request::RequestHead;
+use crate::metrics::RatioHistogram;
 use crate::state::PoolView;
 use crate::worker::{WorkerId, WorkerRole};
 
@@ -190,6 +191,11 @@ pub trait Policy {
     /// kv_aware decisions: credited, not credited, without tokens, by session.
     fn kv_lookups(&self) -> [u64; 4] {
         [0; 4]
+    }
+
+    /// kv_aware: the fraction of each priced prompt its chosen worker had cached.
+    fn kv_matched(&self) -> RatioHistogram {
+        RatioHistogram::default()
     }
 
     /// The request goes where its session is bound, so its prompt's tokens are not

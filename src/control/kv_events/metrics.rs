@@ -2,10 +2,10 @@
 //! shards' decisions went (0.1.17's metric names).
 
 use super::stats::{KvStats, KvWorkerStats};
-use crate::control::exposition::{family, histograms, labels, Sample};
+use crate::control::exposition::{family, histograms, labels, ratio_histogram, Sample};
 use prometheus::proto::{MetricFamily, MetricType};
 use shards::messages::WorkerRole;
-use shards::metrics::Histogram;
+use shards::metrics::{Histogram, RatioHistogram};
 
 /// The shards' times to a request's tokens, by source (`tokenizer`: on the router,
 /// `tokenize`: a worker's), as histogram `name`.
@@ -27,8 +27,14 @@ pub fn decision_families(
     lookups: [[u64; 4]; 3],
     inputs: [u64; 4],
     prepare: &[Histogram; 2],
+    matched: &RatioHistogram,
 ) -> Vec<MetricFamily> {
     let mut families = Vec::new();
+    families.push(ratio_histogram(
+        "vllm_router_kv_matched_prefix_ratio",
+        "kv_aware: the fraction of each priced prompt's tokens its chosen worker had cached (credited as the cost model credits them).",
+        matched,
+    ));
     families.push(prepare_times(
         "vllm_router_kv_prepare_seconds",
         "Time to a request's prompt tokens for kv_aware, by source: tokenizer (on the router, --tokenizer-path) or tokenize (a worker's /tokenize); cached ones not counted.",
