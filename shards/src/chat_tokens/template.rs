@@ -44,9 +44,7 @@ impl MessageValues {
 }
 
 /// A hash of a JSON value's content (keys in the map's order), adding its string
-/// bytes to `size`. Strings are hashed with xxh3's default secret and folded in: a
-/// seeded xxh3 derives a secret per call for inputs over 240 bytes, which was most of
-/// the time here.
+/// bytes to `size`: each string's xxh3, folded in with a tag per kind of value.
 fn hash_json(v: &Value, h: u64, size: &mut usize) -> u64 {
     let fold = |h: u64, tag: u64, x: u64| (h.rotate_left(23) ^ tag ^ x).wrapping_mul(K);
     const K: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -70,7 +70,6 @@ impl Default for KvIndex {
 }
 
 /// A lookup's runs per tier, over slots: the slots whose run is still unbroken.
-#[derive(Clone, Copy)]
 struct Runs {
     device: u64,
     host: u64,
@@ -247,9 +246,9 @@ impl KvIndex {
         let mut slot_place = [NONE; SLOTS];
         let mut held = h.gpu | h.provisional;
         for o in h.others() {
-            match self.slot_of.get(o.worker as usize) {
-                Some(&s) if s != NO_SLOT => held |= 1 << s,
-                _ => place(&mut self.place, out, o.worker),
+            match self.slot(o.worker) {
+                Some(s) => held |= 1 << s,
+                None => place(&mut self.place, out, o.worker),
             }
         }
         for s in slots(held) {
@@ -275,16 +274,12 @@ impl KvIndex {
                 None => break,
             }
         }
-        // Unbroken runs reach the last block looked at.
-        let end = |bits: u64, out: &mut Vec<Depth>, f: fn(&mut Depth) -> &mut usize| {
-            for s in slots(bits) {
-                *f(&mut out[slot_place[s] as usize]) = i;
-            }
-        };
-        end(runs.device, out, |d| &mut d.device);
-        end(runs.host, out, |d| &mut d.host);
-        end(runs.disk, out, |d| &mut d.disk);
-        end(runs.external, out, |d| &mut d.external);
+        // Unbroken runs reach the last block looked at: nobody holds the next.
+        let sp = &slot_place;
+        end_runs(&mut runs.device, 0, i, sp, out, |d| &mut d.device);
+        end_runs(&mut runs.host, 0, i, sp, out, |d| &mut d.host);
+        end_runs(&mut runs.disk, 0, i, sp, out, |d| &mut d.disk);
+        end_runs(&mut runs.external, 0, i, sp, out, |d| &mut d.external);
     }
 
     /// Block `i` of a lookup: the slotted runs it breaks get their depth (`i`); listed
@@ -301,8 +296,7 @@ impl KvIndex {
         let (mut host, mut disk, mut external) = (device, device, device);
         let mut listed_on = false;
         for o in h.others() {
-            let slot = self.slot_of.get(o.worker as usize).copied();
-            if let Some(s) = slot.filter(|s| *s != NO_SLOT) {
+            if let Some(s) = self.slot(o.worker) {
                 let bit = 1u64 << s;
                 let on = |m: Medium| if o.media & m.bit() != 0 { bit } else { 0 };
                 host |= on(Medium::Host);
@@ -315,16 +309,13 @@ impl KvIndex {
             };
             listed_on |= step_listed(&mut out[at as usize], o.media, i);
         }
-        let mut cut = |run: &mut u64, holders: u64, f: fn(&mut Depth) -> &mut usize| {
-            for s in slots(*run & !holders) {
-                *f(&mut out[slot_place[s] as usize]) = i;
-            }
-            *run &= holders;
-        };
-        cut(&mut runs.device, device, |d| &mut d.device);
-        cut(&mut runs.host, host, |d| &mut d.host);
-        cut(&mut runs.disk, disk, |d| &mut d.disk);
-        cut(&mut runs.external, external, |d| &mut d.external);
+        let sp = slot_place;
+        end_runs(&mut runs.device, device, i, sp, out, |d| &mut d.device);
+        end_runs(&mut runs.host, host, i, sp, out, |d| &mut d.host);
+        end_runs(&mut runs.disk, disk, i, sp, out, |d| &mut d.disk);
+        end_runs(&mut runs.external, external, i, sp, out, |d| {
+            &mut d.external
+        });
         for s in slots(runs.device & h.provisional & !h.gpu) {
             out[slot_place[s] as usize].provisional += 1;
         }
@@ -336,6 +327,22 @@ impl KvIndex {
         let at = *self.place.get(worker as usize)?;
         out.get(at as usize).filter(|d| d.worker == worker)
     }
+}
+
+/// One tier at block `i`: the runs of the slots in `run` that do not hold it (`held`)
+/// end at depth `i`; the rest go on.
+fn end_runs(
+    run: &mut u64,
+    held: u64,
+    i: usize,
+    slot_place: &[u32; SLOTS],
+    out: &mut [Depth],
+    depth: impl Fn(&mut Depth) -> &mut usize,
+) {
+    for s in slots(*run & !held) {
+        *depth(&mut out[slot_place[s] as usize]) = i;
+    }
+    *run &= held;
 }
 
 /// Gives `worker` the next place in `out`.

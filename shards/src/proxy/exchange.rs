@@ -22,6 +22,7 @@ use crate::messages::Report;
 use crate::pool::{self, Upstream};
 use crate::request_body::{BodyError, BodyWait};
 use crate::shard::Shard;
+use crate::state::Worker;
 use crate::worker::{WorkerId, WorkerRole};
 use futures_lite::AsyncWriteExt;
 use std::io;
@@ -165,14 +166,19 @@ impl<'a> InFlight<'a> {
 
     /// The answer started: the worker is past this request's prefill.
     fn answered(&mut self) {
-        let n = std::mem::take(&mut self.prefill_tokens);
-        let unpriced = std::mem::take(&mut self.unpriced);
-        if n > 0 || unpriced {
+        if self.prefill_tokens > 0 || self.unpriced {
             if let Some(w) = self.shard.workers.borrow_mut().get_mut(self.worker) {
-                w.prefill_tokens = w.prefill_tokens.saturating_sub(n);
-                w.unpriced_prefills = w.unpriced_prefills.saturating_sub(u32::from(unpriced));
+                self.prefill_done(w);
             }
         }
+    }
+
+    /// Takes this request's prefill off `w` (once: the counts are zeroed here).
+    fn prefill_done(&mut self, w: &mut Worker) {
+        let n = std::mem::take(&mut self.prefill_tokens);
+        let unpriced = std::mem::take(&mut self.unpriced);
+        w.prefill_tokens = w.prefill_tokens.saturating_sub(n);
+        w.unpriced_prefills = w.unpriced_prefills.saturating_sub(u32::from(unpriced));
     }
 }
 
@@ -181,8 +187,7 @@ impl Drop for InFlight<'_> {
         let mut workers = self.shard.workers.borrow_mut();
         if let Some(w) = workers.get_mut(self.worker) {
             w.in_flight = w.in_flight.saturating_sub(1);
-            w.prefill_tokens = w.prefill_tokens.saturating_sub(self.prefill_tokens);
-            w.unpriced_prefills = w.unpriced_prefills.saturating_sub(u32::from(self.unpriced));
+            self.prefill_done(w);
             if self.probe {
                 w.breaker.probes = w.breaker.probes.saturating_sub(1);
             }
