@@ -13,6 +13,10 @@ fn cut_at_special_tokens_and_cached_the_tokens_equal_the_whole_texts() {
     let model = ChatTokenizer::load(&dir).unwrap();
     assert!(model.has_template());
     assert!(model.cuts_chats(), "ChatML's tokens cut a chat");
+    assert!(
+        model.splits_words(),
+        "byte-level BPE is tokenized word by word"
+    );
     let mut shard = ShardTokenizer::new(model.clone());
     let mut messages = vec![json!({"role": "system", "content": "You are a helpful assistant."})];
     let turns = [
@@ -47,4 +51,43 @@ fn cut_at_special_tokens_and_cached_the_tokens_equal_the_whole_texts() {
     assert!(shard.tokens(&chat).is_none());
     assert_eq!(shard.counts, [9, 1]);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Word by word against the whole pipeline on random texts made of what the word
+/// pattern decides on: letters, digits, contractions, punctuation, runs of spaces,
+/// tabs and newlines, and characters of two, three and four bytes.
+#[test]
+fn word_by_word_equals_the_whole_pipeline_on_random_texts() {
+    let dir = std::env::temp_dir().join(format!("vr-chat-words-{}", std::process::id()));
+    test_tokenizer::write(&dir).unwrap();
+    let model = ChatTokenizer::load(&dir).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(model.splits_words());
+    let parts = [
+        "the", "router", "Prefix", "cache", "'s", "'ll", "'d", "'re", "'t", " ", "  ", "   ", "\n",
+        "\n\n", "\t", "\r\n", "42", "2024", "0.5", "!", "?", "--", "->", "_", "é", "ü", "東京",
+        "😀", "\u{a0}", "x", "GPU", ".", ",", "(", ")", "\"", "<|", "|>",
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut shard = ShardTokenizer::new(model.clone());
+    for round in 0..400 {
+        let n = 1 + next() % 40;
+        let text: String = (0..n)
+            .map(|_| parts[(next() % parts.len() as u64) as usize])
+            .collect();
+        let chat = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+        let (rendered, _) = model.prompt(&chat).unwrap();
+        let whole = model.whole(&rendered, false).unwrap();
+        assert_eq!(
+            &*shard.tokens(&chat).unwrap(),
+            &whole[..],
+            "round {round}: {text:?}"
+        );
+    }
 }

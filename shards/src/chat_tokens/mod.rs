@@ -6,9 +6,11 @@
 //! ...), which the tokenizer never merges with their neighbours, and each piece's
 //! tokens are cached: turn n+1 of a conversation tokenizes only what is new. At load
 //! the cut is checked against tokenizing the whole text; a tokenizer for which they
-//! differ is used whole.
+//! differ is used whole. A byte-level BPE tokenizer's new pieces are tokenized word by
+//! word (`words`), checked the same way.
 
 mod template;
+mod words;
 
 use crate::token_cache::TokenCache;
 use serde_json::Value;
@@ -16,13 +18,15 @@ use std::path::Path;
 use std::rc::Rc;
 use template::{ChatTemplate, MessageValues};
 use tokenizers::Tokenizer;
+use words::{Words, WordsShape};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// The cache seed of texts tokenized with the tokenizer's special tokens added.
 const WITH_SPECIAL_TOKENS: u64 = 1;
 
 /// Text a shard tokenizes for one request, past what its cache already holds: about
-/// 8k tokens, 4-5 ms of the shard's CPU cold (`--bench tokenize`: 2.1 ms for 12.9 KB).
+/// 8k tokens, 2 ms of the shard's CPU cold word by word (`--bench tokenize`: 0.8 ms
+/// for 12.9 KB; 4-5 ms through the whole `tokenizers` pipeline).
 /// A request with more new text asks a worker's `/tokenize` instead, which waits
 /// without holding the shard.
 pub const MAX_NEW_TEXT_BYTES: usize = 32 * 1024;
@@ -34,6 +38,10 @@ const PROBE: &str = r#"{"messages": [
     {"role": "assistant", "content": " Fine, thanks.\n\n579."},
     {"role": "user", "content": "Tell me more  about   tokenizers."}]}"#;
 
+/// Text the load-time check also tokenizes word by word: what a word pattern decides.
+const WORD_PROBE: &str = "It's 2024: we'll see, they've said I'd go; 12345 + 0.5 = x_y?\n\n  \tTabs,\r\n\
+    trailing   \n\u{a0}non-breaking, caf\u{e9} na\u{ef}ve \u{6771}\u{4eac} \u{1f600}! ---> <| |> end  ";
+
 /// A model's tokenizer and chat template, as loaded (each shard clones it).
 #[derive(Clone)]
 pub struct ChatTokenizer {
@@ -44,6 +52,9 @@ pub struct ChatTokenizer {
     cuts: Vec<Vec<(String, u32)>>,
     /// Bytes that may begin a special token (ChatML's all begin with `<`).
     begins: Vec<u8>,
+    /// How pieces are split into words when the tokenizer is byte-level BPE (`words`);
+    /// None: pieces go through the whole `tokenizers` pipeline.
+    words: Option<WordsShape>,
 }
 
 impl ChatTokenizer {
@@ -67,6 +78,13 @@ impl ChatTokenizer {
             );
             t.no_cuts();
         }
+        if t.words.is_some() && !t.words_match_whole() {
+            crate::warn!(
+                "{}: tokenizing word by word changes its tokens; the whole pipeline is used",
+                file.display()
+            );
+            t.words = None;
+        }
         Ok(t)
     }
 
@@ -78,6 +96,7 @@ impl ChatTokenizer {
         ChatTokenizer {
             cuts,
             begins,
+            words: WordsShape::of(&tokenizer),
             tokenizer,
             template,
         }
@@ -97,6 +116,11 @@ impl ChatTokenizer {
     /// Whether chats are cut at special tokens (else tokenized whole).
     pub fn cuts_chats(&self) -> bool {
         self.cuts.iter().any(|c| !c.is_empty())
+    }
+
+    /// Whether pieces are tokenized word by word (`words`).
+    pub fn splits_words(&self) -> bool {
+        self.words.is_some()
     }
 
     /// The text vLLM's `/tokenize` would tokenize for the request, and whether the
@@ -120,12 +144,14 @@ impl ChatTokenizer {
         Some(e.get_ids().to_vec())
     }
 
-    /// The text's tokens, piece by piece through `cache`, into `out` (cleared first);
-    /// None when more than `budget` bytes of it are not cached.
+    /// The text's tokens, piece by piece through `cache` (a new piece word by word
+    /// with `words`), into `out` (cleared first); None when more than `budget` bytes
+    /// of it are not cached.
     fn by_pieces(
         &self,
         text: &str,
         cache: &mut TokenCache,
+        mut words: Option<&mut Words>,
         budget: usize,
         out: &mut Vec<u32>,
     ) -> Option<()> {
@@ -141,9 +167,12 @@ impl ChatTokenizer {
                 return Some(());
             }
             left = left.checked_sub(s.len())?;
-            let t: Rc<[u32]> = self.whole(s, false)?.into();
-            out.extend_from_slice(&t);
-            cache.put(key, t);
+            let from = out.len();
+            match words.as_deref_mut() {
+                Some(w) => w.encode(self.tokenizer.get_model(), s, out)?,
+                None => out.extend_from_slice(&self.whole(s, false)?),
+            }
+            cache.put(key, Rc::from(&out[from..]));
             Some(())
         };
         let bytes = text.as_bytes();
@@ -181,8 +210,37 @@ impl ChatTokenizer {
     }
 
     fn cut_matches_whole(&self) -> bool {
+        let text = self.probe_text();
+        let mut cache = TokenCache::default();
+        let mut pieces = Vec::new();
+        let cut = self.by_pieces(&text, &mut cache, None, usize::MAX, &mut pieces);
+        cut.is_some() && self.whole(&text, false) == Some(pieces)
+    }
+
+    /// Whether word by word gives the whole pipeline's tokens on the probe and on texts
+    /// that try its pattern (contractions, numbers, runs of spaces and newlines, bytes
+    /// outside ASCII).
+    fn words_match_whole(&self) -> bool {
+        let Some(mut words) = self.words.as_ref().and_then(Words::new) else {
+            return false;
+        };
+        let texts = [
+            self.probe_text(),
+            WORD_PROBE.to_string(),
+            WORD_PROBE.replace(' ', "  "),
+        ];
+        texts.iter().all(|text| {
+            let mut out = Vec::new();
+            let mut cache = TokenCache::default();
+            let cut = self.by_pieces(text, &mut cache, Some(&mut words), usize::MAX, &mut out);
+            cut.is_some() && self.whole(text, false) == Some(out)
+        })
+    }
+
+    /// The probe conversation, rendered (or its contents joined without a template).
+    fn probe_text(&self) -> String {
         let body: Value = serde_json::from_str(PROBE).expect("the probe is JSON");
-        let text = match self.prompt(&body) {
+        match self.prompt(&body) {
             Some((text, _)) => text,
             None => body["messages"]
                 .as_array()
@@ -191,11 +249,7 @@ impl ChatTokenizer {
                 .filter_map(|m| m["content"].as_str())
                 .collect::<Vec<_>>()
                 .join("\n"),
-        };
-        let mut cache = TokenCache::default();
-        let mut pieces = Vec::new();
-        let cut = self.by_pieces(&text, &mut cache, usize::MAX, &mut pieces);
-        cut.is_some() && self.whole(&text, false) == Some(pieces)
+        }
     }
 }
 
@@ -232,6 +286,8 @@ pub struct ShardTokenizer {
     /// A chat's tokens as they are put together (kept: a long chat's 16 KiB are not
     /// allocated and faulted in again per request).
     scratch: Vec<u32>,
+    /// Word tokens, when the tokenizer is byte-level BPE.
+    words: Option<Words>,
     /// Tokenized here, and not (no template, a failed render, not text).
     pub counts: [u64; 2],
 }
@@ -239,6 +295,7 @@ pub struct ShardTokenizer {
 impl ShardTokenizer {
     pub fn new(model: ChatTokenizer) -> Self {
         ShardTokenizer {
+            words: model.words.as_ref().and_then(Words::new),
             model,
             pieces: TokenCache::default(),
             known: MessageValues::default(),
@@ -256,7 +313,10 @@ impl ShardTokenizer {
                 self.completion(&text)
             } else {
                 let (pieces, out) = (&mut self.pieces, &mut self.scratch);
-                let t = self.model.by_pieces(&text, pieces, MAX_NEW_TEXT_BYTES, out);
+                let words = self.words.as_mut();
+                let t = self
+                    .model
+                    .by_pieces(&text, pieces, words, MAX_NEW_TEXT_BYTES, out);
                 t.map(|()| Rc::from(&out[..]))
             }
         });
@@ -312,12 +372,13 @@ mod tests {
             assert_eq!(whole, [0, 3, 1, 0, 3, 3, 2]);
             let mut cache = TokenCache::default();
             let mut out = Vec::new();
-            t.by_pieces(text, &mut cache, usize::MAX, &mut out).unwrap();
+            t.by_pieces(text, &mut cache, None, usize::MAX, &mut out)
+                .unwrap();
             assert_eq!(out, whole);
-            t.by_pieces(text, &mut cache, 0, &mut out).unwrap();
+            t.by_pieces(text, &mut cache, None, 0, &mut out).unwrap();
             assert_eq!(out, whole, "all cached");
             assert!(
-                (t.by_pieces("world world", &mut cache, 5, &mut out)).is_none(),
+                (t.by_pieces("world world", &mut cache, None, 5, &mut out)).is_none(),
                 "over budget"
             );
         }
