@@ -138,6 +138,54 @@ fn a_burst_of_one_new_prompt_waits_for_no_event_to_stay_together() {
 }
 
 #[test]
+fn shards_share_provisional_copies_so_a_burst_over_both_stays_together() {
+    // No events (nothing listens where the sources are): only provisional copies hold
+    // a new prompt to its first worker. Each prompt's first request is held in flight;
+    // once the other shard has its copies and the router sees that worker loaded, the
+    // rest come over fresh connections, which land on either shard. By load alone
+    // those reaching the other shard would go to the idle worker.
+    let a = mock(&["--name", "a"]);
+    let b = mock(&["--name", "b"]);
+    let dead = |w: &Proc| format!("{}=tcp://127.0.0.1:{}", w.url(), free_low_port());
+    let (da, db) = (dead(&a), dead(&b));
+    let args = [
+        "--policy",
+        "kv_aware",
+        "--shards",
+        "2",
+        "--kv-event-model",
+        "m",
+    ];
+    let sources = ["--kv-event-source", &da, "--kv-event-source", &db];
+    let r = router(&[&a, &b], &[&args[..], &sources].concat());
+    for (i, from) in (0..6u32).map(|i| (i, i * 100_000)) {
+        let port = r.port;
+        let first = std::thread::spawn(move || {
+            let body = prompt(from, 200).to_string();
+            let headers = [
+                ("content-type", "application/json"),
+                ("x-mock-token-delay-us", "1500000"),
+            ];
+            let r = request(port, "POST", "/v1/completions", &headers, body.as_bytes());
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.header("x-mock-worker").unwrap().to_string()
+        });
+        let ready = eventually(Duration::from_secs(10), || {
+            let m = r.metrics();
+            let shared = metric(&m, "vllm_router_kv_provisional_shared_total", &[]);
+            let loaded = [a.url(), b.url()]
+                .iter()
+                .any(|url| metric(&m, "vllm_router_worker_load", &[("worker", url)]) == Some(1.0));
+            shared.is_some_and(|n| n > f64::from(i)) && loaded
+        });
+        assert!(ready, "prompt {i}: copies not shared: {}", r.metrics());
+        let mut went = burst(r.port, from, 3, 0);
+        went.push(first.join().unwrap());
+        assert!(went.iter().all(|w| *w == went[0]), "prompt {i}: {went:?}");
+    }
+}
+
+#[test]
 fn with_the_models_tokenizer_the_router_asks_no_worker_and_matches_its_blocks() {
     let dir = std::env::temp_dir().join(format!("vr-tokenizer-{}", std::process::id()));
     let made = Command::new(mock_bin())

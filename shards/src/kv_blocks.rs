@@ -99,6 +99,12 @@ pub fn block_hashes(tokens: &[u32], block_size: usize, out: &mut Vec<u64>) {
     }
 }
 
+/// Blocks a shard's kv_aware just sent a request for (named by the router's chained
+/// hash), noted provisionally on that worker: the other shards note them too, so a
+/// burst of one new prompt that reaches several shards before the worker's events do
+/// stays on one worker.
+pub type ProvisionalBlocks = (crate::worker::WorkerId, Box<[u64]>);
+
 #[cfg(test)]
 mod tests {
     use super::*;

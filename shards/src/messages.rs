@@ -33,6 +33,9 @@ pub enum Delta {
     CacheInserts(std::sync::Arc<Vec<(WorkerId, std::sync::Arc<str>)>>),
     /// A worker's KV blocks changed (kv_aware: from its KV events).
     KvBlocks(std::sync::Arc<crate::kv_blocks::KvBlockDelta>),
+    /// Other shards noted these blocks provisionally on these workers (kv_aware). One
+    /// batch is shared by every receiving shard.
+    KvProvisional(std::sync::Arc<Vec<crate::kv_blocks::ProvisionalBlocks>>),
     /// Another shard's client finished this session (`POST /finish_session`).
     SessionFinished(std::sync::Arc<str>),
     /// Evict every worker's routing state down to this many bytes.
@@ -87,6 +90,12 @@ pub enum Report {
     CacheInserts {
         shard: usize,
         inserts: Vec<(WorkerId, std::sync::Arc<str>)>,
+    },
+    /// kv_aware's provisional copies noted here since the last batch (forwarded to
+    /// the other shards).
+    KvProvisional {
+        shard: usize,
+        notes: Vec<crate::kv_blocks::ProvisionalBlocks>,
     },
     /// A client finished a session here (forwarded to the other shards).
     SessionFinished {

@@ -159,6 +159,8 @@ pub struct ShardMetrics {
     pub kv_matched: RatioHistogram,
     /// cache_aware decisions of other shards this shard applied to its trees.
     pub shared_inserts: u64,
+    /// kv_aware provisional copies of other shards this shard applied to its index.
+    pub shared_provisional: u64,
     /// Requests waiting in this shard's admission queue when the copy was taken.
     pub queued: u64,
     /// Bytes of request bodies buffered on this shard when the copy was taken.
@@ -236,6 +238,7 @@ impl ShardMetrics {
             *a += b;
         }
         self.shared_inserts += other.shared_inserts;
+        self.shared_provisional += other.shared_provisional;
         self.queued += other.queued;
         self.buffered_body_bytes += other.buffered_body_bytes;
     }

@@ -66,6 +66,17 @@ impl ModelPools {
         }
     }
 
+    /// Another shard's provisional copies (kv_aware), for every model the worker
+    /// serves.
+    pub fn remote_provisional(&mut self, workers: &WorkerSet, worker: WorkerId, names: &[u64]) {
+        let Some(w) = workers.get(worker) else { return };
+        for model in &w.spec.models {
+            if let Some(p) = self.policies.get_mut(model) {
+                p.remote_provisional(worker, names);
+            }
+        }
+    }
+
     /// Whether `model`'s policy routes the request by its session (kv_aware).
     pub fn routes_by_session(
         &self,

@@ -147,6 +147,7 @@ async fn run_shard(
         admin: AdminWaiters::default(),
         last_loads: RefCell::new(Vec::new()),
         pending_inserts: RefCell::new(Vec::new()),
+        pending_provisional: RefCell::new(Vec::new()),
         admission,
         starting: RefCell::new(None),
         tokens: RefCell::new(Default::default()),

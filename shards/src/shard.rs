@@ -48,7 +48,10 @@ pub struct Shard {
     /// after the first, so a request never costs a channel wake-up or a doorbell on
     /// the other shards of its own.
     pub pending_inserts: RefCell<Vec<(WorkerId, std::sync::Arc<str>)>>,
-    /// Rung when `pending_inserts` stops being empty: the flusher wakes.
+    /// kv_aware's provisional copies for the other shards, sent with the inserts.
+    pub pending_provisional: RefCell<Vec<crate::kv_blocks::ProvisionalBlocks>>,
+    /// Rung when `pending_inserts` or `pending_provisional` stops being empty: the
+    /// flusher wakes.
     pub insert_bell: glommio::channels::local_channel::LocalSender<()>,
     pub admission: Admission,
     /// `--enable-igw`: the regular pool's policy per model.
@@ -85,6 +88,22 @@ impl Shard {
                         self.model_pools
                             .borrow_mut()
                             .remote_insert(&workers, *worker, text);
+                    }
+                }
+            }
+            Delta::KvProvisional(batch) => {
+                self.metrics.borrow_mut().shared_provisional += batch.len() as u64;
+                let workers = self.workers.borrow();
+                for (worker, names) in batch.iter() {
+                    if let Some(w) = workers.get(*worker) {
+                        self.policy(w.spec.role)
+                            .borrow_mut()
+                            .remote_provisional(*worker, names);
+                    }
+                    if self.config.igw {
+                        self.model_pools
+                            .borrow_mut()
+                            .remote_provisional(&workers, *worker, names);
                     }
                 }
             }
@@ -241,8 +260,25 @@ impl Shard {
         pending.push(insert);
     }
 
-    /// Reports the cache_aware inserts gathered so far, as one batch.
+    /// Queues kv_aware's provisional copies for the other shards.
+    pub fn queue_provisional(&self, noted: crate::kv_blocks::ProvisionalBlocks) {
+        let mut pending = self.pending_provisional.borrow_mut();
+        if pending.is_empty() {
+            let _ = self.insert_bell.try_send(());
+        }
+        pending.push(noted);
+    }
+
+    /// Reports the cache_aware inserts and kv_aware provisional copies gathered so
+    /// far, as one batch each.
     pub fn send_inserts(&self) {
+        let notes = std::mem::take(&mut *self.pending_provisional.borrow_mut());
+        if !notes.is_empty() {
+            let _ = self.reports.send(Report::KvProvisional {
+                shard: self.index,
+                notes,
+            });
+        }
         let inserts = std::mem::take(&mut *self.pending_inserts.borrow_mut());
         if !inserts.is_empty() {
             let _ = self.reports.send(Report::CacheInserts {

@@ -1,7 +1,9 @@
 //! cache_aware's routing trees across shards: inserts forwarded from the shard that
-//! routed to every other, and the periodic eviction.
+//! routed to every other, and the periodic eviction; kv_aware's provisional copies
+//! forwarded the same way.
 
 use super::state::ControlState;
+use shards::kv_blocks::ProvisionalBlocks;
 use shards::messages::{Delta, WorkerId};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -14,6 +16,16 @@ pub fn forward_inserts(s: &ControlState, from: usize, inserts: Vec<(WorkerId, Ar
     for (i, link) in s.links.iter().enumerate() {
         if i != from {
             link.send(Delta::CacheInserts(batch.clone()));
+        }
+    }
+}
+
+/// One shard's batch of kv_aware provisional copies goes to every other shard.
+pub fn forward_provisional(s: &ControlState, from: usize, notes: Vec<ProvisionalBlocks>) {
+    let batch = Arc::new(notes);
+    for (i, link) in s.links.iter().enumerate() {
+        if i != from {
+            link.send(Delta::KvProvisional(batch.clone()));
         }
     }
 }

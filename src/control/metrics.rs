@@ -251,6 +251,12 @@ fn worker_families(
             &total.kv_prepare,
             &total.kv_matched,
         ));
+        families.push(family(
+            "vllm_router_kv_provisional_shared_total",
+            "kv_aware provisional copies (a routed request's blocks, before the worker's events) one shard learned from the others (each shard counts what it applied).",
+            MetricType::COUNTER,
+            vec![(vec![], total.shared_provisional as f64)],
+        ));
     }
     if policy == "cache_aware" {
         families.push(family(

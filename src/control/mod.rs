@@ -323,6 +323,9 @@ fn on_report(state: &Rc<RefCell<ControlState>>, report: Report) {
         Report::CacheInserts { shard, inserts } => {
             cache_sync::forward_inserts(&state.borrow(), shard, inserts)
         }
+        Report::KvProvisional { shard, notes } => {
+            cache_sync::forward_provisional(&state.borrow(), shard, notes)
+        }
         Report::Loads { shard, loads } => {
             let mut s = state.borrow_mut();
             s.metrics.update_loads(shard, loads);

@@ -31,7 +31,7 @@ use super::kv_index::{Depth, KvIndex};
 use super::placement::Rendezvous;
 use super::random::Random;
 use super::{Policy, PolicyKind, RouteInput};
-use crate::kv_blocks::{chain_hash, KvBlockDelta, ROOT};
+use crate::kv_blocks::{chain_hash, KvBlockDelta, ProvisionalBlocks, ROOT};
 use crate::metrics::RatioHistogram;
 use crate::state::{PoolView, Worker};
 use crate::worker::{WorkerId, WorkerRole};
@@ -88,6 +88,8 @@ pub struct KvAware {
     named: (usize, u64),
     /// The request's block names for provisional copies (scratch).
     names: Vec<u64>,
+    /// The last pick's provisional copies, for the other shards.
+    noted: Option<ProvisionalBlocks>,
     depths: Vec<Depth>,
     /// What the last pick's worker must prefill.
     charge: Option<u32>,
@@ -124,6 +126,7 @@ impl KvAware {
             tokens: Vec::new(),
             named: (0, ROOT),
             names: Vec::new(),
+            noted: None,
             depths: Vec::new(),
             charge: None,
             lookups: [0; 4],
@@ -252,6 +255,17 @@ impl Policy for KvAware {
     fn take_charge(&mut self) -> Option<u32> {
         self.charge.take()
     }
+
+    fn take_provisional(&mut self) -> Option<ProvisionalBlocks> {
+        self.noted.take()
+    }
+
+    fn remote_provisional(&mut self, worker: WorkerId, names: &[u64]) {
+        if let Some(ttl) = self.cfg.provisional_ttl {
+            let now = Instant::now();
+            self.index.provisional(worker, names, now, now + ttl);
+        }
+    }
 }
 
 impl KvAware {
@@ -374,6 +388,9 @@ impl KvAware {
         }
         let now = Instant::now();
         self.index.provisional(chosen, &self.names, now, now + ttl);
+        if !self.names.is_empty() {
+            self.noted = Some((chosen, self.names.as_slice().into()));
+        }
     }
 }
 

@@ -194,3 +194,27 @@ fn a_temperature_samples_by_the_softmax_of_the_scores() {
         "all credited"
     );
 }
+
+#[test]
+fn another_shards_provisional_copies_draw_the_prompt_there() {
+    let mut s = test_workers(2);
+    let mut here = KvAware::new(KvAwareConfig::default(), 1, WorkerRole::Regular);
+    let mut there = KvAware::new(KvAwareConfig::default(), 2, WorkerRole::Regular);
+    here.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+    there.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+    let chosen = pick(&mut here, &s, &prompt(80));
+    let (worker, names) = here
+        .take_provisional()
+        .expect("a new prompt's blocks are noted");
+    assert_eq!((worker, names.len()), (chosen, 5));
+    assert!(here.take_provisional().is_none(), "taken once");
+    // The chosen worker is busy: by load alone the other shard would go elsewhere.
+    s.get_mut(chosen).unwrap().in_flight = 1;
+    assert_ne!(pick(&mut there, &s, &prompt(80)), chosen);
+    let mut there = KvAware::new(KvAwareConfig::default(), 2, WorkerRole::Regular);
+    there.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+    there.remote_provisional(worker, &names);
+    assert_eq!(pick(&mut there, &s, &prompt(80)), chosen);
+    // What it already knows it does not pass on again.
+    assert!(there.take_provisional().is_none());
+}

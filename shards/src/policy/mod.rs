@@ -168,6 +168,14 @@ pub trait Policy {
     /// Another shard routed `text` to `worker`.
     fn remote_insert(&mut self, _worker: WorkerId, _text: &str) {}
 
+    /// The blocks the last `pick` noted provisionally (kv_aware), for the other shards.
+    fn take_provisional(&mut self) -> Option<crate::kv_blocks::ProvisionalBlocks> {
+        None
+    }
+
+    /// Another shard noted `names` provisionally on `worker` (kv_aware).
+    fn remote_provisional(&mut self, _worker: WorkerId, _names: &[u64]) {}
+
     /// A worker's KV blocks changed (kv_aware).
     fn kv_blocks(&mut self, _delta: &crate::kv_blocks::KvBlockDelta) {}
 

@@ -24,20 +24,22 @@ pub fn pick(
         json,
         tokens: c.tokens.as_deref(),
     };
-    let (picked, insert, charge) = match igw_model(shard, json, role) {
+    let (picked, insert, charge, noted) = match igw_model(shard, json, role) {
         Some(model) => {
             let mut pools = shard.model_pools.borrow_mut();
             let workers = shard.workers.borrow();
             let kind = (shard.config.policy, &shard.config.policy_options);
             let policy = pools.policy(model, &workers, kind, shard.index);
             let picked = policy.pick(&workers.view_serving(role, excluded, model), &input);
-            (picked, policy.take_insert(), policy.take_charge())
+            let noted = policy.take_provisional();
+            (picked, policy.take_insert(), policy.take_charge(), noted)
         }
         None => {
             let mut policy = shard.policy(role).borrow_mut();
             let workers = shard.workers.borrow();
             let picked = policy.pick(&workers.view(role, excluded), &input);
-            (picked, policy.take_insert(), policy.take_charge())
+            let noted = policy.take_provisional();
+            (picked, policy.take_insert(), policy.take_charge(), noted)
         }
     };
     let timed = |_: &u32| {
@@ -49,6 +51,9 @@ pub fn pick(
     c.prefill_charge = picked.zip(charge.filter(timed));
     if let Some(insert) = insert {
         shard.queue_insert(insert);
+    }
+    if let Some(noted) = noted {
+        shard.queue_provisional(noted);
     }
     if let Some(id) = picked {
         if let Some(w) = shard.workers.borrow_mut().get_mut(id) {
