@@ -103,32 +103,39 @@ fn burst(port: u16, from: u32, n: usize, ms: u64) -> Vec<String> {
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
 
+/// kv_aware over `a` and `b` with `shards` shards, its event sources where nothing
+/// listens: the router hears no events at all.
+fn deaf_kv_aware(a: &Proc, b: &Proc, shards: &str) -> Vec<String> {
+    let dead = |w: &Proc| format!("{}=tcp://127.0.0.1:{}", w.url(), free_low_port());
+    let mut args: Vec<String> = ["--policy", "kv_aware", "--shards", shards]
+        .map(String::from)
+        .into();
+    args.extend(["--kv-event-model".into(), "m".into()]);
+    for w in [a, b] {
+        args.extend(["--kv-event-source".into(), dead(w)]);
+    }
+    args
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
 #[test]
 fn a_burst_of_one_new_prompt_waits_for_no_event_to_stay_together() {
     // The router hears no events at all (nothing listens where the sources are), so
     // only what it routed itself can hold the burst together: each request is still
     // in flight when the next comes, and by load alone they would spread.
-    let a = mock(&["--name", "a"]);
-    let b = mock(&["--name", "b"]);
-    let dead = |w: &Proc| format!("{}=tcp://127.0.0.1:{}", w.url(), free_low_port());
-    let (da, db) = (dead(&a), dead(&b));
-    let args = [
-        "--policy",
-        "kv_aware",
-        "--shards",
-        "1",
-        "--kv-event-model",
-        "m",
-    ];
-    let sources = ["--kv-event-source", &da, "--kv-event-source", &db];
-    let r = router(&[&a, &b], &[&args[..], &sources].concat());
+    let (a, b) = (mock(&["--name", "a"]), mock(&["--name", "b"]));
+    let args = deaf_kv_aware(&a, &b, "1");
+    let r = router(&[&a, &b], &strs(&args));
     for (i, from) in [0, 100_000, 200_000].into_iter().enumerate() {
         let went = burst(r.port, from, 4, 300);
         assert!(went.iter().all(|w| *w == went[0]), "burst {i}: {went:?}");
     }
     let off = router(
         &[&a, &b],
-        &[&args[..], &sources, &["--kv-provisional-ttl-secs", "0"]].concat(),
+        &[&strs(&args)[..], &["--kv-provisional-ttl-secs", "0"]].concat(),
     );
     let went = burst(off.port, 300_000, 4, 300);
     assert!(
@@ -144,20 +151,8 @@ fn shards_share_provisional_copies_so_a_burst_over_both_stays_together() {
     // once the other shard has its copies and the router sees that worker loaded, the
     // rest come over fresh connections, which land on either shard. By load alone
     // those reaching the other shard would go to the idle worker.
-    let a = mock(&["--name", "a"]);
-    let b = mock(&["--name", "b"]);
-    let dead = |w: &Proc| format!("{}=tcp://127.0.0.1:{}", w.url(), free_low_port());
-    let (da, db) = (dead(&a), dead(&b));
-    let args = [
-        "--policy",
-        "kv_aware",
-        "--shards",
-        "2",
-        "--kv-event-model",
-        "m",
-    ];
-    let sources = ["--kv-event-source", &da, "--kv-event-source", &db];
-    let r = router(&[&a, &b], &[&args[..], &sources].concat());
+    let (a, b) = (mock(&["--name", "a"]), mock(&["--name", "b"]));
+    let r = router(&[&a, &b], &strs(&deaf_kv_aware(&a, &b, "2")));
     for (i, from) in (0..6u32).map(|i| (i, i * 100_000)) {
         let port = r.port;
         let first = std::thread::spawn(move || {

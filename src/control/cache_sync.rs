@@ -13,19 +13,19 @@ use std::time::Duration;
 /// One shard's batch of inserts goes to every other shard (one shared copy).
 pub fn forward_inserts(s: &ControlState, from: usize, inserts: Vec<(WorkerId, Arc<str>)>) {
     let batch = Arc::new(inserts);
-    for (i, link) in s.links.iter().enumerate() {
-        if i != from {
-            link.send(Delta::CacheInserts(batch.clone()));
-        }
-    }
+    to_others(s, from, || Delta::CacheInserts(batch.clone()));
 }
 
 /// One shard's batch of kv_aware provisional copies goes to every other shard.
 pub fn forward_provisional(s: &ControlState, from: usize, notes: Vec<ProvisionalBlocks>) {
     let batch = Arc::new(notes);
+    to_others(s, from, || Delta::KvProvisional(batch.clone()));
+}
+
+fn to_others(s: &ControlState, from: usize, delta: impl Fn() -> Delta) {
     for (i, link) in s.links.iter().enumerate() {
         if i != from {
-            link.send(Delta::KvProvisional(batch.clone()));
+            link.send(delta());
         }
     }
 }
