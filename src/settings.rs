@@ -36,10 +36,11 @@ impl Settings {
                 let t = shards::chat_tokens::ChatTokenizer::load(dir)
                     .map_err(|e| format!("--tokenizer-path: {e}"))?;
                 shards::info!(
-                    "kv_aware tokenizes on the router with {} (chat template: {}; chats cut at special tokens: {})",
+                    "kv_aware tokenizes on the router with {} (chat template: {}; chats cut at special tokens: {}; word by word: {})",
                     dir.display(),
                     if t.has_template() { "yes" } else { "none, chats ask a worker" },
-                    if t.cuts_chats() { "yes" } else { "no" }
+                    if t.cuts_chats() { "yes" } else { "no" },
+                    if t.splits_words() { "yes" } else { "no" }
                 );
                 Some(Arc::new(t))
             }
