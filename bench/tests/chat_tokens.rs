@@ -53,20 +53,64 @@ fn cut_at_special_tokens_and_cached_the_tokens_equal_the_whole_texts() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Llama 3's word pattern, split before the byte mapping as its `tokenizer.json` does
+/// (Qwen 2's differs only in taking digits one at a time).
+const LLAMA3_WORDS: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 /// Word by word against the whole pipeline on random texts made of what the word
 /// pattern decides on: letters, digits, contractions, punctuation, runs of spaces,
-/// tabs and newlines, and characters of two, three and four bytes.
+/// tabs and newlines, and characters of two, three and four bytes; with GPT-2's
+/// pre-tokenizer and with Llama 3's (a regex split, then bytes mapped).
 #[test]
 fn word_by_word_equals_the_whole_pipeline_on_random_texts() {
     let dir = std::env::temp_dir().join(format!("vr-chat-words-{}", std::process::id()));
     test_tokenizer::write(&dir).unwrap();
-    let model = ChatTokenizer::load(&dir).unwrap();
+    let gpt2 = ChatTokenizer::load(&dir).unwrap();
+    // The same model with Llama 3's pre-tokenizer.
+    let file = dir.join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    json["pre_tokenizer"] = json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": LLAMA3_WORDS}, "behavior": "Isolated",
+            "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true,
+            "use_regex": false}]});
+    // A merge only Llama 3's words allow ("(The" is two words to GPT-2): a
+    // path that split by GPT-2's pattern would miss it.
+    let next_id = json["model"]["vocab"].as_object().unwrap().values().chain(
+        json["added_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| &t["id"]),
+    );
+    let next_id = next_id.filter_map(serde_json::Value::as_u64).max().unwrap() + 1;
+    assert!(
+        json["model"]["vocab"]["The"].is_u64(),
+        "the test vocabulary has \"The\""
+    );
+    json["model"]["vocab"]["(The"] = next_id.into();
+    let merge = match json["model"]["merges"][0] {
+        serde_json::Value::String(_) => json!("( The"),
+        _ => json!(["(", "The"]),
+    };
+    json["model"]["merges"].as_array_mut().unwrap().push(merge);
+    std::fs::write(&file, json.to_string()).unwrap();
+    let llama3 = ChatTokenizer::load(&dir).unwrap();
+    let paren_the = llama3.whole("(The", false).unwrap();
+    assert_eq!(paren_the, [next_id as u32], "the merge applies");
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(model.splits_words());
+    for (name, model) in [("gpt2", gpt2), ("llama3", llama3)] {
+        assert!(model.splits_words(), "{name}");
+        random_texts_equal_the_whole(name, &model);
+    }
+}
+
+fn random_texts_equal_the_whole(name: &str, model: &ChatTokenizer) {
     let parts = [
         "the", "router", "Prefix", "cache", "'s", "'ll", "'d", "'re", "'t", " ", "  ", "   ", "\n",
         "\n\n", "\t", "\r\n", "42", "2024", "0.5", "!", "?", "--", "->", "_", "é", "ü", "東京",
-        "😀", "\u{a0}", "x", "GPU", ".", ",", "(", ")", "\"", "<|", "|>",
+        "😀", "\u{a0}", "x", "GPU", ".", ",", "(", ")", "\"", "<|", "|>", "The",
     ];
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
@@ -87,7 +131,7 @@ fn word_by_word_equals_the_whole_pipeline_on_random_texts() {
         assert_eq!(
             &*shard.tokens(&chat).unwrap(),
             &whole[..],
-            "round {round}: {text:?}"
+            "{name} round {round}: {text:?}"
         );
     }
 }
