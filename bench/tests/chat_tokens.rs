@@ -3,7 +3,7 @@
 //! chat, from a cold cache and a warm one.
 
 use serde_json::json;
-use shards::chat_tokens::{ChatTokenizer, ShardTokenizer, MAX_NEW_TEXT_BYTES};
+use shards::chat_tokens::{ChatTokenizer, ShardTokenizer, MAX_NEW_TEXT_BYTES, MAX_WORD_BYTES};
 use vllm_router_bench::mock::test_tokenizer;
 
 #[test]
@@ -107,6 +107,28 @@ fn word_by_word_equals_the_whole_pipeline_on_random_texts() {
 }
 
 fn random_texts_equal_the_whole(name: &str, model: &ChatTokenizer) {
+    // Long runs: whitespace the lookahead walks, long words, long digits, up to the
+    // longest word a shard tokenizes; a longer word asks a worker.
+    let long = [
+        format!("{}x", " ".repeat(1_000)).repeat(20),
+        format!("{} ", "routers".repeat(140)).repeat(20),
+        format!("{}  x\n", "\n".repeat(1_000)).repeat(5),
+        format!("{} ", "1234567890".repeat(90)).repeat(20),
+    ];
+    let mut shard = ShardTokenizer::new(model.clone());
+    for text in &long {
+        let chat = json!({"model": "m", "messages": [{"role": "user", "content": text}]});
+        let (rendered, _) = model.prompt(&chat).unwrap();
+        let whole = model.whole(&rendered, false).unwrap();
+        let ours = shard.tokens(&chat).unwrap();
+        assert!(
+            *ours == whole[..],
+            "{name}: a long text of {} bytes",
+            text.len()
+        );
+    }
+    let word = json!({"model": "m", "messages": [{"role": "user", "content": "a".repeat(MAX_WORD_BYTES + 1)}]});
+    assert!(shard.tokens(&word).is_none(), "{name}: a word too long");
     let parts = [
         "the", "router", "Prefix", "cache", "'s", "'ll", "'d", "'re", "'t", " ", "  ", "   ", "\n",
         "\n\n", "\t", "\r\n", "42", "2024", "0.5", "!", "?", "--", "->", "_", "é", "ü", "東京",

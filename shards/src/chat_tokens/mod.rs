@@ -12,6 +12,8 @@
 mod template;
 mod words;
 
+pub use words::MAX_WORD_BYTES;
+
 use crate::token_cache::TokenCache;
 use serde_json::Value;
 use std::path::Path;

@@ -29,6 +29,12 @@ const GPT2_WORDS: &str =
 /// eviction order would make cheap.
 pub const MAX_WORDS: usize = 1 << 16;
 
+/// The longest word tokenized on the shard. BPE on one word grows faster than its
+/// length: a 21 KB word of letters took 5.9 ms, a 20 KB run of spaces 2.8 ms (release,
+/// `bench/tests/chat_tokens.rs`), where natural words are some bytes. A request with a
+/// longer word asks a worker's `/tokenize`, which waits without holding the shard.
+pub const MAX_WORD_BYTES: usize = 1024;
+
 /// How a tokenizer splits words, when it is byte-level BPE (shared by the shards).
 #[derive(Clone, Debug)]
 pub struct WordsShape {
@@ -105,7 +111,8 @@ impl Words {
         })
     }
 
-    /// Appends the tokens of `text` (which holds no special token) to `out`.
+    /// Appends the tokens of `text` (which holds no special token) to `out`; None for
+    /// a word over [`MAX_WORD_BYTES`].
     pub fn encode(&mut self, model: &ModelWrapper, text: &str, out: &mut Vec<u32>) -> Option<()> {
         let mut at = 0;
         for (start, end) in self.regex.find_iter(text) {
@@ -135,6 +142,9 @@ impl WordTokens {
         if let Some(ids) = self.tokens.get(&key) {
             out.extend_from_slice(ids);
             return Some(());
+        }
+        if word.len() > MAX_WORD_BYTES {
+            return None;
         }
         self.mapped.clear();
         let alphabet = &self.alphabet;
