@@ -55,24 +55,18 @@ impl ModelPools {
         }
     }
 
-    /// Another shard's decision (cache_aware text, a sticky session), for every model
-    /// the worker serves.
-    pub fn remote_insert(&mut self, workers: &WorkerSet, worker: WorkerId, text: &str) {
+    /// Runs `f` on the policy of every model `worker` serves: another shard's decision
+    /// (cache_aware text, a sticky session, kv_aware's provisional copies).
+    pub fn for_worker(
+        &mut self,
+        workers: &WorkerSet,
+        worker: WorkerId,
+        mut f: impl FnMut(&mut dyn Policy),
+    ) {
         let Some(w) = workers.get(worker) else { return };
         for model in &w.spec.models {
             if let Some(p) = self.policies.get_mut(model) {
-                p.remote_insert(worker, text);
-            }
-        }
-    }
-
-    /// Another shard's provisional copies (kv_aware), for every model the worker
-    /// serves.
-    pub fn remote_provisional(&mut self, workers: &WorkerSet, worker: WorkerId, names: &[u64]) {
-        let Some(w) = workers.get(worker) else { return };
-        for model in &w.spec.models {
-            if let Some(p) = self.policies.get_mut(model) {
-                p.remote_provisional(worker, names);
+                f(p.as_mut());
             }
         }
     }

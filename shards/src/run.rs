@@ -183,7 +183,7 @@ async fn run_shard(
         async move {
             while insert_rung.recv().await.is_some() {
                 glommio::timer::sleep(INSERT_FLUSH_DELAY).await;
-                shard.send_inserts();
+                shard.send_shared();
             }
         }
     });

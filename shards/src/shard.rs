@@ -77,34 +77,14 @@ impl Shard {
             Delta::AdminReply { token, reply } => self.admin.fulfil(*token, reply.clone()),
             Delta::CacheInserts(batch) => {
                 self.metrics.borrow_mut().shared_inserts += batch.len() as u64;
-                let workers = self.workers.borrow();
                 for (worker, text) in batch.iter() {
-                    if let Some(w) = workers.get(*worker) {
-                        self.policy(w.spec.role)
-                            .borrow_mut()
-                            .remote_insert(*worker, text);
-                    }
-                    if self.config.igw {
-                        self.model_pools
-                            .borrow_mut()
-                            .remote_insert(&workers, *worker, text);
-                    }
+                    self.for_policies_of(*worker, |p| p.remote_insert(*worker, text));
                 }
             }
             Delta::KvProvisional(batch) => {
                 self.metrics.borrow_mut().shared_provisional += batch.len() as u64;
-                let workers = self.workers.borrow();
                 for (worker, names) in batch.iter() {
-                    if let Some(w) = workers.get(*worker) {
-                        self.policy(w.spec.role)
-                            .borrow_mut()
-                            .remote_provisional(*worker, names);
-                    }
-                    if self.config.igw {
-                        self.model_pools
-                            .borrow_mut()
-                            .remote_provisional(&workers, *worker, names);
-                    }
+                    self.for_policies_of(*worker, |p| p.remote_provisional(*worker, names));
                 }
             }
             Delta::SessionFinished(session) => {
@@ -193,6 +173,20 @@ impl Shard {
         &self.policies[role as usize]
     }
 
+    /// Runs `f` on every policy that routes to `worker`: its pool's, and with
+    /// `--enable-igw` each of its models'. How another shard's decision is learnt.
+    fn for_policies_of(&self, worker: WorkerId, mut f: impl FnMut(&mut dyn Policy)) {
+        let workers = self.workers.borrow();
+        if let Some(w) = workers.get(worker) {
+            f(self.policy(w.spec.role).borrow_mut().as_mut());
+        }
+        if self.config.igw {
+            self.model_pools
+                .borrow_mut()
+                .for_worker(&workers, worker, f);
+        }
+    }
+
     /// The pool non-P/D requests use: the regular one, or the decode pool in P/D mode
     /// (decode workers are whole vLLM servers: `/v1/models`, transparent paths).
     pub fn main_role(&self) -> WorkerRole {
@@ -271,7 +265,7 @@ impl Shard {
 
     /// Reports the cache_aware inserts and kv_aware provisional copies gathered so
     /// far, as one batch each.
-    pub fn send_inserts(&self) {
+    pub fn send_shared(&self) {
         let notes = std::mem::take(&mut *self.pending_provisional.borrow_mut());
         if !notes.is_empty() {
             let _ = self.reports.send(Report::KvProvisional {

@@ -1,7 +1,8 @@
 //! Asking a pool's policy for a worker, and the 503 a client gets when there is none.
 
 use crate::client::Client;
-use crate::policy::RouteInput;
+use crate::kv_blocks::ProvisionalBlocks;
+use crate::policy::{Policy, RouteInput};
 use crate::shard::Shard;
 use crate::worker::{WorkerId, WorkerRole};
 
@@ -24,22 +25,20 @@ pub fn pick(
         json,
         tokens: c.tokens.as_deref(),
     };
-    let (picked, insert, charge, noted) = match igw_model(shard, json, role) {
+    let (picked, (insert, charge, noted)) = match igw_model(shard, json, role) {
         Some(model) => {
             let mut pools = shard.model_pools.borrow_mut();
             let workers = shard.workers.borrow();
             let kind = (shard.config.policy, &shard.config.policy_options);
             let policy = pools.policy(model, &workers, kind, shard.index);
             let picked = policy.pick(&workers.view_serving(role, excluded, model), &input);
-            let noted = policy.take_provisional();
-            (picked, policy.take_insert(), policy.take_charge(), noted)
+            (picked, left_by_pick(policy.as_mut()))
         }
         None => {
             let mut policy = shard.policy(role).borrow_mut();
             let workers = shard.workers.borrow();
             let picked = policy.pick(&workers.view(role, excluded), &input);
-            let noted = policy.take_provisional();
-            (picked, policy.take_insert(), policy.take_charge(), noted)
+            (picked, left_by_pick(policy.as_mut()))
         }
     };
     let timed = |_: &u32| {
@@ -61,6 +60,23 @@ pub fn pick(
         }
     }
     picked
+}
+
+/// What a pick leaves for the pipeline to take: a decision for the other shards
+/// (cache_aware, sticky sessions), the prompt tokens the worker must prefill, and
+/// kv_aware's provisional copies for the other shards.
+type LeftByPick = (
+    Option<(WorkerId, std::sync::Arc<str>)>,
+    Option<u32>,
+    Option<ProvisionalBlocks>,
+);
+
+fn left_by_pick(policy: &mut dyn Policy) -> LeftByPick {
+    (
+        policy.take_insert(),
+        policy.take_charge(),
+        policy.take_provisional(),
+    )
 }
 
 /// The model a request is routed by (`--enable-igw`, regular pool): its `model`.
