@@ -3,7 +3,8 @@
 published vllm-router side by side in one run, in front of an nginx `return 200`
 backend. Each client connection sends one small chat completion, reads the answer and
 stays open (what a chat client or an agent between turns looks like). The table shows
-each proxy's RSS growth per idle client connection, and the latency of requests made
+each proxy's RSS growth per idle client connection once they have sat idle for
+`--idle-secs`, and the latency of requests made
 on another connection while they stay open (against the same without them).
 
     python3 bench/idle_connections.py --connections 10000,100000
@@ -116,6 +117,9 @@ def main():
     ap.add_argument("--published", default=os.environ.get("PUBLISHED_ROUTER", os.path.join(
         ROOT, "target/published-venv/bin/vllm-router")), help="empty: skip it")
     ap.add_argument("--no-nginx-proxy", action="store_true")
+    ap.add_argument("--idle-secs", type=float, default=3.0,
+                    help="how long the connections sit idle before RSS is read again (ours sets a "
+                         "connection's task aside after 1 s of silence)")
     args = ap.parse_args()
     counts = [int(c) for c in args.connections.split(",")]
     limit = max(counts) + 10000
@@ -169,6 +173,8 @@ def main():
                 before = rss_kib(pids)
                 conns = open_idle(port, n, source)
                 source += n // PER_SOURCE + 1
+                opened = rss_kib(pids)
+                time.sleep(args.idle_secs)  # the definition of idle, not a synchronisation
                 after = rss_kib(pids)
                 busy = active_latency(port)
                 for s in conns:
@@ -177,15 +183,15 @@ def main():
                     s.close()
                 os.killpg(proc.pid, 15)
                 proc.wait()
-                row = (n, name, before, after, (after - before) / n, quiet, busy)
+                row = (n, name, before, opened, after, (after - before) / n, quiet, busy)
                 rows.append(row)
-                print(f"{n} {name}: RSS {before} -> {after} KiB, {row[4]:.2f} KiB each; "
+                print(f"{n} {name}: RSS {before} -> {opened} -> {after} KiB, {row[5]:.2f} KiB each; "
                       f"p50/p99 {quiet[0]:.0f}/{quiet[1]:.0f} -> {busy[0]:.0f}/{busy[1]:.0f} us", file=sys.stderr)
-        print("| idle connections | proxy | RSS before | RSS with them open | per idle connection "
-              "| active p50 / p99 alone | active p50 / p99 with them open |")
-        print("|---:|---|---:|---:|---:|---:|---:|")
-        for n, name, before, after, each, quiet, busy in rows:
-            print(f"| {n:,} | {name} | {before / 1024:.1f} MiB | {after / 1024:.1f} MiB | {each:.2f} KiB "
+        print(f"| idle connections | proxy | RSS before | RSS once they are open | after {args.idle_secs:g} s idle "
+              "| per idle connection | active p50 / p99 alone | active p50 / p99 with them open |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        for n, name, before, opened, after, each, quiet, busy in rows:
+            print(f"| {n:,} | {name} | {before / 1024:.1f} MiB | {opened / 1024:.1f} MiB | {after / 1024:.1f} MiB | {each:.2f} KiB "
                   f"| {quiet[0]:.0f} / {quiet[1]:.0f} us | {busy[0]:.0f} / {busy[1]:.0f} us |")
     finally:
         stop_groups(procs)

@@ -3,6 +3,7 @@
 
 mod common;
 use common::*;
+use std::time::{Duration, Instant};
 
 #[test]
 fn idle_keep_alive_connections_hold_no_buffers() {
@@ -65,4 +66,103 @@ fn pipelined_requests_are_answered_in_order_after_an_idle_wait() {
     }
     c.send(b"GET /health HTTP/1.1\r\nhost: t\r\n\r\n");
     assert_eq!(c.read_response(false).status, 200);
+}
+
+/// Polls the router's gauge of dormant connections (sampled once a second) until it
+/// reads `want`.
+fn wait_dormant(r: &Router, want: f64) {
+    let name = "vllm_router_idle_client_connections";
+    let ok = eventually(Duration::from_secs(10), || {
+        metric(&r.metrics(), name, &[]) == Some(want)
+    });
+    assert!(ok, "{name} != {want}:\n{}", r.metrics());
+}
+
+#[test]
+fn connections_idle_past_a_second_leave_their_tasks_and_wake_for_the_next_request() {
+    const CONNECTIONS: usize = 12;
+    let w = mock(&[]);
+    let r = router(&[&w], &[]);
+    let chat = |tag: &str, tokens: u32| {
+        let body = chat_body(tag, tokens, false).to_string();
+        post_bytes("/v1/chat/completions", &[], &body)
+    };
+    let mut conns: Vec<Conn> = (0..CONNECTIONS).map(|_| Conn::open(r.port)).collect();
+    for c in &mut conns {
+        c.send(&chat("first", 1));
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    wait_dormant(&r, CONNECTIONS as f64);
+    // Each wakes with its request; the last two send two pipelined requests at once.
+    for (i, c) in conns.iter_mut().enumerate() {
+        let pipelined = i >= CONNECTIONS - 2;
+        if pipelined {
+            c.send(&[chat("again", 2), chat("again", 3)].concat());
+        } else {
+            c.send(&chat("again", 2));
+        }
+        let resp = c.read_response(false);
+        assert_eq!(resp.status, 200, "connection {i}: {}", resp.text());
+        assert_eq!(resp.json()["usage"]["completion_tokens"], 2);
+        if pipelined {
+            assert_eq!(
+                c.read_response(false).json()["usage"]["completion_tokens"],
+                3
+            );
+        }
+    }
+    // Asleep again; a client that hangs up while its connection sleeps is closed.
+    wait_dormant(&r, CONNECTIONS as f64);
+    let mut leaving = conns.pop().unwrap();
+    leaving.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(leaving.is_closed());
+    wait_dormant(&r, (CONNECTIONS - 1) as f64);
+    // The rest still carry requests, streamed ones too.
+    let body = chat_body("stream", 3, true).to_string();
+    conns[0].post("/v1/chat/completions", &body);
+    conns[0].read_until(b"data: [DONE]");
+}
+
+#[test]
+fn a_dormant_connection_is_closed_at_the_keepalive_timeout() {
+    let w = mock(&[]);
+    let r = router(&[&w], &["--keepalive-timeout-secs", "3"]);
+    let mut c = Conn::open(r.port);
+    c.post(
+        "/v1/chat/completions",
+        &chat_body("x", 1, false).to_string(),
+    );
+    assert_eq!(c.read_response(false).status, 200);
+    let answered = Instant::now();
+    wait_dormant(&r, 1.0);
+    assert!(c.is_closed());
+    let took = answered.elapsed();
+    // Counted from the end of the answer, across dormancy; closed by a sweep that
+    // runs once a second.
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    wait_dormant(&r, 0.0);
+}
+
+#[test]
+fn sigterm_closes_dormant_connections_and_exits() {
+    let w = mock(&[]);
+    let mut r = router(&[&w], &[]);
+    let mut conns: Vec<Conn> = (0..3).map(|_| Conn::open(r.port)).collect();
+    for c in &mut conns {
+        c.post(
+            "/v1/chat/completions",
+            &chat_body("x", 1, false).to_string(),
+        );
+        assert_eq!(c.read_response(false).status, 200);
+    }
+    wait_dormant(&r, 3.0);
+    r.signal("TERM");
+    for c in &mut conns {
+        assert!(c.is_closed());
+    }
+    let status = r.child.wait().unwrap();
+    assert!(status.success(), "router exited with {status}");
 }

@@ -25,6 +25,7 @@ mod client;
 mod config;
 mod cors;
 mod deadline;
+mod dormant;
 mod errors;
 mod io;
 mod listen;

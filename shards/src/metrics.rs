@@ -165,6 +165,8 @@ pub struct ShardMetrics {
     pub queued: u64,
     /// Bytes of request bodies buffered on this shard when the copy was taken.
     pub buffered_body_bytes: u64,
+    /// Client connections dormant (idle, without a task) when the copy was taken.
+    pub dormant_connections: u64,
 }
 
 /// What one finished request adds.
@@ -241,6 +243,7 @@ impl ShardMetrics {
         self.shared_provisional += other.shared_provisional;
         self.queued += other.queued;
         self.buffered_body_bytes += other.buffered_body_bytes;
+        self.dormant_connections += other.dormant_connections;
     }
 
     pub fn record(&mut self, r: &RequestRecord<'_>) {

@@ -35,7 +35,8 @@ pub const SHARD_IO_MEMORY: usize = 512 * 1024;
 /// it has not fired (patch 6).
 pub const SHARD_PREEMPT_TIMER: Duration = Duration::from_millis(10);
 
-/// How often a shard closes pooled connections that idled too long, in deadline ticks.
+/// How often a shard closes pooled and dormant client connections that idled too
+/// long, in deadline ticks.
 const POOL_SWEEP_TICKS: u32 = 20;
 
 /// How often a shard reports its in-flight counts (when they changed), in ticks:
@@ -106,6 +107,13 @@ async fn run_shard(
             return;
         }
     };
+    let dormant = match crate::dormant::Dormant::new() {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot create the idle-connection set: {e}")));
+            return;
+        }
+    };
     let admission =
         crate::admission::Admission::new(config.admission_slots, config.admission_queue);
     let (insert_bell, insert_rung) = glommio::channels::local_channel::new_bounded(1);
@@ -142,6 +150,7 @@ async fn run_shard(
         draining: Cell::new(false),
         deadlines: Deadlines::default(),
         connections: Gate::new(),
+        dormant,
         metrics: RefCell::new(ShardMetrics::default()),
         rng: RefCell::new(Random::new(0x5eed ^ (index as u64) ^ seed_from_time())),
         admin: AdminWaiters::default(),
@@ -172,6 +181,12 @@ async fn run_shard(
                     shard.send_loads();
                 }
                 if ticks.is_multiple_of(POOL_SWEEP_TICKS) {
+                    if let Some(cutoff) = now.checked_sub(shard.config.keepalive_timeout) {
+                        shard.dormant.close_idle_since(cutoff);
+                    }
+                    if let Some(took) = shard.dormant.trim_after_wave() {
+                        crate::debug!("shard {index}: gave freed memory back in {took:?}");
+                    }
                     shard.pool.borrow_mut().sweep(now);
                     shard.send_metrics();
                 }
@@ -188,6 +203,7 @@ async fn run_shard(
         }
     });
     let acceptor = glommio::spawn_local(crate::server::accept_loop(shard.clone(), listener));
+    let waker = glommio::spawn_local(crate::server::wake_dormant(shard.clone()));
 
     // The delta loop: wait for the doorbell, drain the channel, until drained.
     // SAFETY: the fd comes from a std socket we own and hand over whole.
@@ -206,6 +222,7 @@ async fn run_shard(
         }
     }
     drop(acceptor); // closes the listener: the kernel stops giving us connections
+    drop(waker);
     let _ = shard.connections.close().await;
     drop(sweeper);
     drop(insert_flusher);

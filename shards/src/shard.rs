@@ -35,8 +35,11 @@ pub struct Shard {
     pub draining: Cell<bool>,
     /// Every timeout of the shard's connections and requests (see `deadline`).
     pub deadlines: Deadlines,
-    /// Every client connection holds a pass; draining waits for the gate to empty.
+    /// Every client connection with a task holds a pass; draining waits for the gate
+    /// to empty.
     pub connections: Gate,
+    /// Client connections idle long enough to have left their tasks (`dormant`).
+    pub dormant: crate::dormant::Dormant,
     pub metrics: RefCell<ShardMetrics>,
     /// Per-shard randomness (request ids), no syscalls.
     pub rng: RefCell<Random>,
@@ -140,6 +143,7 @@ impl Shard {
             Delta::Drain => {
                 self.draining.set(true);
                 self.deadlines.drain(); // wakes connections idling between requests
+                self.dormant.close_all();
             }
         }
     }
@@ -345,6 +349,7 @@ impl Shard {
         m.kv_inputs = [asked, cached, failed, here];
         m.queued = self.admission.usage().1 as u64;
         m.buffered_body_bytes = self.bodies.used();
+        m.dormant_connections = self.dormant.count() as u64;
         let _ = self.reports.send(Report::Metrics {
             shard: self.index,
             metrics: Box::new(m),

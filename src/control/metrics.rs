@@ -407,5 +407,12 @@ fn control_families(total: &ShardMetrics, view: &ControlView<'_>) -> Vec<MetricF
         MetricType::GAUGE,
         vec![(vec![], total.buffered_body_bytes as f64)],
     ));
+    families.push(family(
+        "vllm_router_idle_client_connections",
+        "Client keep-alive connections idle for more than a second, held as a bare socket \
+         without a task, all shards (sampled once a second).",
+        MetricType::GAUGE,
+        vec![(vec![], total.dormant_connections as f64)],
+    ));
     families
 }

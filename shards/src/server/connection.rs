@@ -9,12 +9,14 @@ use crate::codec::request::{HeadError, RequestHead};
 use crate::codec::Status;
 use crate::cors;
 use crate::deadline::Deadline;
+use crate::dormant::DORMANT_AFTER;
 use crate::errors::write_error;
 use crate::io::ReadBuf;
 use crate::recycled::Recycled;
 use crate::shard::Shard;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -24,12 +26,19 @@ enum HeadRead {
     Closed,
     Refused(HeadError),
     TimedOut,
+    /// Idle for [`DORMANT_AFTER`]: the socket goes to the shard's dormant set.
+    Dormant,
 }
 
-/// Serves one client connection until it closes; `_pass` keeps the shard's drain
+/// Serves one client connection, idle since `idle_since` (accepted, or woken from
+/// dormancy), until it closes or goes dormant; `_pass` keeps the shard's drain
 /// waiting for it.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _pass: glommio::sync::Pass) {
-    let accepted = Instant::now();
+pub async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    _pass: glommio::sync::Pass,
+    idle_since: Instant,
+) {
     let mut c = Client {
         stream,
         rbuf: ReadBuf::default(),
@@ -38,8 +47,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _pass: glommio::sync::Pa
         body: Vec::new(),
         request_id: Vec::new(),
         outcome: Outcome::default(),
-        started: accepted,
-        idle_since: accepted,
+        started: idle_since,
+        idle_since,
         cors: Vec::new(),
         tokens: None,
         prefill_charge: None,
@@ -49,6 +58,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, _pass: glommio::sync::Pa
         match read_head(&shard, &mut c).await {
             HeadRead::Ready => {}
             HeadRead::Closed => break,
+            HeadRead::Dormant => {
+                let Client {
+                    stream, idle_since, ..
+                } = c;
+                // SAFETY: the stream gave its descriptor up whole and polls nothing.
+                let socket = unsafe { OwnedFd::from_raw_fd(stream.into_raw_fd()) };
+                shard.dormant.keep(socket, idle_since);
+                return;
+            }
             HeadRead::TimedOut => {
                 write_error(
                     &mut c.out,
@@ -166,9 +184,11 @@ fn record(shard: &Shard, c: &Client) -> Instant {
 
 /// Reads until a whole head is buffered and parsed into `c.head`. The idle wait for
 /// the first byte is bounded by the keep-alive timeout (and ends when the shard
-/// drains); the rest of the head by the header-read timeout (slowloris).
+/// drains), or, when that is longer, by [`DORMANT_AFTER`]; the rest of the head by
+/// the header-read timeout (slowloris).
 async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
     let cfg = &shard.config;
+    let goes_dormant = DORMANT_AFTER < cfg.keepalive_timeout;
     let mut deadline: Option<Deadline<'_>> = None;
     loop {
         if !c.rbuf.is_empty() {
@@ -187,9 +207,8 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
         let idle = c.rbuf.is_empty();
         let timer = deadline.get_or_insert_with(|| {
             if idle {
-                shard
-                    .deadlines
-                    .start_at(c.idle_since, cfg.keepalive_timeout, true)
+                let wait = cfg.keepalive_timeout.min(DORMANT_AFTER);
+                shard.deadlines.start_at(c.idle_since, wait, true)
             } else {
                 shard.deadlines.start(cfg.header_read_timeout, false)
             }
@@ -198,7 +217,9 @@ async fn read_head(shard: &Shard, c: &mut Client) -> HeadRead {
         match timer.bound(read).await {
             Some(Ok(0)) | Some(Err(_)) => return HeadRead::Closed,
             Some(Ok(_)) => {}
-            // An idle wait that ran out is a clean end; a head that stalled is not.
+            // An idle wait that ran out is a clean end (or dormancy); a head that
+            // stalled is not.
+            None if idle && goes_dormant && !shard.draining.get() => return HeadRead::Dormant,
             None if idle => return HeadRead::Closed,
             None => return HeadRead::TimedOut,
         }

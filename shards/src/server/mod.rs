@@ -7,12 +7,14 @@ mod endpoints;
 mod session;
 
 use crate::shard::Shard;
-use glommio::net::TcpListener;
+use glommio::net::{TcpListener, TcpStream};
 use std::future::Future;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 /// Pause after a failed accept (EMFILE, ENFILE, ENOBUFS): the condition lasts until
 /// connections close, so retrying at once would spin; 10 ms is far below a client's
@@ -29,7 +31,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 let Ok(pass) = shard.connections.enter() else {
                     return; // gate closed: draining
                 };
-                let serve = connection::serve(shard.clone(), stream, pass);
+                let serve = connection::serve(shard.clone(), stream, pass, Instant::now());
                 let task = Contained {
                     serve,
                     shard: shard.index,
@@ -39,6 +41,40 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             Err(e) => {
                 crate::warn!("shard {}: accept failed: {e}", shard.index);
                 glommio::timer::sleep(ACCEPT_RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Serves the dormant connections whose clients spoke again (`crate::dormant`): one
+/// poll on the shard's epoll set for all of them. Ends when dropped (drain).
+pub async fn wake_dormant(shard: Rc<Shard>) {
+    let mut woken = Vec::new();
+    loop {
+        if let Err(e) = glommio::net::poll_readable(shard.dormant.raw_fd()).await {
+            crate::error!(
+                "shard {}: idle connections cannot be watched: {e}",
+                shard.index
+            );
+            return;
+        }
+        loop {
+            let more = shard.dormant.take_woken(&mut woken);
+            for w in woken.drain(..) {
+                let Ok(pass) = shard.connections.enter() else {
+                    continue; // draining: the socket closes here
+                };
+                // SAFETY: the descriptor is the accepted socket, owned whole here.
+                let stream = unsafe { TcpStream::from_raw_fd(w.socket.into_raw_fd()) };
+                let serve = connection::serve(shard.clone(), stream, pass, w.idle_since);
+                let task = Contained {
+                    serve,
+                    shard: shard.index,
+                };
+                glommio::spawn_local(task).detach();
+            }
+            if !more {
+                break;
             }
         }
     }

@@ -106,6 +106,15 @@ fn yolo_sendmsg(
     }
 }
 
+/// Waits until `fd` is readable, through one poll on this executor's ring
+/// (vllm-router: for a descriptor glommio does not wrap, such as an epoll set).
+/// The caller keeps `fd` open until the future completes or is dropped; dropping
+/// it cancels the poll.
+pub async fn poll_readable(fd: RawFd) -> io::Result<()> {
+    let source = crate::executor().reactor().poll_read_ready(fd);
+    source.collect_rw().await.map(|_| ())
+}
+
 mod datagram;
 mod stream;
 mod tcp_socket;

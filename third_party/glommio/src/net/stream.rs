@@ -13,7 +13,7 @@ use std::{
     cell::Cell,
     io,
     net::Shutdown,
-    os::unix::io::{AsRawFd, FromRawFd, RawFd},
+    os::unix::io::{AsRawFd, FromRawFd, IntoRawFd, RawFd},
     rc::{Rc, Weak},
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
@@ -464,6 +464,21 @@ where
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let socket = socket2::Socket::from_raw_fd(fd);
         GlommioStream::from(socket)
+    }
+}
+
+/// Gives the socket up without closing it (vllm-router): its polls are cancelled
+/// (dropped), so nothing of glommio's refers to the descriptor afterwards.
+impl<S: IntoRawFd> IntoRawFd for GlommioStream<S, NonBuffered> {
+    fn into_raw_fd(self) -> RawFd {
+        let NonBufferedStream {
+            stream,
+            source_tx,
+            source_rx,
+            ..
+        } = self.stream;
+        drop((source_tx, source_rx));
+        stream.into_raw_fd()
     }
 }
 

@@ -386,6 +386,14 @@ impl<B: RxBuf> AsRawFd for TcpStream<B> {
     }
 }
 
+/// The socket, still open, without its glommio polls (vllm-router: an idle
+/// connection parked in an epoll set costs its descriptor only).
+impl IntoRawFd for TcpStream {
+    fn into_raw_fd(self) -> RawFd {
+        self.stream.into_raw_fd()
+    }
+}
+
 impl FromRawFd for TcpStream {
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let socket = socket2::Socket::from_raw_fd(fd);
