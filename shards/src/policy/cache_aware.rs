@@ -3,7 +3,7 @@
 //! already queued on it, in one currency (docs/routing.md has the formula and why):
 //!
 //! ```text
-//! cost(w) = (1 - matched(w) / len) + LOAD_COST * load(w)
+//! cost(w) = (1 - matched(w) / len) + LOAD_COST * load(w) - HOME_PULL * [w is home]
 //! ```
 //!
 //! - `matched(w)`: the longest prefix of the request's text this router sent to `w`
@@ -12,6 +12,7 @@
 //! - `load(w)`: requests in flight to `w` from the whole router (this shard's exact
 //!   count plus the other shards'), plus what the worker reports beyond that in its
 //!   `/metrics` (other replicas, direct clients).
+//! - `[w is home]`: 1 for the home of the request's shared prefix (below), else 0.
 //! - When the loads are imbalanced (`--balance-abs-threshold` and
 //!   `--balance-rel-threshold` both exceeded) the least loaded worker wins, whatever
 //!   the cache says: the published router's guard, kept.
@@ -56,6 +57,16 @@ pub const PLACEMENT_KEY_BYTES: usize = 256;
 /// 95% of the prompt loses to an empty one once it has seven more requests in flight.
 /// Tuned on bench/routing_quality (docs/routing.md has the runs).
 pub const LOAD_COST: f64 = 0.15;
+
+/// What being the home of the request's shared prefix is worth, in prompts prefilled.
+/// A conversation that started away from its prompt's home (placed before the prompt
+/// was known to be shared, spilled over the new-conversation cap, or started while the
+/// homes moved as the set of shared prompts grew) comes back at its next turn unless
+/// its own history is more than this share of its text, or the home has two more
+/// requests in flight: early, when moving costs re-prefilling a question or two.
+/// Left where it started, it splits its prompt over two caches and leaves the load as
+/// uneven as the early placements were. docs/routing.md has the runs.
+pub const HOME_PULL: f64 = 0.3;
 
 /// A new conversation (no worker holds more of it than the prefix other requests
 /// share) skips workers with this many requests more than the mean: balance is cheap
@@ -244,7 +255,10 @@ impl CacheAware {
             .filter(|(w, _)| allowed(w));
         let mut best: Option<Candidate<'a>> = None;
         for (w, matched) in candidates {
-            let c = self.candidate(w, matched, len, key);
+            let mut c = self.candidate(w, matched, len, key);
+            if at_home && w.spec.id == placed.spec.id {
+                c.cost -= HOME_PULL;
+            }
             if best.is_none_or(|b| c.cost < b.cost || (c.cost == b.cost && c.rank > b.rank)) {
                 best = Some(c);
             }

@@ -231,15 +231,57 @@ fn a_conversation_whose_last_turn_went_through_another_replica_goes_home() {
         ("user", "and more"),
     ];
     assert_eq!(chat(&mut p, &s, &turn3), home);
-    // A conversation this router followed all along stays where it is.
-    p.remote_insert(other, &format!("system: {system}\nuser: yours\n"));
+    // A conversation this router followed all along stays where it is, once its own
+    // history outweighs the pull of the home (HOME_PULL).
+    let long = "tell me everything about the first topic. ".repeat(20);
+    p.remote_insert(other, &format!("system: {system}\nuser: {long}\n"));
     let turn2 = [
         ("system", system.as_str()),
-        ("user", "yours"),
+        ("user", long.as_str()),
         ("assistant", "an answer"),
         ("user", "more"),
     ];
     assert_eq!(chat(&mut p, &s, &turn2), other);
+}
+
+#[test]
+fn a_conversation_that_started_away_from_home_comes_back_at_its_next_turn() {
+    let mut s = set(4);
+    let mut p = policy(&s, cfg());
+    let system = system_prompt(2);
+    for c in 0..3 {
+        chat(
+            &mut p,
+            &s,
+            &[("system", &system), ("user", &format!("q{c}"))],
+        );
+    }
+    let home = chat(&mut p, &s, &[("system", &system), ("user", "hello")]);
+    // Its first turn went elsewhere (before the prompt was known to be shared, or
+    // over the cap), and that worker is no busier than the home.
+    let other = (home + 1) % 4;
+    p.remote_insert(other, &format!("system: {system}\nuser: early\n"));
+    s.get_mut(home).unwrap().in_flight = 1;
+    s.get_mut(other).unwrap().in_flight = 1;
+    let turn2 = [
+        ("system", system.as_str()),
+        ("user", "early"),
+        ("assistant", "an answer"),
+        ("user", "more"),
+    ];
+    assert_eq!(chat(&mut p, &s, &turn2), home, "re-prefilling one question");
+    // A home two requests busier lets it stay.
+    let mut q = policy(&s, cfg());
+    for c in 0..3 {
+        chat(
+            &mut q,
+            &s,
+            &[("system", &system), ("user", &format!("q{c}"))],
+        );
+    }
+    q.remote_insert(other, &format!("system: {system}\nuser: early\n"));
+    s.get_mut(home).unwrap().in_flight = 3;
+    assert_eq!(chat(&mut q, &s, &turn2), other);
 }
 
 #[test]
