@@ -204,19 +204,20 @@ fn a_new_prompt_stays_where_its_first_request_went_when_it_becomes_shared() {
     );
 }
 
+/// Three conversations on `system` make it a shared prompt; returns its home.
+fn share_prompt(p: &mut CacheAware, s: &WorkerSet, system: &str) -> WorkerId {
+    for c in 0..3 {
+        chat(p, s, &[("system", system), ("user", &format!("q{c}"))]);
+    }
+    chat(p, s, &[("system", system), ("user", "hello")])
+}
+
 #[test]
 fn a_conversation_whose_last_turn_went_through_another_replica_goes_home() {
     let s = set(4);
     let mut p = policy(&s, cfg());
     let system = system_prompt(1);
-    for c in 0..3 {
-        chat(
-            &mut p,
-            &s,
-            &[("system", &system), ("user", &format!("q{c}"))],
-        );
-    }
-    let home = chat(&mut p, &s, &[("system", &system), ("user", "hello")]);
+    let home = share_prompt(&mut p, &s, &system);
     // This router saw turn 1 elsewhere (a worker holding only its first question)...
     let other = (home + 1) % 4;
     let turn1 = format!("system: {system}\nuser: mine\n");
@@ -249,14 +250,7 @@ fn a_conversation_that_started_away_from_home_comes_back_at_its_next_turn() {
     let mut s = set(4);
     let mut p = policy(&s, cfg());
     let system = system_prompt(2);
-    for c in 0..3 {
-        chat(
-            &mut p,
-            &s,
-            &[("system", &system), ("user", &format!("q{c}"))],
-        );
-    }
-    let home = chat(&mut p, &s, &[("system", &system), ("user", "hello")]);
+    let home = share_prompt(&mut p, &s, &system);
     // Its first turn went elsewhere (before the prompt was known to be shared, or
     // over the cap), and that worker is no busier than the home.
     let other = (home + 1) % 4;
@@ -272,13 +266,7 @@ fn a_conversation_that_started_away_from_home_comes_back_at_its_next_turn() {
     assert_eq!(chat(&mut p, &s, &turn2), home, "re-prefilling one question");
     // A home two requests busier lets it stay.
     let mut q = policy(&s, cfg());
-    for c in 0..3 {
-        chat(
-            &mut q,
-            &s,
-            &[("system", &system), ("user", &format!("q{c}"))],
-        );
-    }
+    share_prompt(&mut q, &s, &system);
     q.remote_insert(other, &format!("system: {system}\nuser: early\n"));
     s.get_mut(home).unwrap().in_flight = 3;
     assert_eq!(chat(&mut q, &s, &turn2), other);
