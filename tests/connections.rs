@@ -72,10 +72,7 @@ fn pipelined_requests_are_answered_in_order_after_an_idle_wait() {
 /// reads `want`.
 fn wait_dormant(r: &Router, want: f64) {
     let name = "vllm_router_idle_client_connections";
-    let ok = eventually(Duration::from_secs(10), || {
-        metric(&r.metrics(), name, &[]) == Some(want)
-    });
-    assert!(ok, "{name} != {want}:\n{}", r.metrics());
+    wait_metric_within(Duration::from_secs(10), r, name, &[], want);
 }
 
 #[test]

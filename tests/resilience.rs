@@ -20,10 +20,7 @@ fn chat(port: u16, headers: &[(&str, &str)]) -> Response {
 
 /// Shards send their counters to the control core once a second: poll.
 fn wait_metric(r: &Router, name: &str, labels: &[(&str, &str)], want: f64) {
-    let ok = eventually(Duration::from_secs(3), || {
-        metric(&r.metrics(), name, labels) == Some(want)
-    });
-    assert!(ok, "{name}{labels:?} != {want}:\n{}", r.metrics());
+    wait_metric_within(Duration::from_secs(3), r, name, labels, want);
 }
 
 fn generation_requests(m: &Proc) -> u64 {

@@ -59,8 +59,8 @@ pub struct Dormant {
     epoll: Epoll,
     /// Slot `i` is the connection whose epoll data is `i`.
     slots: RefCell<Vec<Option<Sleeper>>>,
+    /// Empty slots, for reuse: every other slot holds a connection.
     free: RefCell<Vec<u32>>,
-    count: Cell<usize>,
     /// Connections put to sleep since memory was last given back.
     slept_since_trim: Cell<u64>,
     /// `slept_since_trim` at the sweep before.
@@ -73,7 +73,6 @@ impl Dormant {
             epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
             slots: RefCell::default(),
             free: RefCell::default(),
-            count: Cell::new(0),
             slept_since_trim: Cell::new(0),
             slept_at_last_sweep: Cell::new(0),
         })
@@ -86,7 +85,7 @@ impl Dormant {
 
     /// Connections dormant now.
     pub fn count(&self) -> usize {
-        self.count.get()
+        self.slots.borrow().len() - self.free.borrow().len()
     }
 
     /// Puts an idle connection to sleep. When the kernel refuses the watch (out of
@@ -108,7 +107,6 @@ impl Dormant {
             return; // `socket` closes here
         }
         slots[key as usize] = Some(Sleeper { socket, idle_since });
-        self.count.set(self.count.get() + 1);
         self.slept_since_trim.set(self.slept_since_trim.get() + 1);
     }
 
@@ -129,7 +127,6 @@ impl Dormant {
             };
             let _ = self.epoll.delete(sleeper.socket.as_fd());
             self.free.borrow_mut().push(key as u32);
-            self.count.set(self.count.get() - 1);
             out.push(Woken {
                 socket: sleeper.socket,
                 idle_since: sleeper.idle_since,
@@ -182,7 +179,6 @@ impl Dormant {
                 closed += 1;
             }
         }
-        self.count.set(self.count.get() - closed);
         closed
     }
 }

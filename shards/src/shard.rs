@@ -250,21 +250,23 @@ impl Shard {
 
     /// Queues a cache_aware insert for the other shards.
     pub fn queue_insert(&self, insert: (WorkerId, std::sync::Arc<str>)) {
-        let mut pending = self.pending_inserts.borrow_mut();
-        if pending.is_empty() {
-            // Full means a flush is already due.
-            let _ = self.insert_bell.try_send(());
-        }
-        pending.push(insert);
+        self.queue_shared(&self.pending_inserts, insert);
     }
 
     /// Queues kv_aware's provisional copies for the other shards.
     pub fn queue_provisional(&self, noted: crate::kv_blocks::ProvisionalBlocks) {
-        let mut pending = self.pending_provisional.borrow_mut();
+        self.queue_shared(&self.pending_provisional, noted);
+    }
+
+    /// Adds to a batch [`Shard::send_shared`] reports, waking the flusher when the
+    /// batch was empty.
+    fn queue_shared<T>(&self, pending: &RefCell<Vec<T>>, item: T) {
+        let mut pending = pending.borrow_mut();
         if pending.is_empty() {
+            // Full means a flush is already due.
             let _ = self.insert_bell.try_send(());
         }
-        pending.push(noted);
+        pending.push(item);
     }
 
     /// Reports the cache_aware inserts and kv_aware provisional copies gathered so

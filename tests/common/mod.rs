@@ -582,6 +582,19 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// Polls the router's `/metrics` until `name{labels}` reads `want`, for at most
+/// `within`; fails the test with the exposition otherwise.
+pub fn wait_metric_within(
+    within: Duration,
+    r: &Router,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) {
+    let ok = eventually(within, || metric(&r.metrics(), name, labels) == Some(want));
+    assert!(ok, "{name}{labels:?} != {want}:\n{}", r.metrics());
+}
+
 pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }

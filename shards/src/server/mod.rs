@@ -31,12 +31,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
                 let Ok(pass) = shard.connections.enter() else {
                     return; // gate closed: draining
                 };
-                let serve = connection::serve(shard.clone(), stream, pass, Instant::now());
-                let task = Contained {
-                    serve,
-                    shard: shard.index,
-                };
-                glommio::spawn_local(task).detach();
+                spawn_connection(&shard, stream, pass, Instant::now());
             }
             Err(e) => {
                 crate::warn!("shard {}: accept failed: {e}", shard.index);
@@ -44,6 +39,21 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             }
         }
     }
+}
+
+/// Starts the task that serves one client connection, idle since `idle_since`.
+fn spawn_connection(
+    shard: &Rc<Shard>,
+    stream: TcpStream,
+    pass: glommio::sync::Pass,
+    idle_since: Instant,
+) {
+    let serve = connection::serve(shard.clone(), stream, pass, idle_since);
+    let task = Contained {
+        serve,
+        shard: shard.index,
+    };
+    glommio::spawn_local(task).detach();
 }
 
 /// Serves the dormant connections whose clients spoke again (`crate::dormant`): one
@@ -66,12 +76,7 @@ pub async fn wake_dormant(shard: Rc<Shard>) {
                 };
                 // SAFETY: the descriptor is the accepted socket, owned whole here.
                 let stream = unsafe { TcpStream::from_raw_fd(w.socket.into_raw_fd()) };
-                let serve = connection::serve(shard.clone(), stream, pass, w.idle_since);
-                let task = Contained {
-                    serve,
-                    shard: shard.index,
-                };
-                glommio::spawn_local(task).detach();
+                spawn_connection(&shard, stream, pass, w.idle_since);
             }
             if !more {
                 break;
