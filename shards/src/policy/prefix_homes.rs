@@ -3,12 +3,15 @@
 //!
 //! Rendezvous hashing alone places each key on its best-ranked worker, which leaves a
 //! handful of system prompts lumpy (eight over four workers: often three, two, two,
-//! one) and overflows the busiest worker's cache. Here the known shared keys are taken
-//! in the order of their hashes, each to its best-ranked worker that is home to fewer
-//! than its share of them (bounded-load consistent hashing with a factor of one, over
-//! keys instead of requests). The outcome depends only on the set of keys and the
-//! worker URLs, not on the order traffic arrived in, so replicas that see the same
-//! system prompts give them the same homes without talking.
+//! one) and overflows the busiest worker's cache. Here no worker is home to more than
+//! its share of the known shared keys (`ceil(keys / workers)`: bounded-load
+//! consistent hashing with a factor of one, over keys instead of requests), and as
+//! many keys as that allows stay at their best-ranked worker: that is where a key's
+//! first conversations went, before it was shared, and a home elsewhere strands them
+//! there. Each worker keeps the keys that rank it highest; the others go, in the order
+//! of their hashes, to the worker home to the fewest keys. The outcome depends only on
+//! the set of keys and the worker URLs, not on the order traffic arrived in, so
+//! replicas that see the same system prompts give them the same homes without talking.
 //!
 //! A key not shared yet (a new prompt, one conversation's own start) goes to its
 //! best-ranked worker: that depends on nothing the shards of a router may briefly
@@ -107,7 +110,10 @@ impl PrefixHomes {
         self.pin = None;
     }
 
-    /// Computes the homes again when the keys or workers changed.
+    /// Computes the homes again when the keys or workers changed: as many keys as
+    /// the share allows stay at their best-ranked worker (where a key's first
+    /// conversations went, before it was shared), the strongest-ranked first; the rest
+    /// go, in the order of their hashes, to the worker home to the fewest keys.
     fn refresh(&mut self, rank: &Rendezvous, workers: &PoolView<'_>) {
         if !self.stale {
             return;
@@ -119,25 +125,50 @@ impl PrefixHomes {
         if n == 0 {
             return;
         }
-        let mut keys: Vec<u64> = self.keys.keys().copied().collect();
-        keys.sort_unstable();
-        let share = keys.len().div_ceil(n) as u32;
+        let share = self.keys.len().div_ceil(n) as u32;
         let pin = self
             .pin
             .filter(|(k, w)| self.keys.contains_key(k) && workers.routable_get(*w).is_some());
-        if let Some((_, w)) = pin {
-            bump(&mut self.counts, w);
-        }
-        for key in keys {
-            if let Some((_, w)) = pin.filter(|(k, _)| *k == key) {
+        // (worker, claim, key): each key's best-ranked worker and how strongly it
+        // ranks there; the pinned key claims its holder before any other.
+        let mut first: Vec<(WorkerId, u64, u64)> = self
+            .keys
+            .keys()
+            .filter_map(|&key| match pin {
+                Some((k, w)) if k == key => Some((w, u64::MAX, key)),
+                _ => {
+                    let best = workers
+                        .routable()
+                        .max_by_key(|w| rank.score(key, w.spec.id))?;
+                    Some((best.spec.id, rank.score(key, best.spec.id), key))
+                }
+            })
+            .collect();
+        first.sort_unstable_by(|a, b| (a.0, b.1, a.2).cmp(&(b.0, a.1, b.2)));
+        let mut over = Vec::new();
+        for (w, _, key) in first {
+            if count(&self.counts, w) < share {
                 self.homes.push((key, w));
-                continue;
+                bump(&mut self.counts, w);
+            } else {
+                over.push(key);
             }
-            if let Some(home) = best_under(&self.counts, key, share, rank, workers, u64::MAX) {
+        }
+        over.sort_unstable();
+        for key in over {
+            let home = workers
+                .routable()
+                .filter(|w| count(&self.counts, w.spec.id) < share)
+                .min_by_key(|w| {
+                    let homed = count(&self.counts, w.spec.id);
+                    (homed, std::cmp::Reverse(rank.score(key, w.spec.id)))
+                });
+            if let Some(home) = home {
                 self.homes.push((key, home.spec.id));
                 bump(&mut self.counts, home.spec.id);
             }
         }
+        self.homes.sort_unstable_by_key(|(k, _)| *k);
     }
 
     /// Where `key` goes: its home while that is under the load cap, else its
@@ -161,11 +192,15 @@ impl PrefixHomes {
             Some(id) => workers
                 .routable_get(id)
                 .filter(|home| u64::from(home.load()) < cap)
-                .or_else(|| best_under(&[], key, 1, rank, workers, cap)),
-            None => best_under(&[], key, 1, rank, workers, cap),
+                .or_else(|| best_under(key, rank, workers, cap)),
+            None => best_under(key, rank, workers, cap),
         }
         .or_else(|| rank.place(key, workers, total))
     }
+}
+
+fn count(counts: &[u32], id: WorkerId) -> u32 {
+    counts.get(id as usize).copied().unwrap_or(0)
 }
 
 fn bump(counts: &mut Vec<u32>, id: WorkerId) {
@@ -176,20 +211,16 @@ fn bump(counts: &mut Vec<u32>, id: WorkerId) {
     counts[i] += 1;
 }
 
-/// The best-ranked routable worker for `key` with fewer than `share` keys counted in
-/// `counts` and under `cap` requests in flight.
+/// The best-ranked routable worker for `key` under `cap` requests in flight.
 fn best_under<'a>(
-    counts: &[u32],
     key: u64,
-    share: u32,
     rank: &Rendezvous,
     workers: &PoolView<'a>,
     cap: u64,
 ) -> Option<&'a Worker> {
-    let count = |id: WorkerId| counts.get(id as usize).copied().unwrap_or(0);
     workers
         .routable()
-        .filter(|w| count(w.spec.id) < share && u64::from(w.load()) < cap)
+        .filter(|w| u64::from(w.load()) < cap)
         .max_by_key(|w| rank.score(key, w.spec.id))
 }
 
@@ -221,6 +252,36 @@ mod tests {
             let mut per: HashMap<&str, usize> = HashMap::new();
             homes.iter().for_each(|u| *per.entry(u).or_default() += 1);
             assert!(per.values().all(|&c| c == 2), "round {round}: {per:?}");
+        }
+    }
+
+    #[test]
+    fn as_many_keys_as_the_share_allows_stay_at_their_best_ranked_worker() {
+        // Before a key is shared its conversations go to its best-ranked worker; a
+        // home elsewhere strands them. With eight keys over four workers (a share of
+        // two), a worker that is best-ranked for k keys is home to min(k, 2) of them.
+        let set = test_workers(4);
+        let view = set.view(WorkerRole::Regular, &[]);
+        let mut rank = Rendezvous::default();
+        rank.on_workers_changed(&view);
+        for round in 0..200u64 {
+            let keys: Vec<u64> = (0..8)
+                .map(|k| (round << 8 | k).wrapping_mul(0xd6e8_feb8_6659_fd93))
+                .collect();
+            let mut h = PrefixHomes::default();
+            keys.iter().for_each(|k| h.note_shared(*k, None));
+            h.refresh(&rank, &view);
+            let best = |k: u64| {
+                let w = view.routable().max_by_key(|w| rank.score(k, w.spec.id));
+                w.unwrap().spec.id
+            };
+            for w in view.routable().map(|w| w.spec.id) {
+                let ranked_first = keys.iter().filter(|k| best(**k) == w).count();
+                let kept = (keys.iter())
+                    .filter(|k| best(**k) == w && h.home(**k) == Some(w))
+                    .count();
+                assert_eq!(kept, ranked_first.min(2), "round {round}, worker {w}");
+            }
         }
     }
 
