@@ -308,6 +308,7 @@ fn p_d_gauges_show_a_request_waiting_on_its_prefill() {
     let gauge = |name: &str, w: &Proc| sample(&r, name, &[("worker", &w.url())]);
     let now = |tokens: f64, pending: f64| {
         gauge("vllm_router_pd_active_prefill_tokens", &p) == tokens
+            && gauge("vllm_router_pd_prefill_occupancy", &p) == pending
             && gauge("vllm_router_pd_pending_decode_requests", &d) == pending
             && gauge("vllm_router_pd_unknown_prefill_requests", &p) == 0.0
             && gauge("vllm_router_pd_active_decode_requests", &d) == 0.0

@@ -151,10 +151,15 @@ fn an_unpriced_prefill_leg_shows_in_the_p_d_gauges_while_it_runs() {
     let p = mock(&["--slow-headers-ms", "30000"]);
     let d = mock(&[]);
     let r = pd_router(&[&p], &[&d], &[]);
-    let gauge =
-        |name: &str, w: &Proc| metric(&r.metrics(), name, &[("worker", &w.url())]).unwrap_or(-1.0);
+    // 0.1.17's labels: the worker, and its data-parallel ranks together.
+    let gauge = |name: &str, w: &Proc| {
+        let labels = [("worker", w.url()), ("rank", "aggregate".to_string())];
+        let labels: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        metric(&r.metrics(), name, &labels).unwrap_or(-1.0)
+    };
     let now = |unknown: f64, pending: f64| {
         gauge("vllm_router_pd_unknown_prefill_requests", &p) == unknown
+            && gauge("vllm_router_pd_prefill_occupancy", &p) == unknown
             && gauge("vllm_router_pd_pending_decode_requests", &d) == pending
             && gauge("vllm_router_pd_active_prefill_tokens", &p) == 0.0
     };

@@ -76,7 +76,8 @@ pub fn pd_families(total: &ShardMetrics, registry: &Registry) -> Vec<MetricFamil
 pub type PerWorker<'a> = dyn Fn(WorkerId) -> u64 + 'a;
 
 /// 0.1.17's P/D gauges, per worker of the pool they are about (none outside P/D mode:
-/// there are no prefill or decode workers then).
+/// there are no prefill or decode workers then), with 0.1.17's `rank="aggregate"`
+/// label: the worker's data-parallel ranks together.
 pub fn pd_gauges(
     total: &ShardMetrics,
     registry: &Registry,
@@ -89,14 +90,17 @@ pub fn pd_gauges(
             .filter(|w| w.spec.role == role)
             .map(|w| {
                 (
-                    vec![("worker", w.spec.url.clone())],
+                    vec![
+                        ("worker", w.spec.url.clone()),
+                        ("rank", "aggregate".to_string()),
+                    ],
                     value(w.spec.id) as f64,
                 )
             })
             .collect()
     };
     let mut families = Vec::new();
-    let gauges: [(&str, &str, WorkerRole, &PerWorker); 4] = [
+    let gauges: [(&str, &str, WorkerRole, &PerWorker); 5] = [
         (
             "vllm_router_pd_active_prefill_tokens",
             "Prompt tokens of this router's prefill legs each prefill worker has not answered yet, as kv_aware priced them (what is cached not counted).",
@@ -108,6 +112,12 @@ pub fn pd_gauges(
             "Prefill legs in flight to each prefill worker, not answered yet, whose prompt tokens the router did not price (another prefill policy, or no tokens).",
             WorkerRole::Prefill,
             &|id| u64::from(total.pd_unpriced.get(&id).copied().unwrap_or(0)),
+        ),
+        (
+            "vllm_router_pd_prefill_occupancy",
+            "Prefill legs in flight to each prefill worker, not answered yet, priced or not.",
+            WorkerRole::Prefill,
+            load,
         ),
         (
             "vllm_router_pd_pending_decode_requests",
