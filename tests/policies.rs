@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 /// Named mock workers (each answers with `x-mock-worker: NAME`) behind a router.
 fn cluster(names: &[&str], args: &[&str]) -> (Vec<Proc>, Router) {
@@ -290,6 +291,52 @@ fn power_of_two_sees_load_from_other_clients_through_worker_metrics() {
     for _ in 0..10 {
         let resp = post_json(r.port, "/v1/chat/completions", &chat_body("x", 1, false));
         assert_eq!(worker_of(&resp), "idle");
+    }
+}
+
+#[test]
+fn a_routers_own_requests_never_show_as_another_clients_load() {
+    // The worker's queue is compared with the router's own in-flight count when the
+    // scrape (every second) lands: requests that end after it must not look like
+    // someone else's for the rest of the second.
+    let w = mock(&["--name", "w", "--token-delay-us", "200000"]);
+    let r = router(&[&w], &["--policy", "power_of_two"]);
+    let view = || {
+        let v = request(r.port, "GET", "/workers", &[], b"").json();
+        let w = v["workers"][0].clone();
+        (
+            w["load"].as_u64().unwrap(),
+            w["external_load"].as_u64().unwrap(),
+        )
+    };
+    let body = json!({"prompt": "x", "max_tokens": 100, "stream": true}).to_string();
+    let mut streams: Vec<Conn> = (0..6)
+        .map(|_| {
+            let mut c = Conn::open(r.port);
+            c.post("/v1/completions", &body);
+            c
+        })
+        .collect();
+    for c in &mut streams {
+        c.read_until(b"data: {");
+    }
+    let settled = eventually(Duration::from_secs(5), || view() == (6, 0));
+    assert!(settled, "{:?}", view());
+    // Over a scrape interval and a bit: a scrape lands while the six are running.
+    let until = Instant::now() + Duration::from_millis(1300);
+    while Instant::now() < until {
+        assert_eq!(view(), (6, 0));
+    }
+    drop(streams);
+    let ended = eventually(Duration::from_secs(5), || view().0 == 0);
+    assert!(ended, "{:?}", view());
+    let until = Instant::now() + Duration::from_millis(1300);
+    while Instant::now() < until {
+        assert_eq!(
+            view(),
+            (0, 0),
+            "the router's own ended requests counted as external"
+        );
     }
 }
 

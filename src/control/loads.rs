@@ -89,15 +89,8 @@ pub async fn scrape_loop(state: Rc<RefCell<ControlState>>, timeout: Duration) {
         for t in tasks {
             if let Ok((id, found)) = t.await {
                 let mut s = state.borrow_mut();
-                match found {
-                    Some(load) => {
-                        if s.scraped.insert(id, load) != Some(load) {
-                            s.loads_dirty = true;
-                        }
-                    }
-                    None => {
-                        s.scraped.remove(&id);
-                    }
+                if s.note_scrape(id, found) {
+                    s.loads_dirty = true;
                 }
             }
         }

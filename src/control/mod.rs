@@ -268,6 +268,7 @@ fn initial_state(
         kv_stage: config.kv_events.as_ref().map(|k| k.role),
         loads_dirty: false,
         scraped: std::collections::HashMap::new(),
+        external: std::collections::HashMap::new(),
         breakers: breakers::Breakers::new(config.breaker.clone()),
         file_workers: config.file_urls.iter().cloned().collect(),
         discovery_updates: 0,

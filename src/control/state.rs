@@ -29,6 +29,9 @@ pub struct ControlState {
     pub loads_dirty: bool,
     /// Per worker, what its own `/metrics` said at the last scrape.
     pub scraped: HashMap<WorkerId, WorkerLoad>,
+    /// Per worker, the requests it had at the last scrape that were not this router's
+    /// then (see [`ControlState::note_scrape`]).
+    pub external: HashMap<WorkerId, u32>,
     pub breakers: Breakers,
     /// Base URLs the worker list file owns (see `reload`).
     pub file_workers: BTreeSet<String>,
@@ -70,11 +73,22 @@ impl ControlState {
     /// Requests a worker has that did not come from this router (other routers,
     /// direct clients), from its last scrape.
     pub fn external_load(&self, id: WorkerId) -> u32 {
-        let Some(s) = self.scraped.get(&id) else {
-            return 0;
+        self.external.get(&id).copied().unwrap_or(0)
+    }
+
+    /// Keeps what a scrape of `id` found (None: the scrape failed); true when the
+    /// shards' load view changes. The worker's queue is compared with this router's
+    /// in-flight count as the scrape lands, not later: a second on, this router's own
+    /// requests that ended since would show as someone else's until the next scrape.
+    pub fn note_scrape(&mut self, id: WorkerId, found: Option<WorkerLoad>) -> bool {
+        let Some(load) = found else {
+            self.scraped.remove(&id);
+            return self.external.remove(&id).is_some_and(|n| n > 0);
         };
         let ours = self.metrics.load(id) as f64;
-        (s.running + s.waiting - ours).max(0.0) as u32
+        let external = (load.running + load.waiting - ours).max(0.0) as u32;
+        self.scraped.insert(id, load);
+        self.external.insert(id, external) != Some(external)
     }
 
     /// Sets the health of every rank of `base` and tells the shards.
