@@ -253,6 +253,7 @@ fn shard_config(
                 penalty_disk: cli.published.kv_penalty_disk,
                 default_block_size: cli.published.kv_event_block_size,
                 pending_prefill_weight: cli.kv_pending_prefill_weight,
+                load_exponent: cli.kv_load_exponent,
                 provisional_ttl: (cli.kv_provisional_ttl_secs > 0)
                     .then(|| Duration::from_secs(cli.kv_provisional_ttl_secs)),
                 session_affinity_ttl: cli

@@ -77,6 +77,10 @@ pub struct Cli {
     /// (ours; 1 is 0.1.17's `A`; 0 leaves it out, measured better: docs/kv-aware.md).
     #[arg(long, default_value_t = 0.0, value_parser = published::non_negative)]
     pub kv_pending_prefill_weight: f64,
+    /// kv_aware: the power of `load + 1` in the cost (ours; 1 is 0.1.17's; 0.5, the
+    /// default, measured better with several router replicas: docs/kv-aware.md).
+    #[arg(long, default_value_t = 0.5, value_parser = load_exponent)]
+    pub kv_load_exponent: f64,
     /// kv_aware: seconds a just-routed request's blocks count as on its worker before
     /// the worker's KV events say so (ours; 0: off).
     #[arg(long, default_value_t = 10)]
@@ -316,6 +320,14 @@ pub fn prefill_pairs(values: &[String]) -> Result<Vec<(String, Option<u16>)>, St
         }
     }
     Ok(out)
+}
+
+/// `--kv-load-exponent`: 0 (load ignored) to 2.
+fn load_exponent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=2.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s} - Must be between 0.0 and 2.0")),
+    }
 }
 
 #[cfg(test)]

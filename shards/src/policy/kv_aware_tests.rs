@@ -33,12 +33,23 @@ fn hold(p: &mut KvAware, worker: WorkerId, blocks: usize, medium: Medium) {
     });
 }
 
-#[test]
-fn the_worker_holding_the_prefix_wins_until_load_outweighs_it() {
-    let mut s = test_workers(2);
-    let mut p = KvAware::new(KvAwareConfig::default(), 1, WorkerRole::Regular);
+/// Two workers, worker 1 holding the first 64 tokens of `0..`, priced with `cfg`.
+fn holding_64(cfg: KvAwareConfig) -> (WorkerSet, KvAware) {
+    let s = test_workers(2);
+    let mut p = KvAware::new(cfg, 1, WorkerRole::Regular);
     p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
     hold(&mut p, 1, 4, Medium::Device);
+    (s, p)
+}
+
+#[test]
+fn the_worker_holding_the_prefix_wins_until_load_outweighs_it() {
+    // 0.1.17's cost: load + 1 to the first power.
+    let cfg = KvAwareConfig {
+        load_exponent: 1.0,
+        ..Default::default()
+    };
+    let (mut s, mut p) = holding_64(cfg);
     // 80 tokens: worker 1 prefills 80 - 64 = 16, worker 0 all 80.
     assert_eq!(pick(&mut p, &s, &prompt(80)), 1);
     // 16 x (3 + 1) = 64 < 80 x 1: still worker 1; at 4 in flight, 80 = 80 ties.
@@ -49,11 +60,25 @@ fn the_worker_holding_the_prefix_wins_until_load_outweighs_it() {
     assert_eq!(p.kv_lookups(), [2, 1, 0, 0]);
 }
 
+#[test]
+fn by_default_load_weighs_as_its_square_root() {
+    let (mut s, mut p) = holding_64(KvAwareConfig::default());
+    // 16 x sqrt(5 + 1) = 39 < 80: worker 1, where 0.1.17 sends it to the idle worker.
+    s.get_mut(1).unwrap().in_flight = 5;
+    assert_eq!(pick(&mut p, &s, &prompt(80)), 1);
+    // 16 x sqrt(23 + 1) = 78.4 < 80; 16 x sqrt(25 + 1) = 81.6 > 80.
+    s.get_mut(1).unwrap().in_flight = 23;
+    assert_eq!(pick(&mut p, &s, &prompt(80)), 1);
+    s.get_mut(1).unwrap().in_flight = 25;
+    assert_eq!(pick(&mut p, &s, &prompt(80)), 0);
+}
+
 /// Two workers, and kv_aware weighing their pending prefill as 0.1.17 does.
 fn weighing_pending_prefill() -> (WorkerSet, KvAware) {
     let s = test_workers(2);
     let cfg = KvAwareConfig {
         pending_prefill_weight: 1.0,
+        load_exponent: 1.0,
         ..Default::default()
     };
     let mut p = KvAware::new(cfg, 1, WorkerRole::Regular);
