@@ -137,10 +137,8 @@ impl PrefixHomes {
             .filter_map(|&key| match pin {
                 Some((k, w)) if k == key => Some((w, u64::MAX, key)),
                 _ => {
-                    let best = workers
-                        .routable()
-                        .max_by_key(|w| rank.score(key, w.spec.id))?;
-                    Some((best.spec.id, rank.score(key, best.spec.id), key))
+                    let best = best_under(key, rank, workers, u64::MAX)?.spec.id;
+                    Some((best, rank.score(key, best), key))
                 }
             })
             .collect();
