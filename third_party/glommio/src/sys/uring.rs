@@ -70,6 +70,15 @@ pub(crate) fn multishot_poll_supported() -> bool {
     *SUPPORTED
 }
 
+/// Whether the poll linking the latency ring into the main ring stays armed across
+/// parks (vllm-router patch 11): multishot polls need Linux 5.13.
+fn link_poll_kept() -> bool {
+    lazy_static! {
+        static ref KEPT: bool = kernel_at_least(5, 13);
+    }
+    *KEPT
+}
+
 fn kernel_at_least(major: u32, minor: u32) -> bool {
     let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
     if unsafe { libc::uname(&mut uts) } != 0 {
@@ -1117,6 +1126,72 @@ impl SleepableRing {
         }
     }
 
+    /// Sleeps on a link poll kept armed across parks (vllm-router patch 11).
+    /// `arm`: the kept poll is not in the kernel (first park, or it completed), so
+    /// it is submitted in the same `io_uring_enter` that waits. Upstream submits a
+    /// one-shot poll, then waits, then cancels the poll after waking: up to three
+    /// `io_uring_enter` calls per park where this makes one.
+    fn sleep_on_kept_link(&mut self, link: &Source, arm: bool) -> io::Result<usize> {
+        assert_eq!(
+            self.waiting_kernel_submission(),
+            0,
+            "sleeping with pending SQEs"
+        );
+        let wait = |ring: &mut Self| {
+            ring.ring
+                .cq()
+                .wait(1)
+                .map(|_| 1)
+                .or_else(Reactor::busy_ok)
+                .or_else(Reactor::again_ok)
+                .or_else(Reactor::intr_ok)
+        };
+        if !arm {
+            return wait(self);
+        }
+        let mut sq = self.ring.sq();
+        let Some(mut sqe) = sq.prepare_sqe() else {
+            // No SQE for the link: can't sleep (as upstream's `sleep`).
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        };
+        let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
+        let op = UringDescriptor {
+            fd: link.raw(),
+            flags: SubmissionFlags::empty(),
+            user_data: to_user_data(
+                self.source_map
+                    .borrow_mut()
+                    .add_source(link, self.submission_queue.clone()),
+            ),
+            args: UringOpDescriptor::PollAddMulti(common_flags() | read_flags()),
+        };
+        fill_sqe(
+            &mut sqe,
+            &op,
+            DmaBuffer::new,
+            &mut self.source_map.borrow_mut(),
+        );
+        // The kernel waits only once every SQE was accepted: a submission cut
+        // short returns without sleeping.
+        match sq.submit_and_wait(1) {
+            Ok(submitted) => {
+                self.in_kernel += submitted as usize;
+                Ok(submitted as usize)
+            }
+            Err(err) => {
+                // Not submitted: a no-op under the link's user data completes it
+                // (as upstream's `sleep` does), and the next park arms a new one.
+                if self.waiting_kernel_submission() > 0 {
+                    unsafe { crate::uring_sys::io_uring_prep_nop(sqe_ptr) };
+                }
+                Err(err)
+            }
+        }
+        .or_else(Reactor::busy_ok)
+        .or_else(Reactor::again_ok)
+        .or_else(Reactor::intr_ok)
+    }
+
     fn sleep(&mut self, link: &Source) -> io::Result<usize> {
         assert_eq!(
             self.waiting_kernel_submission(),
@@ -1307,6 +1382,8 @@ pub(crate) struct Reactor {
     throughput_preemption_wanted: Cell<bool>,
 
     link_fd: RawFd,
+    /// vllm-router patch 11: the poll linking the rings, kept armed across parks.
+    kept_link: RefCell<Option<Source>>,
 
     // This keeps the `eventfd` alive. Drop will close it when we're done
     notifier: Arc<sys::SleepNotifier>,
@@ -1441,6 +1518,7 @@ impl Reactor {
             throughput_preemption_wanted: Cell::new(true),
             blocking_thread,
             link_fd,
+            kept_link: RefCell::new(None),
             notifier,
             eventfd_src,
             source_map,
@@ -1820,6 +1898,24 @@ impl Reactor {
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+        if link_poll_kept() {
+            let mut kept = self.kept_link.borrow_mut();
+            let arm = !kept.as_ref().is_some_and(Source::is_armed);
+            if arm {
+                *kept = Some(Source::new(
+                    IoRequirements::default(),
+                    self.link_fd,
+                    SourceType::LinkRings,
+                    None,
+                    None,
+                ));
+            }
+            let link = kept.as_ref().expect("a link source was just made");
+            return ring
+                .sleep_on_kept_link(link, arm)
+                .or_else(Self::busy_ok)
+                .map(|_| {});
+        }
         let link_rings = Source::new(
             IoRequirements::default(),
             self.link_fd,
