@@ -57,14 +57,14 @@ const MSG_ZEROCOPY: i32 = 0x4000000;
 const IORING_POLL_ADD_MULTI: u32 = 1 << 0;
 
 /// Whether streams use one multishot poll per connection (change 7, vllm-router):
-/// only when `GLOMMIO_MULTISHOT_POLL=1` and the kernel has it (Linux 5.13; older
-/// kernels reject the flag with EINVAL). Off by default since it was found to lose
-/// the wakeup of a peer's FIN now and then (PATCHES.md, change 7): a proxied answer
-/// cut by its worker then waited for the idle timeout instead of ending.
+/// when the kernel has it (Linux 5.13; older kernels reject the flag with EINVAL),
+/// unless `GLOMMIO_MULTISHOT_POLL=0`. It was off from 2026-11-30 to 2026-12-01 while
+/// a lost FIN was traced (PATCHES.md, change 7): completions now add up their masks
+/// (`process_one_event`).
 pub(crate) fn multishot_poll_supported() -> bool {
     lazy_static! {
         static ref SUPPORTED: bool = std::env::var_os("GLOMMIO_MULTISHOT_POLL")
-            .is_some_and(|v| v == "1")
+            .is_none_or(|v| v != "0")
             && kernel_at_least(5, 13);
     }
     *SUPPORTED
@@ -621,9 +621,23 @@ where
 
         let mut woke = false;
         if try_process(src.borrow()).is_none() {
-            let res = Some(post_process(src.borrow_mut(), transmute_error(result)));
+            let res = post_process(src.borrow_mut(), transmute_error(result));
             let mut inner_source = src.borrow_mut();
-            inner_source.wakers.result = res;
+            // vllm-router: the completions of a multishot poll since its reader last
+            // cleared the result are one report, so their masks add up. The last one
+            // alone can lack the peer's FIN: TCP wakes pollers for the FIN (the
+            // kernel polls the socket: POLLIN | POLLRDHUP) and then for the data
+            // that came with it (the wakeup's own mask: POLLIN | POLLPRI), in that
+            // order. A one-shot poll completes once, with nothing to add to.
+            let res = match (&inner_source.wakers.result, res) {
+                (Some(Ok(seen)), Ok(mask))
+                    if matches!(inner_source.source_type, SourceType::PollAdd) =>
+                {
+                    Ok(*seen | mask)
+                }
+                (_, res) => res,
+            };
+            inner_source.wakers.result = Some(res);
             woke = inner_source.wakers.wake_waiters();
         }
         return Some((woke, !more));
