@@ -4,6 +4,7 @@
 
 mod cli;
 mod control;
+mod cpu_quota;
 mod kv_settings;
 mod notify;
 mod preflight;
@@ -58,7 +59,8 @@ fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("cannot open the log: {e}"))?;
 
     let cpus = preflight::allowed_cpus();
-    let shard_count = cli.shards.unwrap_or(cpus.len()).max(1);
+    let quota = cpu_quota::cpu_quota();
+    let (shard_count, pinned) = cpu_quota::shard_plan(cli.shards, cpus.len(), quota);
     preflight::check_io_uring()?;
     preflight::check_memlock(shard_count)?;
     if let Some((before, after)) = preflight::raise_nofile() {
@@ -107,7 +109,10 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let mut threads = Vec::with_capacity(shard_count);
     for (index, shard_end) in shard_ends.into_iter().enumerate() {
-        let cpu = cpus.get(index % cpus.len().max(1)).copied();
+        let cpu = cpus
+            .get(index % cpus.len().max(1))
+            .copied()
+            .filter(|_| pinned);
         let thread = shards::spawn_shard(index, cpu, config.clone(), shard_end, report_tx.clone())?;
         threads.push(thread);
     }
@@ -126,15 +131,23 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let prometheus = started.metrics;
 
-    let cpu_list: Vec<String> = cpus
-        .iter()
-        .take(shard_count)
-        .map(|c| c.to_string())
-        .collect();
+    let placement = if pinned {
+        let cpu_list: Vec<String> = cpus
+            .iter()
+            .take(shard_count)
+            .map(|c| c.to_string())
+            .collect();
+        format!("on CPU(s) {}", cpu_list.join(","))
+    } else {
+        format!(
+            "not pinned, for a CPU quota of {:.2} of the {} CPU(s) in the affinity mask,",
+            quota.unwrap_or_default(),
+            cpus.len()
+        )
+    };
     shards::info!(
-        "vllm-router listening on http://{listen} with {shard_count} shard(s) on CPU(s) {} \
+        "vllm-router listening on http://{listen} with {shard_count} shard(s) {placement} \
          (policy {}); metrics on http://{prometheus}/metrics",
-        cpu_list.join(","),
         policy.name()
     );
     if config.access.admin.is_none() && !listen.ip().is_loopback() {

@@ -464,3 +464,89 @@ fn kv_event_sources_are_checked_with_the_published_messages() {
         assert!(text.contains(message), "{args:?}: {text}");
     }
 }
+
+/// The shard threads of a router process: (name, allowed CPUs) per thread.
+fn shard_threads(pid: u32) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !name.starts_with("shard-") {
+            continue;
+        }
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        out.push((name.trim().to_string(), cpus));
+    }
+    out
+}
+
+#[test]
+fn a_cpu_quota_below_the_cpus_sets_the_shard_count_and_leaves_them_unpinned() {
+    // As a Kubernetes CPU limit without dedicated cores: the affinity mask shows every
+    // CPU, the cgroup allows one CPU's time. Made here as a cgroup v1 `cpu` child
+    // (root, the hierarchy mounted read-write, as on the project's machines).
+    let mask = std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cgroup =
+        std::path::Path::new("/sys/fs/cgroup/cpu").join(format!("vr-quota-{}", std::process::id()));
+    if cpus < 2 || std::fs::create_dir(&cgroup).is_err() {
+        eprintln!("skipped: needs 2 CPUs and a writable cgroup v1 cpu hierarchy (root)");
+        return;
+    }
+    std::fs::write(cgroup.join("cpu.cfs_period_us"), "100000").unwrap();
+    std::fs::write(cgroup.join("cpu.cfs_quota_us"), "100000").unwrap();
+    let procs = cgroup.join("cgroup.procs");
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        &format!("echo $$ > {}; exec \"$0\" \"$@\"", procs.display()),
+        router_bin().to_str().unwrap(),
+        "--policy",
+        "random",
+    ]);
+    let r = start_router(cmd);
+    let threads = shard_threads(r.proc.child.id());
+    let names: std::collections::BTreeSet<&str> = threads.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["shard-0"],
+        "{threads:?}"
+    );
+    assert!(
+        threads.iter().all(|(_, allowed)| *allowed == mask),
+        "{threads:?} against {mask}"
+    );
+    drop(r);
+    // Without the quota: one pinned shard per CPU.
+    let mut cmd = Command::new(router_bin());
+    cmd.args(["--policy", "random"]);
+    let r = start_router(cmd);
+    let threads = shard_threads(r.proc.child.id());
+    assert!(
+        threads.iter().any(|(n, a)| n == "shard-1" && a == "1"),
+        "{threads:?}"
+    );
+    drop(r);
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || std::fs::remove_dir(
+            &cgroup
+        )
+        .is_ok()),
+        "the test cgroup could not be removed"
+    );
+}
