@@ -465,6 +465,17 @@ fn kv_event_sources_are_checked_with_the_published_messages() {
     }
 }
 
+/// `Cpus_allowed_list` of a `/proc/.../status` file.
+fn allowed_cpus(status: &std::path::Path) -> String {
+    std::fs::read_to_string(status)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or("")
+        .trim()
+        .to_string()
+}
+
 /// The shard threads of a router process: (name, allowed CPUs) per thread.
 fn shard_threads(pid: u32) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -476,14 +487,10 @@ fn shard_threads(pid: u32) -> Vec<(String, String)> {
         if !name.starts_with("shard-") {
             continue;
         }
-        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        let cpus = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
-        out.push((name.trim().to_string(), cpus));
+        out.push((
+            name.trim().to_string(),
+            allowed_cpus(&task.path().join("status")),
+        ));
     }
     out
 }
@@ -493,14 +500,11 @@ fn a_cpu_quota_below_the_cpus_sets_the_shard_count_and_leaves_them_unpinned() {
     // As a Kubernetes CPU limit without dedicated cores: the affinity mask shows every
     // CPU, the cgroup allows one CPU's time. Made here as a cgroup v1 `cpu` child
     // (root, the hierarchy mounted read-write, as on the project's machines).
-    let mask = std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("Cpus_allowed_list:")
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap();
+    let mask = allowed_cpus(std::path::Path::new("/proc/self/status"));
+    assert!(
+        !mask.is_empty(),
+        "no Cpus_allowed_list in /proc/self/status"
+    );
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cgroup =
         std::path::Path::new("/sys/fs/cgroup/cpu").join(format!("vr-quota-{}", std::process::id()));

@@ -1140,6 +1140,48 @@ impl SleepableRing {
         }
     }
 
+    /// Queues the poll on the latency ring's fd that links it into this ring
+    /// (`poll`: one-shot or multishot) and returns its SQE, to be made a no-op if
+    /// it is not submitted; None when the submission queue is full. (vllm-router:
+    /// shared by `sleep` and `sleep_on_kept_link`, patch 11.)
+    fn queue_link_poll(
+        &mut self,
+        link: &Source,
+        poll: UringOpDescriptor,
+    ) -> Option<*mut uring_sys::io_uring_sqe> {
+        let mut sq = self.ring.sq();
+        let mut sqe = sq.prepare_sqe()?;
+        let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
+        let op = UringDescriptor {
+            fd: link.raw(),
+            flags: SubmissionFlags::empty(),
+            user_data: to_user_data(
+                self.source_map
+                    .borrow_mut()
+                    .add_source(link, self.submission_queue.clone()),
+            ),
+            args: poll,
+        };
+        fill_sqe(
+            &mut sqe,
+            &op,
+            DmaBuffer::new,
+            &mut self.source_map.borrow_mut(),
+        );
+        Some(sqe_ptr)
+    }
+
+    /// Waits for one completion (vllm-router: shared by both sleeps).
+    fn wait_one(&mut self) -> io::Result<usize> {
+        self.ring
+            .cq()
+            .wait(1)
+            .map(|_| 1)
+            .or_else(Reactor::busy_ok)
+            .or_else(Reactor::again_ok)
+            .or_else(Reactor::intr_ok)
+    }
+
     /// Sleeps on a link poll kept armed across parks (vllm-router patch 11).
     /// `arm`: the kept poll is not in the kernel (first park, or it completed), so
     /// it is submitted in the same `io_uring_enter` that waits. Upstream submits a
@@ -1151,43 +1193,17 @@ impl SleepableRing {
             0,
             "sleeping with pending SQEs"
         );
-        let wait = |ring: &mut Self| {
-            ring.ring
-                .cq()
-                .wait(1)
-                .map(|_| 1)
-                .or_else(Reactor::busy_ok)
-                .or_else(Reactor::again_ok)
-                .or_else(Reactor::intr_ok)
-        };
         if !arm {
-            return wait(self);
+            return self.wait_one();
         }
-        let mut sq = self.ring.sq();
-        let Some(mut sqe) = sq.prepare_sqe() else {
+        let poll = UringOpDescriptor::PollAddMulti(common_flags() | read_flags());
+        let Some(sqe_ptr) = self.queue_link_poll(link, poll) else {
             // No SQE for the link: can't sleep (as upstream's `sleep`).
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         };
-        let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
-        let op = UringDescriptor {
-            fd: link.raw(),
-            flags: SubmissionFlags::empty(),
-            user_data: to_user_data(
-                self.source_map
-                    .borrow_mut()
-                    .add_source(link, self.submission_queue.clone()),
-            ),
-            args: UringOpDescriptor::PollAddMulti(common_flags() | read_flags()),
-        };
-        fill_sqe(
-            &mut sqe,
-            &op,
-            DmaBuffer::new,
-            &mut self.source_map.borrow_mut(),
-        );
         // The kernel waits only once every SQE was accepted: a submission cut
         // short returns without sleeping.
-        match sq.submit_and_wait(1) {
+        match self.ring.submit_sqes_and_wait(1) {
             Ok(submitted) => {
                 self.in_kernel += submitted as usize;
                 Ok(submitted as usize)
@@ -1212,25 +1228,8 @@ impl SleepableRing {
             0,
             "sleeping with pending SQEs"
         );
-        if let Some(mut sqe) = self.ring.sq().prepare_sqe() {
-            let sqe_ptr = unsafe { sqe.raw_mut() as *mut _ };
-            let op = UringDescriptor {
-                fd: link.raw(),
-                flags: SubmissionFlags::empty(),
-                user_data: to_user_data(
-                    self.source_map
-                        .borrow_mut()
-                        .add_source(link, self.submission_queue.clone()),
-                ),
-                args: UringOpDescriptor::PollAdd(common_flags() | read_flags()),
-            };
-            fill_sqe(
-                &mut sqe,
-                &op,
-                DmaBuffer::new,
-                &mut self.source_map.borrow_mut(),
-            );
-
+        let poll = UringOpDescriptor::PollAdd(common_flags() | read_flags());
+        if let Some(sqe_ptr) = self.queue_link_poll(link, poll) {
             // We have now prepared the SQE that links the two rings. We now need to submit
             // it successfully to be able to safely sleep.
 
@@ -1249,13 +1248,7 @@ impl SleepableRing {
                 Err(io::Error::from_raw_os_error(libc::EBUSY))
             } else {
                 // The rings are linked. Goodnight!
-                self.ring
-                    .cq()
-                    .wait(1)
-                    .map(|_| 1)
-                    .or_else(Reactor::busy_ok)
-                    .or_else(Reactor::again_ok)
-                    .or_else(Reactor::intr_ok)
+                self.wait_one()
             }
         } else {
             // Can't link rings because we ran out of `CQE`s. Just can't sleep.
@@ -1912,17 +1905,20 @@ impl Reactor {
     /// We may not be able to register an `SQE` at this point, so we return an
     /// Error and will just not sleep.
     fn link_rings_and_sleep(&self, ring: &mut SleepableRing) -> io::Result<()> {
+        let link_source = || {
+            Source::new(
+                IoRequirements::default(),
+                self.link_fd,
+                SourceType::LinkRings,
+                None,
+                None,
+            )
+        };
         if link_poll_kept() {
             let mut kept = self.kept_link.borrow_mut();
             let arm = !kept.as_ref().is_some_and(Source::is_armed);
             if arm {
-                *kept = Some(Source::new(
-                    IoRequirements::default(),
-                    self.link_fd,
-                    SourceType::LinkRings,
-                    None,
-                    None,
-                ));
+                *kept = Some(link_source());
             }
             let link = kept.as_ref().expect("a link source was just made");
             return ring
@@ -1930,13 +1926,7 @@ impl Reactor {
                 .or_else(Self::busy_ok)
                 .map(|_| {});
         }
-        let link_rings = Source::new(
-            IoRequirements::default(),
-            self.link_fd,
-            SourceType::LinkRings,
-            None,
-            None,
-        );
+        let link_rings = link_source();
         ring.sleep(&link_rings).or_else(Self::busy_ok).map(|_| {})
     }
 
