@@ -81,6 +81,11 @@ impl ControlState {
     /// in-flight count as the scrape lands, not later: a second on, this router's own
     /// requests that ended since would show as someone else's until the next scrape.
     pub fn note_scrape(&mut self, id: WorkerId, found: Option<WorkerLoad>) -> bool {
+        // A scrape that lands after its worker was removed keeps nothing (ids are never
+        // reused, so an entry kept here would stay for the router's life).
+        if !self.registry.workers.iter().any(|w| w.spec.id == id) {
+            return false;
+        }
         let Some(load) = found else {
             self.scraped.remove(&id);
             return self.external.remove(&id).is_some_and(|n| n > 0);
@@ -151,8 +156,68 @@ impl ControlState {
         let ids = self.registry.remove(url);
         for &id in &ids {
             self.breakers.forget(id);
+            self.scraped.remove(&id);
+            self.external.remove(&id);
             self.broadcast(Delta::Remove(id));
         }
         ids
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn state() -> ControlState {
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        ControlState {
+            listen: addr,
+            metrics_addr: addr,
+            shard_count: 0,
+            links: Vec::new(),
+            registry: Registry::new(1),
+            metrics: Aggregator::default(),
+            probe: ProbeConfig {
+                endpoint: "/health".into(),
+                timeout: Duration::from_secs(1),
+                api_key: None,
+            },
+            policy: PolicyKind::CacheAware,
+            kv_stage: None,
+            loads_dirty: false,
+            scraped: HashMap::new(),
+            external: HashMap::new(),
+            breakers: Breakers::new(Default::default()),
+            file_workers: BTreeSet::new(),
+            discovery_updates: 0,
+            discovery_added: 0,
+            discovery_removed: 0,
+            reloads: [0, 0],
+            kv: Default::default(),
+        }
+    }
+
+    fn busy() -> Option<WorkerLoad> {
+        Some(WorkerLoad {
+            running: 3.0,
+            waiting: 2.0,
+            kv_cache_usage: 0.5,
+        })
+    }
+
+    #[test]
+    fn a_removed_worker_leaves_no_scraped_load_behind() {
+        let mut s = state();
+        let ids = s
+            .add_worker("http://127.0.0.1:9", WorkerRole::Regular, true, None)
+            .unwrap();
+        assert!(s.note_scrape(ids[0], busy()));
+        assert_eq!(s.external_load(ids[0]), 5);
+        assert_eq!(s.remove_worker("http://127.0.0.1:9"), ids);
+        assert!(s.scraped.is_empty() && s.external.is_empty());
+        // A scrape that was under way when the worker went keeps nothing either.
+        assert!(!s.note_scrape(ids[0], busy()));
+        assert!(s.scraped.is_empty() && s.external.is_empty());
     }
 }
