@@ -270,12 +270,29 @@ mod tests {
     use crate::state::{test_workers, WorkerSet};
     use crate::worker::WorkerRole;
 
-    fn homes_of(set: &WorkerSet, keys: &[u64]) -> Vec<String> {
+    fn ranked(set: &WorkerSet) -> (PoolView<'_>, Rendezvous) {
         let view = set.view(WorkerRole::Regular, &[]);
         let mut rank = Rendezvous::default();
         rank.on_workers_changed(&view);
+        (view, rank)
+    }
+
+    /// The homes the shards compute for `keys`, all shared.
+    fn refreshed(view: &PoolView<'_>, rank: &Rendezvous, keys: &[u64]) -> PrefixHomes {
         let mut h = PrefixHomes::default();
         keys.iter().for_each(|k| h.note_shared(*k, None));
+        h.refresh(rank, view);
+        h
+    }
+
+    fn best_ranked(view: &PoolView<'_>, rank: &Rendezvous, key: u64) -> WorkerId {
+        let w = view.routable().max_by_key(|w| rank.score(key, w.spec.id));
+        w.unwrap().spec.id
+    }
+
+    fn homes_of(set: &WorkerSet, keys: &[u64]) -> Vec<String> {
+        let (view, rank) = ranked(set);
+        let mut h = refreshed(&view, &rank, keys);
         (keys.iter())
             .map(|k| h.place(*k, &rank, &view, 0).unwrap().spec.url.clone())
             .collect()
@@ -301,20 +318,13 @@ mod tests {
         // home elsewhere strands them. With eight keys over four workers (a share of
         // two), a worker that is best-ranked for k keys is home to min(k, 2) of them.
         let set = test_workers(4);
-        let view = set.view(WorkerRole::Regular, &[]);
-        let mut rank = Rendezvous::default();
-        rank.on_workers_changed(&view);
+        let (view, rank) = ranked(&set);
         for round in 0..200u64 {
             let keys: Vec<u64> = (0..8)
                 .map(|k| (round << 8 | k).wrapping_mul(0xd6e8_feb8_6659_fd93))
                 .collect();
-            let mut h = PrefixHomes::default();
-            keys.iter().for_each(|k| h.note_shared(*k, None));
-            h.refresh(&rank, &view);
-            let best = |k: u64| {
-                let w = view.routable().max_by_key(|w| rank.score(k, w.spec.id));
-                w.unwrap().spec.id
-            };
+            let h = refreshed(&view, &rank, &keys);
+            let best = |k: u64| best_ranked(&view, &rank, k);
             for w in view.routable().map(|w| w.spec.id) {
                 let ranked_first = keys.iter().filter(|k| best(**k) == w).count();
                 let kept = (keys.iter())
@@ -330,31 +340,21 @@ mod tests {
         // Five to seven keys over four workers: rendezvous alone often ranks none of
         // them best on some worker, which then took only spills until the eighth key.
         let set = test_workers(4);
-        let view = set.view(WorkerRole::Regular, &[]);
-        let mut rank = Rendezvous::default();
-        rank.on_workers_changed(&view);
+        let (view, rank) = ranked(&set);
         let mut lifted = 0;
         for n in 1..=13u64 {
             for round in 0..100u64 {
                 let keys: Vec<u64> = (0..n)
                     .map(|k| (round << 8 | k).wrapping_mul(0xa076_1d64_78bd_642f))
                     .collect();
-                let mut h = PrefixHomes::default();
-                keys.iter().for_each(|k| h.note_shared(*k, None));
-                h.refresh(&rank, &view);
+                let h = refreshed(&view, &rank, &keys);
                 let floor = n as u32 / 4;
                 let share = n.div_ceil(4) as u32;
                 for w in view.routable().map(|w| w.spec.id) {
                     let homed = count(&h.counts, w);
                     assert!((floor..=share).contains(&homed), "{n} keys: {homed} on {w}");
-                    let best = |k: &&u64| {
-                        view.routable()
-                            .max_by_key(|v| rank.score(**k, v.spec.id))
-                            .unwrap()
-                            .spec
-                            .id
-                    };
-                    if homed > 0 && keys.iter().filter(|k| best(k) == w).count() == 0 {
+                    let ranked_first = keys.iter().any(|k| best_ranked(&view, &rank, *k) == w);
+                    if homed > 0 && !ranked_first {
                         lifted += 1;
                     }
                 }
