@@ -28,6 +28,9 @@ def main():
     procs = []
 
     def start(cmd, port, name, **kw):
+        # Each in its own process group, stopped whole below: nginx's worker outlived a
+        # killed master and kept the CPU busy for the runs after it.
+        kw.setdefault("start_new_session", True)
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"), **kw)
         procs.append(p); wait_port(port, p, name); return p
 
@@ -52,7 +55,7 @@ def main():
             pub = free_port()
             start(["taskset", "-c", "0", args.published, "--port", str(pub), "--prometheus-port", str(free_port()),
                    "--policy", "round_robin", "--worker-urls", f"http://127.0.0.1:{worker}"],
-                  pub, "published", start_new_session=True)
+                  pub, "published")
             targets.append(f"published=http://127.0.0.1:{pub}")
         cmd = [os.path.join(REL, "vllm-router-bench"), "--rate", str(args.rate), "--duration", str(args.duration),
                "--warmup", "3", "--stream", "--max-tokens", str(args.tokens), "--prompt-words", "64-256",
