@@ -29,7 +29,7 @@ def main():
 
     def start(cmd, port, name, **kw):
         # Each in its own process group, stopped whole below: nginx's worker outlived a
-        # killed master and kept the CPU busy for the runs after it.
+        # killed master, one more idle process after every run.
         kw.setdefault("start_new_session", True)
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"), **kw)
         procs.append(p); wait_port(port, p, name); return p
