@@ -153,18 +153,14 @@ pub async fn health_loop(state: Rc<RefCell<ControlState>>, config: ControlConfig
 pub fn on_unreachable(state: &Rc<RefCell<ControlState>>, id: WorkerId) {
     let target = {
         let s = state.borrow();
-        s.registry
-            .workers
-            .iter()
-            .find(|w| w.spec.id == id && w.health.healthy)
-            .map(|w| {
-                (
-                    w.base_url.clone(),
-                    w.spec.addr,
-                    w.spec.authority.clone(),
-                    s.probe.clone(),
-                )
-            })
+        s.registry.get(id).filter(|w| w.health.healthy).map(|w| {
+            (
+                w.base_url.clone(),
+                w.spec.addr,
+                w.spec.authority.clone(),
+                s.probe.clone(),
+            )
+        })
     };
     let Some((base, addr, authority, cfg)) = target else {
         return;

@@ -310,13 +310,7 @@ fn breaker_families(total: &ShardMetrics, view: &ControlView<'_>) -> Vec<MetricF
         MetricType::GAUGE,
         per_worker(registry, |w| breakers.state(w.spec.id) as u8 as f64),
     ));
-    let url = |id: WorkerId| {
-        registry
-            .workers
-            .iter()
-            .find(|w| w.spec.id == id)
-            .map(|w| w.spec.url.clone())
-    };
+    let url = |id: WorkerId| registry.get(id).map(|w| w.spec.url.clone());
     families.push(family(
         "vllm_router_cb_state_transitions_total",
         "Circuit breaker state changes per worker.",

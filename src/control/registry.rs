@@ -167,6 +167,11 @@ impl Registry {
         Ok(specs)
     }
 
+    /// The registered worker with this id (none once it was removed).
+    pub fn get(&self, id: WorkerId) -> Option<&WorkerEntry> {
+        self.workers.iter().find(|w| w.spec.id == id)
+    }
+
     /// Removes a base URL (all its ranks) or one `url@rank`; returns the removed ids.
     pub fn remove(&mut self, url: &str) -> Vec<WorkerId> {
         let url = url.trim_end_matches('/');

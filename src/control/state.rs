@@ -83,7 +83,7 @@ impl ControlState {
     pub fn note_scrape(&mut self, id: WorkerId, found: Option<WorkerLoad>) -> bool {
         // A scrape that lands after its worker was removed keeps nothing (ids are never
         // reused, so an entry kept here would stay for the router's life).
-        if !self.registry.workers.iter().any(|w| w.spec.id == id) {
+        if self.registry.get(id).is_none() {
             return false;
         }
         let Some(load) = found else {
@@ -111,9 +111,7 @@ impl ControlState {
     /// The URL users know a worker by (`#id` once it was removed).
     pub fn url_of(&self, id: WorkerId) -> String {
         self.registry
-            .workers
-            .iter()
-            .find(|w| w.spec.id == id)
+            .get(id)
             .map_or_else(|| format!("#{id}"), |w| w.spec.url.clone())
     }
 
