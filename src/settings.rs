@@ -256,6 +256,7 @@ fn shard_config(
                 load_exponent: cli.kv_load_exponent,
                 provisional_ttl: (cli.kv_provisional_ttl_secs > 0)
                     .then(|| Duration::from_secs(cli.kv_provisional_ttl_secs)),
+                cold_by_recent_traffic: cli.kv_cold_placement == "recent",
                 session_affinity_ttl: cli
                     .published
                     .kv_aware_session_affinity_ttl_secs

@@ -22,8 +22,11 @@
 //! worker from the whole router plus what the worker reports beyond that (other
 //! replicas). Ties go to the worker ranked first by
 //! rendezvous hashing of the first block's name, the same on every replica (0.1.17
-//! takes its internal worker order). With session affinity a named session goes where
-//! its first request went ([`Affinity`]).
+//! takes its internal worker order). For a cold prompt, one no worker holds a quarter
+//! of, a worker's load is at least its share of everything in flight as the requests
+//! this shard sent lately divide it ([`RecentTraffic`]; 0.1.17: requests in flight).
+//! With session affinity a named session goes where its first request went
+//! ([`Affinity`]).
 //!
 //! In P/D mode the prefill pool's kv_aware prices prefill as above, without session
 //! affinity; the decode pool's takes the least loaded decode worker, and binds sessions
@@ -33,6 +36,7 @@ use super::kv_affinity::Affinity;
 use super::kv_index::{Depth, KvIndex};
 use super::placement::Rendezvous;
 use super::random::Random;
+use super::recent_traffic::RecentTraffic;
 use super::{Policy, PolicyKind, RouteInput};
 use crate::kv_blocks::{chain_hash, KvBlockDelta, ProvisionalBlocks, ROOT};
 use crate::metrics::RatioHistogram;
@@ -61,6 +65,9 @@ pub struct KvAwareConfig {
     /// `--kv-provisional-ttl-secs` (None: off): how long a routed request's blocks
     /// count as on its worker before its events arrive.
     pub provisional_ttl: Option<Duration>,
+    /// `--kv-cold-placement recent` (the default): a cold prompt is priced with each
+    /// worker's recent share of the traffic; `load`: with requests in flight, as 0.1.17.
+    pub cold_by_recent_traffic: bool,
 }
 
 impl Default for KvAwareConfig {
@@ -75,6 +82,7 @@ impl Default for KvAwareConfig {
             pending_prefill_weight: 0.0,
             load_exponent: 0.5,
             provisional_ttl: Some(Duration::from_secs(10)),
+            cold_by_recent_traffic: true,
         }
     }
 }
@@ -82,6 +90,10 @@ impl Default for KvAwareConfig {
 /// Blocks of one request noted provisionally at most (8k tokens of 16): naming them
 /// is most of the cost, and a prefix past it is rarely shared.
 const MAX_PROVISIONAL_BLOCKS: usize = 512;
+
+/// A prompt no worker holds more of than this share is cold: where it lands decides
+/// where its later conversations go. (0.5 measured the same on docs/benchmarks.md §3b.)
+const COLD_SHARE: f64 = 0.25;
 
 pub struct KvAware {
     cfg: KvAwareConfig,
@@ -106,6 +118,8 @@ pub struct KvAware {
     lookups: [u64; 4],
     /// The chosen worker's cached fraction of each priced prompt.
     matched: RatioHistogram,
+    /// Requests this shard sent each worker lately, for cold prompts.
+    recent: RecentTraffic,
 }
 
 /// One worker's score for a request.
@@ -138,6 +152,7 @@ impl KvAware {
             charge: None,
             lookups: [0; 4],
             matched: RatioHistogram::default(),
+            recent: RecentTraffic::default(),
         }
     }
 
@@ -162,8 +177,8 @@ impl KvAware {
 
     /// `(load + 1) ^ e`, without `powf` for the two usual exponents (it would be
     /// most of a decision's time over 64 workers).
-    fn load_factor(&self, load: u32) -> f64 {
-        let x = f64::from(load) + 1.0;
+    fn load_factor(&self, load: f64) -> f64 {
+        let x = load + 1.0;
         match self.cfg.load_exponent {
             1.0 => x,
             0.5 => x.sqrt(),
@@ -216,6 +231,7 @@ impl Policy for KvAware {
 
     fn on_workers_changed(&mut self, workers: &PoolView<'_>) {
         self.rank.on_workers_changed(workers);
+        self.recent.retain_workers(workers);
         if let Some(a) = &mut self.affinity {
             a.retain_workers(workers);
         }
@@ -247,18 +263,24 @@ impl Policy for KvAware {
     }
 
     fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
-        let Some(affinity) = &mut self.affinity else {
-            return self.pick_by_cost(workers, input);
-        };
         let now = Instant::now();
-        if let Some(w) = affinity.bound(workers, input, now) {
-            self.lookups[3] += 1;
-            return Some(w);
-        }
-        let chosen = self.pick_by_cost(workers, input)?;
-        if let Some(a) = &mut self.affinity {
-            a.bind(input, chosen, now);
-        }
+        let chosen = match &mut self.affinity {
+            None => self.pick_by_cost(workers, input, now)?,
+            Some(affinity) => match affinity.bound(workers, input, now) {
+                Some(w) => {
+                    self.lookups[3] += 1;
+                    w
+                }
+                None => {
+                    let chosen = self.pick_by_cost(workers, input, now)?;
+                    if let Some(a) = &mut self.affinity {
+                        a.bind(input, chosen, now);
+                    }
+                    chosen
+                }
+            },
+        };
+        self.recent.note(chosen, now);
         Some(chosen)
     }
 
@@ -288,7 +310,12 @@ impl Policy for KvAware {
 
 impl KvAware {
     /// 0.1.17's cost over the routable workers.
-    fn pick_by_cost(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
+    fn pick_by_cost(
+        &mut self,
+        workers: &PoolView<'_>,
+        input: &RouteInput<'_>,
+        now: Instant,
+    ) -> Option<WorkerId> {
         if workers.routable_count() == 0 {
             return None;
         }
@@ -321,15 +348,32 @@ impl KvAware {
             .map_or(0, |first| chain_hash(ROOT, first));
         let n = self.tokens.len();
         let mut best: Option<Scored<'_>> = None;
+        // Per routable worker, in order: what it holds and the tokens credited.
+        let mut credits: smallvec::SmallVec<[(Option<Depth>, f64); 16]> = smallvec::SmallVec::new();
+        for w in workers.routable() {
+            let depth = self.index.depth_of(w.spec.id, &self.depths).copied();
+            credits.push((depth, depth.map_or(0.0, |d| self.credited(&d, n, block))));
+        }
+        let most_credited = credits.iter().map(|c| c.1).fold(0.0, f64::max);
+        let cold = self.cfg.cold_by_recent_traffic && most_credited <= COLD_SHARE * n as f64;
+        // For a cold prompt, a worker's load is at least its share of all the requests
+        // in flight as recent traffic divides them (see `RecentTraffic`).
+        let in_flight = if cold {
+            workers.routable().map(|w| f64::from(w.load())).sum()
+        } else {
+            0.0
+        };
         // Every worker's score, for sampling with a temperature.
         let sample = self.cfg.temperature > 0.0;
         let mut scored: smallvec::SmallVec<[(WorkerId, f64, f64); 16]> = smallvec::SmallVec::new();
-        for w in workers.routable() {
-            let depth = self.index.depth_of(w.spec.id, &self.depths);
-            let credited = depth.map_or(0.0, |d| self.credited(d, n, block));
+        for (w, &(depth, credited)) in workers.routable().zip(&credits) {
             let new = (n as f64 - credited).max(0.0).ceil();
-            let a = self.cfg.pending_prefill_weight * ahead(w, depth, block);
-            let score = (new + a) * self.load_factor(w.load());
+            let a = self.cfg.pending_prefill_weight * ahead(w, depth.as_ref(), block);
+            let mut load = f64::from(w.load());
+            if cold {
+                load = load.max(in_flight * self.recent.share(w.spec.id));
+            }
+            let score = (new + a) * self.load_factor(load);
             let s = Scored {
                 worker: w,
                 score,
@@ -372,13 +416,13 @@ impl KvAware {
         self.lookups[usize::from(!credited)] += 1;
         self.matched.observe((n as f64 - new) / n.max(1) as f64);
         self.charge = Some(new as u32);
-        self.note_provisional(chosen, block);
+        self.note_provisional(chosen, block, now);
         Some(chosen)
     }
 
     /// The chosen worker will hold the request's blocks: noted provisionally, so the
     /// next request with this prefix finds them before the worker's events arrive.
-    fn note_provisional(&mut self, chosen: WorkerId, block: usize) {
+    fn note_provisional(&mut self, chosen: WorkerId, block: usize, now: Instant) {
         let Some(ttl) = self.cfg.provisional_ttl else {
             return;
         };
@@ -404,7 +448,6 @@ impl KvAware {
             }
             at += 1;
         }
-        let now = Instant::now();
         self.index.provisional(chosen, &self.names, now, now + ttl);
         if !self.names.is_empty() {
             self.noted = Some((chosen, self.names.as_slice().into()));

@@ -243,3 +243,35 @@ fn another_shards_provisional_copies_draw_the_prompt_there() {
     // What it already knows it does not pass on again.
     assert!(there.take_provisional().is_none());
 }
+
+#[test]
+fn a_cold_prompt_is_priced_by_each_workers_recent_share_of_the_traffic() {
+    let run = |cfg: KvAwareConfig| {
+        let mut s = test_workers(3);
+        let mut p = KvAware::new(cfg, 1, WorkerRole::Regular);
+        p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+        // Worker 0 holds a prompt and serves it three times: all of the recent traffic.
+        hold(&mut p, 0, 4, Medium::Device);
+        for _ in 0..3 {
+            assert_eq!(pick(&mut p, &s, &prompt(80)), 0);
+        }
+        // A prompt no worker holds, while worker 0 has nothing in flight, worker 1
+        // two requests and worker 2 three.
+        s.get_mut(1).unwrap().in_flight = 2;
+        s.get_mut(2).unwrap().in_flight = 3;
+        let cold = serde_json::json!({ "prompt": (1000..1080).collect::<Vec<u32>>() });
+        pick(&mut p, &s, &cold)
+    };
+    // Worker 0 counts as carrying all 5 in flight: 80 x sqrt(6) against worker 1's
+    // 80 x sqrt(3) and worker 2's 80 x sqrt(4).
+    assert_eq!(run(KvAwareConfig::default()), 1);
+    let by_load = KvAwareConfig {
+        cold_by_recent_traffic: false,
+        ..Default::default()
+    };
+    assert_eq!(
+        run(by_load),
+        0,
+        "0.1.17: requests in flight, the idle worker"
+    );
+}

@@ -11,6 +11,7 @@ mod power_of_two;
 mod prefix_homes;
 mod radix_tree;
 mod random;
+mod recent_traffic;
 mod round_robin;
 mod sessions;
 mod sticky_least_loaded;
