@@ -238,7 +238,19 @@ fn one_block_then(rest: u32) -> serde_json::Value {
 fn load_outweighs_a_small_overlap_as_the_cost_says() {
     let a = kv_mock("a", &[]);
     let b = kv_mock("b", &[]);
-    let mut r = router(&[&a, &b], &["--policy", "kv_aware", "--shards", "1"]);
+    // 0.1.17's load, requests in flight (the default prices a prompt this cold by
+    // recent traffic: tested below).
+    let mut r = router(
+        &[&a, &b],
+        &[
+            "--policy",
+            "kv_aware",
+            "--shards",
+            "1",
+            "--kv-cold-placement",
+            "load",
+        ],
+    );
     wait_subscribed(&mut r, &[&a, &b]);
     // b holds one block (16 tokens) of each prompt below: it prefills 84, a 100.
     for attempt in 0.. {
@@ -278,4 +290,35 @@ fn load_outweighs_a_small_overlap_as_the_cost_says() {
     assert!(in_flight, "{}", r.metrics());
     assert_eq!(served_by(r.port, &one_block_then(30_000)), "a", "119 > 100");
     assert_eq!(held.join().unwrap(), "b");
+}
+
+/// New prompts one at a time, each sharing only its first block (16 of 100 tokens)
+/// with the others: 0.1.17's load (nothing in flight) credits that block and sends
+/// every one to the worker that took the first; by default the worker that took
+/// the recent traffic counts as busier, and the prompts spread.
+#[test]
+fn cold_prompts_one_at_a_time_spread_over_the_workers() {
+    let a = kv_mock("a", &[]);
+    let b = kv_mock("b", &[]);
+    let spread = |extra: &[&str]| {
+        let mut args = vec!["--policy", "kv_aware", "--shards", "1"];
+        args.extend_from_slice(extra);
+        let mut r = router(&[&a, &b], &args);
+        wait_subscribed(&mut r, &[&a, &b]);
+        let mut served = [0; 2];
+        for k in 0..6 {
+            let w = served_by(r.port, &one_block_then(40_000 + k * 1_000));
+            served[usize::from(w == "b")] += 1;
+        }
+        request(a.port, "POST", "/reset_prefix_cache", &[], b"");
+        request(b.port, "POST", "/reset_prefix_cache", &[], b"");
+        served
+    };
+    let by_default = spread(&[]);
+    assert!(by_default.iter().all(|n| *n >= 2), "a, b: {by_default:?}");
+    let by_load = spread(&["--kv-cold-placement", "load"]);
+    assert!(
+        by_load.contains(&6),
+        "0.1.17: one worker takes all; a, b: {by_load:?}"
+    );
 }

@@ -86,8 +86,8 @@ pub struct Cli {
     #[arg(long, default_value_t = 10)]
     pub kv_provisional_ttl_secs: u64,
     /// kv_aware: the load a prompt no worker holds a quarter of is priced with (ours):
-    /// `recent`, at least each worker's share of all requests in flight as its recent
-    /// traffic divides them; `load`, requests in flight, as 0.1.17 (docs/kv-aware.md).
+    /// `recent`, at least each worker's share of all requests in flight (this one
+    /// included) as its recent traffic divides them; `load`, requests in flight, as 0.1.17 (docs/kv-aware.md).
     #[arg(long, default_value = "recent", value_parser = ["recent", "load"])]
     pub kv_cold_placement: String,
     /// Data-plane shards (one glommio executor pinned per CPU). Default: the CPUs in

@@ -357,9 +357,11 @@ impl KvAware {
         let most_credited = credits.iter().map(|c| c.1).fold(0.0, f64::max);
         let cold = self.cfg.cold_by_recent_traffic && most_credited <= COLD_SHARE * n as f64;
         // For a cold prompt, a worker's load is at least its share of all the requests
-        // in flight as recent traffic divides them (see `RecentTraffic`).
+        // in flight, this one included, as recent traffic divides them (see
+        // `RecentTraffic`). With this one counted, one request at a time does not pile
+        // every new prompt on the worker holding a shared first block.
         let in_flight = if cold {
-            workers.routable().map(|w| f64::from(w.load())).sum()
+            workers.routable().map(|w| f64::from(w.load())).sum::<f64>() + 1.0
         } else {
             0.0
         };

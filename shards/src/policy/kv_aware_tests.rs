@@ -262,8 +262,8 @@ fn a_cold_prompt_is_priced_by_each_workers_recent_share_of_the_traffic() {
         let cold = serde_json::json!({ "prompt": (1000..1080).collect::<Vec<u32>>() });
         pick(&mut p, &s, &cold)
     };
-    // Worker 0 counts as carrying all 5 in flight: 80 x sqrt(6) against worker 1's
-    // 80 x sqrt(3) and worker 2's 80 x sqrt(4).
+    // Worker 0 counts as carrying all 5 in flight and this one: 80 x sqrt(7) against
+    // worker 1's 80 x sqrt(3) and worker 2's 80 x sqrt(4).
     assert_eq!(run(KvAwareConfig::default()), 1);
     let by_load = KvAwareConfig {
         cold_by_recent_traffic: false,
