@@ -23,10 +23,10 @@
 //! replicas). Ties go to the worker ranked first by
 //! rendezvous hashing of the first block's name, the same on every replica (0.1.17
 //! takes its internal worker order). For a cold prompt, one no worker holds a quarter
-//! of, a worker's load is at least its share of everything in flight as the requests
-//! this shard sent lately divide it ([`RecentTraffic`]; 0.1.17: requests in flight).
-//! With session affinity a named session goes where its first request went
-//! ([`Affinity`]).
+//! of, a worker's load is at least its share of everything in flight, this request
+//! included, as the requests this shard sent lately divide it ([`RecentTraffic`];
+//! 0.1.17: requests in flight). With session affinity a named session goes where its
+//! first request went ([`Affinity`]).
 //!
 //! In P/D mode the prefill pool's kv_aware prices prefill as above, without session
 //! affinity; the decode pool's takes the least loaded decode worker, and binds sessions
