@@ -8,6 +8,13 @@ each proxy's RSS growth per idle client connection once they have sat idle for
 on another connection while they stay open (against the same without them).
 
     python3 bench/idle_connections.py --connections 10000,100000
+    python3 bench/idle_connections.py --pooled 600     # idle pooled upstream connections
+
+With `--pooled N` it measures the other side instead: N requests at once through each
+proxy to a mock worker that answers after `--hold-ms`, so each proxy opens about N
+upstream connections; the clients then leave, and once the proxy has sat idle for a
+second the table shows its upstream connections still open (its keep-alive pool: both
+keep at most 256 idle per worker process or shard) and its RSS growth per connection.
 
 Linux only. The clients and every proxy run with the file-descriptor limit raised to
 the hard limit (as root, past it): more connections than that limit cannot be held
@@ -93,6 +100,30 @@ def open_idle(port, n, first_source):
     return conns
 
 
+def pooled_upstream(port, backend_port, n, hold_ms):
+    """Sends n requests at once, each held `hold_ms` by the worker, reads the answers,
+    closes the client connections; returns the proxy's open connections to the worker
+    after a second."""
+    held = REQUEST.replace(b"\r\n\r\n", f"\r\nx-mock-token-delay-us: {hold_ms * 1000}\r\n\r\n".encode(), 1)
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    for s in conns:
+        s.sendall(held)
+    for i, s in enumerate(conns):
+        if read_answer(s) != 200:
+            sys.exit(f"port {port}: pooled request {i} failed")
+    for s in conns:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()
+    time.sleep(1.0)  # the definition of idle, not a synchronisation
+    return upstream_open(backend_port)
+
+
+def upstream_open(backend_port):
+    out = subprocess.run(["ss", "-Htn", "state", "established", f"dst 127.0.0.1:{backend_port}"],
+                         capture_output=True, text=True).stdout
+    return len(out.splitlines())
+
+
 def active_latency(port, n=400):
     """p50 and p99 in microseconds of n sequential requests on one connection."""
     s = socket.create_connection(("127.0.0.1", port))
@@ -117,6 +148,9 @@ def main():
     ap.add_argument("--published", default=os.environ.get("PUBLISHED_ROUTER", os.path.join(
         ROOT, "target/published-venv/bin/vllm-router")), help="empty: skip it")
     ap.add_argument("--no-nginx-proxy", action="store_true")
+    ap.add_argument("--pooled", type=int, default=0,
+                    help="measure N idle pooled upstream connections instead (see above)")
+    ap.add_argument("--hold-ms", type=int, default=500, help="--pooled: how long the worker holds each request")
     ap.add_argument("--idle-secs", type=float, default=3.0,
                     help="how long the connections sit idle before RSS is read again (ours sets a "
                          "connection's task aside after 1 s of silence)")
@@ -142,7 +176,11 @@ def main():
 
     try:
         backend = free_port()
-        start(["nginx", "-p", run, "-c", nginx_conf(run, "backend.conf", room_for_everyone, BACKEND_PORT=backend)], backend, "backend")
+        if args.pooled:
+            start([os.path.join(RELEASE, "mock-vllm"), "--port", str(backend)], backend, "backend")
+        else:
+            start(["nginx", "-p", run, "-c", nginx_conf(run, "backend.conf", room_for_everyone, BACKEND_PORT=backend)],
+                  backend, "backend")
         upstream = f"http://127.0.0.1:{backend}"
         # (name, command for a port): each count gets fresh processes, so memory the
         # allocator kept from a larger count does not hide the next one's growth.
@@ -161,6 +199,27 @@ def main():
                 args.published, "--port", str(port), "--prometheus-port", str(free_port()),
                 "--policy", "round_robin", "--worker-urls", upstream]))
 
+        if args.pooled:
+            print("| requests at once | proxy | RSS before | after, idle 1 s | upstream connections open | per connection "
+                  "| idle 6 s: RSS, upstream connections open |")
+            print("|---:|---|---:|---:|---:|---:|---|")
+            for name, command in targets:
+                port = free_port()
+                proc = start(command(port), port, name)
+                pids = tree(proc.pid)
+                active_latency(port, 200)  # warm: code paged in
+                before = rss_kib(pids)
+                pooled = pooled_upstream(port, backend, args.pooled, args.hold_ms)
+                after = rss_kib(pids)
+                # Ours closes a connection idle for 4 s; nginx keeps its for 60 s.
+                time.sleep(5.0)
+                later, still = rss_kib(pids), upstream_open(backend)
+                os.killpg(proc.pid, 15)
+                proc.wait()
+                each = (after - before) / pooled if pooled else 0.0
+                print(f"| {args.pooled:,} | {name} | {before / 1024:.1f} MiB | {after / 1024:.1f} MiB | {pooled} | {each:.2f} KiB "
+                      f"| {later / 1024:.1f} MiB, {still} |")
+            return
         rows = []
         source = 1
         for n in counts:
