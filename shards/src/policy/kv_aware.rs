@@ -264,21 +264,19 @@ impl Policy for KvAware {
 
     fn pick(&mut self, workers: &PoolView<'_>, input: &RouteInput<'_>) -> Option<WorkerId> {
         let now = Instant::now();
-        let chosen = match &mut self.affinity {
-            None => self.pick_by_cost(workers, input, now)?,
-            Some(affinity) => match affinity.bound(workers, input, now) {
-                Some(w) => {
-                    self.lookups[3] += 1;
-                    w
+        let bound = (self.affinity.as_mut()).and_then(|a| a.bound(workers, input, now));
+        let chosen = match bound {
+            Some(w) => {
+                self.lookups[3] += 1;
+                w
+            }
+            None => {
+                let chosen = self.pick_by_cost(workers, input, now)?;
+                if let Some(a) = &mut self.affinity {
+                    a.bind(input, chosen, now);
                 }
-                None => {
-                    let chosen = self.pick_by_cost(workers, input, now)?;
-                    if let Some(a) = &mut self.affinity {
-                        a.bind(input, chosen, now);
-                    }
-                    chosen
-                }
-            },
+                chosen
+            }
         };
         self.recent.note(chosen, now);
         Some(chosen)
