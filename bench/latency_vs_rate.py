@@ -7,6 +7,11 @@ run (request k goes to target k mod 4), so they share the same moments of machin
 noise. Prints a table of added p50/p99 per rate and writes an SVG plot.
 
     python3 bench/latency_vs_rate.py [--rates 500,2000,8000] [--published PATH]
+
+`--pairs N`: instead, at each rate each proxy runs beside direct alone, the pairs taking
+turns, N rounds, and the table shows each proxy's median over its rounds. Four targets
+at 8000 req/s each (three proxies' forwarding, the backend and the load generator)
+need more than this 2-CPU machine has; a pair needs about three quarters of it.
 """
 import argparse, json, os, subprocess, sys, tempfile
 
@@ -46,6 +51,46 @@ def svg(rows, rates, path):
     open(path, "w").write("\n".join(out))
 
 
+def measure(targets, rate, args, doc):
+    """One interleaved run of `targets` at `rate` each: added p50/p99 per proxy (us)."""
+    cmd = [os.path.join(RELEASE, "vllm-router-bench"), "--rate", str(rate), "--duration", str(args.duration),
+           "--warmup", "2", "--max-tokens", "1", "--prompt-words", "8", "--json", doc]
+    for t in targets:
+        cmd += ["--target", t]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    result = json.load(open(doc))["targets"]
+    direct = result["direct"]["e2e_ms"]
+    row = {}
+    for name, r in result.items():
+        if name == "direct":
+            continue
+        e2e = r["e2e_ms"]
+        row[name] = {q: (e2e[q] - direct[q]) * 1000 for q in ("p50", "p99")}
+        row[name]["errors"] = r["errors"] + r["non_2xx"]
+    row["direct"] = {q: direct[q] * 1000 for q in ("p50", "p99")}
+    return row
+
+
+def paired(targets, rate, args):
+    """Each proxy beside direct alone, the pairs in turns for `args.pairs` rounds; per
+    proxy the median of its rounds' added p50 and p99, direct's the median of all."""
+    import statistics
+    runs = {}
+    for rnd in range(args.pairs):
+        for t in targets[1:]:
+            name = t.split("=", 1)[0]
+            row = measure([targets[0], t], rate, args, os.path.join(args.out, f"rate-{rate:g}-{name}-{rnd}.json"))
+            runs.setdefault(name, []).append(row[name])
+            runs.setdefault("direct", []).append(row["direct"])
+            print(f"  round {rnd + 1}: {name} {row[name]['p50']:+.0f}/{row[name]['p99']:+.0f} us "
+                  f"(direct {row['direct']['p50']:.0f}/{row['direct']['p99']:.0f})", file=sys.stderr)
+    out = {}
+    for name, rs in runs.items():
+        out[name] = {q: statistics.median(r[q] for r in rs) for q in ("p50", "p99")}
+        out[name]["errors"] = sum(r.get("errors", 0) for r in rs)
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rates", default="500,2000,8000", help="requests/s per target, comma separated")
@@ -55,6 +100,8 @@ def main():
         ROOT, "target/published-venv/bin/vllm-router")), help="empty: skip it")
     ap.add_argument("--router", default=os.path.join(RELEASE, "vllm-router"))
     ap.add_argument("--baseline-router", default=None, help="another build measured alongside (A/B)")
+    ap.add_argument("--pairs", type=int, default=0, metavar="ROUNDS",
+                    help="each proxy beside direct alone, in turns, this many rounds (rates too high for all at once)")
     ap.add_argument("--out", default=os.path.join(ROOT, "target/bench-latency-vs-rate"))
     args = ap.parse_args()
     rates = [float(r) for r in args.rates.split(",")]
@@ -93,22 +140,10 @@ def main():
             targets.append(f"published=http://127.0.0.1:{pub}")
         rows = {}
         for rate in rates:
-            doc = os.path.join(args.out, f"rate-{rate:g}.json")
-            cmd = [os.path.join(RELEASE, "vllm-router-bench"), "--rate", str(rate), "--duration", str(args.duration),
-                   "--warmup", "2", "--max-tokens", "1", "--prompt-words", "8", "--json", doc]
-            for t in targets:
-                cmd += ["--target", t]
-            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            result = json.load(open(doc))["targets"]
-            direct = result["direct"]["e2e_ms"]
-            rows[rate] = {}
-            for name, r in result.items():
-                if name == "direct":
-                    continue
-                e2e = r["e2e_ms"]
-                rows[rate][name] = {q: (e2e[q] - direct[q]) * 1000 for q in ("p50", "p99")}
-                rows[rate][name]["errors"] = r["errors"] + r["non_2xx"]
-            rows[rate]["direct"] = {q: direct[q] * 1000 for q in ("p50", "p99")}
+            if args.pairs:
+                rows[rate] = paired(targets, rate, args)
+            else:
+                rows[rate] = measure(targets, rate, args, os.path.join(args.out, f"rate-{rate:g}.json"))
             print(f"{rate:g} req/s: " + ", ".join(f"{n} {v['p50']:+.0f}/{v['p99']:+.0f} us"
                                                 for n, v in rows[rate].items() if n != "direct"), file=sys.stderr)
         names = [n for n in COLORS if n in rows[rates[0]]]

@@ -60,7 +60,9 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let cpus = preflight::allowed_cpus();
     let quota = cpu_quota::cpu_quota();
-    let (shard_count, pinned) = cpu_quota::shard_plan(cli.shards, cpus.len(), quota);
+    let pin = cpu_quota::PinShards::parse(&cli.pin_shards).unwrap_or(cpu_quota::PinShards::Auto);
+    let online = cpu_quota::online_cpus().unwrap_or(usize::MAX);
+    let (shard_count, pinned) = cpu_quota::shard_plan(cli.shards, pin, cpus.len(), online, quota);
     preflight::check_io_uring()?;
     preflight::check_memlock(shard_count)?;
     if let Some((before, after)) = preflight::raise_nofile() {
@@ -138,10 +140,14 @@ fn run(cli: Cli) -> Result<(), String> {
             .map(|c| c.to_string())
             .collect();
         format!("on CPU(s) {}", cpu_list.join(","))
+    } else if let Some(q) = quota.filter(|&q| q < cpus.len() as f64) {
+        format!(
+            "not pinned, for a CPU quota of {q:.2} of the {} CPU(s) in the affinity mask,",
+            cpus.len()
+        )
     } else {
         format!(
-            "not pinned, for a CPU quota of {:.2} of the {} CPU(s) in the affinity mask,",
-            quota.unwrap_or_default(),
+            "not pinned, sharing the {} CPU(s) of the affinity mask (--pin-shards)",
             cpus.len()
         )
     };

@@ -90,10 +90,15 @@ pub struct Cli {
     /// included) as its recent traffic divides them; `load`, requests in flight, as 0.1.17 (docs/kv-aware.md).
     #[arg(long, default_value = "recent", value_parser = ["recent", "load"])]
     pub kv_cold_placement: String,
-    /// Data-plane shards (one glommio executor pinned per CPU). Default: the CPUs in
-    /// the process's affinity mask.
+    /// Data-plane shards (one glommio executor per CPU). Default: the CPUs in the
+    /// process's affinity mask.
     #[arg(long)]
     pub shards: Option<usize>,
+    /// Bind each shard to one CPU (ours): `auto` when the affinity mask is narrower
+    /// than the machine (CPUs given to the router) and no CPU quota is below it;
+    /// `always`; `never`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub pin_shards: String,
     /// On SIGTERM/SIGINT, time given to in-flight requests and streams to finish.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_period_secs: u64,
