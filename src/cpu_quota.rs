@@ -106,8 +106,21 @@ impl PinShards {
     }
 }
 
-/// How many shards to start and whether to pin them, from `--shards`, `--pin-shards`,
-/// the CPUs in the affinity mask, the CPUs online and the cgroup's quota.
+/// Where the shards run, and why (the start-up line says it).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ShardPlacement {
+    /// Each bound to one CPU of the affinity mask.
+    Pinned,
+    /// Left to the kernel: the cgroup allows this many CPUs' time, fewer than the mask
+    /// has (the CPUs are shared with other cgroups: other pods).
+    UnderQuota(f64),
+    /// Left to the kernel on the mask's CPUs: the whole machine, shared with whatever
+    /// else runs there, or `--pin-shards never`.
+    Shared,
+}
+
+/// How many shards to start and where, from `--shards`, `--pin-shards`, the CPUs in
+/// the affinity mask, the CPUs online and the cgroup's quota.
 ///
 /// - A quota below the mask means the CPUs are shared with other cgroups (other
 ///   pods): as many shards as the quota allows, rounded up.
@@ -115,21 +128,19 @@ impl PinShards {
 ///   other busy processes (a load generator, the workers' own processes, other
 ///   services), a pinned shard whose CPU is taken waits for it while another CPU may
 ///   be idle. Measured with the load generator and backend on the same two CPUs
-///   (docs/benchmarks.md §11): unpinned, 26-31 us less added latency at p50 at 500
-///   and 2000 req/s, throughput level.
+///   (docs/benchmarks.md §11): unpinned, about 20 us less added latency at p50 at
+///   500-8000 req/s, throughput level, p99 doubled when every CPU is saturated.
 pub fn shard_plan(
     flag: Option<usize>,
     pin: PinShards,
     cpus: usize,
     online: usize,
     quota: Option<f64>,
-) -> (usize, bool) {
-    let by_quota = quota
-        .map(|q| (q.ceil() as usize).max(1))
-        .filter(|&n| n < cpus);
+) -> (usize, ShardPlacement) {
+    let by_quota = quota.filter(|&q| ((q.ceil() as usize).max(1)) < cpus);
     let count = match (flag, by_quota) {
         (Some(n), _) => n.max(1),
-        (None, Some(n)) => n,
+        (None, Some(q)) => (q.ceil() as usize).max(1),
         (None, None) => cpus.max(1),
     };
     let pinned = match pin {
@@ -137,7 +148,12 @@ pub fn shard_plan(
         PinShards::Never => false,
         PinShards::Auto => by_quota.is_none() && cpus < online,
     };
-    (count, pinned)
+    let placement = match (pinned, by_quota) {
+        (true, _) => ShardPlacement::Pinned,
+        (false, Some(q)) => ShardPlacement::UnderQuota(q),
+        (false, None) => ShardPlacement::Shared,
+    };
+    (count, placement)
 }
 
 /// CPUs online (`/sys/devices/system/cpu/online`, e.g. `0-3,8-11`), whatever this
@@ -220,31 +236,45 @@ mod tests {
 
     #[test]
     fn a_quota_below_the_mask_sets_the_shard_count_and_the_flag_wins() {
+        use ShardPlacement::{Pinned, UnderQuota};
         let plan = |flag, cpus, quota| shard_plan(flag, PinShards::Auto, cpus, 64, quota);
-        assert_eq!(plan(None, 64, Some(2.0)), (2, false));
-        assert_eq!(plan(None, 64, Some(1.5)), (2, false));
-        assert_eq!(plan(None, 64, Some(0.5)), (1, false));
-        assert_eq!(plan(None, 2, Some(4.0)), (2, true));
-        assert_eq!(plan(None, 2, Some(2.0)), (2, true));
-        assert_eq!(plan(None, 8, None), (8, true));
-        assert_eq!(plan(Some(3), 64, Some(2.0)), (3, false));
-        assert_eq!(plan(Some(3), 8, None), (3, true));
+        assert_eq!(plan(None, 64, Some(2.0)), (2, UnderQuota(2.0)));
+        assert_eq!(plan(None, 64, Some(1.5)), (2, UnderQuota(1.5)));
+        assert_eq!(plan(None, 64, Some(0.5)), (1, UnderQuota(0.5)));
+        assert_eq!(plan(None, 2, Some(4.0)), (2, Pinned));
+        assert_eq!(plan(None, 2, Some(2.0)), (2, Pinned));
+        assert_eq!(plan(None, 8, None), (8, Pinned));
+        assert_eq!(plan(Some(3), 64, Some(2.0)), (3, UnderQuota(2.0)));
+        assert_eq!(plan(Some(3), 8, None), (3, Pinned));
     }
 
     #[test]
     fn shards_are_pinned_by_default_only_on_cpus_given_to_the_process() {
+        use ShardPlacement::{Pinned, Shared, UnderQuota};
         // The whole machine: shared with whatever else runs there.
-        assert_eq!(shard_plan(None, PinShards::Auto, 8, 8, None), (8, false));
-        assert_eq!(shard_plan(Some(2), PinShards::Auto, 8, 8, None), (2, false));
+        assert_eq!(shard_plan(None, PinShards::Auto, 8, 8, None), (8, Shared));
+        assert_eq!(
+            shard_plan(Some(2), PinShards::Auto, 8, 8, None),
+            (2, Shared)
+        );
+        // A quota that rounds up to the mask limits nothing: the machine decides.
+        assert_eq!(
+            shard_plan(None, PinShards::Auto, 2, 2, Some(1.5)),
+            (2, Shared)
+        );
         // A mask narrower than the machine (taskset, CPUAffinity=, static CPU manager).
-        assert_eq!(shard_plan(None, PinShards::Auto, 4, 8, None), (4, true));
+        assert_eq!(shard_plan(None, PinShards::Auto, 4, 8, None), (4, Pinned));
         // The flag decides either way.
-        assert_eq!(shard_plan(None, PinShards::Always, 8, 8, None), (8, true));
+        assert_eq!(shard_plan(None, PinShards::Always, 8, 8, None), (8, Pinned));
         assert_eq!(
             shard_plan(None, PinShards::Always, 64, 64, Some(2.0)),
-            (2, true)
+            (2, Pinned)
         );
-        assert_eq!(shard_plan(None, PinShards::Never, 4, 8, None), (4, false));
+        assert_eq!(shard_plan(None, PinShards::Never, 4, 8, None), (4, Shared));
+        assert_eq!(
+            shard_plan(None, PinShards::Never, 64, 64, Some(2.0)),
+            (2, UnderQuota(2.0))
+        );
     }
 
     #[test]

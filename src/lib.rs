@@ -62,7 +62,9 @@ fn run(cli: Cli) -> Result<(), String> {
     let quota = cpu_quota::cpu_quota();
     let pin = cpu_quota::PinShards::parse(&cli.pin_shards).unwrap_or(cpu_quota::PinShards::Auto);
     let online = cpu_quota::online_cpus().unwrap_or(usize::MAX);
-    let (shard_count, pinned) = cpu_quota::shard_plan(cli.shards, pin, cpus.len(), online, quota);
+    let (shard_count, placement) =
+        cpu_quota::shard_plan(cli.shards, pin, cpus.len(), online, quota);
+    let pinned = placement == cpu_quota::ShardPlacement::Pinned;
     preflight::check_io_uring()?;
     preflight::check_memlock(shard_count)?;
     if let Some((before, after)) = preflight::raise_nofile() {
@@ -133,26 +135,26 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let prometheus = started.metrics;
 
-    let placement = if pinned {
-        let cpu_list: Vec<String> = cpus
-            .iter()
-            .take(shard_count)
-            .map(|c| c.to_string())
-            .collect();
-        format!("on CPU(s) {}", cpu_list.join(","))
-    } else if let Some(q) = quota.filter(|&q| q < cpus.len() as f64) {
-        format!(
+    let placed = match placement {
+        cpu_quota::ShardPlacement::Pinned => {
+            let cpu_list: Vec<String> = cpus
+                .iter()
+                .take(shard_count)
+                .map(|c| c.to_string())
+                .collect();
+            format!("on CPU(s) {}", cpu_list.join(","))
+        }
+        cpu_quota::ShardPlacement::UnderQuota(q) => format!(
             "not pinned, for a CPU quota of {q:.2} of the {} CPU(s) in the affinity mask,",
             cpus.len()
-        )
-    } else {
-        format!(
+        ),
+        cpu_quota::ShardPlacement::Shared => format!(
             "not pinned, sharing the {} CPU(s) of the affinity mask (--pin-shards)",
             cpus.len()
-        )
+        ),
     };
     shards::info!(
-        "vllm-router listening on http://{listen} with {shard_count} shard(s) {placement} \
+        "vllm-router listening on http://{listen} with {shard_count} shard(s) {placed} \
          (policy {}); metrics on http://{prometheus}/metrics",
         policy.name()
     );
