@@ -21,6 +21,8 @@ def main():
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--token-delay-us", type=int, default=10000)
+    ap.add_argument("--relay", action="store_true",
+                    help="add bench's tcp-relay (a blocking TCP relay, no HTTP): the floor a proxy hop costs here")
     ap.add_argument("--out", default=os.path.join(ROOT, "target/bench-latency"))
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -51,6 +53,11 @@ def main():
         path = os.path.join(run, "proxy.conf"); open(path, "w").write(conf)
         start(["taskset", "-c", "0", "nginx", "-p", run, "-c", path], ngx, "nginx")
         targets.append(f"nginx=http://127.0.0.1:{ngx}")
+        if args.relay:
+            relay = free_port()
+            start(["taskset", "-c", "0", os.path.join(REL, "tcp-relay"), "--port", str(relay),
+                   "--upstream", f"127.0.0.1:{worker}"], relay, "relay")
+            targets.append(f"relay=http://127.0.0.1:{relay}")
         if args.published:
             pub = free_port()
             start(["taskset", "-c", "0", args.published, "--port", str(pub), "--prometheus-port", str(free_port()),

@@ -206,7 +206,10 @@ impl Reactor {
 
     #[inline(always)]
     pub(crate) fn need_preempt(&self) -> bool {
-        unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) }
+        let fired =
+            unsafe { *self.preempt_ptr_head != (*self.preempt_ptr_tail).load(Ordering::Acquire) };
+        // vllm-router patch 12: or the first pass after a sleep has run for a slice.
+        fired || self.sys.deferred_preemption_due()
     }
 
     pub(crate) fn id(&self) -> usize {

@@ -1370,6 +1370,15 @@ impl UringCommon for SleepableRing {
     }
 }
 
+/// vllm-router patch 12: how much later than the user timer wants a kept timer may
+/// fire and still be kept at a park. The wanted expiry comes as a duration measured
+/// a few microseconds before `wait` runs, and a kept timer's expiry was read a few
+/// microseconds after the duration it was armed with: without a margin the same
+/// expiry compares later than itself and every park cancels and re-arms it. A user
+/// timer firing 0.1 ms late is far inside the kernel's own timer slack for sleeps
+/// (50 us by default) and glommio's millisecond timers.
+const KEPT_TIMER_SLACK: Duration = Duration::from_micros(100);
+
 pub(crate) struct Reactor {
     // FIXME: it is starting to feel we should clean this up to a Inner pattern
     main_ring: RefCell<SleepableRing>,
@@ -1377,13 +1386,21 @@ pub(crate) struct Reactor {
     poll_ring: RefCell<PollRing>,
 
     latency_preemption_timeout_src: Cell<Option<Source>>,
-    // vllm-router patch 6: the duration the latency timeout was armed with (patch
-    // 9: a user timer armed before sleeping too, so the next park may keep it).
-    latency_preemption_armed_for: Cell<Option<Duration>>,
+    // vllm-router patch 6: when the latency timeout fires (patch 9: a user timer
+    // armed before sleeping too, so the next park may keep it; patch 12: an
+    // instant rather than the duration it was armed with, so a timer armed for the
+    // same user timer an earlier park wanted is kept).
+    latency_timer_fires_at: Cell<Option<Instant>>,
     /// vllm-router patch 9: the latency timer fired since the last park, so the
     /// executor is idle or nearly: the next park does not keep a preemption timer
     /// (it would only wake it again, every slice, while idle).
     latency_timer_fired: Cell<bool>,
+    /// vllm-router patch 12: for one slice after a sleep no preemption timer is
+    /// armed; `need_preempt` compares the clock with this instant instead.
+    preemption_deferred_until: Cell<Option<Instant>>,
+    /// vllm-router patch 12: when the executor last woke from a sleep, until a
+    /// slice has passed or it parks again.
+    woke_at: Cell<Option<Instant>>,
     throughput_preemption_timeout_src: Cell<Option<Source>>,
     /// vllm-router patch 8: whether `wait` arms the throughput-preemption timer.
     throughput_preemption_wanted: Cell<bool>,
@@ -1519,8 +1536,10 @@ impl Reactor {
             latency_ring: RefCell::new(latency_ring),
             poll_ring: RefCell::new(poll_ring),
             latency_preemption_timeout_src: Cell::new(None),
-            latency_preemption_armed_for: Cell::new(None),
+            latency_timer_fires_at: Cell::new(None),
             latency_timer_fired: Cell::new(false),
+            preemption_deferred_until: Cell::new(None),
+            woke_at: Cell::new(None),
             throughput_preemption_timeout_src: Cell::new(None),
             throughput_preemption_wanted: Cell::new(true),
             blocking_thread,
@@ -2000,6 +2019,21 @@ impl Reactor {
         F: Fn() -> usize,
     {
         woke += self.flush_syscall_thread();
+        // vllm-router patch 12: for one slice after waking from a sleep, the
+        // executor is preempted by the clock (`deferred_preemption_due`) rather than
+        // by a timer in the kernel; past that slice, or once it parks, as upstream.
+        let now = Instant::now();
+        let deferring = match (preempt_timer(), self.woke_at.get()) {
+            (Some(preempt), Some(woke_at)) if now < woke_at + preempt => {
+                self.preemption_deferred_until.set(Some(woke_at + preempt));
+                true
+            }
+            _ => {
+                self.woke_at.set(None);
+                self.preemption_deferred_until.set(None);
+                false
+            }
+        };
 
         let mut poll_ring = self.poll_ring.borrow_mut();
         let mut main_ring = self.main_ring.borrow_mut();
@@ -2026,12 +2060,17 @@ impl Reactor {
         let mut kept_preemption_timer = match (
             preempt_timer(),
             latency_timer,
-            self.latency_preemption_armed_for.take(),
+            self.latency_timer_fires_at.take(),
         ) {
-            (Some(preempt), Some(src), Some(armed_for))
-                if armed_for <= preempt && src.result().is_none() =>
+            // vllm-router patch 12: the timer armed for the sleep stays while the
+            // clock preempts (see below).
+            (Some(_), Some(src), Some(fires_at)) if deferring && src.result().is_none() => {
+                Some((src, fires_at))
+            }
+            (Some(preempt), Some(src), Some(fires_at))
+                if fires_at <= now + preempt && src.result().is_none() =>
             {
-                Some((src, armed_for))
+                Some((src, fires_at))
             }
             // vllm-router patch 9: about to sleep (no preemption wanted). A timer that
             // has not fired and fires no later than the user timer needs is kept: it
@@ -2039,12 +2078,12 @@ impl Reactor {
             // arms the user timer on every park, and arms a preemption timer again
             // on every wake-up: three `io_uring_enter` calls per park, two parks per
             // proxied request at low load.
-            (None, Some(src), Some(armed_for))
+            (None, Some(src), Some(fires_at))
                 if src.result().is_none()
                     && !self.latency_timer_fired.get()
-                    && user_timer.is_none_or(|t| armed_for <= t) =>
+                    && user_timer.is_none_or(|t| fires_at <= now + t + KEPT_TIMER_SLACK) =>
             {
-                Some((src, armed_for))
+                Some((src, fires_at))
             }
             (_, old, _) => {
                 drop(old);
@@ -2082,15 +2121,15 @@ impl Reactor {
             // is a timer set, we need to make sure we wake up to handle it.
             match (user_timer, kept_preemption_timer.take()) {
                 // vllm-router patch 9: the timer kept above wakes us in time.
-                (_, Some((src, armed_for))) => {
+                (_, Some((src, fires_at))) => {
                     self.latency_preemption_timeout_src.set(Some(src));
-                    self.latency_preemption_armed_for.set(Some(armed_for));
+                    self.latency_timer_fires_at.set(Some(fires_at));
                 }
                 (Some(dur), None) => {
                     self.latency_preemption_timeout_src
                         .set(Some(lat_ring.prepare_latency_preemption_timer(dur)));
                     // vllm-router patch 9: remembered, so the next park may keep it.
-                    self.latency_preemption_armed_for.set(Some(dur));
+                    self.latency_timer_fires_at.set(Some(Instant::now() + dur));
                     assert!(flush_rings!(lat_ring)? > 0);
                 }
                 (None, None) => {}
@@ -2110,6 +2149,7 @@ impl Reactor {
                 if self.eventfd_src.is_installed().unwrap() {
                     self.link_rings_and_sleep(&mut main_ring)
                         .expect("some error");
+                    self.woke_at.set(Some(Instant::now()));
                     // May have new cancellations related to the link ring fd.
                     flush_cancellations!(into &mut 0; lat_ring, poll_ring, main_ring);
                     flush_rings!(lat_ring, poll_ring, main_ring)?;
@@ -2120,34 +2160,47 @@ impl Reactor {
             }
         }
 
-        if let Some(preempt) = preempt_timer() {
+        if deferring {
+            // vllm-router patch 12: woken from a sleep less than a slice ago.
+            // Upstream cancels the timer armed for the sleep and arms a preemption
+            // timer on the first pass after it: two `io_uring_enter` calls on the
+            // latency ring before the first task runs (and the cancellation's
+            // completion fires the poll linking the rings, re-armed at the next
+            // park). At low load a wake-up is one request or one event, done and
+            // parked again long before a slice ends. So the sleep's timer stays,
+            // and until the slice ends the clock preempts.
+            if let Some((src, fires_at)) = kept_preemption_timer {
+                self.latency_preemption_timeout_src.set(Some(src));
+                self.latency_timer_fires_at.set(Some(fires_at));
+            }
+        } else if let Some(preempt) = preempt_timer() {
             // vllm-router patch 9: the timer may have been kept for a sleep (slept on
             // or not); judged again as a preemption timer.
             let kept_preemption_timer = kept_preemption_timer
                 .or_else(|| {
                     match (
                         self.latency_preemption_timeout_src.take(),
-                        self.latency_preemption_armed_for.take(),
+                        self.latency_timer_fires_at.take(),
                     ) {
-                        (Some(src), Some(armed_for)) => Some((src, armed_for)),
+                        (Some(src), Some(fires_at)) => Some((src, fires_at)),
                         _ => None,
                     }
                 })
-                .filter(|(src, armed_for)| *armed_for <= preempt && src.result().is_none());
-            if let Some((src, armed_for)) = kept_preemption_timer {
+                .filter(|(src, fires_at)| *fires_at <= now + preempt && src.result().is_none());
+            if let Some((src, fires_at)) = kept_preemption_timer {
                 self.latency_preemption_timeout_src.set(Some(src));
-                self.latency_preemption_armed_for.set(Some(armed_for));
+                self.latency_timer_fires_at.set(Some(fires_at));
             } else {
                 self.latency_preemption_timeout_src
                     .set(Some(lat_ring.prepare_latency_preemption_timer(preempt)));
-                self.latency_preemption_armed_for.set(Some(preempt));
+                self.latency_timer_fires_at.set(Some(Instant::now() + preempt));
                 flush_rings!(lat_ring, main_ring)?;
             }
-        } else if let Some((src, armed_for)) = kept_preemption_timer {
+        } else if let Some((src, fires_at)) = kept_preemption_timer {
             // vllm-router patch 9: kept for a sleep that did not happen (events came
             // in); it stays for the next one.
             self.latency_preemption_timeout_src.set(Some(src));
-            self.latency_preemption_armed_for.set(Some(armed_for));
+            self.latency_timer_fires_at.set(Some(fires_at));
         }
 
         // A Note about `need_preempt`:
@@ -2167,6 +2220,14 @@ impl Reactor {
     /// linked eventfd WRITE and an ASYNC_CANCEL submitted on every loop pass.
     pub(crate) fn set_throughput_preemption_wanted(&self, wanted: bool) {
         self.throughput_preemption_wanted.set(wanted);
+    }
+
+    /// vllm-router patch 12: the executor, running without a preemption timer since
+    /// it woke, has run for a slice. One clock read per task, only then.
+    pub(crate) fn deferred_preemption_due(&self) -> bool {
+        self.preemption_deferred_until
+            .get()
+            .is_some_and(|until| Instant::now() >= until)
     }
 
     pub(crate) fn flush_syscall_thread(&self) -> usize {
