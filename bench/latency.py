@@ -4,7 +4,11 @@ this router, nginx proxy_pass (proxy_buffering off) and the published router, al
 one interleaved vllm-router-bench run. The mock stamps each SSE event
 (`x-mock-timestamps`), so the table also shows each event's delivery delay.
 
-    python3 bench/latency.py [--published PATH] [--rate R] [--duration S]
+    python3 bench/latency.py [--published PATH] [--rate R] [--duration S] [--relay]
+        [--baseline-router PATH]
+
+`--relay` adds bench's `tcp-relay` (a blocking TCP relay that parses nothing): what a
+proxy hop itself costs here, the floor under any HTTP proxy's numbers.
 """
 import argparse, os, subprocess, sys, tempfile
 sys.path.insert(0, os.path.dirname(__file__))
@@ -21,6 +25,7 @@ def main():
     ap.add_argument("--duration", type=float, default=20.0)
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--token-delay-us", type=int, default=10000)
+    ap.add_argument("--baseline-router", default=None, help="another build measured alongside (A/B)")
     ap.add_argument("--relay", action="store_true",
                     help="add bench's tcp-relay (a blocking TCP relay, no HTTP): the floor a proxy hop costs here")
     ap.add_argument("--out", default=os.path.join(ROOT, "target/bench-latency"))
@@ -47,6 +52,12 @@ def main():
                "--prometheus-port", str(free_port()), "--shards", "1", "--policy", "round_robin",
                "--worker-urls", f"http://127.0.0.1:{worker}"], ours, "router")
         targets.append(f"router=http://127.0.0.1:{ours}")
+        if args.baseline_router:
+            base = free_port()
+            start(["taskset", "-c", "0", args.baseline_router, "--port", str(base),
+                   "--prometheus-port", str(free_port()), "--shards", "1", "--policy", "round_robin",
+                   "--worker-urls", f"http://127.0.0.1:{worker}"], base, "baseline")
+            targets.append(f"baseline=http://127.0.0.1:{base}")
         ngx = free_port()
         conf = open(os.path.join(ROOT, "bench/nginx/proxy.conf")).read()
         conf = conf.replace("__BACKEND_PORT__", str(worker)).replace("__PROXY_PORT__", str(ngx)).replace("__WORKERS__", "1")
