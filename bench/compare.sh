@@ -27,7 +27,7 @@ python3 bench/throughput.py --published "$venv/bin/vllm-router" --pin \
   --seconds "$secs" --rounds "$rounds" --connections 64
 
 echo "== 2. Streaming latency at a moderate rate (§7) =="
-python3 bench/latency.py --published "$venv/bin/vllm-router" --duration "$lat"
+python3 bench/latency.py --published "$venv/bin/vllm-router" --relay --duration "$lat"
 
 echo "== 3. Router's own time per P/D request (§6) =="
 python3 bench/pd_overhead.py --requests "$pdn"
