@@ -32,7 +32,8 @@ pub const SHARD_IO_MEMORY: usize = 512 * 1024;
 /// Longest a shard runs tasks without polling io_uring for completions. A shard
 /// has one task queue, so nothing else preempts a long run of ready tasks
 /// (glommio patch 8); glommio's default is 100 ms. The timer costs nothing while
-/// it has not fired (patch 6).
+/// it has not fired (patch 6), and for one such slice after a wake-up it is not armed
+/// at all: the clock bounds that run (patch 12).
 pub const SHARD_PREEMPT_TIMER: Duration = Duration::from_millis(10);
 
 /// How often a shard closes pooled and dormant client connections that idled too
