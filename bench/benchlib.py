@@ -2,6 +2,7 @@
 binaries are."""
 import os
 import socket
+import subprocess
 import sys
 import time
 
@@ -53,3 +54,16 @@ def stop_groups(procs):
             os.killpg(p.pid, 15)
         except OSError:
             pass
+
+
+def starter(run, procs):
+    """`start(cmd, port, name)`: runs `cmd` in a session of its own (stop_groups stops it
+    with its children), its stderr in `run`/NAME.log, appended to `procs`, and returns
+    once it listens on `port`."""
+    def start(cmd, port, name):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"),
+                             start_new_session=True)
+        procs.append(p)
+        wait_port(port, p, name)
+        return p
+    return start

@@ -19,7 +19,7 @@ Per target, medians (and p90) in us from the client's first request byte:
 """
 import argparse, os, statistics, struct, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import RELEASE as REL, free_port, stop_groups, wait_port  # noqa: E402
+from benchlib import RELEASE as REL, free_port, starter, stop_groups  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bytes of each packet kept: the payload's first bytes tell a head from an event.
@@ -97,11 +97,7 @@ def main():
     run = tempfile.mkdtemp(prefix="vr-hops-")
     procs = []
 
-    def start(cmd, port, name):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"),
-                             start_new_session=True)
-        procs.append(p)
-        wait_port(port, p, name)
+    start = starter(run, procs)
 
     try:
         worker = free_port()

@@ -17,7 +17,7 @@ import argparse, json, os, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from benchlib import RELEASE, free_port, nginx_conf, stop_groups, wait_port  # noqa: E402
+from benchlib import RELEASE, free_port, nginx_conf, starter, stop_groups  # noqa: E402
 
 COLORS = {"router": "#1f77b4", "baseline": "#9467bd", "nginx": "#2ca02c", "published": "#d62728"}
 
@@ -109,11 +109,7 @@ def main():
     run = tempfile.mkdtemp(prefix="vr-rate-")
     procs = []
 
-    def start(cmd, port, name):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"),
-                             start_new_session=True)
-        procs.append(p)
-        wait_port(port, p, name)
+    start = starter(run, procs)
 
     try:
         backend = free_port()
