@@ -19,9 +19,8 @@ Per target, medians (and p90) in us from the client's first request byte:
 """
 import argparse, os, statistics, struct, subprocess, sys, tempfile, time
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import RELEASE as REL, free_port, starter, stop_groups  # noqa: E402
+from benchlib import RELEASE as REL, free_port, nginx_conf, starter, stop_groups  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Bytes of each packet kept: the payload's first bytes tell a head from an event.
 SNAPLEN = 256
 
@@ -115,10 +114,7 @@ def main():
                    "--policy", "round_robin", "--worker-urls", up] + extra, port, name)
             targets.append((name, port))
         ngx = free_port()
-        conf = open(os.path.join(ROOT, "bench/nginx/proxy.conf")).read()
-        conf = conf.replace("__BACKEND_PORT__", str(worker)).replace("__PROXY_PORT__", str(ngx))
-        path = os.path.join(run, "proxy.conf")
-        open(path, "w").write(conf.replace("__WORKERS__", "1"))
+        path = nginx_conf(run, "proxy.conf", BACKEND_PORT=worker, PROXY_PORT=ngx, WORKERS=1)
         start(["taskset", "-c", "0", "nginx", "-p", run, "-c", path], ngx, "nginx")
         targets.append(("nginx", ngx))
         relay = free_port()

@@ -12,7 +12,7 @@ proxy hop itself costs here, the floor under any HTTP proxy's numbers.
 """
 import argparse, os, subprocess, sys, tempfile
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import free_port, wait_port
+from benchlib import free_port, nginx_conf, wait_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from benchlib import RELEASE as REL  # noqa: E402
@@ -59,9 +59,7 @@ def main():
                    "--worker-urls", f"http://127.0.0.1:{worker}"], base, "baseline")
             targets.append(f"baseline=http://127.0.0.1:{base}")
         ngx = free_port()
-        conf = open(os.path.join(ROOT, "bench/nginx/proxy.conf")).read()
-        conf = conf.replace("__BACKEND_PORT__", str(worker)).replace("__PROXY_PORT__", str(ngx)).replace("__WORKERS__", "1")
-        path = os.path.join(run, "proxy.conf"); open(path, "w").write(conf)
+        path = nginx_conf(run, "proxy.conf", BACKEND_PORT=worker, PROXY_PORT=ngx, WORKERS=1)
         start(["taskset", "-c", "0", "nginx", "-p", run, "-c", path], ngx, "nginx")
         targets.append(f"nginx=http://127.0.0.1:{ngx}")
         if args.relay:

@@ -137,10 +137,13 @@ pub fn shard_plan(
     online: usize,
     quota: Option<f64>,
 ) -> (usize, ShardPlacement) {
-    let by_quota = quota.filter(|&q| ((q.ceil() as usize).max(1)) < cpus);
+    // (quota, the CPUs it is worth rounded up) when that is fewer than the mask has.
+    let by_quota = quota
+        .map(|q| (q, (q.ceil() as usize).max(1)))
+        .filter(|&(_, n)| n < cpus);
     let count = match (flag, by_quota) {
         (Some(n), _) => n.max(1),
-        (None, Some(q)) => (q.ceil() as usize).max(1),
+        (None, Some((_, n))) => n,
         (None, None) => cpus.max(1),
     };
     let pinned = match pin {
@@ -150,7 +153,7 @@ pub fn shard_plan(
     };
     let placement = match (pinned, by_quota) {
         (true, _) => ShardPlacement::Pinned,
-        (false, Some(q)) => ShardPlacement::UnderQuota(q),
+        (false, Some((q, _))) => ShardPlacement::UnderQuota(q),
         (false, None) => ShardPlacement::Shared,
     };
     (count, placement)

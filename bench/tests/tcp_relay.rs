@@ -1,19 +1,13 @@
 //! `tcp-relay`, the latency floor in bench/latency.py: bytes pass unchanged both ways
 //! over one connection, and the worker's side closes when the client leaves.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::Kill;
 
 fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0; n];

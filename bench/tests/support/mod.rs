@@ -15,6 +15,7 @@ impl Drop for Kill {
 }
 
 /// A mock-vllm on a free port, once it accepts connections.
+#[allow(dead_code)] // tcp_relay.rs uses only `Kill`
 pub fn mock(args: &[&str]) -> (Kill, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
