@@ -7,14 +7,6 @@ use common::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
-fn recent(m: &Proc) -> Vec<Value> {
-    request(m.port, "GET", "/mock/requests", &[], b"")
-        .json()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
 fn pd_router(prefill: &[&Proc], decode: &[&Proc], args: &[&str]) -> Router {
     let mut all: Vec<String> = vec!["--vllm-pd-disaggregation".into()];
     for p in prefill {
@@ -79,8 +71,8 @@ fn both_legs_get_the_exact_bodies_for_chat_and_completions_streamed_or_not() {
         } else {
             assert!(resp.json()["choices"].is_array(), "{}", resp.text());
         }
-        let pre = recent(&p);
-        let dec = recent(&d);
+        let pre = mock_requests(&p);
+        let dec = mock_requests(&d);
         assert_eq!(pre.len(), i + 1);
         assert_eq!(dec.len(), i + 1);
         let (pre, dec) = (&pre[i], &dec[i]);
@@ -224,7 +216,7 @@ fn two_prefill_and_three_decode_workers_with_their_own_policies() {
     let mut home: HashMap<String, String> = HashMap::new();
     for p in &ps {
         let name = mock_stats(p)["name"].as_str().unwrap().to_string();
-        for req in recent(p) {
+        for req in mock_requests(p) {
             let content = req["body"]["messages"][0]["content"]
                 .as_str()
                 .unwrap()
@@ -258,7 +250,7 @@ fn a_failing_prefill_worker_is_retried_on_another_and_named_when_all_fail() {
         assert_eq!(resp.status, 200, "{}", resp.text());
     }
     assert!(mock_stats(&bad)["generation_requests"].as_u64().unwrap() >= 1);
-    assert_eq!(recent(&d).len(), 6);
+    assert_eq!(mock_requests(&d).len(), 6);
 
     // Only a failing prefill worker: 502 naming the prefill stage; decode never called.
     let bad = mock(&["--fail-status", "503"]);
@@ -320,113 +312,6 @@ fn pd_needs_both_pools() {
     );
 }
 
-/// Sends vLLM-style heartbeats from a ZMQ DEALER socket for `for_how_long`.
-fn heartbeats(
-    zmq_port: u16,
-    beats: Vec<(&'static str, String, String)>,
-    for_how_long: std::time::Duration,
-) -> std::thread::JoinHandle<()> {
-    use zeromq::{Socket, SocketSend};
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut dealer = zeromq::DealerSocket::new();
-            dealer
-                .connect(&format!("tcp://127.0.0.1:{zmq_port}"))
-                .await
-                .unwrap();
-            let until = std::time::Instant::now() + for_how_long;
-            while std::time::Instant::now() < until {
-                for (kind, http, zmq) in &beats {
-                    let v = rmpv::Value::Map(vec![
-                        ("type".into(), (*kind).into()),
-                        ("http_address".into(), http.as_str().into()),
-                        ("zmq_address".into(), zmq.as_str().into()),
-                    ]);
-                    let mut buf = Vec::new();
-                    rmpv::encode::write_value(&mut buf, &v).unwrap();
-                    dealer.send(buf.into()).await.unwrap();
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        });
-    })
-}
-
-#[test]
-fn discovered_instances_join_then_expire_after_their_last_heartbeat() {
-    let p = mock(&["--name", "zp"]);
-    let d = mock(&["--name", "zd"]);
-    let zmq_port = free_port();
-    let r = router(
-        &[],
-        &[
-            "--vllm-pd-disaggregation",
-            "--vllm-discovery-address",
-            &format!("127.0.0.1:{zmq_port}"),
-        ],
-    );
-    let body = json!({"model": "m", "prompt": "x", "max_tokens": 2});
-    assert_eq!(post_json(r.port, "/v1/completions", &body).status, 503);
-    let beats = vec![
-        (
-            "P",
-            format!("127.0.0.1:{}", p.port),
-            "127.0.0.1:21001".to_string(),
-        ),
-        (
-            "D",
-            format!("127.0.0.1:{}", d.port),
-            "127.0.0.1:22001".to_string(),
-        ),
-    ];
-    let sender = heartbeats(zmq_port, beats, std::time::Duration::from_secs(2));
-    let joined = eventually(std::time::Duration::from_secs(2), || {
-        post_json(r.port, "/v1/completions", &body).status == 200
-    });
-    assert!(joined, "discovered workers never served");
-    // The request id names the instances by their ZMQ addresses.
-    let last = recent(&d).pop().unwrap();
-    let id = last["headers"]["x-request-id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(
-        id.starts_with("___prefill_addr_127.0.0.1:21001___decode_addr_127.0.0.1:22001_"),
-        "{id}"
-    );
-    let roles = request(r.port, "GET", "/workers", &[], b"").json();
-    let roles: Vec<&str> = roles["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["role"].as_str().unwrap())
-        .collect();
-    assert_eq!(roles.len(), 2);
-    assert!(
-        roles.contains(&"prefill") && roles.contains(&"decode"),
-        "{roles:?}"
-    );
-    sender.join().unwrap();
-    // Silent for 5 s: gone.
-    let stopped = std::time::Instant::now();
-    let expired = eventually(std::time::Duration::from_secs(8), || {
-        request(r.port, "GET", "/list_workers", &[], b"").json()["urls"] == json!([])
-    });
-    assert!(expired, "instances did not expire");
-    assert!(
-        stopped.elapsed() >= std::time::Duration::from_secs(4),
-        "expired too early"
-    );
-    assert_eq!(post_json(r.port, "/v1/completions", &body).status, 503);
-    assert!(eventually(std::time::Duration::from_secs(3), || {
-        metric(&r.metrics(), "vllm_router_discovery_updates_total", &[]) == Some(4.0)
-    }));
-}
-
 #[test]
 fn a_failing_decode_worker_is_retried_on_another_with_the_same_prefill() {
     let p = mock(&["--name", "p"]);
@@ -450,13 +335,13 @@ fn a_failing_decode_worker_is_retried_on_another_with_the_same_prefill() {
         assert_eq!(resp.header("x-mock-worker"), Some("good"));
     }
     // The prefill ran once per request: decode retries reuse its result.
-    assert_eq!(recent(&p).len(), 4);
+    assert_eq!(mock_requests(&p).len(), 4);
     assert!(
-        !recent(&bad).is_empty(),
+        !mock_requests(&bad).is_empty(),
         "round robin never tried the failing decode worker"
     );
     // The retried leg's id names the decode worker it went to.
-    for req in recent(&good) {
+    for req in mock_requests(&good) {
         let id = req["headers"]["x-request-id"].as_str().unwrap();
         assert!(
             id.contains(&format!("___decode_addr_127.0.0.1:{}_", good.port)),
@@ -490,11 +375,11 @@ fn mooncake_legs_share_a_transfer_id_and_decode_names_the_bootstrap_server() {
     let mut last = Value::Null;
     let named = eventually(std::time::Duration::from_secs(10), || {
         assert_eq!(post_json(r.port, "/v1/completions", &body).status, 200);
-        last = recent(&d).last().cloned().unwrap();
+        last = mock_requests(&d).last().cloned().unwrap();
         !last["body"]["kv_transfer_params"].is_null()
     });
     assert!(named, "{last}");
-    let pre = recent(&p).last().cloned().unwrap();
+    let pre = mock_requests(&p).last().cloned().unwrap();
     let pre_params = &pre["body"]["kv_transfer_params"];
     let transfer = pre_params["transfer_id"].as_str().unwrap();
     assert!(

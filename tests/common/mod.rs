@@ -385,3 +385,12 @@ pub fn chat(port: u16, headers: &[(&str, &str)]) -> Response {
 pub fn generation_requests(m: &Proc) -> u64 {
     mock_stats(m)["generation_requests"].as_u64().unwrap()
 }
+
+/// The requests the mock received, oldest first (`/mock/requests`).
+pub fn mock_requests(m: &Proc) -> Vec<serde_json::Value> {
+    request(m.port, "GET", "/mock/requests", &[], b"")
+        .json()
+        .as_array()
+        .unwrap()
+        .clone()
+}
