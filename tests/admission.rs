@@ -6,6 +6,19 @@ mod common;
 use common::*;
 use std::time::{Duration, Instant};
 
+/// A router of one shard admitting one request at a time, with `queue` places to wait.
+fn one_slot_router(w: &Proc, queue: &str, extra: &[&str]) -> Router {
+    let args = [
+        "--shards",
+        "1",
+        "--max-concurrent-requests",
+        "1",
+        "--queue-size",
+        queue,
+    ];
+    router(&[w], &[&args[..], extra].concat())
+}
+
 /// Starts a stream that holds its worker (and its admission slot) for `secs`.
 fn hold_a_slot(port: u16, secs: u64) -> Conn {
     let mut c = Conn::open(port);
@@ -23,21 +36,9 @@ fn hold_a_slot(port: u16, secs: u64) -> Conn {
 #[test]
 fn admission_answers_429_when_the_queue_is_full_and_408_after_the_queue_timeout() {
     let w = mock(&[]);
-    let r = router(
-        &[&w],
-        &[
-            "--shards",
-            "1",
-            "--max-concurrent-requests",
-            "1",
-            "--queue-size",
-            "1",
-            // Longer than the queued gauge's sampling (1 s), so the third request
-            // surely arrives while the second still waits.
-            "--queue-timeout-secs",
-            "3",
-        ],
-    );
+    // A queue timeout longer than the queued gauge's sampling (1 s), so the third
+    // request surely arrives while the second still waits.
+    let r = one_slot_router(&w, "1", &["--queue-timeout-secs", "3"]);
     let _holder = hold_a_slot(r.port, 10);
     // Second request: queued. Third: the queue is full.
     let queued = std::thread::spawn({
@@ -63,17 +64,7 @@ fn admission_answers_429_when_the_queue_is_full_and_408_after_the_queue_timeout(
 #[test]
 fn a_queued_request_goes_out_when_a_slot_frees() {
     let w = mock(&[]);
-    let r = router(
-        &[&w],
-        &[
-            "--shards",
-            "1",
-            "--max-concurrent-requests",
-            "1",
-            "--queue-size",
-            "4",
-        ],
-    );
+    let r = one_slot_router(&w, "4", &[]);
     let holder = hold_a_slot(r.port, 30);
     let queued = std::thread::spawn({
         let port = r.port;
@@ -88,17 +79,7 @@ fn a_queued_request_goes_out_when_a_slot_frees() {
 #[test]
 fn a_client_leaving_while_queued_never_reaches_the_worker() {
     let w = mock(&[]);
-    let r = router(
-        &[&w],
-        &[
-            "--shards",
-            "1",
-            "--max-concurrent-requests",
-            "1",
-            "--queue-size",
-            "1",
-        ],
-    );
+    let r = one_slot_router(&w, "1", &[]);
     let holder = hold_a_slot(r.port, 30);
     {
         let mut c = Conn::open(r.port);

@@ -156,3 +156,45 @@ fn garbage_on_one_connection_does_not_disturb_others() {
     assert!(done.elapsed() < Duration::from_secs(1));
     assert_eq!(request(r.port, "GET", "/v1/models", &[], b"").status, 200);
 }
+
+#[test]
+fn another_method_on_a_generation_path_is_405_and_never_reaches_a_worker() {
+    let w = mock(&[]);
+    let r = router(&[&w], &[]);
+    for (method, path) in [
+        ("GET", "/v1/chat/completions"),
+        ("DELETE", "/v1/completions"),
+        ("PUT", "/generate"),
+    ] {
+        let resp = request(r.port, method, path, &[], b"");
+        assert_openai_error(&resp, 405);
+        assert_eq!(resp.header("allow"), Some("POST"), "{method} {path}");
+        assert!(resp.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(method));
+    }
+    // The connection stays usable: keep-alive, then a real request.
+    let mut c = Conn::open(r.port);
+    c.send(b"GET /v1/completions HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(c.read_response(false).status, 405);
+    c.send(&post_bytes(
+        "/v1/completions",
+        &[("content-type", "application/json")],
+        r#"{"prompt":"hi","max_tokens":1}"#,
+    ));
+    assert_eq!(c.read_response(false).status, 200);
+    // HEAD gets the head alone: the next answer on the connection is whole.
+    c.send(b"HEAD /v1/completions HTTP/1.1\r\nhost: x\r\n\r\n");
+    let head = c.read_response(true);
+    assert_eq!((head.status, head.body.len()), (405, 0));
+    c.send(&post_bytes(
+        "/v1/completions",
+        &[("content-type", "application/json")],
+        r#"{"prompt":"hi","max_tokens":1}"#,
+    ));
+    assert_eq!(c.read_response(false).status, 200);
+    // Other paths keep the published router's passthrough, whatever the method.
+    assert_eq!(request(r.port, "GET", "/mock/echo", &[], b"").status, 200);
+    assert_eq!(mock_stats(&w)["generation_requests"], 2);
+}

@@ -180,6 +180,12 @@ impl Client {
             !keep,
             &all,
         );
+        if self.head.is_head() {
+            // RFC 9110 §9.3.2: the same head as GET would get, without the content.
+            if let Some(end) = self.out.windows(4).position(|w| w == b"\r\n\r\n") {
+                self.out.truncate(end + 4);
+            }
+        }
         self.flush_out().await.is_ok() && keep
     }
 }

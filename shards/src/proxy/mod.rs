@@ -32,3 +32,4 @@ mod tokenize;
 mod wait;
 
 pub use request_id::DEFAULT_REQUEST_ID_HEADERS;
+pub use route::is_wrong_method;

@@ -29,6 +29,13 @@ pub fn classify(method: &[u8], path: &[u8]) -> RouteKind {
     }
 }
 
+/// A generation path asked with another method than POST. 0.1.17 answers 405 for
+/// its POST routes (`../shared/REFERENCE-0.1.17.md` §8) rather than forwarding them:
+/// a worker would only say the same, after a round trip and a policy decision.
+pub fn is_wrong_method(method: &[u8], path: &[u8]) -> bool {
+    method != b"POST" && GENERATION_PATHS.contains(&path)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -47,5 +54,15 @@ mod tests {
             classify(b"POST", b"/v1/chat/completions/x"),
             RouteKind::Passthrough
         );
+    }
+
+    #[test]
+    fn only_post_is_right_on_a_generation_path() {
+        assert!(is_wrong_method(b"GET", b"/v1/completions"));
+        assert!(is_wrong_method(b"DELETE", b"/generate"));
+        assert!(!is_wrong_method(b"POST", b"/v1/completions"));
+        // Other paths are forwarded whatever their method.
+        assert!(!is_wrong_method(b"GET", b"/v1/responses/resp_1"));
+        assert!(!is_wrong_method(b"GET", b"/version"));
     }
 }

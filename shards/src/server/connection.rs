@@ -127,6 +127,15 @@ async fn answer(shard: &Rc<Shard>, c: &mut Client) -> bool {
         admin::answer(shard, c).await
     } else if c.head.path() == b"/finish_session" {
         session::finish(shard, c).await
+    } else if crate::proxy::is_wrong_method(c.head.method(), c.head.path()) {
+        let keep = !c.head.has_body() && c.head.keep_alive;
+        let msg = format!(
+            "{} is not allowed on {}; use POST",
+            String::from_utf8_lossy(c.head.method()),
+            String::from_utf8_lossy(c.head.path())
+        );
+        c.send_error_with(405, &msg, keep, &[(b"allow", b"POST")])
+            .await
     } else {
         crate::proxy::pipeline::handle(shard, c).await
     }
