@@ -445,3 +445,25 @@ fn finish_session_answers_as_the_published_router() {
     // Answered by the router: the worker never saw it.
     assert!(mock_stats(&a)["by_path"]["/finish_session"].is_null());
 }
+
+#[test]
+fn head_on_admin_routes_answers_what_get_would_without_content() {
+    let w = mock(&[]);
+    let r = router(&[&w], &[]);
+    let get = request(r.port, "GET", "/list_workers", &[], b"");
+    assert_eq!(get.status, 200);
+    let mut c = Conn::open(r.port);
+    c.send(b"HEAD /list_workers HTTP/1.1\r\nhost: x\r\n\r\n");
+    let head = c.read_response(true);
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    let length = get.body.len().to_string();
+    assert_eq!(head.header("content-length"), Some(length.as_str()));
+    // A POST route: 405, head alone; each next answer on the connection is whole.
+    c.send(b"HEAD /add_worker HTTP/1.1\r\nhost: x\r\n\r\n");
+    let head = c.read_response(true);
+    assert_eq!((head.status, head.body.len()), (405, 0));
+    c.send(b"GET /list_workers HTTP/1.1\r\nhost: x\r\n\r\n");
+    let again = c.read_response(false);
+    assert_eq!(again.status, 200);
+    assert_eq!(again.json()["urls"], get.json()["urls"]);
+}

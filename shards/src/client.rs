@@ -158,6 +158,17 @@ impl Client {
         self.send_error_body(status, error, keep, &[]).await
     }
 
+    /// An answer to HEAD staged in `out` loses its content (RFC 9110 §9.3.2: the same
+    /// head as GET would get, without the content), so that the next answer on the
+    /// connection is read from its start.
+    pub fn drop_content_for_head(&mut self) {
+        if self.head.is_head() {
+            if let Some(end) = self.out.windows(4).position(|w| w == b"\r\n\r\n") {
+                self.out.truncate(end + 4);
+            }
+        }
+    }
+
     async fn send_error_body(
         &mut self,
         status: u16,
@@ -180,12 +191,7 @@ impl Client {
             !keep,
             &all,
         );
-        if self.head.is_head() {
-            // RFC 9110 §9.3.2: the same head as GET would get, without the content.
-            if let Some(end) = self.out.windows(4).position(|w| w == b"\r\n\r\n") {
-                self.out.truncate(end + 4);
-            }
-        }
+        self.drop_content_for_head();
         self.flush_out().await.is_ok() && keep
     }
 }

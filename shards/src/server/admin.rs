@@ -50,8 +50,13 @@ pub async fn answer(shard: &Shard, c: &mut Client) -> bool {
     if let Err(e) = read.await {
         return e.answer(c, "admin request body too large").await;
     }
+    // HEAD asks what GET would answer (0.1.17's GET routes answer it so), content dropped.
+    let method = match c.head.method() {
+        b"HEAD" => b"GET".as_slice(),
+        m => m,
+    };
     let request = AdminRequest {
-        method: String::from_utf8_lossy(c.head.method()).into_owned(),
+        method: String::from_utf8_lossy(method).into_owned(),
         path: String::from_utf8_lossy(c.head.path()).into_owned(),
         query: String::from_utf8_lossy(c.head.query().unwrap_or_default()).into_owned(),
         body,
@@ -87,5 +92,6 @@ pub async fn answer(shard: &Shard, c: &mut Client) -> bool {
         body,
         !c.head.keep_alive,
     );
+    c.drop_content_for_head();
     c.flush_out().await.is_ok() && c.head.keep_alive
 }
