@@ -436,3 +436,18 @@ fn sigint_during_the_start_up_wait_stops_at_once() {
     assert!(child.wait().unwrap().success());
     assert!(log.text().contains("SIGINT during start-up: stopping"));
 }
+
+#[test]
+fn absolute_form_targets_are_served_by_their_path() {
+    // RFC 9112 3.2.2: a server must accept `GET http://host/path`.
+    let w = mock(&[]);
+    let r = router(&[&w], &[]);
+    let live = request(r.port, "GET", "http://router.example/liveness", &[], b"");
+    assert_eq!(live.status, 200, "{}", live.text());
+    assert_eq!(live.json()["status"], "alive");
+    let body = chat_body("hi", 1, false).to_string();
+    let target = format!("http://127.0.0.1:{}/v1/chat/completions", r.port);
+    let resp = request(r.port, "POST", &target, &[], body.as_bytes());
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(mock_requests(&w)[0]["path"], "/v1/chat/completions");
+}

@@ -84,10 +84,11 @@ impl RequestHead {
         if target.len() > MAX_URI_BYTES {
             return Err(HeadError::UriTooLong);
         }
+        let target = origin_form(target.as_bytes())?;
         self.bytes.clear();
         self.bytes.extend_from_slice(&buf[..len]);
         self.method = Span::of(buf, method.as_bytes());
-        self.target = Span::of(buf, target.as_bytes());
+        self.target = Span::of(buf, target);
         self.minor_version = version;
         self.headers.clear();
         for h in req.headers.iter() {
@@ -129,7 +130,7 @@ impl RequestHead {
         self.method.get(&self.bytes)
     }
 
-    /// The request-target as sent (origin-form: path and query).
+    /// The request-target in origin-form (path and query; see [`origin_form`]).
     pub fn target(&self) -> &[u8] {
         self.target.get(&self.bytes)
     }
@@ -198,6 +199,25 @@ fn parse_error_message(e: httparse::Error) -> &'static str {
     }
 }
 
+/// RFC 9112 §3.2.2: "A server MUST accept the absolute-form in requests even though
+/// most HTTP/1.1 clients will only send the absolute-form to a proxy." The router
+/// routes, answers and forwards by the path, so it keeps the origin-form part of one
+/// (`http://host:port/path?query` -> `/path?query`).
+fn origin_form(target: &[u8]) -> Result<&[u8], HeadError> {
+    let scheme = |s: &[u8]| target.len() >= s.len() && target[..s.len()].eq_ignore_ascii_case(s);
+    let Some(after) = [&b"http://"[..], b"https://"]
+        .into_iter()
+        .find(|s| scheme(s))
+        .map(|s| &target[s.len()..])
+    else {
+        return Ok(target);
+    };
+    match after.iter().position(|&b| b == b'/') {
+        Some(i) if !after[..i].contains(&b'?') => Ok(&after[i..]),
+        _ => Err(HeadError::Malformed("absolute-form target without a path")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,6 +240,25 @@ mod tests {
         assert_eq!(h.framing, BodyFraming::Length(2));
         assert!(h.keep_alive);
         assert_eq!(h.header(b"HOST"), Some(&b"a"[..]));
+    }
+
+    #[test]
+    fn absolute_form_is_read_as_its_path() {
+        let (h, _) =
+            parse(b"GET http://gpu-1:8000/health?x=1 HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        assert_eq!(h.target(), b"/health?x=1");
+        assert_eq!(h.path(), b"/health");
+        let (h, _) = parse(b"POST HTTPS://a/v1/completions HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(h.path(), b"/v1/completions");
+        assert!(matches!(
+            parse(b"GET http://a?x HTTP/1.1\r\n\r\n"),
+            Err(HeadError::Malformed(_))
+        ));
+        // Origin-form and asterisk-form are kept as sent.
+        assert_eq!(
+            parse(b"OPTIONS * HTTP/1.1\r\n\r\n").unwrap().0.target(),
+            b"*"
+        );
     }
 
     #[test]
