@@ -268,6 +268,13 @@ fn health_endpoints_and_models() {
     let models = request(r.port, "GET", "/v1/models", &[], b"");
     assert_eq!(models.status, 200);
     assert_eq!(models.json()["data"][0]["id"], "mock-model");
+    // HEAD: GET's head without the content; the next answer on the connection is whole.
+    let mut c = Conn::open(r.port);
+    c.send(b"HEAD /readiness HTTP/1.1\r\nhost: x\r\n\r\n");
+    let head = c.read_response(true);
+    assert_eq!((head.status, head.body.len()), (200, 0));
+    c.send(b"GET /liveness HTTP/1.1\r\nhost: x\r\n\r\n");
+    assert_eq!(c.read_response(false).json()["status"], "alive");
 
     let empty = router(&[], &[]);
     assert_eq!(

@@ -57,10 +57,6 @@ pub fn local_answer(shard: &Shard, c: &mut Client) -> Option<u16> {
         body,
         close,
     );
-    if c.head.is_head() {
-        // Same head, no body (RFC 9110 §9.3.2).
-        let head_len = c.out.len() - body.len();
-        c.out.truncate(head_len);
-    }
+    c.drop_content_for_head();
     Some(status)
 }
