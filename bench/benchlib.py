@@ -56,13 +56,13 @@ def stop_groups(procs):
             pass
 
 
-def starter(run, procs):
+def starter(run, procs, **popen):
     """`start(cmd, port, name)`: runs `cmd` in a session of its own (stop_groups stops it
     with its children), its stderr in `run`/NAME.log, appended to `procs`, and returns
-    once it listens on `port`."""
+    once it listens on `port`. `popen`: more arguments for every `subprocess.Popen`."""
     def start(cmd, port, name):
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"),
-                             start_new_session=True)
+                             start_new_session=True, **popen)
         procs.append(p)
         wait_port(port, p, name)
         return p

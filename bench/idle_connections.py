@@ -23,7 +23,7 @@ import argparse, os, resource, socket, struct, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from benchlib import RELEASE, free_port, nginx_conf, stop_groups, wait_port  # noqa: E402
+from benchlib import RELEASE, free_port, nginx_conf, starter, stop_groups  # noqa: E402
 
 BODY = b'{"model":"m","messages":[{"role":"user","content":"Say hello in one word."}],"max_tokens":1}'
 REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
@@ -162,12 +162,7 @@ def main():
     run = tempfile.mkdtemp(prefix="vr-idle-")
     procs = []
 
-    def start(cmd, port, name):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"),
-                             preexec_fn=lambda: raise_nofile(limit), start_new_session=True)
-        procs.append(p)
-        wait_port(port, p, name)
-        return p
+    start = starter(run, procs, preexec_fn=lambda: raise_nofile(limit))
 
     def room_for_everyone(text):
         # Room for every client connection in one worker (reuseport spreads them).

@@ -12,7 +12,7 @@ proxy hop itself costs here, the floor under any HTTP proxy's numbers.
 """
 import argparse, os, subprocess, sys, tempfile
 sys.path.insert(0, os.path.dirname(__file__))
-from benchlib import free_port, nginx_conf, wait_port
+from benchlib import free_port, nginx_conf, starter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 from benchlib import RELEASE as REL  # noqa: E402
@@ -34,12 +34,9 @@ def main():
     run = tempfile.mkdtemp(prefix="vr-lat-")
     procs = []
 
-    def start(cmd, port, name, **kw):
-        # Each in its own process group, stopped whole below: nginx's worker outlived a
-        # killed master, one more idle process after every run.
-        kw.setdefault("start_new_session", True)
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"), **kw)
-        procs.append(p); wait_port(port, p, name); return p
+    # Each in its own process group, stopped whole below: nginx's worker outlived a
+    # killed master, one more idle process after every run.
+    start = starter(run, procs)
 
     try:
         worker = free_port()

@@ -7,7 +7,7 @@ import argparse, os, re, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-from benchlib import RELEASE, free_port, wait_port  # noqa: E402
+from benchlib import RELEASE, free_port, nginx_conf, wait_port  # noqa: E402
 HZ = os.sysconf("SC_CLK_TCK")
 
 
@@ -78,15 +78,10 @@ def main():
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(os.path.join(run, name + ".log"), "w"), **kw)
         procs.append(p); wait_port(port, p, name); return p
 
-    def nginx_conf(template, **subs):
-        text = open(os.path.join(ROOT, "bench/nginx", template)).read()
-        for k, v in subs.items():
-            text = text.replace(f"__{k}__", str(v))
-        path = os.path.join(run, template); open(path, "w").write(text); return path
 
     try:
         backend = free_port()
-        start(load_cpu + ["nginx", "-p", run, "-c", nginx_conf("backend.conf", BACKEND_PORT=backend)], backend, "backend")
+        start(load_cpu + ["nginx", "-p", run, "-c", nginx_conf(run, "backend.conf", BACKEND_PORT=backend)], backend, "backend")
         targets = [("direct (nginx return 200)", backend, None)]
 
         ours = free_port()
@@ -104,7 +99,7 @@ def main():
 
         if not args.no_nginx_proxy:
             ngx = free_port()
-            p = start(proxy_cpu + ["nginx", "-p", run, "-c", nginx_conf("proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
+            p = start(proxy_cpu + ["nginx", "-p", run, "-c", nginx_conf(run, "proxy.conf", BACKEND_PORT=backend, PROXY_PORT=ngx,
                                                             WORKERS=args.shards)], ngx, "nginx-proxy")
             targets.append((f"nginx proxy_pass ({args.shards} workers)", ngx, p.pid))
 
