@@ -332,6 +332,75 @@ fn p_d_gauges_show_a_request_waiting_on_its_prefill() {
 }
 
 #[test]
+fn p_d_metrics_show_what_kv_aware_priced_as_0_1_17_names_them() {
+    // Each prefill answer takes 30 ms: every decode leg waits that long.
+    let p = kv_mock("p", &["--ttft-us", "30000"]);
+    let d = mock(&["--name", "d"]);
+    let args = [
+        "--vllm-pd-disaggregation",
+        "--prefill",
+        &p.url(),
+        "--decode",
+        &d.url(),
+        "--prefill-policy",
+        "kv_aware",
+        "--shards",
+        "1",
+    ];
+    let mut r = router(&[], &args);
+    wait_subscribed(&mut r, &[&p]);
+    // 100 tokens, of which the prefill worker holds 6 blocks of 16: 96 credited, 4 to
+    // prefill, twice; then 100 tokens it holds none of.
+    let cached = prime(&r, &p, 0, 6.0);
+    for body in [&cached, &cached, &prompt(900_000, 100)] {
+        let resp = post_json(r.port, "/v1/completions", body);
+        assert_eq!(resp.status, 200, "{}", resp.text());
+    }
+    let m = |name: &str, labels: &[(&str, &str)]| sample(&r, name, labels);
+    assert!(
+        eventually(Duration::from_secs(5), || m(
+            "vllm_router_pd_new_prefill_tokens_count",
+            &[]
+        ) == 3.0),
+        "{}",
+        r.metrics()
+    );
+    let decided = [("fallback", "none")];
+    assert_eq!(m("vllm_router_pd_prefill_decisions_total", &decided), 3.0);
+    assert_eq!(m("vllm_router_pd_credited_prefix_tokens_total", &[]), 192.0);
+    assert_eq!(m("vllm_router_pd_new_prefill_tokens_sum", &[]), 108.0);
+    // Quantiles come from buckets 2.2% wide.
+    let near = |got: f64, want: f64| (got / want - 1.0).abs() < 0.02;
+    let least = m("vllm_router_pd_new_prefill_tokens", &[("quantile", "0")]);
+    let most = m("vllm_router_pd_new_prefill_tokens", &[("quantile", "1")]);
+    assert!(near(least, 4.0) && near(most, 100.0), "{least} {most}");
+    assert_eq!(m("vllm_router_pd_decode_pending_seconds_count", &[]), 3.0);
+    let waited = m(
+        "vllm_router_pd_decode_pending_seconds",
+        &[("quantile", "0")],
+    );
+    assert!(
+        waited >= 0.029,
+        "decode legs waited {waited} s for a 30 ms prefill"
+    );
+    let route = [("route", "/v1/completions")];
+    assert_eq!(
+        m("vllm_router_pd_request_duration_seconds_count", &route),
+        3.0
+    );
+    assert!(m("vllm_router_pd_request_duration_seconds_sum", &route) >= 0.09);
+    let text = r.metrics();
+    for kind in [
+        "vllm_router_pd_new_prefill_tokens summary",
+        "vllm_router_pd_decode_pending_seconds summary",
+        "vllm_router_pd_request_duration_seconds histogram",
+        "vllm_router_pd_credited_prefix_tokens_total counter",
+    ] {
+        assert!(text.contains(&format!("# TYPE {kind}")), "{kind}:\n{text}");
+    }
+}
+
+#[test]
 fn with_igw_each_models_policy_follows_its_own_workers_blocks() {
     let a1 = kv_mock("a1", &["--model", "model-a"]);
     let a2 = kv_mock("a2", &["--model", "model-a"]);

@@ -31,7 +31,7 @@ pub struct Client {
     pub tokens: Option<std::rc::Rc<[u32]>>,
     /// kv_aware: the worker last chosen for the request and the prompt tokens it must
     /// prefill, counted against it until its answer starts (`proxy::exchange`).
-    pub prefill_charge: Option<(crate::worker::WorkerId, u32)>,
+    pub prefill_charge: Option<(crate::worker::WorkerId, crate::policy::Priced)>,
     /// CORS headers every answer to the current request carries (`server::cors`).
     pub cors: Vec<(&'static [u8], Vec<u8>)>,
     /// Between requests: the request's memory is among the shard's spare kits.

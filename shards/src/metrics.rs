@@ -2,7 +2,10 @@
 //! atomics. A copy goes to the control core once a second (`Report::Metrics`); the
 //! control core sums the shards and serves Prometheus text.
 
+pub mod sketch;
+
 use crate::worker::WorkerId;
+use sketch::Sketch;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -51,6 +54,10 @@ pub const LATENCY_BUCKETS: [f64; 20] = [
 /// Bucket bounds of a fraction (kv_aware: how much of a prompt its worker had cached):
 /// fine near 1, where conversations that stay put land.
 pub const RATIO_BUCKETS: [f64; 10] = [0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99, 1.0];
+
+/// `vllm_router_pd_prefill_decisions_total{fallback}`: priced (`none`, 0.1.17's), or
+/// by load for want of the prompt's tokens (`missing_tokens`, 0.1.17's outcome name).
+pub const PD_PREFILL_FALLBACKS: [&str; 2] = ["none", "missing_tokens"];
 
 /// A histogram of fractions in 0..=1 over [`RATIO_BUCKETS`] (non-cumulative counts).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -138,6 +145,16 @@ pub struct ShardMetrics {
     pub pd_pending_decodes: HashMap<WorkerId, u32>,
     pub pd_prefill_duration: Histogram,
     pub pd_decode_duration: Histogram,
+    /// P/D requests by route, head to end of answer.
+    pub pd_duration: [Histogram; ROUTES.len()],
+    /// P/D: how long each decode leg waited for its request's prefill.
+    pub pd_decode_pending: Sketch,
+    /// P/D with a kv_aware prefill policy, per request: decisions priced and without
+    /// tokens (`PD_PREFILL_FALLBACKS`), and the prompt tokens credited and left to
+    /// prefill on the chosen prefill worker.
+    pub pd_prefill_decisions: [u64; PD_PREFILL_FALLBACKS.len()],
+    pub pd_credited_tokens: u64,
+    pub pd_new_prefill_tokens: Sketch,
     /// Breaker outcomes per worker: (successes, failures).
     pub outcomes: HashMap<WorkerId, (u64, u64)>,
     /// Times the policy chose each worker.
@@ -155,6 +172,8 @@ pub struct ShardMetrics {
     /// kv_aware: time to a request's tokens, on the shard and by a worker's
     /// `/tokenize` (cache hits not counted).
     pub kv_prepare: [Histogram; 2],
+    /// The same times, both sources together, for 0.1.17's P/D summary.
+    pub kv_prepare_all: Sketch,
     /// kv_aware: the fraction of each priced prompt its chosen worker had cached.
     pub kv_matched: RatioHistogram,
     /// cache_aware decisions of other shards this shard applied to its trees.
@@ -198,6 +217,7 @@ impl ShardMetrics {
             self.retries[r] += other.retries[r];
             self.retries_exhausted[r] += other.retries_exhausted[r];
             self.pd_requests[r] += other.pd_requests[r];
+            self.pd_duration[r].merge(&other.pd_duration[r]);
             self.duration[r].merge(&other.duration[r]);
             self.ttfb[r].merge(&other.ttfb[r]);
         }
@@ -222,6 +242,14 @@ impl ShardMetrics {
         }
         self.pd_prefill_duration.merge(&other.pd_prefill_duration);
         self.pd_decode_duration.merge(&other.pd_decode_duration);
+        self.pd_decode_pending.merge(&other.pd_decode_pending);
+        for (a, b) in (self.pd_prefill_decisions.iter_mut()).zip(other.pd_prefill_decisions) {
+            *a += b;
+        }
+        self.pd_credited_tokens += other.pd_credited_tokens;
+        self.pd_new_prefill_tokens
+            .merge(&other.pd_new_prefill_tokens);
+        self.kv_prepare_all.merge(&other.kv_prepare_all);
         self.cache_hits += other.cache_hits;
         self.cache_misses += other.cache_misses;
         for (a, b) in self
@@ -244,6 +272,13 @@ impl ShardMetrics {
         self.queued += other.queued;
         self.buffered_body_bytes += other.buffered_body_bytes;
         self.dormant_connections += other.dormant_connections;
+    }
+
+    /// kv_aware: a request's tokens took `took`, from `source` (0: the shard's own
+    /// tokenizer, 1: a worker's `/tokenize`).
+    pub fn observe_prepare(&mut self, source: usize, took: Duration) {
+        self.kv_prepare[source].observe(took);
+        self.kv_prepare_all.observe(took.as_secs_f64());
     }
 
     pub fn record(&mut self, r: &RequestRecord<'_>) {

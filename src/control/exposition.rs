@@ -2,8 +2,10 @@
 //! plain integers; the prometheus crate only encodes the text format here).
 
 use prometheus::proto::{
-    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
+    Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType, Quantile,
+    Summary,
 };
+use shards::metrics::sketch::Sketch;
 use shards::metrics::{RatioHistogram, LATENCY_BUCKETS, RATIO_BUCKETS, ROUTES};
 use std::collections::HashMap;
 
@@ -93,6 +95,32 @@ pub fn ratio_histogram(name: &str, help: &str, h: &RatioHistogram) -> MetricFami
     f.set_field_type(MetricType::HISTOGRAM);
     let mut m = Metric::default();
     m.set_histogram(buckets(&RATIO_BUCKETS, &h.counts, h.count, h.sum));
+    f.mut_metric().push(m);
+    f
+}
+
+/// The quantiles 0.1.17's summaries show (its metrics exporter's defaults).
+const QUANTILES: [f64; 7] = [0.0, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0];
+
+/// One unlabelled summary: quantiles of `window` (recent observations; NaN when there
+/// were none), count and sum of `total` (all of them, as a summary's are).
+pub fn summary(name: &str, help: &str, window: &Sketch, total: &Sketch) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(name.to_string());
+    f.set_help(help.to_string());
+    f.set_field_type(MetricType::SUMMARY);
+    let mut s = Summary::default();
+    let quantiles = QUANTILES.iter().map(|&q| {
+        let mut x = Quantile::default();
+        x.set_quantile(q);
+        x.set_value(window.quantile(q).unwrap_or(f64::NAN));
+        x
+    });
+    s.set_quantile(quantiles.collect());
+    s.set_sample_count(total.count);
+    s.set_sample_sum(total.sum);
+    let mut m = Metric::default();
+    m.set_summary(s);
     f.mut_metric().push(m);
     f
 }

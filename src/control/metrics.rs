@@ -4,14 +4,16 @@
 
 use super::breakers::Breakers;
 use super::exposition::{by_route, count_of, family, histograms, Sample};
-use super::pd_metrics::{pd_families, pd_gauges};
+use super::pd_metrics::{pd_families, pd_gauges, pd_summaries};
 use super::registry::Registry;
 use super::registry::WorkerEntry;
+use super::summary_window::{SummarySums, SummaryWindow};
 use prometheus::proto::{MetricFamily, MetricType};
 use prometheus::{Encoder, TextEncoder};
 use shards::messages::{WorkerId, WorkerInFlight};
 use shards::metrics::{ShardMetrics, METHODS, ROUTES};
 use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
 
 /// The last copy of each shard's counters and in-flight counts.
 #[derive(Default)]
@@ -19,6 +21,8 @@ pub struct Aggregator {
     shards: HashMap<usize, Box<ShardMetrics>>,
     /// Per shard, what is in flight per worker (fresher than `shards`: 100 ms).
     loads: HashMap<usize, Vec<WorkerInFlight>>,
+    /// Copies of the summaries' sums, for their recent quantiles.
+    window: SummaryWindow,
 }
 
 impl Aggregator {
@@ -35,6 +39,17 @@ impl Aggregator {
                 .collect()
         });
         self.shards.insert(shard, m);
+        let now = Instant::now();
+        if self.window.due(now) {
+            let sums = self.summary_sums();
+            self.window.keep(now, sums);
+        }
+    }
+
+    fn summary_sums(&self) -> SummarySums {
+        let mut sums = SummarySums::default();
+        self.shards.values().for_each(|m| sums.add(m));
+        sums
     }
 
     pub fn update_loads(&mut self, shard: usize, loads: Vec<WorkerInFlight>) {
@@ -90,15 +105,12 @@ impl Aggregator {
         }
         let mut families = request_families(&total);
         families.extend(worker_families(&total, self, view));
+        let sums = self.summary_sums();
+        let recent = self.window.recent(Instant::now(), &sums);
         families.extend(pd_families(&total, view.registry));
+        families.extend(pd_summaries(&sums, &recent, view.kv_stage));
         let (load, prefill_tokens) = (|id| self.load(id), |id| self.prefill_tokens(id));
-        families.extend(pd_gauges(
-            &total,
-            view.registry,
-            view.kv_stage,
-            &load,
-            &prefill_tokens,
-        ));
+        families.extend(pd_gauges(&total, view.registry, &load, &prefill_tokens));
         families.extend(breaker_families(&total, view));
         families.extend(control_families(&total, view));
         families.extend(super::kv_events::metrics::ingestion_families(view.kv));

@@ -26,6 +26,7 @@ pub mod reload;
 pub mod scrape;
 mod state;
 mod status;
+mod summary_window;
 mod worker_calls;
 pub mod zmq_discovery;
 

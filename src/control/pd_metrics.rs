@@ -1,12 +1,12 @@
 //! The P/D families of `/metrics`: requests and legs counted by the shards, and
 //! 0.1.17's gauges of what is in flight per prefill and decode worker.
 
-use super::exposition::{by_route, count_of, family, histograms, Sample};
-use super::kv_events::metrics::prepare_times;
+use super::exposition::{by_route, count_of, family, histograms, summary, Sample};
 use super::registry::Registry;
+use super::summary_window::SummarySums;
 use prometheus::proto::{MetricFamily, MetricType};
 use shards::messages::{WorkerId, WorkerRole};
-use shards::metrics::ShardMetrics;
+use shards::metrics::{ShardMetrics, PD_PREFILL_FALLBACKS, ROUTES};
 use std::collections::{BTreeMap, HashMap};
 
 pub fn pd_families(total: &ShardMetrics, registry: &Registry) -> Vec<MetricFamily> {
@@ -49,6 +49,31 @@ pub fn pd_families(total: &ShardMetrics, registry: &Registry) -> Vec<MetricFamil
             .map(|(k, v)| (vec![("error_type", k.to_string())], *v as f64))
             .collect(),
     ));
+    let durations = (0..ROUTES.len())
+        .filter(|&r| total.pd_duration[r].count > 0)
+        .map(|r| (ROUTES[r], &total.pd_duration[r]));
+    families.push(histograms(
+        "vllm_router_pd_request_duration_seconds",
+        "P/D requests by route, request head to end of answer (streams: to the last event).",
+        durations,
+    ));
+    let decisions = (PD_PREFILL_FALLBACKS.iter().zip(total.pd_prefill_decisions))
+        .filter(|(_, n)| *n > 0)
+        .map(|(f, n)| (vec![("fallback", f.to_string())], n as f64));
+    families.push(family(
+        "vllm_router_pd_prefill_decisions_total",
+        "P/D requests whose prefill worker kv_aware chose: priced (fallback none) or by load for want of the prompt's tokens (missing_tokens).",
+        MetricType::COUNTER,
+        decisions.collect(),
+    ));
+    if total.pd_prefill_decisions.iter().any(|n| *n > 0) {
+        families.push(family(
+            "vllm_router_pd_credited_prefix_tokens_total",
+            "Prompt tokens of P/D requests the prefill worker kv_aware chose held already (credited by its cost).",
+            MetricType::COUNTER,
+            vec![(Vec::new(), total.pd_credited_tokens as f64)],
+        ));
+    }
     for (name, help, h) in [
         (
             "vllm_router_pd_prefill_duration_seconds",
@@ -81,7 +106,6 @@ pub type PerWorker<'a> = dyn Fn(WorkerId) -> u64 + 'a;
 pub fn pd_gauges(
     total: &ShardMetrics,
     registry: &Registry,
-    kv_stage: Option<WorkerRole>,
     load: &PerWorker,
     prefill_tokens: &PerWorker,
 ) -> Vec<MetricFamily> {
@@ -135,12 +159,40 @@ pub fn pd_gauges(
     for (name, help, role, value) in gauges {
         families.push(family(name, help, MetricType::GAUGE, pool(role, value)));
     }
+    families
+}
+
+/// 0.1.17's P/D summaries: quantiles over the last 40-60 s (`recent`), count and sum
+/// over the router's life (`all`). Each once it has an observation.
+pub fn pd_summaries(
+    all: &SummarySums,
+    recent: &SummarySums,
+    kv_stage: Option<WorkerRole>,
+) -> Vec<MetricFamily> {
+    let mut rows = vec![
+        (
+            "vllm_router_pd_decode_pending_seconds",
+            "How long each decode leg waited for its request's prefill (decode worker chosen to decode leg sent).",
+            &all.decode_pending,
+            &recent.decode_pending,
+        ),
+        (
+            "vllm_router_pd_new_prefill_tokens",
+            "Prompt tokens the prefill worker kv_aware chose had to prefill, per P/D request it priced.",
+            &all.new_prefill_tokens,
+            &recent.new_prefill_tokens,
+        ),
+    ];
     if kv_stage == Some(WorkerRole::Prefill) {
-        families.push(prepare_times(
+        rows.push((
             "vllm_router_pd_kv_prepare_seconds",
-            "Time to a P/D request's prompt tokens for pricing its prefill, by source (as vllm_router_kv_prepare_seconds).",
-            &total.kv_prepare,
+            "Time to a P/D request's prompt tokens for pricing its prefill, on the router or by a worker's /tokenize (by source: vllm_router_kv_prepare_seconds).",
+            &all.prepare,
+            &recent.prepare,
         ));
     }
-    families
+    (rows.into_iter())
+        .filter(|(_, _, all, _)| all.count > 0)
+        .map(|(name, help, all, recent)| summary(name, help, recent, all))
+        .collect()
 }

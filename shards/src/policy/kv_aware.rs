@@ -37,7 +37,7 @@ use super::kv_index::{Depth, KvIndex};
 use super::placement::Rendezvous;
 use super::random::Random;
 use super::recent_traffic::RecentTraffic;
-use super::{Policy, PolicyKind, RouteInput};
+use super::{Policy, PolicyKind, Priced, RouteInput};
 use crate::kv_blocks::{chain_hash, KvBlockDelta, ProvisionalBlocks, ROOT};
 use crate::metrics::RatioHistogram;
 use crate::state::{PoolView, Worker};
@@ -110,8 +110,8 @@ pub struct KvAware {
     /// The last pick's provisional copies, for the other shards.
     noted: Option<ProvisionalBlocks>,
     depths: Vec<Depth>,
-    /// What the last pick's worker must prefill.
-    charge: Option<u32>,
+    /// What the last pick priced.
+    charge: Option<Priced>,
     affinity: Option<Affinity>,
     /// Decisions: credited, not credited, without tokens, by session
     /// (`kv_placement_lookups_total`).
@@ -290,7 +290,7 @@ impl Policy for KvAware {
         self.matched
     }
 
-    fn take_charge(&mut self) -> Option<u32> {
+    fn take_charge(&mut self) -> Option<Priced> {
         self.charge.take()
     }
 
@@ -415,7 +415,10 @@ impl KvAware {
         }
         self.lookups[usize::from(!credited)] += 1;
         self.matched.observe((n as f64 - new) / n.max(1) as f64);
-        self.charge = Some(new as u32);
+        self.charge = Some(Priced {
+            new: new as u32,
+            credited: (n as f64 - new).max(0.0) as u32,
+        });
         self.note_provisional(chosen, block, now);
         Some(chosen)
     }

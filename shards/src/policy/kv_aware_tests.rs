@@ -96,10 +96,14 @@ fn tokens_still_to_prefill_weigh_as_0_1_17_says() {
     s.get_mut(1).unwrap().in_flight = 1;
     s.get_mut(1).unwrap().prefill_tokens = 2;
     assert_eq!(pick(&mut p, &s, &prompt(40)), 1);
-    assert_eq!(p.take_charge(), Some(8), "what worker 1 must prefill");
+    assert_eq!(
+        p.take_charge().map(|c| c.new),
+        Some(8),
+        "what worker 1 must prefill"
+    );
     s.get_mut(1).unwrap().remote_prefill_tokens = 6;
     assert_eq!(pick(&mut p, &s, &prompt(40)), 0);
-    assert_eq!(p.take_charge(), Some(24));
+    assert_eq!(p.take_charge().map(|c| c.new), Some(24));
 }
 
 #[test]
@@ -186,7 +190,7 @@ fn the_prefill_ahead_leaves_out_what_the_request_shares_with_it() {
     // blocks are there provisionally; the second shares them and waits on 8.
     let (mut s, mut p) = weighing_pending_prefill();
     let first = pick(&mut p, &s, &prompt(200));
-    let charge = p.take_charge().unwrap();
+    let charge = p.take_charge().unwrap().new;
     assert_eq!(charge, 200);
     let w = s.get_mut(first).unwrap();
     (w.in_flight, w.prefill_tokens) = (1, charge);

@@ -140,6 +140,15 @@ pub struct RouteInput<'a> {
     pub tokens: Option<&'a [u32]>,
 }
 
+/// A prompt as kv_aware priced it on the worker it chose, in tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Priced {
+    /// What the worker must prefill.
+    pub new: u32,
+    /// What it holds (credited).
+    pub credited: u32,
+}
+
 /// Chooses a worker for one request.
 pub trait Policy {
     fn kind(&self) -> PolicyKind;
@@ -160,9 +169,9 @@ pub trait Policy {
         None
     }
 
-    /// The prompt tokens the last `pick`'s worker must prefill (kv_aware), to count
-    /// against it until its answer starts.
-    fn take_charge(&mut self) -> Option<u32> {
+    /// What the last `pick` priced (kv_aware): the prompt tokens its worker must
+    /// prefill, counted against it until its answer starts, and those it holds.
+    fn take_charge(&mut self) -> Option<Priced> {
         None
     }
 

@@ -2,7 +2,7 @@
 
 use crate::client::Client;
 use crate::kv_blocks::ProvisionalBlocks;
-use crate::policy::{Policy, RouteInput};
+use crate::policy::{Policy, Priced, RouteInput};
 use crate::shard::Shard;
 use crate::worker::{WorkerId, WorkerRole};
 
@@ -41,7 +41,7 @@ pub fn pick(
             (picked, left_by_pick(policy.as_mut()))
         }
     };
-    let timed = |_: &u32| {
+    let timed = |_: &Priced| {
         let streamed = json
             .and_then(|j| j.get("stream"))
             .and_then(serde_json::Value::as_bool);
@@ -67,7 +67,7 @@ pub fn pick(
 /// kv_aware's provisional copies for the other shards.
 type LeftByPick = (
     Option<(WorkerId, std::sync::Arc<str>)>,
-    Option<u32>,
+    Option<Priced>,
     Option<ProvisionalBlocks>,
 );
 

@@ -70,7 +70,7 @@ impl<'s> Exchange<'s> {
         };
         // Charged only to the worker it was priced for (a decode leg is not).
         let charge = c.prefill_charge.take().filter(|(w, _)| *w == worker);
-        let in_flight = InFlight::start(shard, worker, charge.map(|(_, n)| n));
+        let in_flight = InFlight::start(shard, worker, charge.map(|(_, p)| p.new));
         let mut allow_pool = body.replayable();
         let ask = loop {
             let to = Target { worker, addr };

@@ -42,6 +42,19 @@ pub async fn handle(
     json: Option<&Value>,
     deadline: &mut Deadline<'_>,
 ) -> bool {
+    let keep = serve(shard, c, json, deadline).await;
+    let route = crate::metrics::route_index(c.head.path());
+    let took = c.started.elapsed();
+    shard.metrics.borrow_mut().pd_duration[route].observe(took);
+    keep
+}
+
+async fn serve(
+    shard: &Shard,
+    c: &mut Client,
+    json: Option<&Value>,
+    deadline: &mut Deadline<'_>,
+) -> bool {
     let Some(original) = json.and_then(Value::as_object) else {
         let msg = "a generation request must have a JSON object body";
         return c.send_error(400, msg, true).await;
@@ -57,6 +70,7 @@ pub async fn handle(
         pd_error(shard, "no_prefill_worker");
         return no_worker(shard, c, true, WorkerRole::Prefill).await;
     };
+    note_prefill_decision(shard, c);
     // Mooncake: one transfer id for both legs (the router makes both legs' params).
     let mooncake = shard.config.pd.as_ref().map(|p| p.connector) == Some(KvConnector::Mooncake);
     let transfer = mooncake.then(|| super::mooncake::transfer_id(&mut shard.rng.borrow_mut()));
@@ -101,6 +115,8 @@ pub async fn handle(
         .pd_decode
         .entry(decode)
         .or_default() += 1;
+    let waited = pending.since.elapsed().as_secs_f64();
+    shard.metrics.borrow_mut().pd_decode_pending.observe(waited);
     drop(pending);
     let started = Instant::now();
     let leg = Relayed {
@@ -129,6 +145,7 @@ pub async fn handle(
 struct PendingDecode<'a> {
     shard: &'a Shard,
     worker: WorkerId,
+    since: Instant,
 }
 
 impl<'a> PendingDecode<'a> {
@@ -136,7 +153,11 @@ impl<'a> PendingDecode<'a> {
         if let Some(w) = shard.workers.borrow_mut().get_mut(worker) {
             w.pending_decodes += 1;
         }
-        PendingDecode { shard, worker }
+        PendingDecode {
+            shard,
+            worker,
+            since: Instant::now(),
+        }
     }
 }
 
@@ -145,6 +166,25 @@ impl Drop for PendingDecode<'_> {
         if let Some(w) = self.shard.workers.borrow_mut().get_mut(self.worker) {
             w.pending_decodes = w.pending_decodes.saturating_sub(1);
         }
+    }
+}
+
+/// With a kv_aware prefill policy, what its first pick priced (0.1.17's
+/// `vllm_router_pd_prefill_decisions_total`, `..._credited_prefix_tokens_total` and
+/// `..._new_prefill_tokens`).
+fn note_prefill_decision(shard: &Shard, c: &Client) {
+    let kind = shard.policy(WorkerRole::Prefill).borrow().kind();
+    if kind != crate::policy::PolicyKind::KvAware {
+        return;
+    }
+    let mut m = shard.metrics.borrow_mut();
+    match c.prefill_charge {
+        Some((_, priced)) => {
+            m.pd_prefill_decisions[0] += 1;
+            m.pd_credited_tokens += u64::from(priced.credited);
+            m.pd_new_prefill_tokens.observe(f64::from(priced.new));
+        }
+        None => m.pd_prefill_decisions[1] += 1,
     }
 }
 

@@ -67,7 +67,10 @@ pub async fn tokens(
         // The model's own tokenizer, here: no worker is asked.
         let started = Instant::now();
         if let Some(tokens) = t.borrow_mut().tokens(body) {
-            shard.metrics.borrow_mut().kv_prepare[0].observe(started.elapsed());
+            shard
+                .metrics
+                .borrow_mut()
+                .observe_prepare(0, started.elapsed());
             return Some(tokens);
         }
     }
@@ -82,7 +85,10 @@ pub async fn tokens(
     let worker = least_loaded(shard, role)?;
     let started = Instant::now();
     let answer = ask(shard, c, worker, &bytes, deadline).await;
-    shard.metrics.borrow_mut().kv_prepare[1].observe(started.elapsed());
+    shard
+        .metrics
+        .borrow_mut()
+        .observe_prepare(1, started.elapsed());
     let mut cache = shard.tokens.borrow_mut();
     match answer.and_then(|a| parse_answer(&a)) {
         Some(t) => {
