@@ -290,21 +290,21 @@ fn in_p_d_mode_the_prefill_leg_follows_the_prefill_workers_blocks() {
     );
 }
 
+/// A P/D router over prefill worker `p`, priced by kv_aware, and decode worker `d`.
+fn kv_pd_router(p: &Proc, d: &Proc, extra: &[&str]) -> Router {
+    let (p, d) = (p.url(), d.url());
+    let mut args = vec!["--vllm-pd-disaggregation", "--prefill", &p, "--decode", &d];
+    args.extend_from_slice(&["--prefill-policy", "kv_aware"]);
+    args.extend_from_slice(extra);
+    router(&[], &args)
+}
+
 #[test]
 fn p_d_gauges_show_a_request_waiting_on_its_prefill() {
     // The prefill worker takes 30 s to answer: the request stays in its prefill leg.
     let p = kv_mock("p", &["--slow-headers-ms", "30000"]);
     let d = mock(&["--name", "d"]);
-    let args = [
-        "--vllm-pd-disaggregation",
-        "--prefill",
-        &p.url(),
-        "--decode",
-        &d.url(),
-        "--prefill-policy",
-        "kv_aware",
-    ];
-    let r = router(&[], &args);
+    let r = kv_pd_router(&p, &d, &[]);
     let gauge = |name: &str, w: &Proc| sample(&r, name, &[("worker", &w.url())]);
     let now = |tokens: f64, pending: f64| {
         gauge("vllm_router_pd_active_prefill_tokens", &p) == tokens
@@ -336,18 +336,7 @@ fn p_d_metrics_show_what_kv_aware_priced_as_0_1_17_names_them() {
     // Each prefill answer takes 30 ms: every decode leg waits that long.
     let p = kv_mock("p", &["--ttft-us", "30000"]);
     let d = mock(&["--name", "d"]);
-    let args = [
-        "--vllm-pd-disaggregation",
-        "--prefill",
-        &p.url(),
-        "--decode",
-        &d.url(),
-        "--prefill-policy",
-        "kv_aware",
-        "--shards",
-        "1",
-    ];
-    let mut r = router(&[], &args);
+    let mut r = kv_pd_router(&p, &d, &["--shards", "1"]);
     wait_subscribed(&mut r, &[&p]);
     // 100 tokens, of which the prefill worker holds 6 blocks of 16: 96 credited, 4 to
     // prefill, twice; then 100 tokens it holds none of.
