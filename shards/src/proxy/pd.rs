@@ -49,6 +49,7 @@ pub async fn handle(
     keep
 }
 
+/// The flow itself; `handle` times it (`vllm_router_pd_request_duration_seconds`).
 async fn serve(
     shard: &Shard,
     c: &mut Client,
