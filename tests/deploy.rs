@@ -202,7 +202,11 @@ fn the_grafana_dashboard_uses_only_documented_metrics() {
                 let end = tail
                     .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
                     .unwrap_or(tail.len());
-                names.push(tail[..end].trim_end_matches("_bucket").to_string());
+                // A histogram's or summary's series are named by its family.
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .fold(&tail[..end], |n, s| n.strip_suffix(s).unwrap_or(n));
+                names.push(family.to_string());
                 rest = &tail[end..];
             }
         }
