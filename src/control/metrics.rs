@@ -41,15 +41,9 @@ impl Aggregator {
         self.shards.insert(shard, m);
         let now = Instant::now();
         if self.window.due(now) {
-            let sums = self.summary_sums();
+            let sums = SummarySums::of(self.shards.values().map(|m| &**m));
             self.window.keep(now, sums);
         }
-    }
-
-    fn summary_sums(&self) -> SummarySums {
-        let mut sums = SummarySums::default();
-        self.shards.values().for_each(|m| sums.add(m));
-        sums
     }
 
     pub fn update_loads(&mut self, shard: usize, loads: Vec<WorkerInFlight>) {
@@ -105,7 +99,7 @@ impl Aggregator {
         }
         let mut families = request_families(&total);
         families.extend(worker_families(&total, self, view));
-        let sums = self.summary_sums();
+        let sums = SummarySums::of([&total]);
         let recent = self.window.recent(Instant::now(), &sums);
         families.extend(pd_families(&total, view.registry));
         families.extend(pd_summaries(&sums, &recent, view.kv_stage));

@@ -25,10 +25,15 @@ pub struct SummarySums {
 }
 
 impl SummarySums {
-    pub fn add(&mut self, m: &ShardMetrics) {
-        self.decode_pending.merge(&m.pd_decode_pending);
-        self.new_prefill_tokens.merge(&m.pd_new_prefill_tokens);
-        self.prepare.merge(&m.kv_prepare_all);
+    /// The sums of these counters together: every shard's copy, or their merged total.
+    pub fn of<'a>(metrics: impl IntoIterator<Item = &'a ShardMetrics>) -> SummarySums {
+        let mut sums = SummarySums::default();
+        for m in metrics {
+            sums.decode_pending.merge(&m.pd_decode_pending);
+            sums.new_prefill_tokens.merge(&m.pd_new_prefill_tokens);
+            sums.prepare.merge(&m.kv_prepare_all);
+        }
+        sums
     }
 
     fn since(&self, earlier: &SummarySums) -> SummarySums {
