@@ -61,14 +61,7 @@ fn slow_worker_is_504_after_request_timeout() {
     let w = mock(&[]);
     let r = router(&[&w], &["--request-timeout-secs", "1"]);
     let start = Instant::now();
-    let body = chat_body("x", 1, false).to_string();
-    let resp = request(
-        r.port,
-        "POST",
-        "/v1/chat/completions",
-        &[("x-mock-slow-headers-ms", "5000")],
-        body.as_bytes(),
-    );
+    let resp = chat(r.port, &[("x-mock-slow-headers-ms", "5000")]);
     assert_openai_error(&resp, 504);
     let took = start.elapsed();
     assert!(

@@ -252,13 +252,7 @@ fn connect_timeout_is_504() {
 /// the dead worker's sockets still hold the port.
 fn blackhole_listener(port: u16) -> Option<(std::os::fd::OwnedFd, Vec<std::net::TcpStream>)> {
     use nix::sys::socket::*;
-    let fd = socket(
-        AddressFamily::Inet,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .unwrap();
+    let fd = tcp_socket();
     setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
     setsockopt(&fd, sockopt::ReusePort, &true).unwrap();
     let addr = SockaddrIn::new(127, 0, 0, 1, port);

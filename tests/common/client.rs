@@ -38,6 +38,18 @@ pub struct Conn {
     buf: Vec<u8>,
 }
 
+/// A new IPv4 TCP socket, for options that must be set before connect or bind.
+pub fn tcp_socket() -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .unwrap()
+}
+
 impl Conn {
     pub fn open(port: u16) -> Conn {
         let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -54,17 +66,9 @@ impl Conn {
     /// A connection whose receive buffer is pinned small (set before connecting, so
     /// the kernel cannot autotune it), to make a slow reader visible upstream.
     pub fn open_small_rcvbuf(port: u16, bytes: usize) -> Conn {
-        use nix::sys::socket::{
-            connect, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
-        };
+        use nix::sys::socket::{connect, setsockopt, sockopt, SockaddrIn};
         use std::os::fd::{FromRawFd, IntoRawFd};
-        let fd = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::empty(),
-            None,
-        )
-        .unwrap();
+        let fd = tcp_socket();
         setsockopt(&fd, sockopt::RcvBuf, &bytes).unwrap();
         connect(
             std::os::fd::AsRawFd::as_raw_fd(&fd),
