@@ -322,3 +322,44 @@ fn cold_prompts_one_at_a_time_spread_over_the_workers() {
         "0.1.17: one worker takes all; a, b: {by_load:?}"
     );
 }
+
+/// vLLM hashes a request's `cache_salt` into its first block, so the same tokens under
+/// another salt (or none) are other blocks; it names the salt in that block's
+/// `extra_keys`. And a request asking for `prompt_logprobs` computes its whole prompt.
+#[test]
+fn a_cache_salt_is_matched_only_by_blocks_cached_under_it() {
+    let a = kv_mock("a", &["--kv-events-encoding", "map"]);
+    let b = kv_mock("b", &[]);
+    let mut r = router(&[&a, &b], &["--policy", "kv_aware", "--shards", "1"]);
+    wait_subscribed(&mut r, &[&a, &b]);
+    // The same 100 tokens: on a without a salt, on b under tenant-b's (vLLM's
+    // positional encoding, extra_keys its eighth field).
+    let plain = prime(&r, &a, 0, 6.0);
+    let mut salted = plain.clone();
+    salted["cache_salt"] = json!("tenant-b");
+    for attempt in 0.. {
+        assert!(attempt < 20, "never indexed:\n{}", r.metrics());
+        served_by(b.port, &salted);
+        if eventually(Duration::from_secs(2), || blocks_of(&r, &b) >= 6.0) {
+            break;
+        }
+        request(b.port, "POST", "/reset_prefix_cache", &[], b"");
+    }
+    for _ in 0..4 {
+        assert_eq!(served_by(r.port, &salted), "b");
+        assert_eq!(served_by(r.port, &plain), "a");
+    }
+    // Another tenant's salt, and prompt logprobs, are credited nowhere.
+    let mut other = plain.clone();
+    other["cache_salt"] = json!("tenant-c");
+    served_by(r.port, &other);
+    let mut logprobs = plain.clone();
+    logprobs["prompt_logprobs"] = json!(1);
+    served_by(r.port, &logprobs);
+    assert!(
+        eventually(Duration::from_secs(5), || lookups(&r, "hit") == 8.0
+            && lookups(&r, "miss") == 2.0),
+        "{}",
+        r.metrics()
+    );
+}

@@ -60,6 +60,7 @@ fn stream(positional: bool) -> (Vec<bytes::Bytes>, u64) {
                     hashes,
                     parent: None,
                     tokens,
+                    salt: None,
                 });
             }
         }

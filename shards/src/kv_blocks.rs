@@ -99,6 +99,57 @@ pub fn block_hashes(tokens: &[u32], block_size: usize, out: &mut Vec<u64>) {
     }
 }
 
+/// One item of a block's extra keys (vLLM's `BlockStored.extra_keys`: what its block
+/// hash mixes in besides the tokens, such as a `cache_salt`, a LoRA name or an image's
+/// identifier).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ExtraKeyItem<'a> {
+    Text(&'a str),
+    Int(i64),
+    Bytes(&'a [u8]),
+}
+
+/// A name for one block's extra keys, mixed into its parent's name ([`with_extra`]).
+/// Each item is tagged and length-prefixed, so `("ab",)` and `("a", "b")` differ.
+pub fn extra_key_hash<'a>(items: impl IntoIterator<Item = ExtraKeyItem<'a>>) -> u64 {
+    let mut buf = Vec::with_capacity(64);
+    for item in items {
+        let (tag, bytes): (u8, &[u8]) = match item {
+            ExtraKeyItem::Text(s) => (b's', s.as_bytes()),
+            ExtraKeyItem::Bytes(b) => (b'b', b),
+            ExtraKeyItem::Int(i) => {
+                buf.push(b'i');
+                buf.extend_from_slice(&i.to_le_bytes());
+                continue;
+            }
+        };
+        buf.push(tag);
+        buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        buf.extend_from_slice(bytes);
+    }
+    xxh3_64(&buf)
+}
+
+/// The parent a block with extra keys (named by [`extra_key_hash`]) chains from: vLLM
+/// hashes a block's extra keys with its tokens, so the same tokens under another salt
+/// are another block, and so are all the blocks after it.
+pub fn with_extra(parent: u64, extra: u64) -> u64 {
+    let mut buf = [0u8; 17];
+    buf[0] = b'x';
+    buf[1..9].copy_from_slice(&parent.to_le_bytes());
+    buf[9..].copy_from_slice(&extra.to_le_bytes());
+    xxh3_64(&buf)
+}
+
+/// Where a request's chain starts: [`ROOT`], or with `cache_salt` (which vLLM mixes
+/// into the first block's hash) a root of that salt's own.
+pub fn request_root(cache_salt: Option<&str>) -> u64 {
+    match cache_salt {
+        None => ROOT,
+        Some(salt) => with_extra(ROOT, extra_key_hash([ExtraKeyItem::Text(salt)])),
+    }
+}
+
 /// Blocks a shard's kv_aware just sent a request for (named by the router's chained
 /// hash), noted provisionally on that worker: the other shards note them too, so a
 /// burst of one new prompt that reaches several shards before the worker's events do
@@ -126,5 +177,23 @@ mod tests {
         assert_ne!(a[1], b[1]);
         // Order matters, within and across blocks.
         assert_ne!(chain_hash(ROOT, &[1, 2]), chain_hash(ROOT, &[2, 1]));
+    }
+
+    #[test]
+    fn a_salt_starts_a_chain_of_its_own() {
+        let tokens: Vec<u32> = (0..16).collect();
+        let plain = chain_hash(request_root(None), &tokens);
+        let a = chain_hash(request_root(Some("tenant-a")), &tokens);
+        let b = chain_hash(request_root(Some("tenant-b")), &tokens);
+        assert_eq!(plain, chain_hash(ROOT, &tokens));
+        assert!(plain != a && a != b && plain != b);
+        // The event side's form of the same salt names the same block.
+        let extra = extra_key_hash([ExtraKeyItem::Text("tenant-a")]);
+        assert_eq!(a, chain_hash(with_extra(ROOT, extra), &tokens));
+        // Items are delimited.
+        let one = extra_key_hash([ExtraKeyItem::Text("ab")]);
+        let two = extra_key_hash([ExtraKeyItem::Text("a"), ExtraKeyItem::Text("b")]);
+        assert_ne!(one, two);
+        assert_ne!(one, extra_key_hash([ExtraKeyItem::Bytes(b"ab")]));
     }
 }

@@ -149,9 +149,16 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
 
     let text = kv::rendered_text(&v);
     let (blocks, hit_blocks) = match &shared.kv {
-        Some(kv) => kv.lookup(&kv::tokens_of(&v, shared.tokenizer.as_ref())),
+        Some(kv) => kv.lookup(
+            &kv::tokens_of(&v, shared.tokenizer.as_ref()),
+            v.get("cache_salt").and_then(Value::as_str),
+        ),
         None => {
-            let l = (shared.cache.lock().unwrap()).lookup_insert(text.as_bytes(), cfg.block_chars);
+            // vLLM hashes a cache_salt into the first block: salted text is other blocks.
+            let salt = v.get("cache_salt").and_then(Value::as_str).unwrap_or("");
+            let keyed = format!("{salt}\u{1}{text}");
+            let keyed = if salt.is_empty() { &text } else { &keyed };
+            let l = (shared.cache.lock().unwrap()).lookup_insert(keyed.as_bytes(), cfg.block_chars);
             (l.blocks, l.hit_blocks)
         }
     };

@@ -43,14 +43,15 @@ impl KvState {
         }))
     }
 
-    /// Looks up and caches a request's tokens; returns (blocks, hit blocks).
-    pub fn lookup(&self, tokens: &[u32]) -> (u64, u64) {
+    /// Looks up and caches a request's tokens (under its `cache_salt`); returns
+    /// (blocks, hit blocks).
+    pub fn lookup(&self, tokens: &[u32], salt: Option<&str>) -> (u64, u64) {
         let mut events = Vec::new();
         let l = self
             .cache
             .lock()
             .unwrap()
-            .lookup_insert(tokens, &mut events);
+            .lookup_insert(tokens, salt, &mut events);
         self.publisher.publish(events);
         (l.blocks, l.hit_blocks)
     }

@@ -13,6 +13,9 @@ pub enum CacheEvent {
         hashes: Vec<u64>,
         parent: Option<u64>,
         tokens: Vec<u32>,
+        /// The request's `cache_salt`, when the run starts at its first block (vLLM
+        /// hashes the salt into that block and sends it as the block's `extra_keys`).
+        salt: Option<String>,
     },
     Removed {
         hashes: Vec<u64>,
@@ -53,15 +56,22 @@ impl TokenBlockCache {
         events.push(CacheEvent::Cleared);
     }
 
-    /// Looks up the full blocks of `tokens`, caches the missing ones (all become most
-    /// recent) and evicts the least recent past capacity, reporting both as events.
-    pub fn lookup_insert(&mut self, tokens: &[u32], events: &mut Vec<CacheEvent>) -> Lookup {
+    /// Looks up the full blocks of `tokens` (under `salt`, a request's `cache_salt`),
+    /// caches the missing ones (all become most recent) and evicts the least recent
+    /// past capacity, reporting both as events.
+    pub fn lookup_insert(
+        &mut self,
+        tokens: &[u32],
+        salt: Option<&str>,
+        events: &mut Vec<CacheEvent>,
+    ) -> Lookup {
         let mut parent: Option<u64> = None;
         let (mut blocks, mut hits, mut hitting) = (0, 0, true);
         let mut new_run: Option<CacheEvent> = None;
         let mut evicted = Vec::new();
         for block in tokens.chunks_exact(self.block_size) {
-            let h = self.engine_hash(parent, block);
+            let first_salt = salt.filter(|_| parent.is_none());
+            let h = self.engine_hash(parent, first_salt, block);
             blocks += 1;
             let present = self.lru.contains(h);
             if hitting && present {
@@ -86,6 +96,7 @@ impl TokenBlockCache {
                             hashes: vec![h],
                             parent,
                             tokens: block.to_vec(),
+                            salt: first_salt.map(str::to_string),
                         })
                     }
                 }
@@ -106,9 +117,10 @@ impl TokenBlockCache {
         }
     }
 
-    fn engine_hash(&self, parent: Option<u64>, block: &[u32]) -> u64 {
+    fn engine_hash(&self, parent: Option<u64>, salt: Option<&str>, block: &[u32]) -> u64 {
         let mut bytes = Vec::with_capacity(8 + 4 * block.len());
         bytes.extend_from_slice(&parent.unwrap_or(0).to_le_bytes());
+        bytes.extend_from_slice(salt.unwrap_or("").as_bytes());
         block
             .iter()
             .for_each(|t| bytes.extend_from_slice(&t.to_le_bytes()));
@@ -126,6 +138,7 @@ pub fn encode_event(e: &CacheEvent, block_size: usize, positional: bool) -> Valu
             hashes: hs,
             parent,
             tokens,
+            salt,
         } => (
             "BlockStored",
             vec![
@@ -139,6 +152,15 @@ pub fn encode_event(e: &CacheEvent, block_size: usize, positional: bool) -> Valu
                 ("lora_id", Value::Nil),
                 ("medium", Value::from("GPU")),
                 ("lora_name", Value::Nil),
+                // One entry per block: the salt on the first, nil after it.
+                (
+                    "extra_keys",
+                    salt.as_ref().map_or(Value::Nil, |s| {
+                        let mut e = vec![Value::Nil; hs.len()];
+                        e[0] = Value::Array(vec![Value::from(s.as_str())]);
+                        Value::Array(e)
+                    }),
+                ),
             ],
         ),
         CacheEvent::Removed { hashes: hs } => (
@@ -166,12 +188,13 @@ mod tests {
     fn new_blocks_are_stored_with_their_parent_and_evictions_removed() {
         let mut c = TokenBlockCache::new(2, 3, 9);
         let mut ev = Vec::new();
-        let l = c.lookup_insert(&[1, 2, 3, 4, 5], &mut ev);
+        let l = c.lookup_insert(&[1, 2, 3, 4, 5], None, &mut ev);
         assert_eq!((l.blocks, l.hit_blocks), (2, 0));
         let CacheEvent::Stored {
             hashes,
             parent,
             tokens,
+            ..
         } = &ev[0]
         else {
             panic!("{ev:?}")
@@ -182,12 +205,44 @@ mod tests {
         );
         let first = hashes[0];
         ev.clear();
-        let l = c.lookup_insert(&[1, 2, 9, 9, 8, 8], &mut ev);
+        let l = c.lookup_insert(&[1, 2, 9, 9, 8, 8], None, &mut ev);
         assert_eq!(l.hit_blocks, 1);
         // Two new blocks after the cached first; the fourth block overflows capacity 3.
         assert!(
             matches!(&ev[0], CacheEvent::Stored { parent: Some(p), hashes, .. } if *p == first && hashes.len() == 2)
         );
         assert!(matches!(&ev[1], CacheEvent::Removed { hashes } if hashes.len() == 1));
+    }
+
+    #[test]
+    fn a_salted_prompt_is_other_blocks_and_says_its_salt() {
+        let mut c = TokenBlockCache::new(2, 16, 9);
+        let mut ev = Vec::new();
+        c.lookup_insert(&[1, 2, 3, 4], None, &mut ev);
+        ev.clear();
+        // The same tokens under a salt hit nothing, and the store names the salt.
+        let l = c.lookup_insert(&[1, 2, 3, 4], Some("t"), &mut ev);
+        assert_eq!(l.hit_blocks, 0);
+        assert!(
+            matches!(&ev[0], CacheEvent::Stored { salt: Some(s), parent: None, .. } if s == "t")
+        );
+        let encoded = encode_event(&ev[0], 2, false);
+        let extra = encoded
+            .as_map()
+            .and_then(|m| m.iter().find(|(k, _)| k.as_str() == Some("extra_keys")))
+            .map(|(_, v)| v.clone());
+        assert_eq!(
+            extra,
+            Some(Value::Array(vec![
+                Value::Array(vec![Value::from("t")]),
+                Value::Nil
+            ]))
+        );
+        // Under the same salt again: hits.
+        assert_eq!(
+            c.lookup_insert(&[1, 2, 3, 4], Some("t"), &mut ev)
+                .hit_blocks,
+            2
+        );
     }
 }

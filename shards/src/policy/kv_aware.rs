@@ -38,7 +38,7 @@ use super::placement::Rendezvous;
 use super::random::Random;
 use super::recent_traffic::RecentTraffic;
 use super::{Policy, PolicyKind, Priced, RouteInput};
-use crate::kv_blocks::{chain_hash, KvBlockDelta, ProvisionalBlocks, ROOT};
+use crate::kv_blocks::{chain_hash, request_root, KvBlockDelta, ProvisionalBlocks, ROOT};
 use crate::metrics::RatioHistogram;
 use crate::state::{PoolView, Worker};
 use crate::worker::{WorkerId, WorkerRole};
@@ -103,6 +103,8 @@ pub struct KvAware {
     rank: Rendezvous,
     rng: Random,
     tokens: Vec<u32>,
+    /// Where this request's chain of block names starts (its `cache_salt`'s root).
+    root: u64,
     /// Blocks the lookup named, and the last one's name.
     named: (usize, u64),
     /// The request's block names for provisional copies (scratch).
@@ -145,6 +147,7 @@ impl KvAware {
             rank: Rendezvous::default(),
             rng: Random::new(seed),
             tokens: Vec::new(),
+            root: ROOT,
             named: (0, ROOT),
             names: Vec::new(),
             noted: None,
@@ -332,18 +335,28 @@ impl KvAware {
             .find(|b| *b > 0)
             .unwrap_or(self.cfg.default_block_size)
             .max(1) as usize;
-        let named = &mut self.named;
-        *named = (0, ROOT);
-        let names = self.tokens.chunks_exact(block).scan(ROOT, |parent, b| {
+        let body = input.json;
+        let salt = body
+            .and_then(|b| b.get("cache_salt"))
+            .and_then(|s| s.as_str());
+        self.root = request_root(salt.filter(|s| !s.is_empty()));
+        // vLLM computes a prompt whose logprobs are asked for in full: nothing is credited.
+        let reads_cache = body
+            .and_then(|b| b.get("prompt_logprobs"))
+            .is_none_or(|p| p.is_null());
+        let (root, named) = (self.root, &mut self.named);
+        *named = (0, root);
+        let names = self.tokens.chunks_exact(block).scan(root, |parent, b| {
             *parent = chain_hash(*parent, b);
             *named = (named.0 + 1, *parent);
             Some(*parent)
         });
+        let names = names.take(if reads_cache { usize::MAX } else { 0 });
         self.index.depths(names, &mut self.depths);
         let key = self
             .tokens
             .get(..block)
-            .map_or(0, |first| chain_hash(ROOT, first));
+            .map_or(0, |first| chain_hash(root, first));
         let n = self.tokens.len();
         let mut best: Option<Scored<'_>> = None;
         // Per routable worker, in order: what it holds and the tokens credited.
@@ -441,7 +454,7 @@ impl KvAware {
         // fewer than the lookup named, the chain is named again from its start.
         let (mut at, mut parent) = match self.named {
             (n, last) if n <= held => (n, last),
-            _ => (0, ROOT),
+            _ => (0, self.root),
         };
         self.names.clear();
         for b in self.tokens.chunks_exact(block).take(upto).skip(at) {

@@ -15,6 +15,7 @@ pub struct BodyFields<'a> {
     pub user: Option<&'a Value>,
     pub session_id: Option<&'a Value>,
     pub user_id: Option<&'a Value>,
+    pub cache_salt: Option<&'a Value>,
 }
 
 impl<'a> BodyFields<'a> {
@@ -32,6 +33,7 @@ impl<'a> BodyFields<'a> {
                 "user" => &mut f.user,
                 "session_id" => &mut f.session_id,
                 "user_id" => &mut f.user_id,
+                "cache_salt" => &mut f.cache_salt,
                 _ => continue,
             };
             *slot = Some(value);
@@ -92,14 +94,25 @@ pub fn request_text<'a>(body: &BodyFields<'a>, out: &mut impl TextSink<'a>) {
 /// ends: the offset of the second-to-last message (the answer to the previous turn,
 /// which no router saw, then the new question), 0 for a prompt or a first turn. A
 /// router that sent the previous turn holds the text up to there.
+///
+/// A `cache_salt` comes first: vLLM caches the same text under another salt (or none)
+/// as other blocks, so to a prefix tree it is another text.
 pub fn conversation_text(body: &BodyFields<'_>, out: &mut String) -> usize {
+    if let Some(salt) = body.cache_salt.and_then(Value::as_str) {
+        if !salt.is_empty() {
+            out.push_str("\u{1}cache_salt: ");
+            out.push_str(salt);
+            out.push('\n');
+        }
+    }
     let Some(messages) = body.messages.and_then(Value::as_array) else {
         request_text(body, out);
         return 0;
     };
     let mut previous_end = 0;
     for (i, m) in messages.iter().enumerate() {
-        if i + 2 == messages.len() {
+        // (The first message's offset is 0 without a salt: a first turn.)
+        if i + 2 == messages.len() && i > 0 {
             previous_end = out.len();
         }
         push_message(m, out);
@@ -157,5 +170,26 @@ mod tests {
             &mut s,
         );
         assert_eq!(s, "1 23 12 3 ");
+    }
+
+    #[test]
+    fn a_cache_salt_leads_the_conversation() {
+        let chat = |salt: Option<&str>| {
+            let mut v = serde_json::json!({"messages": [
+                {"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"}, {"role": "user", "content": "q2"}]});
+            if let Some(salt) = salt {
+                v["cache_salt"] = salt.into();
+            }
+            let mut s = String::new();
+            let end = conversation_text(&BodyFields::of(&v), &mut s);
+            (s, end)
+        };
+        let (plain, end) = chat(None);
+        assert_eq!(&plain[end..], "assistant: a\nuser: q2\n");
+        let (salted, end) = chat(Some("t1"));
+        assert_eq!(salted, format!("\u{1}cache_salt: t1\n{plain}"));
+        assert_eq!(&salted[end..], "assistant: a\nuser: q2\n");
+        assert_ne!(salted, chat(Some("t2")).0);
     }
 }

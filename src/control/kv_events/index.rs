@@ -6,7 +6,7 @@
 //! for the shards, which keep their own copy.
 
 use super::wire::{KvEvent, Medium, WireHash};
-use shards::kv_blocks::{chain_hash, BlockChanges, ROOT};
+use shards::kv_blocks::{chain_hash, with_extra, BlockChanges, ROOT};
 use std::collections::HashMap;
 
 /// Blocks one source may hold in the index. A vLLM rank holds some 10^4 to 10^5
@@ -20,7 +20,7 @@ pub const MAX_BLOCKS_PER_SOURCE: usize = 4 << 20;
 pub enum Rejected {
     /// A LoRA adapter's blocks: a base-model request cannot use them.
     Adapter,
-    /// Multimodal extra keys or a non-default KV group.
+    /// A non-default KV group, or extra keys that do not line up with the blocks.
     Layout,
     /// A medium the router has no price for.
     Residency,
@@ -136,6 +136,7 @@ impl SourceBlocks {
                 block_size,
                 lora,
                 special,
+                extra,
                 medium,
             } => {
                 let n = block_hashes.len();
@@ -167,7 +168,16 @@ impl SourceBlocks {
                     self.purge(out);
                 }
                 let size = *block_size as usize;
-                for (h, tokens) in block_hashes.iter().zip(token_ids.chunks_exact(size)) {
+                for (i, (h, tokens)) in block_hashes
+                    .iter()
+                    .zip(token_ids.chunks_exact(size))
+                    .enumerate()
+                {
+                    // Extra keys (a salt) are hashed with the block's tokens in vLLM:
+                    // the same tokens under them are another block.
+                    if let Some(&x) = extra.get(i).filter(|x| **x != 0) {
+                        name = with_extra(name, x);
+                    }
                     name = chain_hash(name, tokens);
                     let b = self.blocks.entry(*h).or_insert(Block {
                         name,
@@ -199,6 +209,7 @@ mod tests {
             block_size: 4,
             lora: false,
             special: false,
+            extra: vec![],
             medium: Some(medium),
         }
     }

@@ -17,6 +17,7 @@ use rmpv::Value;
 pub type WireHash = u64;
 
 pub use shards::kv_blocks::Medium;
+use shards::kv_blocks::{extra_key_hash, ExtraKeyItem};
 
 /// vLLM's medium strings, case-insensitive; missing means the GPU. A block whose
 /// `ownership` is `external` (a connector reporting what it stored outside the worker)
@@ -49,8 +50,13 @@ pub enum KvEvent {
         block_size: u32,
         /// A LoRA adapter's blocks: not creditable to a base-model request.
         lora: bool,
-        /// Multimodal extra keys or a non-default KV group: not creditable either.
+        /// A non-default KV group, or extra keys not lined up with the blocks: not
+        /// creditable either.
         special: bool,
+        /// Per block, the name of its extra keys (`kv_blocks::extra_key_hash`; 0: none):
+        /// a `cache_salt` on a salted request's first block, an image's identifier on a
+        /// multimodal one. Empty when no block has any.
+        extra: Vec<u64>,
         medium: Option<Medium>,
     },
     BlockRemoved {
@@ -190,14 +196,62 @@ fn decode_event(e: &Value) -> Result<Option<KvEvent>, String> {
         .and_then(|b| u32::try_from(b).ok())
         .ok_or("block_size missing")?;
     let group = f.get("group_idx").and_then(Value::as_u64).unwrap_or(0);
+    let extra = extra_keys(f.get("extra_keys"), hashes.len());
     Ok(Some(KvEvent::BlockStored {
+        lora: f.get("lora_id").is_some() || f.get("lora_name").is_some(),
+        special: group != 0 || extra.is_none(),
+        extra: extra.unwrap_or_default(),
         block_hashes: hashes,
         parent,
         token_ids,
         block_size,
-        lora: f.get("lora_id").is_some() || f.get("lora_name").is_some(),
-        special: f.get("extra_keys").is_some() || group != 0,
         medium,
+    }))
+}
+
+/// `extra_keys`: one entry per block, nil or a tuple of items (vLLM since early 2026).
+/// Each block's entry named by `extra_key_hash`, 0 for nil; empty when every entry is
+/// nil or the field is missing; None when the list does not line up with the blocks.
+fn extra_keys(v: Option<&Value>, blocks: usize) -> Option<Vec<u64>> {
+    let Some(v) = v else {
+        return Some(Vec::new());
+    };
+    let entries = v.as_array().filter(|a| a.len() == blocks)?;
+    if entries.iter().all(Value::is_nil) {
+        return Some(Vec::new());
+    }
+    Some(entries.iter().map(extra_entry).collect())
+}
+
+/// One block's extra keys, named as a request's would be.
+fn extra_entry(v: &Value) -> u64 {
+    let items: &[Value] = match v {
+        Value::Nil => return 0,
+        Value::Array(a) => a,
+        one => std::slice::from_ref(one),
+    };
+    // Items that are neither text, integers nor bytes (nested tuples) by their encoding:
+    // only requests' salts are ever matched, and those are text.
+    let encoded: Vec<Vec<u8>> = items
+        .iter()
+        .map(|i| {
+            let mut out = Vec::new();
+            if !matches!(i, Value::String(_) | Value::Integer(_) | Value::Binary(_)) {
+                let _ = rmpv::encode::write_value(&mut out, i);
+            }
+            out
+        })
+        .collect();
+    extra_key_hash(items.iter().zip(&encoded).map(|(i, enc)| match i {
+        Value::String(s) => match s.as_str() {
+            Some(t) => ExtraKeyItem::Text(t),
+            None => ExtraKeyItem::Bytes(s.as_bytes()),
+        },
+        Value::Integer(n) => {
+            ExtraKeyItem::Int(n.as_i64().unwrap_or(n.as_u64().unwrap_or(0) as i64))
+        }
+        Value::Binary(b) => ExtraKeyItem::Bytes(b),
+        _ => ExtraKeyItem::Bytes(enc),
     }))
 }
 
@@ -268,6 +322,7 @@ mod tests {
                 block_size: 2,
                 lora: false,
                 special: false,
+                extra: vec![],
                 medium: Some(Medium::Device),
             }
         );
@@ -339,6 +394,41 @@ mod tests {
             b.events[0],
             KvEvent::BlockStored { lora: true, .. }
         ));
+    }
+
+    #[test]
+    fn extra_keys_name_each_block_and_must_line_up() {
+        let with = |extra: Value| {
+            let mut e = stored_positional();
+            if let Value::Array(a) = &mut e {
+                a.push(Value::Nil); // lora_name
+                a.push(extra);
+            }
+            let batch = Value::Array(vec![Value::F64(0.0), Value::Array(vec![e])]);
+            match decode_batch(&encode(&batch)).unwrap().events.remove(0) {
+                KvEvent::BlockStored { special, extra, .. } => (special, extra),
+                e => panic!("{e:?}"),
+            }
+        };
+        // A salted request's first store: the salt on the first block only.
+        let salt = extra_key_hash([ExtraKeyItem::Text("tenant-a")]);
+        let salted = Value::Array(vec![Value::Array(vec![s("tenant-a")]), Value::Nil]);
+        assert_eq!(with(salted), (false, vec![salt, 0]));
+        // Every block nil, or none given: plain blocks.
+        assert_eq!(
+            with(Value::Array(vec![Value::Nil, Value::Nil])),
+            (false, vec![])
+        );
+        assert_eq!(with(Value::Nil), (false, vec![]));
+        // Not one entry per block: not indexed.
+        assert!(with(Value::Array(vec![Value::Nil])).0);
+        // An image's identifier names the block too (no request will match it).
+        let mm = Value::Array(vec![
+            Value::Nil,
+            Value::Array(vec![s("img-1"), Value::from(3)]),
+        ]);
+        let (special, extra) = with(mm);
+        assert!(!special && extra[0] == 0 && extra[1] != 0 && extra[1] != salt);
     }
 
     #[test]
