@@ -337,14 +337,7 @@ fn a_cache_salt_is_matched_only_by_blocks_cached_under_it() {
     let plain = prime(&r, &a, 0, 6.0);
     let mut salted = plain.clone();
     salted["cache_salt"] = json!("tenant-b");
-    for attempt in 0.. {
-        assert!(attempt < 20, "never indexed:\n{}", r.metrics());
-        served_by(b.port, &salted);
-        if eventually(Duration::from_secs(2), || blocks_of(&r, &b) >= 6.0) {
-            break;
-        }
-        request(b.port, "POST", "/reset_prefix_cache", &[], b"");
-    }
+    prime_with(&r, &b, "/v1/completions", &salted, 6.0);
     for _ in 0..4 {
         assert_eq!(served_by(r.port, &salted), "b");
         assert_eq!(served_by(r.port, &plain), "a");
@@ -359,6 +352,33 @@ fn a_cache_salt_is_matched_only_by_blocks_cached_under_it() {
     assert!(
         eventually(Duration::from_secs(5), || lookups(&r, "hit") == 8.0
             && lookups(&r, "miss") == 2.0),
+        "{}",
+        r.metrics()
+    );
+}
+
+/// vLLM hashes a LoRA adapter's name into every block of its requests: the base
+/// model's cached prompt is no use to the adapter's requests, nor theirs to it.
+#[test]
+fn a_lora_adapter_s_requests_follow_that_adapter_s_blocks() {
+    let a = kv_mock("a", &["--lora-adapters", "sql,chat"]);
+    let b = kv_mock(
+        "b",
+        &["--lora-adapters", "sql,chat", "--kv-events-encoding", "map"],
+    );
+    let mut r = router(&[&a, &b], &["--policy", "kv_aware", "--shards", "1"]);
+    wait_subscribed(&mut r, &[&a, &b]);
+    // The same 100 tokens: on a for the base model, on b for the adapter `sql`.
+    let base = prime(&r, &a, 0, 6.0);
+    let mut sql = base.clone();
+    sql["model"] = json!("sql");
+    prime_with(&r, &b, "/v1/completions", &sql, 6.0);
+    for _ in 0..4 {
+        assert_eq!(served_by(r.port, &sql), "b");
+        assert_eq!(served_by(r.port, &base), "a");
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || lookups(&r, "hit") == 8.0),
         "{}",
         r.metrics()
     );

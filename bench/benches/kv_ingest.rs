@@ -61,6 +61,7 @@ fn stream(positional: bool) -> (Vec<bytes::Bytes>, u64) {
                     parent: None,
                     tokens,
                     salt: None,
+                    adapter: None,
                 });
             }
         }

@@ -37,11 +37,17 @@ pub struct BlockChanges {
     pub stored: Vec<(u64, Medium)>,
     /// Blocks a medium stopped holding.
     pub removed: Vec<(u64, Medium)>,
+    /// LoRA adapters the worker stored blocks for, first seen in this batch: a
+    /// request naming one as its `model` is that adapter's (see [`adapter_extra`]).
+    pub adapters: Vec<std::sync::Arc<str>>,
 }
 
 impl BlockChanges {
     pub fn is_empty(&self) -> bool {
-        !self.cleared && self.stored.is_empty() && self.removed.is_empty()
+        !self.cleared
+            && self.stored.is_empty()
+            && self.removed.is_empty()
+            && self.adapters.is_empty()
     }
 }
 
@@ -141,12 +147,55 @@ pub fn with_extra(parent: u64, extra: u64) -> u64 {
     xxh3_64(&buf)
 }
 
-/// Where a request's chain starts: [`ROOT`], or with `cache_salt` (which vLLM mixes
-/// into the first block's hash) a root of that salt's own.
-pub fn request_root(cache_salt: Option<&str>) -> u64 {
-    match cache_salt {
-        None => ROOT,
-        Some(salt) => with_extra(ROOT, extra_key_hash([ExtraKeyItem::Text(salt)])),
+/// The extra keys vLLM hashes into every block of a LoRA adapter's request (the
+/// adapter's name; on the first block, then a `cache_salt`).
+pub fn adapter_extra(adapter: &str, first_block_salt: Option<&str>) -> u64 {
+    match first_block_salt {
+        None => extra_key_hash([ExtraKeyItem::Text(adapter)]),
+        Some(salt) => extra_key_hash([ExtraKeyItem::Text(adapter), ExtraKeyItem::Text(salt)]),
+    }
+}
+
+/// How a request's blocks are named beyond their tokens, as vLLM keys them: a
+/// `cache_salt` is hashed into the first block, a LoRA adapter's name into every
+/// block (with the salt after it on the first), so the same tokens under another salt
+/// or adapter are other blocks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RequestChain {
+    /// The parent of the first block (holding its extra keys).
+    pub root: u64,
+    /// Mixed into the parent of every later block (0: nothing).
+    extra: u64,
+}
+
+impl RequestChain {
+    /// A base-model request without a salt.
+    pub const PLAIN: RequestChain = RequestChain {
+        root: ROOT,
+        extra: 0,
+    };
+
+    pub fn new(cache_salt: Option<&str>, adapter: Option<&str>) -> Self {
+        match (adapter, cache_salt) {
+            (None, None) => Self::PLAIN,
+            (None, Some(salt)) => RequestChain {
+                root: with_extra(ROOT, extra_key_hash([ExtraKeyItem::Text(salt)])),
+                extra: 0,
+            },
+            (Some(a), salt) => RequestChain {
+                root: with_extra(ROOT, adapter_extra(a, salt)),
+                extra: adapter_extra(a, None),
+            },
+        }
+    }
+
+    /// What block `i` chains from, given the name of block `i - 1` (or the root).
+    pub fn parent(&self, previous: u64, i: usize) -> u64 {
+        if i == 0 || self.extra == 0 {
+            previous
+        } else {
+            with_extra(previous, self.extra)
+        }
     }
 }
 
@@ -182,9 +231,10 @@ mod tests {
     #[test]
     fn a_salt_starts_a_chain_of_its_own() {
         let tokens: Vec<u32> = (0..16).collect();
-        let plain = chain_hash(request_root(None), &tokens);
-        let a = chain_hash(request_root(Some("tenant-a")), &tokens);
-        let b = chain_hash(request_root(Some("tenant-b")), &tokens);
+        let root = |salt| RequestChain::new(salt, None).root;
+        let plain = chain_hash(root(None), &tokens);
+        let a = chain_hash(root(Some("tenant-a")), &tokens);
+        let b = chain_hash(root(Some("tenant-b")), &tokens);
         assert_eq!(plain, chain_hash(ROOT, &tokens));
         assert!(plain != a && a != b && plain != b);
         // The event side's form of the same salt names the same block.
@@ -195,5 +245,29 @@ mod tests {
         let two = extra_key_hash([ExtraKeyItem::Text("a"), ExtraKeyItem::Text("b")]);
         assert_ne!(one, two);
         assert_ne!(one, extra_key_hash([ExtraKeyItem::Bytes(b"ab")]));
+    }
+
+    #[test]
+    fn an_adapter_is_in_every_block_and_a_salt_in_the_first() {
+        let tokens: Vec<u32> = (0..32).collect();
+        let names = |c: RequestChain| {
+            let first = chain_hash(c.root, &tokens[..16]);
+            (first, chain_hash(c.parent(first, 1), &tokens[16..]))
+        };
+        let plain = names(RequestChain::PLAIN);
+        let sql = names(RequestChain::new(None, Some("sql")));
+        // The event side: each block's extra keys as vLLM lists them.
+        let text = |t| ExtraKeyItem::Text(t);
+        let first = chain_hash(
+            with_extra(ROOT, extra_key_hash([text("sql")])),
+            &tokens[..16],
+        );
+        let second = with_extra(first, extra_key_hash([text("sql")]));
+        assert_eq!(sql, (first, chain_hash(second, &tokens[16..])));
+        assert!(sql.0 != plain.0 && sql.1 != plain.1);
+        let salted = names(RequestChain::new(Some("t"), Some("sql")));
+        let root = with_extra(ROOT, extra_key_hash([text("sql"), text("t")]));
+        assert_eq!(salted.0, chain_hash(root, &tokens[..16]));
+        assert_eq!(RequestChain::new(None, None), RequestChain::PLAIN);
     }
 }

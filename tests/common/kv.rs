@@ -89,9 +89,16 @@ pub fn answered(w: &Proc, path: &str) -> u64 {
 /// Sends `chat` straight to `w` (another replica's traffic, say) until the router's
 /// index shows `blocks` of its blocks.
 pub fn prime_chat(r: &Router, w: &Proc, chat: &serde_json::Value, blocks: f64) {
+    prime_with(r, w, "/v1/chat/completions", chat, blocks)
+}
+
+/// Sends `body` to `path` straight to `w` until the router's index shows `blocks` of
+/// its blocks, clearing the worker's cache between tries (a store published while the
+/// router's subscription joined is not published again).
+pub fn prime_with(r: &Router, w: &Proc, path: &str, body: &serde_json::Value, blocks: f64) {
     for attempt in 0.. {
         assert!(attempt < 20, "never indexed:\n{}", r.metrics());
-        assert_eq!(post_json(w.port, "/v1/chat/completions", chat).status, 200);
+        assert_eq!(post_json(w.port, path, body).status, 200);
         if eventually(Duration::from_secs(2), || blocks_of(r, w) >= blocks) {
             return;
         }

@@ -81,6 +81,11 @@ pub struct MockConfig {
     /// sequence gap). 0 sends all.
     #[arg(long, default_value_t = 0)]
     pub kv_events_skip_every: u64,
+    /// LoRA adapters served besides the base model (comma separated): a request naming
+    /// one as its `model` is cached under it, as vLLM hashes the adapter's name into
+    /// every block, and its stores say so (`lora_id`, `lora_name`, `extra_keys`).
+    #[arg(long, value_delimiter = ',')]
+    pub lora_adapters: Vec<String>,
 }
 
 impl MockConfig {

@@ -151,7 +151,7 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
     let (blocks, hit_blocks) = match &shared.kv {
         Some(kv) => kv.lookup(
             &kv::tokens_of(&v, shared.tokenizer.as_ref()),
-            v.get("cache_salt").and_then(Value::as_str),
+            &kv::block_keys(&v, &shared.cfg),
         ),
         None => {
             // vLLM hashes a cache_salt into the first block: salted text is other blocks.

@@ -3,7 +3,7 @@
 //! rendered text, which `/tokenize` answers too), and the discovery routes a router
 //! asks a vLLM worker for its event sources (`/get_server_info`, `/kv_event_sources`).
 
-use super::kv_cache::TokenBlockCache;
+use super::kv_cache::{BlockKeys, TokenBlockCache};
 use super::kv_publisher::{self, KvPublisher, PublisherConfig};
 use super::MockConfig;
 use serde_json::{json, Value};
@@ -43,15 +43,15 @@ impl KvState {
         }))
     }
 
-    /// Looks up and caches a request's tokens (under its `cache_salt`); returns
-    /// (blocks, hit blocks).
-    pub fn lookup(&self, tokens: &[u32], salt: Option<&str>) -> (u64, u64) {
+    /// Looks up and caches a request's tokens (under its `cache_salt` and LoRA
+    /// adapter); returns (blocks, hit blocks).
+    pub fn lookup(&self, tokens: &[u32], keys: &BlockKeys<'_>) -> (u64, u64) {
         let mut events = Vec::new();
         let l = self
             .cache
             .lock()
             .unwrap()
-            .lookup_insert(tokens, salt, &mut events);
+            .lookup_insert(tokens, keys, &mut events);
         self.publisher.publish(events);
         (l.blocks, l.hit_blocks)
     }
@@ -67,6 +67,19 @@ impl KvState {
     pub fn counters(&self) -> (f64, u64, u64) {
         let c = self.cache.lock().unwrap();
         (c.usage(), c.queries_tokens, c.hits_tokens)
+    }
+}
+
+/// What a request's blocks are hashed under besides their tokens: its `cache_salt`,
+/// and the LoRA adapter its `model` names (ids from 1, in `--lora-adapters` order).
+pub fn block_keys<'a>(v: &'a Value, cfg: &'a MockConfig) -> BlockKeys<'a> {
+    let model = v.get("model").and_then(Value::as_str);
+    BlockKeys {
+        salt: v.get("cache_salt").and_then(Value::as_str),
+        adapter: model.and_then(|m| {
+            let i = cfg.lora_adapters.iter().position(|a| a == m)?;
+            Some((i as u32 + 1, cfg.lora_adapters[i].as_str()))
+        }),
     }
 }
 

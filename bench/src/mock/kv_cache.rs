@@ -16,11 +16,23 @@ pub enum CacheEvent {
         /// The request's `cache_salt`, when the run starts at its first block (vLLM
         /// hashes the salt into that block and sends it as the block's `extra_keys`).
         salt: Option<String>,
+        /// The LoRA adapter (id, name) the blocks were computed with: vLLM hashes its
+        /// name into every block.
+        adapter: Option<(u32, String)>,
     },
     Removed {
         hashes: Vec<u64>,
     },
     Cleared,
+}
+
+/// What vLLM hashes into a request's blocks besides their tokens.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockKeys<'a> {
+    /// `cache_salt`: the first block only.
+    pub salt: Option<&'a str>,
+    /// A LoRA adapter (id, name): every block.
+    pub adapter: Option<(u32, &'a str)>,
 }
 
 pub struct TokenBlockCache {
@@ -62,16 +74,17 @@ impl TokenBlockCache {
     pub fn lookup_insert(
         &mut self,
         tokens: &[u32],
-        salt: Option<&str>,
+        keys: &BlockKeys<'_>,
         events: &mut Vec<CacheEvent>,
     ) -> Lookup {
+        let salt = keys.salt;
         let mut parent: Option<u64> = None;
         let (mut blocks, mut hits, mut hitting) = (0, 0, true);
         let mut new_run: Option<CacheEvent> = None;
         let mut evicted = Vec::new();
         for block in tokens.chunks_exact(self.block_size) {
             let first_salt = salt.filter(|_| parent.is_none());
-            let h = self.engine_hash(parent, first_salt, block);
+            let h = self.engine_hash(parent, first_salt, keys.adapter, block);
             blocks += 1;
             let present = self.lru.contains(h);
             if hitting && present {
@@ -97,6 +110,7 @@ impl TokenBlockCache {
                             parent,
                             tokens: block.to_vec(),
                             salt: first_salt.map(str::to_string),
+                            adapter: keys.adapter.map(|(id, n)| (id, n.to_string())),
                         })
                     }
                 }
@@ -117,9 +131,17 @@ impl TokenBlockCache {
         }
     }
 
-    fn engine_hash(&self, parent: Option<u64>, salt: Option<&str>, block: &[u32]) -> u64 {
+    fn engine_hash(
+        &self,
+        parent: Option<u64>,
+        salt: Option<&str>,
+        adapter: Option<(u32, &str)>,
+        block: &[u32],
+    ) -> u64 {
         let mut bytes = Vec::with_capacity(8 + 4 * block.len());
         bytes.extend_from_slice(&parent.unwrap_or(0).to_le_bytes());
+        bytes.extend_from_slice(adapter.map_or("", |a| a.1).as_bytes());
+        bytes.push(0);
         bytes.extend_from_slice(salt.unwrap_or("").as_bytes());
         block
             .iter()
@@ -139,6 +161,7 @@ pub fn encode_event(e: &CacheEvent, block_size: usize, positional: bool) -> Valu
             parent,
             tokens,
             salt,
+            adapter,
         } => (
             "BlockStored",
             vec![
@@ -149,18 +172,18 @@ pub fn encode_event(e: &CacheEvent, block_size: usize, positional: bool) -> Valu
                     Value::Array(tokens.iter().map(|t| Value::from(*t)).collect()),
                 ),
                 ("block_size", Value::from(block_size as u64)),
-                ("lora_id", Value::Nil),
-                ("medium", Value::from("GPU")),
-                ("lora_name", Value::Nil),
-                // One entry per block: the salt on the first, nil after it.
                 (
-                    "extra_keys",
-                    salt.as_ref().map_or(Value::Nil, |s| {
-                        let mut e = vec![Value::Nil; hs.len()];
-                        e[0] = Value::Array(vec![Value::from(s.as_str())]);
-                        Value::Array(e)
-                    }),
+                    "lora_id",
+                    adapter.as_ref().map_or(Value::Nil, |a| Value::from(a.0)),
                 ),
+                ("medium", Value::from("GPU")),
+                (
+                    "lora_name",
+                    adapter
+                        .as_ref()
+                        .map_or(Value::Nil, |a| Value::from(a.1.as_str())),
+                ),
+                ("extra_keys", extra_keys(hs.len(), salt, adapter)),
             ],
         ),
         CacheEvent::Removed { hashes: hs } => (
@@ -180,6 +203,29 @@ pub fn encode_event(e: &CacheEvent, block_size: usize, positional: bool) -> Valu
     }
 }
 
+/// One entry per block, as vLLM sends them: the adapter's name on every block, then
+/// the salt on the first (a salted run starts at the request's first block); nil for
+/// a block with neither, and for the whole list when no block has any.
+fn extra_keys(blocks: usize, salt: &Option<String>, adapter: &Option<(u32, String)>) -> Value {
+    if salt.is_none() && adapter.is_none() {
+        return Value::Nil;
+    }
+    let entry = |i: usize| {
+        let mut items: Vec<Value> = adapter.iter().map(|a| Value::from(a.1.as_str())).collect();
+        items.extend(
+            salt.iter()
+                .filter(|_| i == 0)
+                .map(|s| Value::from(s.as_str())),
+        );
+        if items.is_empty() {
+            Value::Nil
+        } else {
+            Value::Array(items)
+        }
+    };
+    Value::Array((0..blocks).map(entry).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,7 +234,7 @@ mod tests {
     fn new_blocks_are_stored_with_their_parent_and_evictions_removed() {
         let mut c = TokenBlockCache::new(2, 3, 9);
         let mut ev = Vec::new();
-        let l = c.lookup_insert(&[1, 2, 3, 4, 5], None, &mut ev);
+        let l = c.lookup_insert(&[1, 2, 3, 4, 5], &BlockKeys::default(), &mut ev);
         assert_eq!((l.blocks, l.hit_blocks), (2, 0));
         let CacheEvent::Stored {
             hashes,
@@ -205,7 +251,7 @@ mod tests {
         );
         let first = hashes[0];
         ev.clear();
-        let l = c.lookup_insert(&[1, 2, 9, 9, 8, 8], None, &mut ev);
+        let l = c.lookup_insert(&[1, 2, 9, 9, 8, 8], &BlockKeys::default(), &mut ev);
         assert_eq!(l.hit_blocks, 1);
         // Two new blocks after the cached first; the fourth block overflows capacity 3.
         assert!(
@@ -218,10 +264,14 @@ mod tests {
     fn a_salted_prompt_is_other_blocks_and_says_its_salt() {
         let mut c = TokenBlockCache::new(2, 16, 9);
         let mut ev = Vec::new();
-        c.lookup_insert(&[1, 2, 3, 4], None, &mut ev);
+        c.lookup_insert(&[1, 2, 3, 4], &BlockKeys::default(), &mut ev);
         ev.clear();
         // The same tokens under a salt hit nothing, and the store names the salt.
-        let l = c.lookup_insert(&[1, 2, 3, 4], Some("t"), &mut ev);
+        let salted = BlockKeys {
+            salt: Some("t"),
+            adapter: None,
+        };
+        let l = c.lookup_insert(&[1, 2, 3, 4], &salted, &mut ev);
         assert_eq!(l.hit_blocks, 0);
         assert!(
             matches!(&ev[0], CacheEvent::Stored { salt: Some(s), parent: None, .. } if s == "t")
@@ -240,9 +290,24 @@ mod tests {
         );
         // Under the same salt again: hits.
         assert_eq!(
-            c.lookup_insert(&[1, 2, 3, 4], Some("t"), &mut ev)
-                .hit_blocks,
+            c.lookup_insert(&[1, 2, 3, 4], &salted, &mut ev).hit_blocks,
             2
+        );
+        // An adapter's blocks are others again; every block names it, the first the salt too.
+        ev.clear();
+        let lora = BlockKeys {
+            salt: Some("t"),
+            adapter: Some((1, "sql")),
+        };
+        assert_eq!(c.lookup_insert(&[1, 2, 3, 4], &lora, &mut ev).hit_blocks, 0);
+        let CacheEvent::Stored { salt, adapter, .. } = &ev[0] else {
+            panic!("{ev:?}")
+        };
+        let keys = extra_keys(2, salt, adapter);
+        let entry = |items: &[&str]| Value::Array(items.iter().map(|i| Value::from(*i)).collect());
+        assert_eq!(
+            keys,
+            Value::Array(vec![entry(&["sql", "t"]), entry(&["sql"])])
         );
     }
 }

@@ -38,7 +38,7 @@ use super::placement::Rendezvous;
 use super::random::Random;
 use super::recent_traffic::RecentTraffic;
 use super::{Policy, PolicyKind, Priced, RouteInput};
-use crate::kv_blocks::{chain_hash, request_root, KvBlockDelta, ProvisionalBlocks, ROOT};
+use crate::kv_blocks::{chain_hash, KvBlockDelta, ProvisionalBlocks, RequestChain, ROOT};
 use crate::metrics::RatioHistogram;
 use crate::state::{PoolView, Worker};
 use crate::worker::{WorkerId, WorkerRole};
@@ -91,6 +91,9 @@ impl Default for KvAwareConfig {
 /// is most of the cost, and a prefix past it is rarely shared.
 const MAX_PROVISIONAL_BLOCKS: usize = 512;
 
+/// LoRA adapters a shard remembers: a deployment serves a handful.
+const MAX_ADAPTERS: usize = 1024;
+
 /// A prompt no worker holds more of than this share is cold: where it lands decides
 /// where its later conversations go. (0.5 measured the same on docs/benchmarks.md §3b.)
 const COLD_SHARE: f64 = 0.25;
@@ -103,8 +106,11 @@ pub struct KvAware {
     rank: Rendezvous,
     rng: Random,
     tokens: Vec<u32>,
-    /// Where this request's chain of block names starts (its `cache_salt`'s root).
-    root: u64,
+    /// How this request's blocks are named beyond their tokens (salt, adapter).
+    chain: RequestChain,
+    /// LoRA adapters the workers reported blocks of: a request whose `model` is one
+    /// is named as vLLM hashes that adapter's blocks.
+    adapters: std::collections::HashSet<Arc<str>>,
     /// Blocks the lookup named, and the last one's name.
     named: (usize, u64),
     /// The request's block names for provisional copies (scratch).
@@ -147,7 +153,8 @@ impl KvAware {
             rank: Rendezvous::default(),
             rng: Random::new(seed),
             tokens: Vec::new(),
-            root: ROOT,
+            chain: RequestChain::PLAIN,
+            adapters: Default::default(),
             named: (0, ROOT),
             names: Vec::new(),
             noted: None,
@@ -257,6 +264,9 @@ impl Policy for KvAware {
     }
 
     fn kv_blocks(&mut self, delta: &KvBlockDelta) {
+        if self.adapters.len() < MAX_ADAPTERS {
+            self.adapters.extend(delta.changes.adapters.iter().cloned());
+        }
         self.index.set_block_size(delta.worker, delta.block_size);
         self.index.apply(delta.worker, &delta.changes);
     }
@@ -335,28 +345,27 @@ impl KvAware {
             .find(|b| *b > 0)
             .unwrap_or(self.cfg.default_block_size)
             .max(1) as usize;
-        let body = input.json;
-        let salt = body
-            .and_then(|b| b.get("cache_salt"))
-            .and_then(|s| s.as_str());
-        self.root = request_root(salt.filter(|s| !s.is_empty()));
+        self.set_chain(input.json);
         // vLLM computes a prompt whose logprobs are asked for in full: nothing is credited.
-        let reads_cache = body
+        let reads_cache = (input.json)
             .and_then(|b| b.get("prompt_logprobs"))
             .is_none_or(|p| p.is_null());
-        let (root, named) = (self.root, &mut self.named);
-        *named = (0, root);
-        let names = self.tokens.chunks_exact(block).scan(root, |parent, b| {
-            *parent = chain_hash(*parent, b);
-            *named = (named.0 + 1, *parent);
-            Some(*parent)
-        });
+        let (chain, named) = (self.chain, &mut self.named);
+        *named = (0, chain.root);
+        let names = self
+            .tokens
+            .chunks_exact(block)
+            .scan(chain.root, |parent, b| {
+                *parent = chain_hash(chain.parent(*parent, named.0), b);
+                *named = (named.0 + 1, *parent);
+                Some(*parent)
+            });
         let names = names.take(if reads_cache { usize::MAX } else { 0 });
         self.index.depths(names, &mut self.depths);
         let key = self
             .tokens
             .get(..block)
-            .map_or(0, |first| chain_hash(root, first));
+            .map_or(0, |first| chain_hash(chain.root, first));
         let n = self.tokens.len();
         let mut best: Option<Scored<'_>> = None;
         // Per routable worker, in order: what it holds and the tokens credited.
@@ -436,6 +445,17 @@ impl KvAware {
         Some(chosen)
     }
 
+    /// Where the request's block names start and what each block after the first mixes
+    /// in, as vLLM hashes its blocks: a `cache_salt` into the first block, and a LoRA
+    /// adapter's name (the request's `model`, once the workers reported blocks of that
+    /// adapter) into every block.
+    fn set_chain(&mut self, body: Option<&serde_json::Value>) {
+        let field = |name: &str| body.and_then(|b| b.get(name)).and_then(|v| v.as_str());
+        let salt = field("cache_salt").filter(|s| !s.is_empty());
+        let adapter = field("model").filter(|m| self.adapters.contains(*m));
+        self.chain = RequestChain::new(salt, adapter);
+    }
+
     /// The chosen worker will hold the request's blocks: noted provisionally, so the
     /// next request with this prefix finds them before the worker's events arrive.
     fn note_provisional(&mut self, chosen: WorkerId, block: usize, now: Instant) {
@@ -454,11 +474,11 @@ impl KvAware {
         // fewer than the lookup named, the chain is named again from its start.
         let (mut at, mut parent) = match self.named {
             (n, last) if n <= held => (n, last),
-            _ => (0, self.root),
+            _ => (0, self.chain.root),
         };
         self.names.clear();
         for b in self.tokens.chunks_exact(block).take(upto).skip(at) {
-            parent = chain_hash(parent, b);
+            parent = chain_hash(self.chain.parent(parent, at), b);
             if at >= held {
                 self.names.push(parent);
             }

@@ -6,8 +6,9 @@
 //! for the shards, which keep their own copy.
 
 use super::wire::{KvEvent, Medium, WireHash};
-use shards::kv_blocks::{chain_hash, with_extra, BlockChanges, ROOT};
+use shards::kv_blocks::{adapter_extra, chain_hash, with_extra, BlockChanges, ROOT};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Blocks one source may hold in the index. A vLLM rank holds some 10^4 to 10^5
 /// blocks on its GPU, more with CPU offloading; a source reporting more than this has
@@ -58,7 +59,13 @@ pub struct SourceBlocks {
     blocks: HashMap<WireHash, Block>,
     /// Rejections by reason since the last [`SourceBlocks::take_rejections`].
     rejected: HashMap<Rejected, u64>,
+    /// LoRA adapters whose blocks this source stored (told to the shards once).
+    adapters: std::collections::HashSet<Arc<str>>,
 }
+
+/// Adapters remembered per source: a deployment serves a handful; past this the
+/// names are still indexed, just no longer announced.
+const MAX_ADAPTERS: usize = 1024;
 
 fn slot(m: Medium) -> usize {
     match m {
@@ -75,6 +82,7 @@ impl SourceBlocks {
             block_size,
             blocks: HashMap::new(),
             rejected: HashMap::new(),
+            adapters: Default::default(),
         }
     }
 
@@ -135,12 +143,16 @@ impl SourceBlocks {
                 token_ids,
                 block_size,
                 lora,
+                lora_name,
                 special,
                 extra,
                 medium,
             } => {
                 let n = block_hashes.len();
-                let why = if *lora {
+                // An adapter's blocks carry its name in every block's extra keys (vLLM
+                // since early 2026), or are named by `lora_name` as vLLM hashes them.
+                let adapter = lora_name.as_deref().filter(|_| *lora);
+                let why = if *lora && adapter.is_none() && extra.is_empty() {
                     Some(Rejected::Adapter)
                 } else if *special {
                     Some(Rejected::Layout)
@@ -157,6 +169,13 @@ impl SourceBlocks {
                     return self.reject(why, n);
                 }
                 let m = medium.expect("checked above");
+                if let Some(a) = adapter {
+                    if self.adapters.len() < MAX_ADAPTERS && !self.adapters.contains(a) {
+                        let a: Arc<str> = Arc::from(a);
+                        self.adapters.insert(a.clone());
+                        out.adapters.push(a);
+                    }
+                }
                 let mut name = match parent {
                     None => ROOT,
                     Some(p) => match self.blocks.get(p) {
@@ -175,7 +194,12 @@ impl SourceBlocks {
                 {
                     // Extra keys (a salt) are hashed with the block's tokens in vLLM:
                     // the same tokens under them are another block.
-                    if let Some(&x) = extra.get(i).filter(|x| **x != 0) {
+                    let x = match (extra.get(i), adapter) {
+                        (Some(&x), _) => x,
+                        (None, Some(a)) => adapter_extra(a, None),
+                        (None, None) => 0,
+                    };
+                    if x != 0 {
                         name = with_extra(name, x);
                     }
                     name = chain_hash(name, tokens);
@@ -208,6 +232,7 @@ mod tests {
             token_ids: tokens.to_vec(),
             block_size: 4,
             lora: false,
+            lora_name: None,
             special: false,
             extra: vec![],
             medium: Some(medium),
@@ -291,5 +316,27 @@ mod tests {
         ] {
             assert_eq!(r.get(&why), Some(&1), "{why:?}");
         }
+    }
+
+    #[test]
+    fn an_adapter_s_blocks_are_named_as_its_requests_and_announced_once() {
+        use shards::kv_blocks::RequestChain;
+        let mut s = SourceBlocks::new(4);
+        let t: Vec<u32> = (0..8).collect();
+        let mut c = BlockChanges::default();
+        let mut lora = stored(&[5, 6], None, &t, Medium::Device);
+        if let KvEvent::BlockStored { lora, lora_name, .. } = &mut lora {
+            (*lora, *lora_name) = (true, Some("sql".into()));
+        }
+        s.apply(&lora, &mut c);
+        s.apply(&lora, &mut c);
+        // What a request for model `sql` names its blocks.
+        let chain = RequestChain::new(None, Some("sql"));
+        let first = chain_hash(chain.root, &t[..4]);
+        let second = chain_hash(chain.parent(first, 1), &t[4..]);
+        let names: Vec<u64> = c.stored.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, vec![first, second]);
+        assert_eq!(c.adapters, vec![Arc::from("sql")]);
+        assert!(s.take_rejections().is_empty());
     }
 }

@@ -48,8 +48,11 @@ pub enum KvEvent {
         parent: Option<WireHash>,
         token_ids: Vec<u32>,
         block_size: u32,
-        /// A LoRA adapter's blocks: not creditable to a base-model request.
+        /// A LoRA adapter's blocks (`lora_id` or `lora_name` set).
         lora: bool,
+        /// The adapter's name, which vLLM hashes into each of its blocks (0.x releases
+        /// before it sent only `lora_id`: those blocks cannot be named).
+        lora_name: Option<String>,
         /// A non-default KV group, or extra keys not lined up with the blocks: not
         /// creditable either.
         special: bool,
@@ -199,6 +202,10 @@ fn decode_event(e: &Value) -> Result<Option<KvEvent>, String> {
     let extra = extra_keys(f.get("extra_keys"), hashes.len());
     Ok(Some(KvEvent::BlockStored {
         lora: f.get("lora_id").is_some() || f.get("lora_name").is_some(),
+        lora_name: f
+            .get("lora_name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         special: group != 0 || extra.is_none(),
         extra: extra.unwrap_or_default(),
         block_hashes: hashes,
@@ -321,6 +328,7 @@ mod tests {
                 token_ids: vec![0, 1, 2, 3],
                 block_size: 2,
                 lora: false,
+                lora_name: None,
                 special: false,
                 extra: vec![],
                 medium: Some(Medium::Device),
