@@ -323,25 +323,40 @@ fn cold_prompts_one_at_a_time_spread_over_the_workers() {
     );
 }
 
+/// Two workers hold the same 100 tokens: `a` as the request `plain`, `b` as `plain`
+/// changed by `vary` (another salt, an adapter), which vLLM keys apart. Each request
+/// follows the worker holding its own blocks. Returns the router, the workers (alive
+/// while they are held) and the plain request.
+fn same_tokens_keyed_apart(
+    a_args: &[&str],
+    b_args: &[&str],
+    vary: impl Fn(&mut serde_json::Value),
+) -> (Router, [Proc; 2], serde_json::Value) {
+    let a = kv_mock("a", a_args);
+    let b = kv_mock("b", b_args);
+    let mut r = router(&[&a, &b], &["--policy", "kv_aware", "--shards", "1"]);
+    wait_subscribed(&mut r, &[&a, &b]);
+    let plain = prime(&r, &a, 0, 6.0);
+    let mut varied = plain.clone();
+    vary(&mut varied);
+    prime_with(&r, &b, "/v1/completions", &varied, 6.0);
+    for _ in 0..4 {
+        assert_eq!(served_by(r.port, &varied), "b");
+        assert_eq!(served_by(r.port, &plain), "a");
+    }
+    (r, [a, b], plain)
+}
+
 /// vLLM hashes a request's `cache_salt` into its first block, so the same tokens under
 /// another salt (or none) are other blocks; it names the salt in that block's
 /// `extra_keys`. And a request asking for `prompt_logprobs` computes its whole prompt.
 #[test]
 fn a_cache_salt_is_matched_only_by_blocks_cached_under_it() {
-    let a = kv_mock("a", &["--kv-events-encoding", "map"]);
-    let b = kv_mock("b", &[]);
-    let mut r = router(&[&a, &b], &["--policy", "kv_aware", "--shards", "1"]);
-    wait_subscribed(&mut r, &[&a, &b]);
-    // The same 100 tokens: on a without a salt, on b under tenant-b's (vLLM's
-    // positional encoding, extra_keys its eighth field).
-    let plain = prime(&r, &a, 0, 6.0);
-    let mut salted = plain.clone();
-    salted["cache_salt"] = json!("tenant-b");
-    prime_with(&r, &b, "/v1/completions", &salted, 6.0);
-    for _ in 0..4 {
-        assert_eq!(served_by(r.port, &salted), "b");
-        assert_eq!(served_by(r.port, &plain), "a");
-    }
+    // b: vLLM's positional encoding, extra_keys its eighth field.
+    let (r, _workers, plain) =
+        same_tokens_keyed_apart(&["--kv-events-encoding", "map"], &[], |v| {
+            v["cache_salt"] = json!("tenant-b")
+        });
     // Another tenant's salt, and prompt logprobs, are credited nowhere.
     let mut other = plain.clone();
     other["cache_salt"] = json!("tenant-c");
@@ -361,22 +376,10 @@ fn a_cache_salt_is_matched_only_by_blocks_cached_under_it() {
 /// model's cached prompt is no use to the adapter's requests, nor theirs to it.
 #[test]
 fn a_lora_adapter_s_requests_follow_that_adapter_s_blocks() {
-    let a = kv_mock("a", &["--lora-adapters", "sql,chat"]);
-    let b = kv_mock(
-        "b",
-        &["--lora-adapters", "sql,chat", "--kv-events-encoding", "map"],
-    );
-    let mut r = router(&[&a, &b], &["--policy", "kv_aware", "--shards", "1"]);
-    wait_subscribed(&mut r, &[&a, &b]);
-    // The same 100 tokens: on a for the base model, on b for the adapter `sql`.
-    let base = prime(&r, &a, 0, 6.0);
-    let mut sql = base.clone();
-    sql["model"] = json!("sql");
-    prime_with(&r, &b, "/v1/completions", &sql, 6.0);
-    for _ in 0..4 {
-        assert_eq!(served_by(r.port, &sql), "b");
-        assert_eq!(served_by(r.port, &base), "a");
-    }
+    let adapters = ["--lora-adapters", "sql,chat"];
+    let b_args = ["--lora-adapters", "sql,chat", "--kv-events-encoding", "map"];
+    let (r, _workers, _) =
+        same_tokens_keyed_apart(&adapters, &b_args, |v| v["model"] = json!("sql"));
     assert!(
         eventually(Duration::from_secs(5), || lookups(&r, "hit") == 8.0),
         "{}",

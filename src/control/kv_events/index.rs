@@ -325,7 +325,10 @@ mod tests {
         let t: Vec<u32> = (0..8).collect();
         let mut c = BlockChanges::default();
         let mut lora = stored(&[5, 6], None, &t, Medium::Device);
-        if let KvEvent::BlockStored { lora, lora_name, .. } = &mut lora {
+        if let KvEvent::BlockStored {
+            lora, lora_name, ..
+        } = &mut lora
+        {
             (*lora, *lora_name) = (true, Some("sql".into()));
         }
         s.apply(&lora, &mut c);
