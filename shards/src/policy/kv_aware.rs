@@ -315,6 +315,9 @@ impl Policy for KvAware {
         if let Some(ttl) = self.cfg.provisional_ttl {
             let now = Instant::now();
             self.index.provisional(worker, names, now, now + ttl);
+            // Another shard routed a request there: it counts in the recent share as
+            // this shard's own do, so a cold prompt is priced by the router's traffic.
+            self.recent.note(worker, now);
         }
     }
 }

@@ -279,3 +279,25 @@ fn a_cold_prompt_is_priced_by_each_workers_recent_share_of_the_traffic() {
         "0.1.17: requests in flight, the idle worker"
     );
 }
+
+#[test]
+fn another_shards_requests_count_in_the_recent_share() {
+    let mut s = test_workers(3);
+    let mut p = KvAware::new(KvAwareConfig::default(), 1, WorkerRole::Regular);
+    p.on_workers_changed(&s.view(WorkerRole::Regular, &[]));
+    // Another shard sent worker 0 three requests; this shard has sent none.
+    let tokens: Vec<u32> = (0..80).collect();
+    let mut names = Vec::new();
+    block_hashes(&tokens, 16, &mut names);
+    for _ in 0..3 {
+        p.remote_provisional(0, &names);
+    }
+    s.get_mut(1).unwrap().in_flight = 2;
+    s.get_mut(2).unwrap().in_flight = 3;
+    let cold = serde_json::json!({ "prompt": (1000..1080).collect::<Vec<u32>>() });
+    assert_eq!(
+        pick(&mut p, &s, &cold),
+        1,
+        "worker 0 carried the router's recent traffic, though not this shard's"
+    );
+}

@@ -1,4 +1,5 @@
-//! Each worker's share of the requests this shard sent lately, decayed exponentially.
+//! Each worker's share of the requests the router sent lately, decayed exponentially:
+//! this shard's, and the other shards' as their provisional entries announce them.
 //!
 //! kv_aware prices a cold prompt (one no worker holds much of) by it. The prompt's
 //! later conversations follow it to the worker it lands on, for minutes, so what the
