@@ -149,12 +149,12 @@ def drive(args, route):
     threads = [threading.Thread(target=client) for _ in range(args.concurrency)]
     for t in threads: t.start()
     for t in threads: t.join()
-    if args.trace:
-        trace(placed)
+    if args.trace or args.trace_sessions:
+        trace(placed, args.trace_sessions)
     return latencies
 
 
-def trace(placed):
+def trace(placed, sessions=False):
     """Where each system prompt's requests went, and how many sessions moved."""
     by_prompt, by_session = {}, {}
     for k, sid, turn, w in placed:
@@ -164,6 +164,12 @@ def trace(placed):
     moves = sum(1 for turns in by_session.values() for a, b in zip(sorted(turns), sorted(turns)[1:]) if a[1] != b[1])
     print("  per prompt:", {k: dict(sorted(v.items())) for k, v in sorted(by_prompt.items())}, file=sys.stderr)
     print(f"  moves mid-session: {moves}", file=sys.stderr)
+    if sessions:
+        # In the order they started: the prompt, then the worker of each turn.
+        starts = [(sid, k) for k, sid, turn, _ in placed if turn == 0]
+        for i, (sid, k) in enumerate(starts):
+            ws = " ".join(w for _, w in sorted(by_session[sid]))
+            print(f"  #{i:<2} prompt {k}: {ws}", file=sys.stderr)
 
 
 def run(args, name, exe=None, policy=None, replicas=1):
@@ -277,6 +283,8 @@ def main():
     ap.add_argument("--json", help="also write the rows here")
     ap.add_argument("--stream", action="store_true", help="stream the answers (SSE)")
     ap.add_argument("--trace", action="store_true", help="print where each system prompt's requests went")
+    ap.add_argument("--trace-sessions", action="store_true",
+                    help="--trace, and each session's worker per turn, in the order sessions started")
     ap.add_argument("--kv-events", action="store_true",
                     help="workers cache token blocks and publish vLLM KV events (for kv_aware)")
     ap.add_argument("--kv-encoding", default="tagged", choices=["tagged", "map", "positional"],
