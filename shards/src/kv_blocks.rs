@@ -5,7 +5,7 @@
 //! `PYTHONHASHSEED`).
 
 use crate::worker::WorkerId;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 /// Where a block lives on its worker: what it costs to use it again differs
 /// (`--kv-penalty-host`, `--kv-penalty-disk`, `--kv-penalty-external`).
@@ -117,23 +117,25 @@ pub enum ExtraKeyItem<'a> {
 
 /// A name for one block's extra keys, mixed into its parent's name ([`with_extra`]).
 /// Each item is tagged and length-prefixed, so `("ab",)` and `("a", "b")` differ.
+/// Streamed, not gathered into a buffer: a shard names a salted request's chain with
+/// it, and xxh3's streaming digest equals the one-shot digest of the same bytes.
 pub fn extra_key_hash<'a>(items: impl IntoIterator<Item = ExtraKeyItem<'a>>) -> u64 {
-    let mut buf = Vec::with_capacity(64);
+    let mut h = Xxh3::new();
     for item in items {
         let (tag, bytes): (u8, &[u8]) = match item {
             ExtraKeyItem::Text(s) => (b's', s.as_bytes()),
             ExtraKeyItem::Bytes(b) => (b'b', b),
             ExtraKeyItem::Int(i) => {
-                buf.push(b'i');
-                buf.extend_from_slice(&i.to_le_bytes());
+                h.update(b"i");
+                h.update(&i.to_le_bytes());
                 continue;
             }
         };
-        buf.push(tag);
-        buf.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-        buf.extend_from_slice(bytes);
+        h.update(&[tag]);
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
     }
-    xxh3_64(&buf)
+    h.digest()
 }
 
 /// The parent a block with extra keys (named by [`extra_key_hash`]) chains from: vLLM
@@ -245,6 +247,11 @@ mod tests {
         let two = extra_key_hash([ExtraKeyItem::Text("a"), ExtraKeyItem::Text("b")]);
         assert_ne!(one, two);
         assert_ne!(one, extra_key_hash([ExtraKeyItem::Bytes(b"ab")]));
+        // The layout: a tag, the length, the bytes.
+        let mut bytes = b"s".to_vec();
+        bytes.extend_from_slice(&2u64.to_le_bytes());
+        bytes.extend_from_slice(b"ab");
+        assert_eq!(one, xxh3_64(&bytes));
     }
 
     #[test]

@@ -151,7 +151,7 @@ impl SourceBlocks {
                 let n = block_hashes.len();
                 // An adapter's blocks carry its name in every block's extra keys (vLLM
                 // since early 2026), or are named by `lora_name` as vLLM hashes them.
-                let adapter = lora_name.as_deref().filter(|_| *lora);
+                let adapter = lora_name.as_deref();
                 let why = if *lora && adapter.is_none() && extra.is_empty() {
                     Some(Rejected::Adapter)
                 } else if *special {
