@@ -98,14 +98,52 @@ pub struct Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        // A failing test says what its programs were doing: a request that hung shows
+        // which threads sat where (io_uring_enter: parked, waiting for a wakeup).
+        if std::thread::panicking() {
+            eprintln!("{}", self.post_mortem());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// Log lines a failing test prints per program: the recent past is what explains it.
+const POST_MORTEM_LINES: usize = 30;
+
 impl Proc {
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Its threads (name, state, kernel wait channel) and the end of its log.
+    fn post_mortem(&self) -> String {
+        let pid = self.child.id();
+        let mut out = format!("--- pid {pid} on port {}: threads", self.port);
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten();
+        for task in tasks.flatten() {
+            let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+            let stat = read("stat");
+            // The state follows the parenthesised name.
+            let state = stat.rsplit(") ").next().and_then(|r| r.split(' ').next());
+            out.push_str(&format!(
+                "\n  {} {} {}",
+                read("comm").trim(),
+                state.unwrap_or("?"),
+                read("wchan")
+            ));
+        }
+        if let Some(log) = &self.log {
+            let lines = log.lines.0.lock().unwrap_or_else(|e| e.into_inner());
+            let from = lines.len().saturating_sub(POST_MORTEM_LINES);
+            out.push_str(&format!("\n--- pid {pid}: last log lines"));
+            for l in &lines[from..] {
+                out.push_str(&format!("\n  {l}"));
+            }
+        }
+        out
     }
 
     pub fn signal(&self, sig: &str) {
