@@ -5,6 +5,16 @@
 
 pub use crate::worker::{MooncakeBootstrap, WorkerId, WorkerInFlight, WorkerRole, WorkerSpec};
 
+/// A decision one shard tells the others: this text (cache_aware) or session name
+/// (sticky sessions) went to this worker. `at` is when: the shards share one process
+/// clock, and a report that arrives late must not pass for news (cache_aware's pin).
+#[derive(Clone, Debug)]
+pub struct RoutedText {
+    pub worker: WorkerId,
+    pub text: std::sync::Arc<str>,
+    pub at: std::time::Instant,
+}
+
 /// A change to a shard's view, sent by the control core.
 #[derive(Clone, Debug)]
 pub enum Delta {
@@ -30,7 +40,7 @@ pub enum Delta {
     StartupWait(Option<std::sync::Arc<str>>),
     /// Other shards routed these texts to these workers (cache_aware trees). One batch
     /// is shared by every receiving shard.
-    CacheInserts(std::sync::Arc<Vec<(WorkerId, std::sync::Arc<str>)>>),
+    CacheInserts(std::sync::Arc<Vec<RoutedText>>),
     /// A worker's KV blocks changed (kv_aware: from its KV events).
     KvBlocks(std::sync::Arc<crate::kv_blocks::KvBlockDelta>),
     /// Other shards noted these blocks provisionally on these workers (kv_aware). One
@@ -89,7 +99,7 @@ pub enum Report {
     /// What this shard routed where since its last batch (forwarded to the others).
     CacheInserts {
         shard: usize,
-        inserts: Vec<(WorkerId, std::sync::Arc<str>)>,
+        inserts: Vec<RoutedText>,
     },
     /// kv_aware's provisional copies noted here since the last batch (forwarded to
     /// the other shards).

@@ -4,7 +4,7 @@ use crate::admin_waiters::AdminWaiters;
 use crate::admission::Admission;
 use crate::config::ShardConfig;
 use crate::deadline::Deadlines;
-use crate::messages::{Delta, Report};
+use crate::messages::{Delta, Report, RoutedText};
 use crate::metrics::ShardMetrics;
 use crate::policy::{Policy, Random};
 use crate::pool::Pool;
@@ -50,7 +50,7 @@ pub struct Shard {
     /// cache_aware inserts not yet reported: sent as one batch [`INSERT_FLUSH_DELAY`]
     /// after the first, so a request never costs a channel wake-up or a doorbell on
     /// the other shards of its own.
-    pub pending_inserts: RefCell<Vec<(WorkerId, std::sync::Arc<str>)>>,
+    pub pending_inserts: RefCell<Vec<RoutedText>>,
     /// kv_aware's provisional copies for the other shards, sent with the inserts.
     pub pending_provisional: RefCell<Vec<crate::kv_blocks::ProvisionalBlocks>>,
     /// Rung when `pending_inserts` or `pending_provisional` stops being empty: the
@@ -80,8 +80,8 @@ impl Shard {
             Delta::AdminReply { token, reply } => self.admin.fulfil(*token, reply.clone()),
             Delta::CacheInserts(batch) => {
                 self.metrics.borrow_mut().shared_inserts += batch.len() as u64;
-                for (worker, text) in batch.iter() {
-                    self.for_policies_of(*worker, |p| p.remote_insert(*worker, text));
+                for r in batch.iter() {
+                    self.for_policies_of(r.worker, |p| p.remote_insert(r.worker, &r.text, r.at));
                 }
             }
             Delta::KvProvisional(batch) => {
@@ -249,8 +249,9 @@ impl Shard {
     }
 
     /// Queues a cache_aware insert for the other shards.
-    pub fn queue_insert(&self, insert: (WorkerId, std::sync::Arc<str>)) {
-        self.queue_shared(&self.pending_inserts, insert);
+    pub fn queue_insert(&self, (worker, text): (WorkerId, std::sync::Arc<str>)) {
+        let at = std::time::Instant::now();
+        self.queue_shared(&self.pending_inserts, RoutedText { worker, text, at });
     }
 
     /// Queues kv_aware's provisional copies for the other shards.

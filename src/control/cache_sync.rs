@@ -4,14 +4,14 @@
 
 use super::state::ControlState;
 use shards::kv_blocks::ProvisionalBlocks;
-use shards::messages::{Delta, WorkerId};
+use shards::messages::{Delta, RoutedText};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// One shard's batch of inserts goes to every other shard (one shared copy).
-pub fn forward_inserts(s: &ControlState, from: usize, inserts: Vec<(WorkerId, Arc<str>)>) {
+pub fn forward_inserts(s: &ControlState, from: usize, inserts: Vec<RoutedText>) {
     let batch = Arc::new(inserts);
     to_others(s, from, || Delta::CacheInserts(batch.clone()));
 }

@@ -39,6 +39,7 @@ use super::{Policy, PolicyKind, RouteInput};
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
 use std::sync::Arc;
+use std::time::Instant;
 use xxhash_rust::xxh3::xxh3_64;
 
 /// How much of a request's text is used for routing. A prefix this long already tells
@@ -189,7 +190,7 @@ impl CacheAware {
         if shared >= key_len {
             // Other requests start the same way: the key gets a home of its own.
             let holder = sole_holder(&self.matches, key_len);
-            self.homes.note_shared(key, holder);
+            self.homes.note_shared(key, holder, Instant::now());
         }
         let placed = self
             .homes
@@ -362,19 +363,20 @@ impl Policy for CacheAware {
         self.pending_insert.take()
     }
 
-    fn remote_insert(&mut self, worker: WorkerId, text: &str) {
+    fn remote_insert(&mut self, worker: WorkerId, text: &str, at: Instant) {
         self.tree.insert(text.as_bytes(), worker);
         // Another shard's request may make a key shared here too: every shard then
-        // knows the same shared keys and gives them the same homes.
+        // knows the same shared keys and gives them the same homes. At the time that
+        // shard routed it: a late report must not take the pin from a newer key.
         let key = placement_key(text);
         if self.homes.is_shared(key) {
-            self.homes.note_shared(key, None);
+            self.homes.note_shared(key, None, at);
         } else {
             let shared = self.tree.matches(text.as_bytes(), &mut self.matches);
             let key_len = text.len().min(PLACEMENT_KEY_BYTES);
             if shared >= key_len {
                 let holder = sole_holder(&self.matches, key_len);
-                self.homes.note_shared(key, holder);
+                self.homes.note_shared(key, holder, at);
             }
         }
         if self.tree.size_of(worker) > self.cfg.max_tree_size {

@@ -3,6 +3,7 @@ use super::*;
 use crate::codec::request::RequestHead;
 use crate::state::WorkerSet;
 use crate::worker::WorkerRole;
+use std::time::Instant;
 
 fn set(n: u32) -> WorkerSet {
     crate::state::test_workers(n)
@@ -76,8 +77,8 @@ fn a_conversation_stays_where_its_longer_prefix_is_cached() {
     let mut p = policy(&s, cfg());
     let system = "You answer questions about routing. ".repeat(10); // 360 bytes
     let conversation = format!("{system}{}", "user: and then? assistant: more. ".repeat(20));
-    p.remote_insert(1, &system);
-    p.remote_insert(2, &conversation);
+    p.remote_insert(1, &system, Instant::now());
+    p.remote_insert(2, &conversation, Instant::now());
     // The worker with the whole conversation has one request more in flight.
     s.get_mut(1).unwrap().in_flight = 1;
     s.get_mut(2).unwrap().in_flight = 2;
@@ -183,7 +184,7 @@ fn a_new_prompt_stays_where_its_first_request_went_when_it_becomes_shared() {
         let first = user(&mut x, p, "q0");
         // p's second request reaches y after x's report: p becomes shared there while
         // only `first` holds it, and stays there.
-        y.remote_insert(first, &first_text(p));
+        y.remote_insert(first, &first_text(p), Instant::now());
         assert_eq!(
             user(&mut y, p, "q1"),
             first,
@@ -191,9 +192,9 @@ fn a_new_prompt_stays_where_its_first_request_went_when_it_becomes_shared() {
         );
         // Without the pin (z learns p is shared some other way), its home is wherever
         // the even spread puts it.
-        z.remote_insert(first, &first_text(p));
+        z.remote_insert(first, &first_text(p), Instant::now());
         let key = placement_key(&format!("system: {}", system_prompt(p)));
-        z.homes.note_shared(key, None);
+        z.homes.note_shared(key, None, Instant::now());
         if user(&mut z, p, "q9") != first {
             moved_without_pin += 1;
         }
@@ -202,6 +203,57 @@ fn a_new_prompt_stays_where_its_first_request_went_when_it_becomes_shared() {
         moved_without_pin > 0,
         "the pin was never needed: the test tests nothing"
     );
+}
+
+#[test]
+fn a_late_report_of_an_older_prompt_does_not_move_a_newer_one() {
+    // Under load another shard's report can arrive tens of milliseconds late. Two
+    // prompts ranked best on the same worker: the newer one (pinned there, its burst
+    // under way) keeps it when the older one is learned late; a report that really
+    // is newer takes the pin, so the test can tell the two apart.
+    let s = set(4);
+    let view = s.view(WorkerRole::Regular, &[]);
+    let user = |p: &mut CacheAware, k: usize, q: &str| {
+        chat(p, &s, &[("system", &system_prompt(k)), ("user", q)])
+    };
+    let first_text = |k: usize| format!("system: {}\nuser: q0\n", system_prompt(k));
+    let best = |p: &CacheAware, k: usize| {
+        let key = placement_key(&first_text(k));
+        let w = view
+            .routable()
+            .max_by_key(|w| p.placement.score(key, w.spec.id));
+        w.unwrap().spec.id
+    };
+    let probe = policy(&s, cfg());
+    let (old, new) = (2000..2100)
+        .flat_map(|a| (a + 1..2100).map(move |b| (a, b)))
+        .find(|&(a, b)| best(&probe, a) == best(&probe, b))
+        .unwrap();
+    for late_is_older in [true, false] {
+        let mut y = policy(&s, cfg());
+        let routed_elsewhere = Instant::now();
+        let home = user(&mut y, new, "q0");
+        assert_eq!(
+            user(&mut y, new, "q1"),
+            home,
+            "the new prompt became shared"
+        );
+        let at = if late_is_older {
+            routed_elsewhere
+        } else {
+            Instant::now()
+        };
+        // Two of the older prompt's requests, routed by another shard: shared now.
+        let text = |q: &str| format!("system: {}\nuser: {q}\n", system_prompt(old));
+        y.remote_insert(best(&y, old), &text("q0"), at);
+        y.remote_insert(best(&y, old), &text("q1"), at);
+        let next = user(&mut y, new, "q2");
+        if late_is_older {
+            assert_eq!(next, home, "an older report moved the newer prompt");
+        } else {
+            assert_ne!(next, home, "a newer sole-held prompt takes the pin");
+        }
+    }
 }
 
 /// Three conversations on `system` make it a shared prompt; returns its home.
@@ -221,7 +273,7 @@ fn a_conversation_whose_last_turn_went_through_another_replica_goes_home() {
     // This router saw turn 1 elsewhere (a worker holding only its first question)...
     let other = (home + 1) % 4;
     let turn1 = format!("system: {system}\nuser: mine\n");
-    p.remote_insert(other, &turn1);
+    p.remote_insert(other, &turn1, Instant::now());
     // ...and not turn 2, which the other replica sent home: turn 3 follows it.
     let turn3 = [
         ("system", system.as_str()),
@@ -235,7 +287,11 @@ fn a_conversation_whose_last_turn_went_through_another_replica_goes_home() {
     // A conversation this router followed all along stays where it is, once its own
     // history outweighs the pull of the home (HOME_PULL).
     let long = "tell me everything about the first topic. ".repeat(20);
-    p.remote_insert(other, &format!("system: {system}\nuser: {long}\n"));
+    p.remote_insert(
+        other,
+        &format!("system: {system}\nuser: {long}\n"),
+        Instant::now(),
+    );
     let turn2 = [
         ("system", system.as_str()),
         ("user", long.as_str()),
@@ -254,7 +310,11 @@ fn a_conversation_that_started_away_from_home_comes_back_at_its_next_turn() {
     // Its first turn went elsewhere (before the prompt was known to be shared, or
     // over the cap), and that worker is no busier than the home.
     let other = (home + 1) % 4;
-    p.remote_insert(other, &format!("system: {system}\nuser: early\n"));
+    p.remote_insert(
+        other,
+        &format!("system: {system}\nuser: early\n"),
+        Instant::now(),
+    );
     s.get_mut(home).unwrap().in_flight = 1;
     s.get_mut(other).unwrap().in_flight = 1;
     let turn2 = [
@@ -267,7 +327,11 @@ fn a_conversation_that_started_away_from_home_comes_back_at_its_next_turn() {
     // A home two requests busier lets it stay.
     let mut q = policy(&s, cfg());
     share_prompt(&mut q, &s, &system);
-    q.remote_insert(other, &format!("system: {system}\nuser: early\n"));
+    q.remote_insert(
+        other,
+        &format!("system: {system}\nuser: early\n"),
+        Instant::now(),
+    );
     s.get_mut(home).unwrap().in_flight = 3;
     assert_eq!(chat(&mut q, &s, &turn2), other);
 }

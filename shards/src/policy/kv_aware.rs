@@ -257,7 +257,7 @@ impl Policy for KvAware {
         self.affinity.as_mut()?.take_pending()
     }
 
-    fn remote_insert(&mut self, worker: WorkerId, session: &str) {
+    fn remote_insert(&mut self, worker: WorkerId, session: &str, _at: Instant) {
         if let Some(a) = &mut self.affinity {
             a.remote(worker, session);
         }

@@ -175,8 +175,8 @@ pub trait Policy {
         None
     }
 
-    /// Another shard routed `text` to `worker`.
-    fn remote_insert(&mut self, _worker: WorkerId, _text: &str) {}
+    /// Another shard routed `text` to `worker` at `at`.
+    fn remote_insert(&mut self, _worker: WorkerId, _text: &str, _at: std::time::Instant) {}
 
     /// The blocks the last `pick` noted provisionally (kv_aware), for the other shards.
     fn take_provisional(&mut self) -> Option<crate::kv_blocks::ProvisionalBlocks> {

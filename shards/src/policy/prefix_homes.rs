@@ -23,16 +23,19 @@
 //! home would be once shared split such bursts whenever the shards differed on the set
 //! of keys, which a 2 ms report lag makes common.)
 //!
-//! A key that becomes shared while only one worker holds it is pinned there until the
-//! set of keys changes again: the shards of a router may briefly differ on the set (a
+//! A key that becomes shared while only one worker holds it is pinned there until a
+//! newer key becomes shared: the shards of a router may briefly differ on the set (a
 //! report in flight on a loaded machine), and the key's first requests must not split
-//! over two workers because of it. The next change of the set, which brings the
-//! lagging shard up to date, unpins it.
+//! over two workers because of it. A key learned from a report that arrives after the
+//! pin (another shard's request, older than the pinned key's) joins the spread and
+//! leaves the pin alone: under load reports lag by tens of milliseconds, and letting
+//! such a key take the pin split the burst under way on one shard only.
 
 use super::placement::{load_cap, Rendezvous};
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
 use std::collections::HashMap;
+use std::time::Instant;
 
 /// Shared keys remembered at most: a bound on memory and on the work of spreading
 /// them (keys x workers rank computations each time the set changes). Past it, the
@@ -51,6 +54,9 @@ pub struct PrefixHomes {
     counts: Vec<u32>,
     /// The key that became shared last, held by one worker then (see the module doc).
     pin: Option<(u64, WorkerId)>,
+    /// When the newest key known to be shared was first seen shared: an older key
+    /// learned late does not take the pin.
+    newest: Option<Instant>,
     /// The keys or the workers changed since the homes were computed.
     stale: bool,
     clock: u64,
@@ -60,8 +66,9 @@ pub struct PrefixHomes {
 
 impl PrefixHomes {
     /// Other requests start with `key` too; `holder` is the one worker holding it, if
-    /// only one does.
-    pub fn note_shared(&mut self, key: u64, holder: Option<WorkerId>) {
+    /// only one does; `at` is when the request that showed it was routed (now, or
+    /// another shard's reported time).
+    pub fn note_shared(&mut self, key: u64, holder: Option<WorkerId>, at: Instant) {
         self.clock += 1;
         if let Some(used) = self.keys.get_mut(&key) {
             *used = self.clock;
@@ -71,7 +78,10 @@ impl PrefixHomes {
             self.drop_oldest(MAX_KEYS / 8);
         }
         self.keys.insert(key, self.clock);
-        self.pin = holder.map(|w| (key, w));
+        if self.newest.is_none_or(|newest| at >= newest) {
+            self.newest = Some(at);
+            self.pin = holder.map(|w| (key, w));
+        }
         self.stale = true;
     }
 
@@ -280,7 +290,8 @@ mod tests {
     /// The homes the shards compute for `keys`, all shared.
     fn refreshed(view: &PoolView<'_>, rank: &Rendezvous, keys: &[u64]) -> PrefixHomes {
         let mut h = PrefixHomes::default();
-        keys.iter().for_each(|k| h.note_shared(*k, None));
+        keys.iter()
+            .for_each(|k| h.note_shared(*k, None, Instant::now()));
         h.refresh(rank, view);
         h
     }
@@ -383,14 +394,14 @@ mod tests {
     #[test]
     fn unused_keys_age_out_and_memory_stays_bounded() {
         let mut h = PrefixHomes::default();
-        h.note_shared(1, None);
-        h.note_shared(2, None);
+        h.note_shared(1, None, Instant::now());
+        h.note_shared(2, None, Instant::now());
         h.age();
-        h.note_shared(1, None);
+        h.note_shared(1, None, Instant::now());
         h.age();
         assert!(h.is_shared(1) && !h.is_shared(2));
         for k in 0..(MAX_KEYS as u64 * 3) {
-            h.note_shared(k, None);
+            h.note_shared(k, None, Instant::now());
             assert!(h.keys.len() <= MAX_KEYS);
         }
         assert!(h.is_shared(MAX_KEYS as u64 * 3 - 1));

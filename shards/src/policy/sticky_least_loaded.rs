@@ -133,8 +133,8 @@ impl Policy for StickyLeastLoaded {
         self.pending.take()
     }
 
-    fn remote_insert(&mut self, worker: WorkerId, session: &str) {
-        self.record(xxh3_64(session.as_bytes()), worker, Instant::now());
+    fn remote_insert(&mut self, worker: WorkerId, session: &str, at: Instant) {
+        self.record(xxh3_64(session.as_bytes()), worker, at);
     }
 
     fn finish_session(&mut self, session: &str) -> bool {
@@ -209,7 +209,7 @@ mod tests {
         assert_eq!(p.active.0.values().sum::<u32>(), 1);
         let mut other = StickyLeastLoaded::new(DEFAULT_SESSION_TTL);
         other.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
-        other.remote_insert(1, "b");
+        other.remote_insert(1, "b", Instant::now());
         assert_eq!(pick(&mut other, &set, Some("b")), 1);
     }
 }
