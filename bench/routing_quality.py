@@ -73,6 +73,7 @@ def start_router(exe, policy, worker_urls, procs):
                           "--health-check-interval-secs", "1"] + extra.split() + ["--worker-urls"] + worker_urls,
                          stdout=subprocess.DEVNULL, stderr=log)
     procs.append(r); wait_port(port, r, f"router {exe}")
+    prometheus = port_of_flag(r.args, "--prometheus-port")
     # A router serves once one worker is healthy; measure only once every worker is
     # (both routers say so in /workers).
     end = time.time() + 60
@@ -85,11 +86,68 @@ def start_router(exe, policy, worker_urls, procs):
                 # Ours: "healthy"; the published router: "is_healthy" per worker.
                 healthy = v.get("healthy", sum(1 for w in v.get("workers", []) if w.get("is_healthy")))
                 if healthy == len(worker_urls):
-                    return port
+                    return port, prometheus
         except (OSError, ValueError):
             pass
         time.sleep(0.1)
     sys.exit(f"router {exe}: not every worker became healthy; its log: {log.name}")
+
+
+def port_of_flag(argv, flag):
+    return int(argv[argv.index(flag) + 1])
+
+
+def sole_sender(prometheus):
+    """Our cache_aware router's verdict on whether it sends all of its workers'
+    requests (None until the workers' counters have said enough)."""
+    try:
+        text = get(f"http://127.0.0.1:{prometheus}", "/metrics")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("vllm_router_sole_sender "):
+            return float(line.split()[1]) == 1.0
+    return None
+
+
+def warm_up(args, routers, verdicts):
+    """Requests that are not the workload (short prompts, each its own), spread over the
+    routers, until every one of `verdicts` (our cache_aware routers' Prometheus
+    ports) says whether it is its workers' sole sender, and at least --warmup
+    requests: a router that has just started has not seen the workers' counters
+    grow. Every router gets the same warm-up, whatever its policy."""
+    sent, lock = [0], threading.Lock()
+    done = threading.Event()
+    deadline = time.time() + 30
+
+    def client(n):
+        conns = {}
+        while not done.is_set():
+            with lock:
+                i = sent[0]; sent[0] += 1
+            url = routers[i % len(routers)]
+            if url not in conns:
+                host, port = url.rsplit("/", 1)[-1].rsplit(":", 1)
+                conns[url] = http.client.HTTPConnection(host, int(port), timeout=60)
+            body = json.dumps({"model": "m", "max_tokens": 1,
+                               "messages": [{"role": "user", "content": f"warm-up {args.seed} {i}"}]})
+            conns[url].request("POST", "/v1/chat/completions", body, {"content-type": "application/json"})
+            conns[url].getresponse().read()
+        for c in conns.values():
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads: t.start()
+    try:
+        while time.time() < deadline:
+            if sent[0] >= args.warmup and all(sole_sender(p) is not None for p in verdicts):
+                break
+            time.sleep(0.1)
+        else:
+            sys.exit("warm-up: a router never said whether it is the sole sender")
+    finally:
+        done.set()
+        for t in threads: t.join()
 
 
 def stream_text(data):
@@ -179,16 +237,17 @@ def run(args, name, exe=None, policy=None, replicas=1):
         if exe is None:  # the oracle: pinned by system prompt, no router
             route = lambda k, turn: workers[k % len(workers)]
         else:
-            routers = [f"http://127.0.0.1:{start_router(exe, policy, workers, procs)}" for _ in range(replicas)]
+            started = [start_router(exe, policy, workers, procs) for _ in range(replicas)]
+            routers = [f"http://127.0.0.1:{port}" for port, _ in started]
+            ours_cache_aware = name == "ours" and policy.partition(":")[0] == "cache_aware"
+            if args.warmup:
+                warm_up(args, routers, [p for _, p in started] if ours_cache_aware else [])
             route = lambda k, turn: routers[turn % len(routers)]
+        before = worker_counters(workers)
         latencies = drive(args, route)
-        hits = queries = 0.0
-        counts = []
-        for p in workers:
-            text = get(p, "/metrics")
-            hits += metric(text, "vllm:prefix_cache_hits_total")
-            queries += metric(text, "vllm:prefix_cache_queries_total")
-            counts.append(json.loads(get(p, "/mock/stats"))["generation_requests"])
+        after = worker_counters(workers)
+        hits, queries = (after[i] - before[i] for i in range(2))
+        counts = [a - b for a, b in zip(after[2], before[2])]
         latencies.sort()
         return {
             "router": name, "policy": policy or "pinned by system prompt", "replicas": replicas,
@@ -205,6 +264,18 @@ def run(args, name, exe=None, policy=None, replicas=1):
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+def worker_counters(workers):
+    """The workers' prefix-cache hits and queries (tokens, summed) and requests each."""
+    hits = queries = 0.0
+    counts = []
+    for p in workers:
+        text = get(p, "/metrics")
+        hits += metric(text, "vllm:prefix_cache_hits_total")
+        queries += metric(text, "vllm:prefix_cache_queries_total")
+        counts.append(json.loads(get(p, "/mock/stats"))["generation_requests"])
+    return hits, queries, counts
 
 
 def table(args):
@@ -277,6 +348,10 @@ def main():
     ap.add_argument("--prefill-us-per-block", type=int, default=300)
     ap.add_argument("--token-delay-us", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=64,
+                    help="requests (short prompts, each its own) through each run's routers before the "
+                         "workload, at least; and until our cache_aware knows whether it is its workers' "
+                         "sole sender. 0: none")
     ap.add_argument("--bin", default=RELEASE)
     ap.add_argument("--fixed-port", type=int, default=0,
                     help="workers on 127.0.0.2, .3, ... at this port: the same URLs every run")

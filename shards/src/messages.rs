@@ -54,6 +54,10 @@ pub enum Delta {
     },
     /// What the other shards have in flight, per worker (absent: nothing).
     Loads(Vec<WorkerInFlight>),
+    /// Whether the workers' own counters say this router sends all of their requests
+    /// (no other replica places requests on them): cache_aware's homes may then follow
+    /// its traffic. Assumed false until said.
+    SoleSender(bool),
     /// The control core's answer to a `Report::Admin`.
     AdminReply {
         token: u64,

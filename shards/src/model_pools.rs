@@ -15,6 +15,8 @@ use std::collections::HashMap;
 #[derive(Default)]
 pub struct ModelPools {
     policies: HashMap<String, Box<dyn Policy>>,
+    /// The last `Delta::SoleSender`, for policies made after it.
+    sole_sender: bool,
 }
 
 impl ModelPools {
@@ -29,6 +31,7 @@ impl ModelPools {
         if !self.policies.contains_key(model) {
             let seed = shard as u64 + 1 + self.policies.len() as u64 * 7919;
             let mut p = kind.build(seed, options, WorkerRole::Regular);
+            p.set_sole_sender(self.sole_sender);
             p.on_workers_changed(&workers.view_serving(WorkerRole::Regular, &[], model));
             self.policies.insert(model.to_string(), p);
         }
@@ -90,6 +93,14 @@ impl ModelPools {
             if let Some(p) = self.policies.get_mut(model) {
                 p.kv_blocks(delta);
             }
+        }
+    }
+
+    /// Whether this router sends all of its workers' requests, for every model.
+    pub fn set_sole_sender(&mut self, sole: bool) {
+        self.sole_sender = sole;
+        for p in self.policies.values_mut() {
+            p.set_sole_sender(sole);
         }
     }
 

@@ -99,6 +99,12 @@ impl Shard {
                 }
             }
             Delta::Loads(loads) => self.workers.borrow_mut().set_remote_loads(loads),
+            Delta::SoleSender(sole) => {
+                for p in &self.policies {
+                    p.borrow_mut().set_sole_sender(*sole);
+                }
+                self.model_pools.borrow_mut().set_sole_sender(*sole);
+            }
             Delta::Health { id, healthy } => self.workers.borrow_mut().set_health(*id, *healthy),
             Delta::Breaker {
                 id,

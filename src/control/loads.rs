@@ -94,5 +94,6 @@ pub async fn scrape_loop(state: Rc<RefCell<ControlState>>, timeout: Duration) {
                 }
             }
         }
+        state.borrow_mut().end_scrape_round();
     }
 }

@@ -84,6 +84,14 @@ impl Aggregator {
         sum.into_values().filter(busy).collect()
     }
 
+    /// Requests the policy sent to `id`, summed over shards (as of their last reports).
+    pub fn decisions(&self, id: WorkerId) -> u64 {
+        self.shards
+            .values()
+            .map(|m| m.decisions.get(&id).copied().unwrap_or(0))
+            .sum()
+    }
+
     pub fn processed(&self, id: WorkerId) -> u64 {
         self.shards
             .values()
@@ -130,6 +138,9 @@ pub struct ControlView<'a> {
     pub kv: &'a super::kv_events::stats::KvStats,
     /// The pool kv_aware prices by blocks, if any.
     pub kv_stage: Option<shards::messages::WorkerRole>,
+    /// Whether the workers' counters say this router sends all of their requests
+    /// (None while they have said too little).
+    pub sole_sender: Option<bool>,
 }
 
 /// One sample per registered worker.
@@ -265,6 +276,16 @@ fn worker_families(
         ));
     }
     if policy == "cache_aware" {
+        if let Some(sole) = view.sole_sender {
+            families.push(family(
+                "vllm_router_sole_sender",
+                "1 while the workers' own request counters say this router sends all of their \
+                 requests (no other replica does): cache_aware's prompt homes then follow its \
+                 traffic. Absent until the workers have taken 32 requests in 10 s.",
+                MetricType::GAUGE,
+                vec![(vec![], f64::from(u8::from(sole)))],
+            ));
+        }
         families.push(family(
             "vllm_router_cache_hits_total",
             "cache_aware decisions that followed a cached prefix.",

@@ -53,6 +53,7 @@ fn answer(state: &Rc<RefCell<ControlState>>, req: &Request<Incoming>) -> Respons
                 discovery: [s.discovery_updates, s.discovery_added, s.discovery_removed],
                 reloads: s.reloads,
                 kv: &s.kv,
+                sole_sender: s.sole.state(),
             });
             (
                 StatusCode::OK,

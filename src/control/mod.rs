@@ -24,6 +24,7 @@ mod pd_metrics;
 pub mod registry;
 pub mod reload;
 pub mod scrape;
+mod sole_sender;
 mod state;
 mod status;
 mod summary_window;
@@ -276,6 +277,7 @@ fn initial_state(
         discovery_added: 0,
         discovery_removed: 0,
         kv: Default::default(),
+        sole: Default::default(),
         reloads: [0, 0],
     })
 }

@@ -3,6 +3,8 @@
 //! `vllm:kv_cache_usage_perc`, kept for the admin view). Other routers and direct
 //! clients show up there; the difference to our own in-flight count is added to every
 //! shard's load view. A worker without `/metrics` simply adds nothing.
+//! `vllm:request_success_total` (every request the worker finished, by reason) tells
+//! whether this router sends all of the workers' traffic (`sole_sender`).
 
 use super::http::{get, Get};
 use std::net::SocketAddr;
@@ -14,6 +16,8 @@ pub struct WorkerLoad {
     pub running: f64,
     pub waiting: f64,
     pub kv_cache_usage: f64,
+    /// Requests the worker has finished since it started (None: it does not say).
+    pub finished: Option<f64>,
 }
 
 /// Largest `/metrics` answer read (vLLM's is tens of KiB).
@@ -49,6 +53,7 @@ pub fn parse(text: &str) -> WorkerLoad {
         match name {
             "vllm:num_requests_running" => load.running += value,
             "vllm:num_requests_waiting" => load.waiting += value,
+            "vllm:request_success_total" => *load.finished.get_or_insert(0.0) += value,
             "vllm:kv_cache_usage_perc" | "vllm:gpu_cache_usage_perc" => {
                 load.kv_cache_usage = load.kv_cache_usage.max(value)
             }
@@ -67,14 +72,24 @@ mod tests {
         let text = "# HELP x\nvllm:num_requests_running{model_name=\"m\",engine=\"0\"} 3.0\n\
                     vllm:num_requests_running{model_name=\"m\",engine=\"1\"} 2.0\n\
                     vllm:num_requests_waiting{model_name=\"m\"} 4\n\
-                    vllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\nother 9\n";
+                    vllm:kv_cache_usage_perc{model_name=\"m\"} 0.25\nother 9\n\
+                    vllm:request_success_total{finished_reason=\"stop\"} 7\n\
+                    vllm:request_success_total{finished_reason=\"abort\"} 2\n\
+                    vllm:request_success_created{finished_reason=\"stop\"} 1.7e9\n";
         assert_eq!(
             parse(text),
             WorkerLoad {
                 running: 5.0,
                 waiting: 4.0,
-                kv_cache_usage: 0.25
+                kv_cache_usage: 0.25,
+                finished: Some(9.0),
             }
         );
+    }
+
+    #[test]
+    fn a_worker_without_the_success_counter_says_nothing_about_finished_requests() {
+        let text = "vllm:num_requests_running 1\n";
+        assert_eq!(parse(text).finished, None);
     }
 }

@@ -43,6 +43,8 @@ pub struct ControlState {
     pub reloads: [u64; 2],
     /// KV event ingestion counters (kv_aware).
     pub kv: super::kv_events::stats::KvStats,
+    /// Whether this router sends all of its workers' traffic (their counters say).
+    pub sole: super::sole_sender::SoleSender,
 }
 
 impl ControlState {
@@ -87,13 +89,41 @@ impl ControlState {
             return false;
         }
         let Some(load) = found else {
+            self.sole.forget(id);
             self.scraped.remove(&id);
             return self.external.remove(&id).is_some_and(|n| n > 0);
         };
         let ours = self.metrics.load(id) as f64;
         let external = (load.running + load.waiting - ours).max(0.0) as u32;
+        match load.finished {
+            Some(finished) => {
+                let taken = finished + load.running + load.waiting;
+                self.sole.note(id, taken, self.sent_to_server_of(id) as f64);
+            }
+            None => self.sole.forget(id),
+        }
         self.scraped.insert(id, load);
         self.external.insert(id, external) != Some(external)
+    }
+
+    /// Requests this router sent to the server `id` runs on (every data-parallel rank
+    /// of its base URL: they share one `/metrics`).
+    fn sent_to_server_of(&self, id: WorkerId) -> u64 {
+        let Some(base) = self.registry.get(id).map(|w| &w.base_url) else {
+            return 0;
+        };
+        let ranks = self.registry.workers.iter().filter(|w| &w.base_url == base);
+        ranks.map(|w| self.metrics.decisions(w.spec.id)).sum()
+    }
+
+    /// Closes a round of scrapes and tells the shards when the sole-sender verdict
+    /// changed.
+    pub fn end_scrape_round(&mut self) {
+        if let Some(sole) = self.sole.end_round() {
+            let share = if sole { "all" } else { "not all" };
+            shards::info!("the workers' counters say this router sends {share} of their requests");
+            self.broadcast(Delta::SoleSender(sole));
+        }
     }
 
     /// Sets the health of every rank of `base` and tells the shards.
@@ -193,6 +223,7 @@ mod tests {
             discovery_removed: 0,
             reloads: [0, 0],
             kv: Default::default(),
+            sole: Default::default(),
         }
     }
 
@@ -201,6 +232,7 @@ mod tests {
             running: 3.0,
             waiting: 2.0,
             kv_cache_usage: 0.5,
+            finished: None,
         })
     }
 

@@ -261,7 +261,9 @@ async fn generate(shared: &Shared, c: &mut Conn, chat: bool) -> bool {
         }
     };
     shared.running.fetch_sub(1, Ordering::Relaxed);
-    if !finished {
+    if finished {
+        shared.completed.fetch_add(1, Ordering::Relaxed);
+    } else {
         shared.cancelled.fetch_add(1, Ordering::Relaxed);
     }
     finished
@@ -437,11 +439,17 @@ fn metrics_text(shared: &Shared) -> String {
          vllm:prefix_cache_queries_total{{model_name=\"{m}\"}} {}\n\
          # HELP vllm:prefix_cache_hits_total Prefix cache hits, in terms of number of cached tokens.\n\
          # TYPE vllm:prefix_cache_hits_total counter\n\
-         vllm:prefix_cache_hits_total{{model_name=\"{m}\"}} {}\n",
+         vllm:prefix_cache_hits_total{{model_name=\"{m}\"}} {}\n\
+         # HELP vllm:request_success_total Count of successfully processed requests.\n\
+         # TYPE vllm:request_success_total counter\n\
+         vllm:request_success_total{{finished_reason=\"length\",model_name=\"{m}\"}} {}\n\
+         vllm:request_success_total{{finished_reason=\"abort\",model_name=\"{m}\"}} {}\n",
         shared.running(),
         usage,
         queries,
         hits,
+        shared.completed.load(Ordering::Relaxed),
+        shared.cancelled.load(Ordering::Relaxed),
     )
 }
 

@@ -20,6 +20,8 @@ pub struct Shared {
     pub name: String,
     pub running: AtomicI64,
     pub generation_requests: AtomicU64,
+    /// Generation requests answered to the end (`vllm:request_success_total`).
+    pub completed: AtomicU64,
     pub cancelled: AtomicU64,
     pub cache: Mutex<PrefixCache>,
     /// `--kv-events-port`: the token-block cache that publishes KV events; it then
@@ -48,6 +50,7 @@ impl Shared {
             cfg,
             running: AtomicI64::new(0),
             generation_requests: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             by_path: Mutex::new(HashMap::new()),
             recent: Mutex::new(VecDeque::new()),

@@ -355,8 +355,13 @@ impl Policy for CacheAware {
             }
             best.worker.spec.id
         };
+        self.homes.note_routed(key, chosen);
         self.insert(chosen, len);
         Some(chosen)
+    }
+
+    fn set_sole_sender(&mut self, sole: bool) {
+        self.homes.set_follow_traffic(sole);
     }
 
     fn take_insert(&mut self) -> Option<(WorkerId, Arc<str>)> {
@@ -379,6 +384,7 @@ impl Policy for CacheAware {
                 self.homes.note_shared(key, holder, at);
             }
         }
+        self.homes.note_routed(key, worker);
         if self.tree.size_of(worker) > self.cfg.max_tree_size {
             self.tree.evict(worker, self.cfg.max_tree_size / 10 * 9);
         }

@@ -175,6 +175,9 @@ pub trait Policy {
         None
     }
 
+    /// Whether this router sends all of its workers' requests (`Delta::SoleSender`).
+    fn set_sole_sender(&mut self, _sole: bool) {}
+
     /// Another shard routed `text` to `worker` at `at`.
     fn remote_insert(&mut self, _worker: WorkerId, _text: &str, _at: std::time::Instant) {}
 

@@ -30,10 +30,20 @@
 //! pin (another shard's request, older than the pinned key's) joins the spread and
 //! leaves the pin alone: under load reports lag by tens of milliseconds, and letting
 //! such a key take the pin split the burst under way on one shard only.
+//!
+//! While the workers' counters say this router sends all of their requests
+//! ([`PrefixHomes::set_follow_traffic`]), the homes follow its traffic instead of the
+//! rank alone: a worker is kept by the key that sent it the most requests, a key
+//! prefers the worker it sent the most to, and the floor moves the key with the fewest
+//! requests at its home. Conversations started at a home stay there (they are cached
+//! there), so a key whose home moves leaves load behind; following the traffic moves
+//! the keys that left the least. Replicas would count differently (each sees only its
+//! own requests), so with more than one sender the homes depend on the keys alone.
 
 use super::placement::{load_cap, Rendezvous};
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -57,6 +67,11 @@ pub struct PrefixHomes {
     /// When the newest key known to be shared was first seen shared: an older key
     /// learned late does not take the pin.
     newest: Option<Instant>,
+    /// Per shared key: requests routed to each worker since it became shared (this
+    /// shard's and the others'), for homes that follow the traffic.
+    traffic: HashMap<u64, SmallVec<[(WorkerId, u32); 4]>>,
+    /// Homes follow the traffic: this router sends all of the workers' requests.
+    follow: bool,
     /// The keys or the workers changed since the homes were computed.
     stale: bool,
     clock: u64,
@@ -109,6 +124,7 @@ impl PrefixHomes {
         let before = self.keys.len();
         self.keys.retain(|_, used| *used > since);
         if self.keys.len() != before {
+            self.traffic.retain(|k, _| self.keys.contains_key(k));
             self.stale = true;
             self.pin = None;
         }
@@ -120,8 +136,38 @@ impl PrefixHomes {
         let (_, cut, _) = ages.select_nth_unstable(nth);
         let cut = *cut;
         self.keys.retain(|_, used| *used > cut);
+        self.traffic.retain(|k, _| self.keys.contains_key(k));
         self.stale = true;
         self.pin = None;
+    }
+
+    /// A request of `key` went to `worker`: counted while `key` is shared.
+    pub fn note_routed(&mut self, key: u64, worker: WorkerId) {
+        if !self.keys.contains_key(&key) {
+            return;
+        }
+        let counts = self.traffic.entry(key).or_default();
+        match counts.iter_mut().find(|(w, _)| *w == worker) {
+            Some((_, n)) => *n = n.saturating_add(1),
+            None => counts.push((worker, 1)),
+        }
+    }
+
+    /// Whether homes follow the traffic (the router sends all of its workers'
+    /// requests); they are computed again when it changes.
+    pub fn set_follow_traffic(&mut self, follow: bool) {
+        self.stale |= self.follow != follow;
+        self.follow = follow;
+    }
+
+    /// Requests of `key` routed to `worker`, as far as homes count them: none unless
+    /// they follow the traffic.
+    fn sent(&self, key: u64, worker: WorkerId) -> u32 {
+        if !self.follow {
+            return 0;
+        }
+        let counts = self.traffic.get(&key).map_or(&[][..], |c| &c[..]);
+        counts.iter().find(|(w, _)| *w == worker).map_or(0, |c| c.1)
     }
 
     /// Computes the homes again when the keys or workers changed: as many keys as
@@ -146,16 +192,20 @@ impl PrefixHomes {
         let pin = self
             .pin
             .filter(|(k, w)| self.keys.contains_key(k) && workers.routable_get(*w).is_some());
-        // (worker, claim, key): each key's best-ranked worker and how strongly it
-        // ranks there; the pinned key claims its holder before any other.
-        let mut first: Vec<(WorkerId, u64, u64)> = self
+        // (worker, claim, key): each key's first choice (the worker it sent the most
+        // requests to, when homes follow the traffic; else, and on a tie, its
+        // best-ranked) and how strongly it claims it; the pinned key claims its holder
+        // before any other.
+        let claim = |key: u64, w: WorkerId| (self.sent(key, w), rank.score(key, w));
+        let mut first: Vec<(WorkerId, (u32, u64), u64)> = self
             .keys
             .keys()
             .filter_map(|&key| match pin {
-                Some((k, w)) if k == key => Some((w, u64::MAX, key)),
+                Some((k, w)) if k == key => Some((w, (u32::MAX, u64::MAX), key)),
                 _ => {
-                    let best = best_under(key, rank, workers, u64::MAX)?.spec.id;
-                    Some((best, rank.score(key, best), key))
+                    let ids = workers.routable().map(|w| w.spec.id);
+                    let best = ids.max_by_key(|&w| claim(key, w))?;
+                    Some((best, claim(key, best), key))
                 }
             })
             .collect();
@@ -176,7 +226,9 @@ impl PrefixHomes {
                 .filter(|w| count(&self.counts, w.spec.id) < share)
                 .min_by_key(|w| {
                     let homed = count(&self.counts, w.spec.id);
-                    (homed, std::cmp::Reverse(rank.score(key, w.spec.id)))
+                    let id = w.spec.id;
+                    let claim = (self.sent(key, id), rank.score(key, id));
+                    (homed, std::cmp::Reverse(claim))
                 });
             if let Some(home) = home {
                 self.homes.push((key, home.spec.id));
@@ -189,7 +241,9 @@ impl PrefixHomes {
 
     /// No worker is home to fewer than `floor(keys / workers)` keys: one key at a
     /// time, of all keys homed on workers above the floor (the pinned one excepted)
-    /// and all workers below it, the pair that ranks highest moves.
+    /// and all workers below it, the pair that ranks highest moves (following the
+    /// traffic: the key that sent its home the fewest requests, then the most to the
+    /// worker it moves to).
     fn lift_to_floor(&mut self, rank: &Rendezvous, workers: &PoolView<'_>, pin: Option<u64>) {
         let floor = (self.homes.len() / workers.routable_count()) as u32;
         loop {
@@ -201,13 +255,14 @@ impl PrefixHomes {
             if needy.is_empty() {
                 return;
             }
-            let mut best: Option<(u64, usize, WorkerId)> = None;
+            let mut best: Option<(MoveClaim, usize, WorkerId)> = None;
             for (i, &(key, from)) in self.homes.iter().enumerate() {
                 if Some(key) == pin || count(&self.counts, from) <= floor {
                     continue;
                 }
+                let left = std::cmp::Reverse(self.sent(key, from));
                 for &to in &needy {
-                    let s = rank.score(key, to);
+                    let s = (left, self.sent(key, to), rank.score(key, to));
                     if best.is_none_or(|(b, _, _)| s > b) {
                         best = Some((s, i, to));
                     }
@@ -249,6 +304,10 @@ impl PrefixHomes {
     }
 }
 
+/// How strongly a key should move to a worker below the floor, highest first: the
+/// fewest requests left at its home, the most sent where it goes, then the rank.
+type MoveClaim = (std::cmp::Reverse<u32>, u32, u64);
+
 fn count(counts: &[u32], id: WorkerId) -> u32 {
     counts.get(id as usize).copied().unwrap_or(0)
 }
@@ -275,135 +334,5 @@ fn best_under<'a>(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::state::{test_workers, WorkerSet};
-    use crate::worker::WorkerRole;
-
-    fn ranked(set: &WorkerSet) -> (PoolView<'_>, Rendezvous) {
-        let view = set.view(WorkerRole::Regular, &[]);
-        let mut rank = Rendezvous::default();
-        rank.on_workers_changed(&view);
-        (view, rank)
-    }
-
-    /// The homes the shards compute for `keys`, all shared.
-    fn refreshed(view: &PoolView<'_>, rank: &Rendezvous, keys: &[u64]) -> PrefixHomes {
-        let mut h = PrefixHomes::default();
-        keys.iter()
-            .for_each(|k| h.note_shared(*k, None, Instant::now()));
-        h.refresh(rank, view);
-        h
-    }
-
-    fn best_ranked(view: &PoolView<'_>, rank: &Rendezvous, key: u64) -> WorkerId {
-        let w = view.routable().max_by_key(|w| rank.score(key, w.spec.id));
-        w.unwrap().spec.id
-    }
-
-    fn homes_of(set: &WorkerSet, keys: &[u64]) -> Vec<String> {
-        let (view, rank) = ranked(set);
-        let mut h = refreshed(&view, &rank, keys);
-        (keys.iter())
-            .map(|k| h.place(*k, &rank, &view, 0).unwrap().spec.url.clone())
-            .collect()
-    }
-
-    #[test]
-    fn shared_keys_spread_evenly() {
-        let set = test_workers(4);
-        for round in 0..50u64 {
-            let keys: Vec<u64> = (0..8)
-                .map(|k| (round << 8 | k).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-                .collect();
-            let homes = homes_of(&set, &keys);
-            let mut per: HashMap<&str, usize> = HashMap::new();
-            homes.iter().for_each(|u| *per.entry(u).or_default() += 1);
-            assert!(per.values().all(|&c| c == 2), "round {round}: {per:?}");
-        }
-    }
-
-    #[test]
-    fn as_many_keys_as_the_share_allows_stay_at_their_best_ranked_worker() {
-        // Before a key is shared its conversations go to its best-ranked worker; a
-        // home elsewhere strands them. With eight keys over four workers (a share of
-        // two), a worker that is best-ranked for k keys is home to min(k, 2) of them.
-        let set = test_workers(4);
-        let (view, rank) = ranked(&set);
-        for round in 0..200u64 {
-            let keys: Vec<u64> = (0..8)
-                .map(|k| (round << 8 | k).wrapping_mul(0xd6e8_feb8_6659_fd93))
-                .collect();
-            let h = refreshed(&view, &rank, &keys);
-            let best = |k: u64| best_ranked(&view, &rank, k);
-            for w in view.routable().map(|w| w.spec.id) {
-                let ranked_first = keys.iter().filter(|k| best(**k) == w).count();
-                let kept = (keys.iter())
-                    .filter(|k| best(**k) == w && h.home(**k) == Some(w))
-                    .count();
-                assert_eq!(kept, ranked_first.min(2), "round {round}, worker {w}");
-            }
-        }
-    }
-
-    #[test]
-    fn every_worker_is_home_to_its_floor_and_none_to_more_than_its_share() {
-        // Five to seven keys over four workers: rendezvous alone often ranks none of
-        // them best on some worker, which then took only spills until the eighth key.
-        let set = test_workers(4);
-        let (view, rank) = ranked(&set);
-        let mut lifted = 0;
-        for n in 1..=13u64 {
-            for round in 0..100u64 {
-                let keys: Vec<u64> = (0..n)
-                    .map(|k| (round << 8 | k).wrapping_mul(0xa076_1d64_78bd_642f))
-                    .collect();
-                let h = refreshed(&view, &rank, &keys);
-                let floor = n as u32 / 4;
-                let share = n.div_ceil(4) as u32;
-                for w in view.routable().map(|w| w.spec.id) {
-                    let homed = count(&h.counts, w);
-                    assert!((floor..=share).contains(&homed), "{n} keys: {homed} on {w}");
-                    let ranked_first = keys.iter().any(|k| best_ranked(&view, &rank, *k) == w);
-                    if homed > 0 && !ranked_first {
-                        lifted += 1;
-                    }
-                }
-            }
-        }
-        assert!(
-            lifted > 0,
-            "no round needed the floor: the test shows nothing"
-        );
-    }
-
-    #[test]
-    fn homes_do_not_depend_on_the_order_keys_came_in() {
-        let set = test_workers(4);
-        let keys: Vec<u64> = (1..=11)
-            .map(|k: u64| k.wrapping_mul(0xc2b2_ae3d_27d4_eb4f))
-            .collect();
-        let forward = homes_of(&set, &keys);
-        let mut backward_keys = keys.clone();
-        backward_keys.reverse();
-        let mut backward = homes_of(&set, &backward_keys);
-        backward.reverse();
-        assert_eq!(forward, backward);
-    }
-
-    #[test]
-    fn unused_keys_age_out_and_memory_stays_bounded() {
-        let mut h = PrefixHomes::default();
-        h.note_shared(1, None, Instant::now());
-        h.note_shared(2, None, Instant::now());
-        h.age();
-        h.note_shared(1, None, Instant::now());
-        h.age();
-        assert!(h.is_shared(1) && !h.is_shared(2));
-        for k in 0..(MAX_KEYS as u64 * 3) {
-            h.note_shared(k, None, Instant::now());
-            assert!(h.keys.len() <= MAX_KEYS);
-        }
-        assert!(h.is_shared(MAX_KEYS as u64 * 3 - 1));
-    }
-}
+#[path = "prefix_homes_tests.rs"]
+mod tests;
