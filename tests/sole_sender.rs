@@ -62,3 +62,42 @@ fn two_replicas_over_the_same_workers_each_see_the_other() {
     });
     assert!(settled, "{}\n{}", one.metrics(), two.metrics());
 }
+
+#[test]
+fn a_sole_sender_still_places_a_new_prefix_once_across_shards() {
+    // Homes follow the traffic only once the router is the sole sender: the burst
+    // target must hold then too (a new prompt's pin is shorter there).
+    let ws: Vec<Proc> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| mock(&["--name", n]))
+        .collect();
+    let refs: Vec<&Proc> = ws.iter().collect();
+    let r = router(&refs, &["--policy", "cache_aware", "--shards", "2"]);
+    let sole = chat_until(&[r.port], Duration::from_secs(30), || {
+        metric(&r.metrics(), SOLE, &[]) == Some(1.0)
+    });
+    assert!(sole, "never the sole sender:\n{}", r.metrics());
+    for round in 0..10 {
+        for p in 0..6 {
+            let system = format!("Round {round}, prefix {p}: be a careful assistant. ").repeat(30);
+            let served: Vec<String> = (0..4)
+                .map(|q| {
+                    let body = serde_json::json!({
+                        "model": "m",
+                        "max_tokens": 1,
+                        "messages": [{"role": "system", "content": system},
+                                     {"role": "user", "content": format!("question {q}")}],
+                    });
+                    let resp = post_json(r.port, "/v1/chat/completions", &body);
+                    assert_eq!(resp.status, 200, "{}", resp.text());
+                    resp.header("x-mock-worker").unwrap().to_string()
+                })
+                .collect();
+            assert!(
+                served.windows(2).all(|w| w[0] == w[1]),
+                "round {round}, prefix {p} was split: {served:?}"
+            );
+        }
+    }
+    assert_eq!(metric(&r.metrics(), SOLE, &[]), Some(1.0));
+}

@@ -47,6 +47,14 @@ use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::time::Instant;
 
+/// While homes follow the traffic, how long a newly shared key stays pinned to the
+/// worker that held it: long enough for every shard to learn that the key is shared
+/// (a report takes 2 ms, tens under load), after which the key claims its worker by
+/// the requests it sent there like any other. A pin that lasts until the next key
+/// becomes shared makes that new key outrank keys whose conversations have run on the
+/// worker for a while, and the stranded conversations keep the load uneven.
+pub const FOLLOWING_PIN_HOLD: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Shared keys remembered at most: a bound on memory and on the work of spreading
 /// them (keys x workers rank computations each time the set changes). Past it, the
 /// least recently used eighth is dropped.
@@ -290,6 +298,15 @@ impl PrefixHomes {
         let n = workers.routable_count();
         if n == 0 {
             return None;
+        }
+        if self.follow && self.pin.is_some() {
+            let held = self
+                .newest
+                .is_some_and(|at| at.elapsed() > FOLLOWING_PIN_HOLD);
+            if held {
+                self.pin = None;
+                self.stale = true;
+            }
         }
         self.refresh(rank, workers);
         let cap = load_cap(total, n);

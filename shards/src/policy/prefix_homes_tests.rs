@@ -192,3 +192,29 @@ fn requests_are_counted_only_for_shared_keys_and_forgotten_with_them() {
     h.age();
     assert!(!h.is_shared(7) && h.traffic.is_empty());
 }
+
+#[test]
+fn following_the_traffic_a_new_keys_pin_lasts_only_until_every_shard_knows_the_key() {
+    let set = test_workers(4);
+    let (view, rank) = ranked(&set);
+    let (keys, w, _) = contested(&view, &rank);
+    let mut h = refreshed(&view, &rank, &keys);
+    h.set_follow_traffic(true);
+    // Every prompt's conversations have run at its best-ranked worker for a while.
+    for k in &keys {
+        for _ in 0..10 {
+            h.note_routed(*k, best_ranked(&view, &rank, *k));
+        }
+    }
+    // A new prompt becomes shared on `w`, which is already the first choice of three.
+    let new = 0x5eed_u64;
+    h.note_shared(new, Some(w), Instant::now());
+    h.note_routed(new, w);
+    assert_eq!(h.place(new, &rank, &view, 0).map(|x| x.spec.id), Some(w));
+    // Once the pin has held long enough, the prompt with the fewest requests there
+    // (the new one) leaves, not one whose conversations are cached there.
+    h.newest = Some(Instant::now() - FOLLOWING_PIN_HOLD * 2); // as if that long ago
+    h.place(new, &rank, &view, 0);
+    assert_ne!(h.home(new), Some(w));
+    assert!(h.pin.is_none());
+}
