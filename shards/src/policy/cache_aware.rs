@@ -25,8 +25,10 @@
 //! holds its older turns but not the answer before its latest question). Otherwise the
 //! candidates are the workers holding a match over the threshold, the key's home
 //! (credited with the shared prefix) and the least loaded worker, and the cheapest
-//! wins: a conversation stays where its longer prefix is cached. A cold key goes where
-//! its home would be, so it lands on one worker from every shard and every replica.
+//! wins: a conversation stays where its longer prefix is cached. A cold key goes to its
+//! best-ranked worker, so it lands on one worker from every shard and every replica.
+//! While the workers' counters say this router sends all of their requests
+//! (`Delta::SoleSender`), the homes follow its traffic (`prefix_homes`).
 //!
 //! The chosen worker's text is inserted into this shard's tree and, gathered for 2 ms,
 //! reported to the control core, which forwards it to the other shards.
