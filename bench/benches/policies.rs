@@ -25,29 +25,37 @@ fn bench_policies(c: &mut Criterion) {
             ]})
         })
         .collect();
-    for kind in [
-        PolicyKind::RoundRobin,
-        PolicyKind::Random,
-        PolicyKind::PowerOfTwo,
-        PolicyKind::ConsistentHash,
-        PolicyKind::CacheAware,
+    // cache_aware twice: homes by the prompts alone, and following the traffic (the
+    // router is its workers' sole sender), which counts every request of a shared prompt.
+    for (kind, sole) in [
+        (PolicyKind::RoundRobin, false),
+        (PolicyKind::Random, false),
+        (PolicyKind::PowerOfTwo, false),
+        (PolicyKind::ConsistentHash, false),
+        (PolicyKind::CacheAware, false),
+        (PolicyKind::CacheAware, true),
     ] {
         let mut policy = kind.build(1, &PolicyOptions::default(), WorkerRole::Regular);
         policy.on_workers_changed(&set.view(WorkerRole::Regular, &[]));
+        policy.set_sole_sender(sole);
         let mut i = 0;
-        c.bench_function(&format!("{}/64 workers/4 KiB prompt", kind.name()), |b| {
-            b.iter(|| {
-                i = (i + 1) % bodies.len();
-                let input = RouteInput {
-                    head: &head,
-                    json: Some(&bodies[i]),
-                    tokens: None,
-                };
-                let picked = policy.pick(&set.view(WorkerRole::Regular, &[]), &input);
-                black_box(policy.take_insert());
-                black_box(picked)
-            })
-        });
+        let mode = if sole { ", sole sender" } else { "" };
+        c.bench_function(
+            &format!("{}/64 workers/4 KiB prompt{mode}", kind.name()),
+            |b| {
+                b.iter(|| {
+                    i = (i + 1) % bodies.len();
+                    let input = RouteInput {
+                        head: &head,
+                        json: Some(&bodies[i]),
+                        tokens: None,
+                    };
+                    let picked = policy.pick(&set.view(WorkerRole::Regular, &[]), &input);
+                    black_box(policy.take_insert());
+                    black_box(picked)
+                })
+            },
+        );
     }
 }
 

@@ -116,10 +116,14 @@ pub enum Report {
         shard: usize,
         session: std::sync::Arc<str>,
     },
-    /// What this shard has in flight per worker; sent every 100 ms when changed.
+    /// What this shard has in flight per worker, and the requests its policy has sent
+    /// each worker so far (the sole-sender check compares them with the workers' own
+    /// counters; the once-a-second metrics copy lags too much for that); sent every
+    /// 100 ms when either changed.
     Loads {
         shard: usize,
         loads: Vec<WorkerInFlight>,
+        sent: Vec<(WorkerId, u64)>,
     },
     /// The shard's cumulative counters, sent once a second.
     Metrics {

@@ -155,7 +155,7 @@ async fn run_shard(
         metrics: RefCell::new(ShardMetrics::default()),
         rng: RefCell::new(Random::new(0x5eed ^ (index as u64) ^ seed_from_time())),
         admin: AdminWaiters::default(),
-        last_loads: RefCell::new(Vec::new()),
+        last_loads: RefCell::new((Vec::new(), Vec::new())),
         pending_inserts: RefCell::new(Vec::new()),
         pending_provisional: RefCell::new(Vec::new()),
         admission,

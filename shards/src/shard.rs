@@ -46,7 +46,8 @@ pub struct Shard {
     /// Admin calls waiting for the control core's answer.
     pub admin: AdminWaiters,
     /// The last in-flight counts reported (to report only changes).
-    pub last_loads: RefCell<Vec<WorkerInFlight>>,
+    /// The last `Report::Loads`.
+    pub last_loads: RefCell<LoadsReported>,
     /// cache_aware inserts not yet reported: sent as one batch [`INSERT_FLUSH_DELAY`]
     /// after the first, so a request never costs a channel wake-up or a doorbell on
     /// the other shards of its own.
@@ -72,6 +73,9 @@ pub struct Shard {
     /// What the start-up wait is waiting for, while it lasts (`Delta::StartupWait`).
     pub starting: RefCell<Option<Arc<str>>>,
 }
+
+/// What the last `Report::Loads` said: in flight, and decisions so far, per worker.
+pub type LoadsReported = (Vec<WorkerInFlight>, Vec<(WorkerId, u64)>);
 
 impl Shard {
     /// Applies one delta from the control core: every kind is dispatched here.
@@ -295,26 +299,29 @@ impl Shard {
         }
     }
 
-    /// Reports in-flight counts per worker if they changed since the last report.
+    /// Reports in-flight counts and decisions per worker if they changed since the
+    /// last report.
     pub fn send_loads(&self) {
-        let loads: Vec<WorkerInFlight> = self
-            .workers
-            .borrow()
-            .all()
-            .iter()
+        let workers = self.workers.borrow();
+        let loads: Vec<WorkerInFlight> = (workers.all().iter())
             .map(|w| WorkerInFlight {
                 worker: w.spec.id,
                 requests: w.in_flight,
                 prefill_tokens: w.prefill_tokens,
             })
             .collect();
-        if *self.last_loads.borrow() == loads {
+        let sent: Vec<(WorkerId, u64)> = (workers.all().iter())
+            .map(|w| (w.spec.id, w.decisions))
+            .collect();
+        let mut last = self.last_loads.borrow_mut();
+        if last.0 == loads && last.1 == sent {
             return;
         }
-        self.last_loads.replace(loads.clone());
+        *last = (loads.clone(), sent.clone());
         let _ = self.reports.send(Report::Loads {
             shard: self.index,
             loads,
+            sent,
         });
     }
 

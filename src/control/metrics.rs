@@ -21,6 +21,8 @@ pub struct Aggregator {
     shards: HashMap<usize, Box<ShardMetrics>>,
     /// Per shard, what is in flight per worker (fresher than `shards`: 100 ms).
     loads: HashMap<usize, Vec<WorkerInFlight>>,
+    /// Per shard, the requests its policy sent each worker so far (also 100 ms).
+    sent: HashMap<usize, Vec<(WorkerId, u64)>>,
     /// Copies of the summaries' sums, for their recent quantiles.
     window: SummaryWindow,
 }
@@ -46,7 +48,14 @@ impl Aggregator {
         }
     }
 
-    pub fn update_loads(&mut self, shard: usize, loads: Vec<WorkerInFlight>) {
+    /// A shard's `Report::Loads`.
+    pub fn update_loads(
+        &mut self,
+        shard: usize,
+        loads: Vec<WorkerInFlight>,
+        sent: Vec<(WorkerId, u64)>,
+    ) {
+        self.sent.insert(shard, sent);
         self.loads.insert(shard, loads);
     }
 
@@ -84,12 +93,11 @@ impl Aggregator {
         sum.into_values().filter(busy).collect()
     }
 
-    /// Requests the policy sent to `id`, summed over shards (as of their last reports).
+    /// Requests the policy sent to `id`, summed over shards (as of their last load
+    /// reports, at most 100 ms old).
     pub fn decisions(&self, id: WorkerId) -> u64 {
-        self.shards
-            .values()
-            .map(|m| m.decisions.get(&id).copied().unwrap_or(0))
-            .sum()
+        let of_worker = self.sent.values().flatten().filter(|(w, _)| *w == id);
+        of_worker.map(|(_, n)| n).sum()
     }
 
     pub fn processed(&self, id: WorkerId) -> u64 {

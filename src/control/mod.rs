@@ -330,9 +330,9 @@ fn on_report(state: &Rc<RefCell<ControlState>>, report: Report) {
         Report::KvProvisional { shard, notes } => {
             cache_sync::forward_provisional(&state.borrow(), shard, notes)
         }
-        Report::Loads { shard, loads } => {
+        Report::Loads { shard, loads, sent } => {
             let mut s = state.borrow_mut();
-            s.metrics.update_loads(shard, loads);
+            s.metrics.update_loads(shard, loads, sent);
             s.loads_dirty = true;
         }
         Report::Metrics { shard, metrics } => state.borrow_mut().metrics.update(shard, metrics),
