@@ -119,10 +119,20 @@ impl ControlState {
     /// Closes a round of scrapes and tells the shards when the sole-sender verdict
     /// changed.
     pub fn end_scrape_round(&mut self) {
-        if let Some(sole) = self.sole.end_round() {
-            let share = if sole { "all" } else { "not all" };
-            shards::info!("the workers' counters say this router sends {share} of their requests");
-            self.broadcast(Delta::SoleSender(sole));
+        let Some(sole) = self.sole.end_round() else {
+            return;
+        };
+        self.broadcast(Delta::SoleSender(sole));
+        // Only cache_aware's homes use the verdict.
+        if self.policy == PolicyKind::CacheAware {
+            let what = if sole {
+                "the workers' counters say this router sends all of their requests: \
+                 cache_aware's prompt homes follow its traffic"
+            } else {
+                "the workers' counters show requests from another sender: cache_aware's \
+                 prompt homes depend on the prompts alone"
+            };
+            shards::info!("{what}");
         }
     }
 
