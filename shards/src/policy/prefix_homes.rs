@@ -41,10 +41,10 @@
 //! own requests), so with more than one sender the homes depend on the keys alone.
 
 use super::placement::{load_cap, Rendezvous};
+use crate::prehashed::PrehashedMap;
 use crate::state::{PoolView, Worker};
 use crate::worker::WorkerId;
 use smallvec::SmallVec;
-use std::collections::HashMap;
 use std::time::Instant;
 
 /// While homes follow the traffic, how long a newly shared key stays pinned to the
@@ -64,7 +64,7 @@ pub const MAX_KEYS: usize = 1024;
 #[derive(Default)]
 pub struct PrefixHomes {
     /// Key -> the recency clock when last used.
-    keys: HashMap<u64, u64>,
+    keys: PrehashedMap<u64>,
     /// (key, home) sorted by key, for the keys and workers as of the last
     /// [`PrefixHomes::refresh`].
     homes: Vec<(u64, WorkerId)>,
@@ -75,9 +75,9 @@ pub struct PrefixHomes {
     /// When the newest key known to be shared was first seen shared: an older key
     /// learned late does not take the pin.
     newest: Option<Instant>,
-    /// Per shared key: requests routed to each worker since it became shared (this
-    /// shard's and the others'), for homes that follow the traffic.
-    traffic: HashMap<u64, SmallVec<[(WorkerId, u32); 4]>>,
+    /// Per shared key: requests routed to each worker since it became shared or homes
+    /// began to follow the traffic (this shard's and the others').
+    traffic: PrehashedMap<SmallVec<[(WorkerId, u32); 4]>>,
     /// Homes follow the traffic: this router sends all of the workers' requests.
     follow: bool,
     /// The keys or the workers changed since the homes were computed.
@@ -149,9 +149,10 @@ impl PrefixHomes {
         self.pin = None;
     }
 
-    /// A request of `key` went to `worker`: counted while `key` is shared.
+    /// A request of `key` went to `worker`: counted while homes follow the traffic and
+    /// `key` is shared.
     pub fn note_routed(&mut self, key: u64, worker: WorkerId) {
-        if !self.keys.contains_key(&key) {
+        if !self.follow || !self.keys.contains_key(&key) {
             return;
         }
         let counts = self.traffic.entry(key).or_default();
@@ -162,18 +163,18 @@ impl PrefixHomes {
     }
 
     /// Whether homes follow the traffic (the router sends all of its workers'
-    /// requests); they are computed again when it changes.
+    /// requests); they are computed again when it changes. Requests are counted only
+    /// while they do (a count with a gap in it would mislead), from when they start.
     pub fn set_follow_traffic(&mut self, follow: bool) {
         self.stale |= self.follow != follow;
         self.follow = follow;
+        if !follow {
+            self.traffic.clear();
+        }
     }
 
-    /// Requests of `key` routed to `worker`, as far as homes count them: none unless
-    /// they follow the traffic.
+    /// Requests of `key` routed to `worker`, as far as homes count them.
     fn sent(&self, key: u64, worker: WorkerId) -> u32 {
-        if !self.follow {
-            return 0;
-        }
         let counts = self.traffic.get(&key).map_or(&[][..], |c| &c[..]);
         counts.iter().find(|(w, _)| *w == worker).map_or(0, |c| c.1)
     }

@@ -4,6 +4,7 @@
 use super::*;
 use crate::state::{test_workers, WorkerSet};
 use crate::worker::WorkerRole;
+use std::collections::HashMap;
 
 fn ranked(set: &WorkerSet) -> (PoolView<'_>, Rendezvous) {
     let view = set.view(WorkerRole::Regular, &[]);
@@ -161,11 +162,11 @@ fn while_the_router_is_the_sole_sender_a_worker_is_kept_by_the_key_that_sent_it_
     let mut h = refreshed(&view, &rank, &keys);
     // By rank alone the weakest of the worker's keys moves (the share is two).
     assert_ne!(h.home(weakest), Some(w));
-    // Its conversations ran there (it was placed before the others were shared).
+    // The router becomes the sole sender; the key's conversations run there.
+    h.set_follow_traffic(true);
     for _ in 0..20 {
         h.note_routed(weakest, w);
     }
-    h.set_follow_traffic(true);
     h.refresh(&rank, &view);
     assert_eq!(h.home(weakest), Some(w), "following the traffic");
     let per: Vec<u32> = (view.routable())
@@ -179,18 +180,27 @@ fn while_the_router_is_the_sole_sender_a_worker_is_kept_by_the_key_that_sent_it_
 }
 
 #[test]
-fn requests_are_counted_only_for_shared_keys_and_forgotten_with_them() {
+fn requests_are_counted_only_while_following_for_shared_keys_and_forgotten_with_them() {
     let mut h = PrefixHomes::default();
-    h.note_routed(7, 1);
-    assert!(h.traffic.is_empty(), "a key not shared is not counted");
     h.note_shared(7, None, Instant::now());
     h.note_routed(7, 1);
-    h.note_routed(7, 1);
+    assert!(
+        h.traffic.is_empty(),
+        "counted while not following the traffic"
+    );
     h.set_follow_traffic(true);
+    h.note_routed(8, 1);
+    assert!(h.traffic.is_empty(), "a key not shared is not counted");
+    h.note_routed(7, 1);
+    h.note_routed(7, 1);
     assert_eq!(h.sent(7, 1), 2);
     h.age();
     h.age();
     assert!(!h.is_shared(7) && h.traffic.is_empty());
+    h.note_shared(7, None, Instant::now());
+    h.note_routed(7, 1);
+    h.set_follow_traffic(false);
+    assert!(h.traffic.is_empty(), "counts kept across a gap");
 }
 
 #[test]
