@@ -15,11 +15,6 @@ fn cluster(names: &[&str], args: &[&str]) -> (Vec<Proc>, Router) {
     (workers, r)
 }
 
-fn worker_of(resp: &Response) -> String {
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    resp.header("x-mock-worker").unwrap().to_string()
-}
-
 #[test]
 fn round_robin_is_exact_over_three_workers() {
     let (_ws, r) = cluster(
@@ -141,14 +136,6 @@ fn data_parallel_ranks_share_evenly() {
     assert!(ranks.values().all(|&n| n == 10), "{ranks:?}");
     let list = request(r.port, "GET", "/list_workers", &[], b"").json();
     assert_eq!(list["urls"][3], format!("{}@3", w.url()));
-}
-
-fn prefixed_chat(system: &str, user: &str) -> serde_json::Value {
-    json!({
-        "model": "m",
-        "max_tokens": 1,
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-    })
 }
 
 #[test]

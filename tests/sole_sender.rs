@@ -82,15 +82,8 @@ fn a_sole_sender_still_places_a_new_prefix_once_across_shards() {
             let system = format!("Round {round}, prefix {p}: be a careful assistant. ").repeat(30);
             let served: Vec<String> = (0..4)
                 .map(|q| {
-                    let body = serde_json::json!({
-                        "model": "m",
-                        "max_tokens": 1,
-                        "messages": [{"role": "system", "content": system},
-                                     {"role": "user", "content": format!("question {q}")}],
-                    });
-                    let resp = post_json(r.port, "/v1/chat/completions", &body);
-                    assert_eq!(resp.status, 200, "{}", resp.text());
-                    resp.header("x-mock-worker").unwrap().to_string()
+                    let body = prefixed_chat(&system, &format!("question {q}"));
+                    worker_of(&post_json(r.port, "/v1/chat/completions", &body))
                 })
                 .collect();
             assert!(

@@ -45,8 +45,7 @@ pub struct Shard {
     pub rng: RefCell<Random>,
     /// Admin calls waiting for the control core's answer.
     pub admin: AdminWaiters,
-    /// The last in-flight counts reported (to report only changes).
-    /// The last `Report::Loads`.
+    /// The last `Report::Loads` (to report only changes).
     pub last_loads: RefCell<LoadsReported>,
     /// cache_aware inserts not yet reported: sent as one batch [`INSERT_FLUSH_DELAY`]
     /// after the first, so a request never costs a channel wake-up or a doorbell on

@@ -301,3 +301,18 @@ pub fn chat_body(content: &str, max_tokens: u32, stream: bool) -> serde_json::Va
         "stream": stream,
     })
 }
+
+/// A one-token chat: a system prompt, then a user message.
+pub fn prefixed_chat(system: &str, user: &str) -> serde_json::Value {
+    serde_json::json!({
+        "model": "m",
+        "max_tokens": 1,
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+    })
+}
+
+/// The mock worker that answered (`x-mock-worker`), after checking it answered 200.
+pub fn worker_of(resp: &Response) -> String {
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.header("x-mock-worker").unwrap().to_string()
+}

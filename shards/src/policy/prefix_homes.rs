@@ -179,6 +179,12 @@ impl PrefixHomes {
         counts.iter().find(|(w, _)| *w == worker).map_or(0, |c| c.1)
     }
 
+    /// How strongly `key` claims `worker`: the requests it sent there (while homes
+    /// follow the traffic; else none), then its rank there.
+    fn claim(&self, key: u64, worker: WorkerId, rank: &Rendezvous) -> (u32, u64) {
+        (self.sent(key, worker), rank.score(key, worker))
+    }
+
     /// Computes the homes again when the keys or workers changed: as many keys as
     /// the share allows stay at their best-ranked worker (where a key's first
     /// conversations went, before it was shared), the strongest-ranked first; the rest
@@ -205,7 +211,6 @@ impl PrefixHomes {
         // requests to, when homes follow the traffic; else, and on a tie, its
         // best-ranked) and how strongly it claims it; the pinned key claims its holder
         // before any other.
-        let claim = |key: u64, w: WorkerId| (self.sent(key, w), rank.score(key, w));
         let mut first: Vec<(WorkerId, (u32, u64), u64)> = self
             .keys
             .keys()
@@ -213,8 +218,8 @@ impl PrefixHomes {
                 Some((k, w)) if k == key => Some((w, (u32::MAX, u64::MAX), key)),
                 _ => {
                     let ids = workers.routable().map(|w| w.spec.id);
-                    let best = ids.max_by_key(|&w| claim(key, w))?;
-                    Some((best, claim(key, best), key))
+                    let best = ids.max_by_key(|&w| self.claim(key, w, rank))?;
+                    Some((best, self.claim(key, best, rank), key))
                 }
             })
             .collect();
@@ -235,9 +240,7 @@ impl PrefixHomes {
                 .filter(|w| count(&self.counts, w.spec.id) < share)
                 .min_by_key(|w| {
                     let homed = count(&self.counts, w.spec.id);
-                    let id = w.spec.id;
-                    let claim = (self.sent(key, id), rank.score(key, id));
-                    (homed, std::cmp::Reverse(claim))
+                    (homed, std::cmp::Reverse(self.claim(key, w.spec.id, rank)))
                 });
             if let Some(home) = home {
                 self.homes.push((key, home.spec.id));
