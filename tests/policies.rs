@@ -185,22 +185,7 @@ fn cache_aware_places_a_new_prefix_once_across_shards() {
         &["a", "b", "c", "d"],
         &["--policy", "cache_aware", "--shards", "2"],
     );
-    for round in 0..10 {
-        for p in 0..6 {
-            let system =
-                format!("Round {round}, prefix {p}: answer as a careful assistant. ").repeat(30);
-            let served: Vec<String> = (0..4)
-                .map(|q| {
-                    let body = prefixed_chat(&system, &format!("question {q}"));
-                    worker_of(&post_json(r.port, "/v1/chat/completions", &body))
-                })
-                .collect();
-            assert!(
-                served.windows(2).all(|w| w[0] == w[1]),
-                "round {round}, prefix {p} was split: {served:?}"
-            );
-        }
-    }
+    each_new_prefix_lands_on_one_worker(r.port);
 }
 
 #[test]

@@ -77,20 +77,6 @@ fn a_sole_sender_still_places_a_new_prefix_once_across_shards() {
         metric(&r.metrics(), SOLE, &[]) == Some(1.0)
     });
     assert!(sole, "never the sole sender:\n{}", r.metrics());
-    for round in 0..10 {
-        for p in 0..6 {
-            let system = format!("Round {round}, prefix {p}: be a careful assistant. ").repeat(30);
-            let served: Vec<String> = (0..4)
-                .map(|q| {
-                    let body = prefixed_chat(&system, &format!("question {q}"));
-                    worker_of(&post_json(r.port, "/v1/chat/completions", &body))
-                })
-                .collect();
-            assert!(
-                served.windows(2).all(|w| w[0] == w[1]),
-                "round {round}, prefix {p} was split: {served:?}"
-            );
-        }
-    }
+    each_new_prefix_lands_on_one_worker(r.port);
     assert_eq!(metric(&r.metrics(), SOLE, &[]), Some(1.0));
 }

@@ -432,3 +432,25 @@ pub fn mock_requests(m: &Proc) -> Vec<serde_json::Value> {
         .unwrap()
         .clone()
 }
+
+/// The burst target: 10 rounds of 6 new long prefixes, each sent 4 times in
+/// quick succession over fresh connections (which spread over the router's shards);
+/// every prefix must be served by one worker.
+pub fn each_new_prefix_lands_on_one_worker(port: u16) {
+    for round in 0..10 {
+        for p in 0..6 {
+            let system =
+                format!("Round {round}, prefix {p}: answer as a careful assistant. ").repeat(30);
+            let served: Vec<String> = (0..4)
+                .map(|q| {
+                    let body = prefixed_chat(&system, &format!("question {q}"));
+                    worker_of(&post_json(port, "/v1/chat/completions", &body))
+                })
+                .collect();
+            assert!(
+                served.windows(2).all(|w| w[0] == w[1]),
+                "round {round}, prefix {p} was split: {served:?}"
+            );
+        }
+    }
+}
