@@ -117,9 +117,9 @@ pub enum Report {
         session: std::sync::Arc<str>,
     },
     /// What this shard has in flight per worker, and the requests its policy has sent
-    /// each worker so far (the sole-sender check compares them with the workers' own
-    /// counters; the once-a-second metrics copy lags too much for that); sent every
-    /// 100 ms when either changed.
+    /// each worker so far (`policy_decisions_total`, and the sole-sender check, which
+    /// compares them with the workers' own counters: a once-a-second copy lagged too
+    /// much for that); sent every 100 ms when either changed.
     Loads {
         shard: usize,
         loads: Vec<WorkerInFlight>,

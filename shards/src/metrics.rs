@@ -157,8 +157,6 @@ pub struct ShardMetrics {
     pub pd_new_prefill_tokens: Sketch,
     /// Breaker outcomes per worker: (successes, failures).
     pub outcomes: HashMap<WorkerId, (u64, u64)>,
-    /// Times the policy chose each worker.
-    pub decisions: HashMap<WorkerId, u64>,
     /// cache_aware: bytes of the routing tree per worker, and decisions by cache.
     pub tree_sizes: HashMap<WorkerId, usize>,
     pub cache_hits: u64,
@@ -230,7 +228,6 @@ impl ShardMetrics {
         add_all(&mut self.pd_errors, &other.pd_errors);
         add_all(&mut self.pd_unpriced, &other.pd_unpriced);
         add_all(&mut self.pd_pending_decodes, &other.pd_pending_decodes);
-        add_all(&mut self.decisions, &other.decisions);
         for (k, (ok, failed)) in &other.outcomes {
             let e = self.outcomes.entry(*k).or_default();
             e.0 += ok;

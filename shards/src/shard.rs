@@ -330,7 +330,6 @@ impl Shard {
         for w in self.workers.borrow().all() {
             m.processed.insert(w.spec.id, w.processed);
             m.in_flight.insert(w.spec.id, w.in_flight);
-            m.decisions.insert(w.spec.id, w.decisions);
             m.outcomes.insert(w.spec.id, w.outcomes);
             if w.unpriced_prefills > 0 {
                 m.pd_unpriced.insert(w.spec.id, w.unpriced_prefills);

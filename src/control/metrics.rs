@@ -21,7 +21,8 @@ pub struct Aggregator {
     shards: HashMap<usize, Box<ShardMetrics>>,
     /// Per shard, what is in flight per worker (fresher than `shards`: 100 ms).
     loads: HashMap<usize, Vec<WorkerInFlight>>,
-    /// Per shard, the requests its policy sent each worker so far (also 100 ms).
+    /// Per shard, the requests its policy sent each worker so far (also 100 ms): the
+    /// one source of `policy_decisions_total` and of the sole-sender check.
     sent: HashMap<usize, Vec<(WorkerId, u64)>>,
     /// Copies of the summaries' sums, for their recent quantiles.
     window: SummaryWindow,
@@ -256,7 +257,7 @@ fn worker_families(
                     ("policy", policy.to_string()),
                     ("worker", w.spec.url.clone()),
                 ];
-                (labels, count_of(&total.decisions, &w.spec.id) as f64)
+                (labels, loads.decisions(w.spec.id) as f64)
             })
             .collect(),
     ));
