@@ -15,6 +15,9 @@ max/mean requests per worker, and mean and p99 latency, side by side in one run:
     bench/routing_quality.sh            # builds, then runs this with the defaults
     bench/routing_quality.sh --kv-events --policies kv_aware --published "" --seeds 41-80 --fixed-port 31000
                                         # one policy over 40 runs: averages and the spread
+    bench/routing_quality.sh --sessions 256 --seeds 41-52 --fixed-port 31000
+                                        # four times longer: the first wave of conversations, placed
+                                        # before any prompt is known to be shared, is a sixteenth of it
     python3 bench/routing_quality.py --published target/published-venv/bin/vllm-router
 """
 import argparse, http.client, json, os, random, statistics, subprocess, sys, tempfile, threading, time
